@@ -1,0 +1,306 @@
+"""Data layer: discovery, loading/validation, preprocessing, slice store, splits."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import BRATS_AFFINE, NAMES_2023, REAL_CASE, phantom, write_case
+from uad.data import PreprocessConfig, SliceStore, build_store, discover_cases, load_case, preprocess_case, split_cases
+from uad.data import store as store_mod
+from uad.data.dataset import SliceDataset
+from uad.errors import ConfigError, DataError
+
+SMALL = PreprocessConfig(image_size=64)
+
+
+# -- discovery --------------------------------------------------------------------------------------------
+def test_discovers_both_naming_schemes_nesting_and_extensions(tmp_path):
+    vols, seg = phantom()
+    write_case(tmp_path, "BraTS2021_00001", vols, seg)
+    write_case(tmp_path / "group", "BraTS-GLI-00002-000", vols, seg, names=NAMES_2023, sep="-", ext=".nii")
+    write_case(tmp_path, "unlabelled", {"flair": vols["flair"]}, None)
+    cases, skipped = discover_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["BraTS-GLI-00002-000", "BraTS2021_00001", "unlabelled"]
+    assert skipped == []
+    c2023 = cases[0]
+    assert set(c2023.modalities) == {"flair", "t1", "t1ce", "t2"}
+    assert c2023.modalities["flair"].name == "BraTS-GLI-00002-000-t2f.nii"
+    assert c2023.modalities["t1ce"].name == "BraTS-GLI-00002-000-t1c.nii"
+    assert cases[1].modalities["t1ce"].name.endswith("_t1ce.nii.gz")
+    assert cases[1].labelled and not cases[2].labelled
+
+
+def test_ambiguous_case_is_skipped_with_reason(tmp_path):
+    vols, seg = phantom()
+    folder = write_case(tmp_path, "A", vols, seg)
+    shutil.copy(folder / "A_flair.nii.gz", folder / "A_flair.nii")
+    cases, skipped = discover_cases(tmp_path)
+    assert cases == [] and skipped[0].case_id == "A" and "two files for flair" in skipped[0].reason
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        discover_cases(tmp_path / "nope")
+
+
+# -- loading and validation -------------------------------------------------------------------------------
+def _one_case(tmp_path, **kw):
+    vols, seg = phantom()
+    write_case(tmp_path, "C", vols, seg, **kw)
+    return discover_cases(tmp_path)[0][0]
+
+
+def _overwrite(path, data, affine=BRATS_AFFINE):
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def test_missing_modality_names_case_and_modality(tmp_path):
+    vols, seg = phantom()
+    write_case(tmp_path, "C", {"flair": vols["flair"]}, seg)
+    case = discover_cases(tmp_path)[0][0]
+    with pytest.raises(DataError, match=r"C: missing modality t2"):
+        load_case(case, ("flair", "t2"))
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda p: p.write_bytes(b"this is not a nifti file"), "not a readable NIfTI"),
+        (lambda p: p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:60_000])), "truncated or corrupt"),
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated or corrupt|not a readable"),
+        (lambda p: _overwrite(p, np.zeros((48, 48, 24, 2), np.int16)), "expected a 3-D volume"),
+        (lambda p: _overwrite(p, np.ones((40, 48, 24), np.int16)), r"shape \(40, 48, 24\) differs"),
+        (lambda p: _overwrite(p, phantom()[0]["flair"], affine=np.diag([2.0, 2, 2, 1])), "affine differs"),
+    ],
+    ids=["garbage", "truncated-gzip-stream", "half-file", "4d", "shape", "affine"],
+)
+def test_bad_image_files_raise_naming_file_and_reason(tmp_path, corrupt, message):
+    case = _one_case(tmp_path)
+    corrupt(case.modalities["t1"])
+    with pytest.raises(DataError, match=message) as err:
+        load_case(case, ("flair", "t1"))
+    assert "C_t1.nii.gz" in str(err.value)
+
+
+def test_non_finite_values_are_refused(tmp_path):
+    case = _one_case(tmp_path)
+    data = phantom()[0]["flair"].astype(np.float32)
+    data[10, 10, 10] = np.nan
+    _overwrite(case.modalities["flair"], data)
+    with pytest.raises(DataError, match="non-finite") as err:
+        load_case(case, ("flair",))
+    assert "C_flair" in str(err.value)
+
+
+def test_empty_brain_is_refused(tmp_path):
+    case = _one_case(tmp_path)
+    _overwrite(case.modalities["flair"], np.zeros((48, 48, 24), np.int16))
+    with pytest.raises(DataError, match="empty brain"):
+        load_case(case, ("flair",))
+
+
+@pytest.mark.parametrize("value, message", [(-1.0, "negative labels"), (1.5, "non-integer labels")])
+def test_bad_segmentation_labels_are_refused(tmp_path, value, message):
+    case = _one_case(tmp_path)
+    seg = phantom()[1].astype(np.float32)
+    seg[5, 5, 5] = value
+    _overwrite(case.seg, seg)
+    with pytest.raises(DataError, match=message) as err:
+        load_case(case, ("flair",))
+    assert "C_seg" in str(err.value)
+
+
+def test_whole_tumour_is_any_positive_label_in_every_convention(tmp_path):
+    vols, seg = phantom()
+    for labels in ([1, 2, 4], [1, 2, 3], [1, 2, 3, 4]):
+        relabelled = np.zeros_like(seg)
+        for new, old in zip(labels, [1, 2, 4, 4]):
+            relabelled[seg == old] = new
+        write_case(tmp_path / str(labels), "C", vols, relabelled)
+        loaded = load_case(discover_cases(tmp_path / str(labels))[0][0], ("flair",))
+        assert np.array_equal(loaded.tumour, nib.as_closest_canonical(nib.Nifti1Image(seg, BRATS_AFFINE)).get_fdata() > 0)
+
+
+def test_orientation_is_canonical_whatever_the_storage_order(tmp_path):
+    """The same anatomy stored LPS (BraTS) and RAS gives identical slices."""
+    vols, seg = phantom()
+    write_case(tmp_path / "lps", "C", vols, seg, affine=BRATS_AFFINE)
+    ras_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    ras_affine[:3, 3] = BRATS_AFFINE[:3, 3] - [47, 47, 0]  # same world position of voxel (0,0,0) after flips
+    flipped = {m: v[::-1, ::-1, :].copy() for m, v in vols.items()}
+    write_case(tmp_path / "ras", "C", flipped, seg[::-1, ::-1, :].copy(), affine=ras_affine)
+    a = preprocess_case(discover_cases(tmp_path / "lps")[0][0], SMALL)
+    b = preprocess_case(discover_cases(tmp_path / "ras")[0][0], SMALL)
+    np.testing.assert_allclose(a.images, b.images, atol=1e-6)
+    assert np.array_equal(a.tumour, b.tumour)
+    assert np.array_equal(a.slice_index, b.slice_index)
+
+
+# -- preprocessing ----------------------------------------------------------------------------------------
+def test_normalisation_is_per_volume_not_per_slice(tmp_path):
+    vols, seg = phantom(tumour=False)
+    flair = vols["flair"].astype(np.float32)
+    flair[:, :, 12:] *= 0.5  # upper half of the volume is darker
+    write_case(tmp_path, "C", {"flair": flair.astype(np.int16)}, seg)
+    pre = preprocess_case(discover_cases(tmp_path)[0][0], SMALL)
+    idx = list(pre.slice_index)
+    lower, upper = idx.index(8), idx.index(16)
+    mean = lambda s: pre.images[s, 0][pre.brain[s]].mean()  # noqa: E731
+    # Per-slice min-max would make both slices look alike; per-volume keeps the darker half darker.
+    assert mean(upper) < 0.6 * mean(lower)
+    assert 0.0 <= pre.images.min() and pre.images.max() <= 1.0
+    assert pre.images[:, 0][~pre.brain].max() == 0.0
+
+
+def test_slice_labels_counts_and_masks(tmp_path):
+    vols, seg = phantom()
+    write_case(tmp_path, "C", vols, seg)
+    pre = preprocess_case(discover_cases(tmp_path)[0][0], SMALL)
+    brain3d = vols["flair"] != 0
+    for i, k in enumerate(pre.slice_index):
+        assert pre.tumour_pixels[i] == (seg[:, :, k] > 0).sum()
+        assert pre.brain_pixels[i] == brain3d[:, :, k].sum()
+        assert pre.label[i] == (seg[:, :, k] > 0).any()
+    assert pre.label.any() and not pre.label.all()
+    assert pre.tumour[pre.label].any(axis=(1, 2)).mean() > 0.8  # tumour masks at working size follow the labels
+    assert not pre.tumour[~pre.label].any()
+    assert pre.images.shape == (len(pre.slice_index), 1, 64, 64)
+    # slices with too little brain are dropped
+    areas = brain3d.sum(axis=(0, 1))
+    assert set(pre.slice_index) == set(np.flatnonzero(areas >= 0.1 * areas.max()))
+
+
+def test_maps_return_to_the_source_grid(tmp_path):
+    vols, seg = phantom()
+    write_case(tmp_path, "C", vols, seg)
+    pre = preprocess_case(discover_cases(tmp_path)[0][0], SMALL)
+    back = pre.geometry.to_source(pre.tumour.astype(np.float32)) > 0.5
+    assert back.shape == seg.shape
+    dice = 2 * (back & (seg > 0)).sum() / (back.sum() + (seg > 0).sum())
+    assert dice > 0.85
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError, match="image size"):
+        PreprocessConfig(image_size=100)
+    with pytest.raises(ConfigError, match="unknown modality"):
+        PreprocessConfig(modalities=("pd",))
+
+
+# -- slice store ------------------------------------------------------------------------------------------
+def test_store_roundtrip_dataset_and_skip_report(make_cohort, tmp_path):
+    root = make_cohort(4)
+    bad = write_case(root, "broken", phantom()[0], phantom()[1])
+    (bad / "broken_flair.nii.gz").write_bytes(b"garbage")
+    store = build_store(root, SMALL, workers=1, progress=False)
+    assert store.case_ids == [f"BraTS2021_{i:05d}" for i in range(4)]
+    assert [s.case_id for s in store.skipped] == ["broken"] and "not a readable NIfTI" in store.skipped[0].reason
+    case = store.case("BraTS2021_00000")
+    assert case.images.dtype == np.float16 and isinstance(case.images, np.memmap)
+    direct = preprocess_case(discover_cases(root)[0][0], SMALL)
+    np.testing.assert_allclose(case.images, direct.images, atol=1e-3)
+    assert list(case.table.slice_index) == list(direct.slice_index)
+
+    healthy = SliceDataset(store, store.case_ids, healthy_only=True)
+    everything = SliceDataset(store, store.case_ids)
+    assert len(healthy) == (~store.table.label).sum() < len(everything) == len(store.table)
+    x = healthy[0]
+    assert x.dtype.is_floating_point and tuple(x.shape) == (1, 64, 64)
+
+
+def test_store_rebuilds_only_what_changed(make_cohort, monkeypatch):
+    root = make_cohort(3)
+    build_store(root, SMALL, workers=1, progress=False)
+    built = []
+    original = store_mod._write_case
+    monkeypatch.setattr(store_mod, "_write_case", lambda case, *a: built.append(case.case_id) or original(case, *a))
+    build_store(root, SMALL, workers=1, progress=False)
+    assert built == []
+    vols, seg = phantom(seed=9)
+    write_case(root, "BraTS2021_00001", vols, seg)  # new content, new mtime/size
+    build_store(root, SMALL, workers=1, progress=False)
+    assert built == ["BraTS2021_00001"]
+    other = build_store(root, PreprocessConfig(image_size=80), workers=1, progress=False)
+    assert sorted(built[1:]) == ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
+    assert other.case("BraTS2021_00000").images.shape[-1] == 80
+
+
+def test_interrupted_build_leaves_nothing_that_reads_as_valid(make_cohort, monkeypatch):
+    root = make_cohort(2)
+    real_save = np.save
+    calls = {"n": 0}
+
+    def failing_save(path, arr, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # second case, first array
+            raise KeyboardInterrupt
+        return real_save(path, arr, *a, **k)
+
+    monkeypatch.setattr(store_mod.np, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(root, SMALL, workers=1, progress=False)
+    monkeypatch.setattr(store_mod.np, "save", real_save)
+    folder = store_mod.store_dir(root, SMALL)
+    with pytest.raises(DataError, match="not built"):
+        SliceStore(folder)
+    assert sorted(p.name for p in (folder / "cases").iterdir()) == ["BraTS2021_00000"]  # no temp folder left
+    store = build_store(root, SMALL, workers=1, progress=False)
+    assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"]
+
+
+def test_parallel_build_matches_serial(make_cohort, tmp_path):
+    root = make_cohort(3)
+    a = build_store(root, SMALL, cache_root=tmp_path / "c1", workers=1, progress=False)
+    b = build_store(root, SMALL, cache_root=tmp_path / "c2", workers=2, progress=False)
+    for cid in a.case_ids:
+        assert np.array_equal(a.case(cid).images, b.case(cid).images)
+
+
+# -- splits -----------------------------------------------------------------------------------------------
+def test_splits_are_deterministic_disjoint_and_complete():
+    ids = [f"case{i:03d}" for i in range(50)]
+    s1 = split_cases(ids, (0.7, 0.1, 0.2), seed=3)
+    s2 = split_cases(list(reversed(ids)), (0.7, 0.1, 0.2), seed=3)
+    assert s1 == s2
+    assert (len(s1["train"]), len(s1["val"]), len(s1["test"])) == (35, 5, 10)
+    all_ids = s1["train"] + s1["val"] + s1["test"]
+    assert sorted(all_ids) == ids and len(set(all_ids)) == 50
+    assert split_cases(ids, (0.7, 0.1, 0.2), seed=4) != s1
+    small = split_cases(ids[:4], (0.7, 0.1, 0.2))
+    assert all(len(v) >= 1 for v in small.values())
+
+
+def test_split_ratios_are_validated():
+    from uad.data import parse_ratios
+
+    assert parse_ratios("0.6,0.2,0.2") == (0.6, 0.2, 0.2)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        parse_ratios("0.7,0.1,0.1")
+    with pytest.raises(ConfigError, match="three"):
+        parse_ratios("0.7,0.3")
+
+
+# -- the real case ----------------------------------------------------------------------------------------
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"real case not present at {REAL_CASE}")
+def test_real_case_end_to_end():
+    cases, skipped = discover_cases(REAL_CASE)
+    assert len(cases) == 1 and not skipped
+    case = cases[0]
+    pre = preprocess_case(case, PreprocessConfig(modalities=("flair", "t2")))
+    seg = np.asarray(nib.load(str(case.seg)).dataobj)
+    for i, k in enumerate(pre.slice_index):
+        assert pre.label[i] == (seg[:, :, k] > 0).any()
+        assert pre.tumour_pixels[i] == (seg[:, :, k] > 0).sum()
+    assert pre.label.sum() > 10
+    # The real file has negative interpolation values at the brain edge; they must not punch holes.
+    flair = np.asarray(nib.load(str(case.modalities["flair"])).dataobj)
+    assert (flair < 0).any()
+    assert pre.brain_pixels.sum() >= ((flair[:, :, pre.slice_index] != 0).sum())
+    # FLAIR tumour is brighter than the rest of the brain after normalisation
+    img, tum, brain = pre.images[:, 0], pre.tumour, pre.brain
+    assert img[tum].mean() > img[brain & ~tum].mean() + 0.1

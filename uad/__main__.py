@@ -1,0 +1,3 @@
+from uad.cli import main
+
+raise SystemExit(main())

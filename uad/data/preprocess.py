@@ -1,0 +1,237 @@
+"""Preprocessing: brain mask, per-volume normalisation, crop + resize, axial slice selection.
+
+One ``PreprocessConfig`` drives it and is saved with everything built from it (slice cache, checkpoints,
+evaluations). ``SliceGeometry`` records how a volume became slices, so maps can be sent back to the
+source grid (``to_source``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+from uad.data.cases import Case, check_modalities
+from uad.data.volumes import CaseVolumes, load_case
+from uad.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    modalities: tuple[str, ...] = ("flair",)
+    image_size: int = 128
+    # Per-volume normalisation inside the brain: clip to these percentiles of brain voxels, scale to [0, 1].
+    percentile_low: float = 1.0
+    percentile_high: float = 99.0
+    # An axial slice is kept when its brain area is at least this fraction of the volume's largest one.
+    min_brain_fraction: float = 0.1
+    crop_margin: int = 4  # pixels kept around the brain's bounding box before resizing
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", check_modalities(self.modalities))
+        if not 64 <= self.image_size <= 256 or self.image_size % 16:
+            raise ConfigError(f"image size must be a multiple of 16 between 64 and 256, got {self.image_size}")
+        if not 0 <= self.percentile_low < self.percentile_high <= 100:
+            raise ConfigError(f"need 0 <= percentile_low < percentile_high <= 100, got {self.percentile_low}, {self.percentile_high}")
+        if not 0 <= self.min_brain_fraction < 1:
+            raise ConfigError(f"min_brain_fraction must be in [0, 1), got {self.min_brain_fraction}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["modalities"] = tuple(known.get("modalities", ("flair",)))
+        return cls(**known)
+
+    def key(self) -> str:
+        """Short stable hash: two configs with the same key produce the same slices."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class SliceGeometry:
+    """How a RAS+ volume became working-size slices (and back).
+
+    Display orientation of axial slice k: ``canonical[:, :, k].T[::-1]`` (anterior up, patient left on the left).
+    The square crop ``[top:top+side, left:left+side]`` of that image (zero-padded where it leaves the
+    image) is resized to ``image_size``.
+    """
+
+    canonical_shape: tuple[int, int, int]
+    source_shape: tuple[int, int, int]
+    affine: np.ndarray
+    ornt: np.ndarray
+    top: int
+    left: int
+    side: int
+    image_size: int
+    kept: np.ndarray  # canonical axial indices of the kept slices, ascending
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "canonical_shape": list(self.canonical_shape), "source_shape": list(self.source_shape),
+            "affine": self.affine.tolist(), "ornt": self.ornt.tolist(), "top": self.top, "left": self.left,
+            "side": self.side, "image_size": self.image_size, "kept": self.kept.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SliceGeometry":
+        return cls(tuple(d["canonical_shape"]), tuple(d["source_shape"]), np.asarray(d["affine"], float),
+                   np.asarray(d["ornt"], float), int(d["top"]), int(d["left"]), int(d["side"]),
+                   int(d["image_size"]), np.asarray(d["kept"], int))
+
+    # -- forward: volume → slices ---------------------------------------------------------------------
+    def to_working(self, canonical: np.ndarray, kind: str = "image") -> np.ndarray:
+        """(X, Y, Z) RAS+ volume → (S, size, size) kept slices. ``kind`` 'mask' resizes by area then ≥ 0.5."""
+        disp = display_stack(canonical[..., self.kept].astype(np.float32))
+        crop = _crop_square(disp, self.top, self.left, self.side)
+        out = _resize_stack(crop, self.image_size)
+        return out >= 0.5 if kind == "mask" else out
+
+    # -- inverse: slices → volume in the source grid ---------------------------------------------------
+    def to_source(self, slices: np.ndarray) -> np.ndarray:
+        """(S, size, size) maps of the kept slices → float32 volume in the source file's voxel order.
+
+        Slices that were not kept, and pixels outside the crop, are 0.
+        """
+        if slices.shape[0] != len(self.kept):
+            raise ValueError(f"expected {len(self.kept)} slices, got {slices.shape[0]}")
+        X, Y, Z = self.canonical_shape
+        crop = _resize_stack(slices.astype(np.float32), self.side)
+        disp = np.zeros((len(self.kept), Y, X), np.float32)
+        r0, c0 = max(self.top, 0), max(self.left, 0)
+        r1, c1 = min(self.top + self.side, Y), min(self.left + self.side, X)
+        disp[:, r0:r1, c0:c1] = crop[:, r0 - self.top:r1 - self.top, c0 - self.left:c1 - self.left]
+        canonical = np.zeros((X, Y, Z), np.float32)
+        canonical[..., self.kept] = disp[:, ::-1, :].transpose(2, 1, 0)
+        from nibabel import orientations as o
+
+        back = o.ornt_transform(o.axcodes2ornt(("R", "A", "S")), self.ornt)
+        return np.ascontiguousarray(o.apply_orientation(canonical, back))
+
+
+@dataclass
+class PreprocessedCase:
+    case_id: str
+    images: np.ndarray  # (S, C, size, size) float32 in [0, 1]
+    tumour: np.ndarray  # (S, size, size) bool; all False when unlabelled
+    brain: np.ndarray  # (S, size, size) bool
+    slice_index: np.ndarray  # (S,) axial index in the source file
+    label: np.ndarray  # (S,) bool: any tumour voxel in the original slice
+    tumour_pixels: np.ndarray  # (S,) tumour voxels in the original slice
+    brain_pixels: np.ndarray  # (S,) brain voxels in the original slice
+    labelled: bool
+    geometry: SliceGeometry
+    norm: list[tuple[float, float]] = field(default_factory=list)  # per channel (low, high) intensities
+
+
+def display_stack(canonical: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) RAS+ volume → (Z, Y, X) stack of axial slices in display orientation."""
+    return np.ascontiguousarray(canonical.transpose(2, 1, 0)[:, ::-1, :])
+
+
+def brain_mask(images: np.ndarray) -> np.ndarray:
+    """Brain = voxels non-zero in any channel, largest connected part, holes filled.
+
+    BraTS background is exactly 0; real files carry small negative interpolation values at the brain's
+    edge (seen in TCGA-DU-7294), so "non-zero", not "positive", marks brain.
+    """
+    mask = np.any(images != 0, axis=0)
+    labels, n = ndi.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == sizes.argmax()
+    return ndi.binary_fill_holes(mask)
+
+
+def normalise(volume: np.ndarray, mask: np.ndarray, low: float, high: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """Clip to the [low, high] percentiles of brain voxels and scale to [0, 1]; 0 outside the brain."""
+    lo, hi = np.percentile(volume[mask], [low, high])
+    if hi <= lo:
+        hi = lo + 1.0  # constant brain: avoid dividing by zero, everything maps to 0
+    out = np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out[~mask] = 0.0
+    return out, (float(lo), float(hi))
+
+
+def preprocess_volumes(vols: CaseVolumes, config: PreprocessConfig) -> PreprocessedCase:
+    mask = brain_mask(vols.images)
+    if not mask.any():
+        raise DataError(vols.case_id, "empty brain mask")
+    area = mask.sum(axis=(0, 1))
+    kept = np.flatnonzero(area >= max(1, config.min_brain_fraction * area.max()))
+    geometry = _square_crop(mask, kept, config, vols)
+
+    channels, norm = [], []
+    for c in range(vols.images.shape[0]):
+        normed, stats = normalise(vols.images[c], mask, config.percentile_low, config.percentile_high)
+        channels.append(geometry.to_working(normed))
+        norm.append(stats)
+    brain = geometry.to_working(mask, kind="mask")
+    # Zero outside the working-size mask, so "background is exactly 0" holds after resizing too.
+    images = np.clip(np.stack(channels, axis=1), 0.0, 1.0) * brain[:, None]
+    if vols.tumour is not None:
+        tumour = geometry.to_working(vols.tumour, kind="mask") & brain
+        tumour_pixels = vols.tumour[..., kept].sum(axis=(0, 1))
+    else:
+        tumour = np.zeros_like(brain)
+        tumour_pixels = np.zeros(len(kept), np.int64)
+    return PreprocessedCase(
+        case_id=vols.case_id,
+        images=images.astype(np.float32),
+        tumour=tumour,
+        brain=brain,
+        slice_index=np.array([vols.source_axial_index(int(k)) for k in kept], np.int64),
+        label=tumour_pixels > 0,
+        tumour_pixels=tumour_pixels.astype(np.int64),
+        brain_pixels=area[kept].astype(np.int64),
+        labelled=vols.tumour is not None,
+        geometry=geometry,
+        norm=norm,
+    )
+
+
+def preprocess_case(case: Case, config: PreprocessConfig) -> PreprocessedCase:
+    return preprocess_volumes(load_case(case, config.modalities), config)
+
+
+def _square_crop(mask: np.ndarray, kept: np.ndarray, config: PreprocessConfig, vols: CaseVolumes) -> SliceGeometry:
+    """A square around the brain's in-plane bounding box (over kept slices), plus a margin."""
+    footprint = display_stack(mask[..., kept]).any(axis=0)  # (Y, X)
+    rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    side = int(max(r1 - r0, c1 - c0) + 2 * config.crop_margin)
+    top = int((r0 + r1) // 2 - side // 2)
+    left = int((c0 + c1) // 2 - side // 2)
+    return SliceGeometry(tuple(mask.shape), vols.shape, vols.affine, vols.ornt, top, left, side, config.image_size, kept)
+
+
+def _crop_square(stack: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
+    """Crop (S, R, C) to (S, side, side) at (top, left), zero-padding where the square leaves the image."""
+    S, R, C = stack.shape
+    out = np.zeros((S, side, side), stack.dtype)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + side, R), min(left + side, C)
+    out[:, r0 - top:r1 - top, c0 - left:c1 - left] = stack[:, r0:r1, c0:c1]
+    return out
+
+
+def _resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
+    """Resize (S, h, w) to (S, size, size): area averaging to shrink, bilinear to enlarge."""
+    if stack.shape[1:] == (size, size):
+        return stack.astype(np.float32, copy=True)
+    interp = cv2.INTER_AREA if size < stack.shape[1] else cv2.INTER_LINEAR
+    out = np.empty((stack.shape[0], size, size), np.float32)
+    for i, image in enumerate(stack.astype(np.float32, copy=False)):
+        out[i] = cv2.resize(image, (size, size), interpolation=interp)
+    return out

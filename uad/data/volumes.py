@@ -1,0 +1,118 @@
+"""Load and validate a case's NIfTI volumes with nibabel, in one canonical (RAS+) orientation.
+
+Every failure raises ``DataError`` naming the file and the reason, never a numpy traceback.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt_mod
+
+from uad.data.cases import Case
+from uad.errors import DataError
+
+AFFINE_ATOL = 1e-3  # mm; BraTS affines agree exactly, resampled exports differ by float noise
+
+
+@dataclass
+class CaseVolumes:
+    """A case's requested modalities (float32, RAS+) stacked as channels, and its whole-tumour mask."""
+
+    case_id: str
+    modalities: tuple[str, ...]
+    images: np.ndarray  # (C, X, Y, Z) float32, RAS+
+    tumour: np.ndarray | None  # (X, Y, Z) bool (seg > 0), None when the case is unlabelled
+    labels: np.ndarray | None  # (X, Y, Z) uint8 sub-region labels as stored, None when unlabelled
+    affine: np.ndarray  # the source files' affine (4×4)
+    shape: tuple[int, int, int]  # the source files' shape
+    ornt: np.ndarray  # nibabel orientation of the source → RAS+ (io_orientation of the affine)
+
+    def to_source_orientation(self, canonical: np.ndarray) -> np.ndarray:
+        """Map a RAS+ volume (X, Y, Z) back to the source files' voxel order."""
+        back = ornt_mod.ornt_transform(ornt_mod.axcodes2ornt(("R", "A", "S")), self.ornt)
+        return ornt_mod.apply_orientation(canonical, back)
+
+    def source_axial_index(self, k: int) -> int:
+        """The index in the source file of canonical axial slice ``k`` (equal to ``k`` for BraTS files)."""
+        axis = int(np.flatnonzero(self.ornt[:, 0] == 2)[0])
+        flipped = self.ornt[axis, 1] < 0
+        return self.shape[axis] - 1 - k if flipped else k
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Read one file → (RAS+ float32 data, source affine, orientation, source shape). Raises DataError."""
+    try:
+        img = nib.load(str(path))
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except Exception as exc:  # nibabel raises many types for bad headers
+        raise DataError(path, f"not a readable NIfTI file ({exc})") from None
+    shape = tuple(int(s) for s in img.shape)
+    # Some exporters write (X, Y, Z, 1); anything else beyond 3-D is not a single volume.
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise DataError(path, f"expected a 3-D volume, got shape {tuple(img.shape)}")
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise DataError(path, f"truncated or corrupt image data ({exc})") from None
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise DataError(path, "invalid affine (not finite or singular)")
+    ornt = ornt_mod.io_orientation(affine)
+    return np.ascontiguousarray(ornt_mod.apply_orientation(data, ornt)), affine, ornt, shape
+
+
+def load_case(case: Case, modalities: tuple[str, ...] | list[str]) -> CaseVolumes:
+    """Load the requested modalities (and the seg if present) of a case, validated and reoriented."""
+    modalities = tuple(modalities)
+    case.require(modalities)
+    ref_path = case.modalities[modalities[0]]
+    channels = []
+    ref_affine = ref_shape = ref_ornt = src_shape = None
+    for mod in modalities:
+        path = case.modalities[mod]
+        data, affine, ornt, shape = _read(path)
+        if ref_affine is None:
+            ref_affine, ref_shape, ref_ornt, src_shape = affine, data.shape, ornt, shape
+        else:
+            _check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
+        if not np.all(np.isfinite(data)):
+            raise DataError(path, "contains non-finite values (NaN or inf)")
+        channels.append(data)
+    images = np.stack(channels)
+    if not np.any(images != 0):
+        raise DataError(ref_path, "empty brain: every voxel is 0")
+
+    tumour = labels = None
+    if case.seg is not None:
+        seg, affine, _, _ = _read(case.seg)
+        _check_same_grid(case.seg, seg.shape, affine, ref_path, ref_shape, ref_affine)
+        labels = _check_labels(case.seg, seg)
+        tumour = labels > 0  # whole tumour in every label convention (2021: 1/2/4, 2023: 1/2/3, older: 1–4)
+    return CaseVolumes(case.case_id, modalities, images, tumour, labels, ref_affine, src_shape, ref_ornt)
+
+
+def _check_same_grid(path: Path, shape, affine, ref_path: Path, ref_shape, ref_affine) -> None:
+    if tuple(shape) != tuple(ref_shape):
+        raise DataError(path, f"shape {tuple(shape)} differs from {ref_path.name} {tuple(ref_shape)}")
+    if not np.allclose(affine, ref_affine, atol=AFFINE_ATOL):
+        raise DataError(path, f"affine differs from {ref_path.name}: the volumes are not on the same grid")
+
+
+def _check_labels(path: Path, seg: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(seg)):
+        raise DataError(path, "segmentation contains non-finite values")
+    if seg.min() < 0:
+        raise DataError(path, f"segmentation has negative labels (min {seg.min():g})")
+    if not np.array_equal(seg, np.round(seg)):
+        raise DataError(path, "segmentation has non-integer labels")
+    if seg.max() > 255:
+        raise DataError(path, f"segmentation label {seg.max():g} is out of range (0-255)")
+    return seg.astype(np.uint8)

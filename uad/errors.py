@@ -1,0 +1,31 @@
+"""Project errors. Every error a user can cause names the file (or case) and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UADError(Exception):
+    """Base class for errors that are the user's input, not a bug."""
+
+
+class DataError(UADError):
+    """A data file or folder is missing, unreadable or inconsistent."""
+
+    def __init__(self, path: str | Path | None, reason: str):
+        self.path = None if path is None else Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+class CheckpointError(UADError):
+    """A checkpoint is missing, corrupt, or does not fit the requested model or data."""
+
+    def __init__(self, path: str | Path | None, reason: str):
+        self.path = None if path is None else Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+
+class ConfigError(UADError):
+    """An option value is out of range or inconsistent."""
