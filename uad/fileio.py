@@ -45,7 +45,8 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write JSON atomically; NaN/inf become null (bare NaN is not JSON), numpy values become Python."""
+    write_text(target, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -55,7 +56,7 @@ def read_json(path: str | Path) -> Any:
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line. A single ``write`` of a short line on an O_APPEND file is not interleaved."""
-    line = json.dumps(record, default=_json_default) + "\n"
+    line = json.dumps(json_safe(record), allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
@@ -79,13 +80,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def _json_default(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """Copy of ``obj`` with numpy values and paths made plain Python, and NaN/±inf replaced by None."""
+    import math
+
     import numpy as np
 
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
