@@ -71,6 +71,212 @@ def cmd_info(args) -> int:
     return 0
 
 
+# -- train ----------------------------------------------------------------------------------------------
+_SHARED_MODEL_ARGS = {"self", "in_channels", "image_size", "hparams", "kwargs"}
+
+
+def _model_options() -> dict[str, tuple[type, object, list[str]]]:
+    """Every constructor option of every registered model: name → (type, default, models that take it)."""
+    import inspect
+
+    from uad.models import list_models, model_class
+
+    options: dict[str, tuple[type, object, list[str]]] = {}
+    for name in list_models():
+        for param in inspect.signature(model_class(name).__init__).parameters.values():
+            if param.name in _SHARED_MODEL_ARGS or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+                continue
+            default = param.default
+            typ = type(default) if default is not inspect.Parameter.empty and default is not None else str
+            entry = options.setdefault(param.name, (typ, default, []))
+            entry[2].append(name)
+    return options
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from uad.models import list_models
+
+    p.add_argument("--model", help=f"one of {', '.join(list_models())}")
+    _add_data_args(p)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--max-minutes", type=float, default=None, help="time budget; the run stops and completes after it")
+    p.add_argument("--split-ratios", default="0.7,0.1,0.2", help="train,val,test patient ratios (default 0.7,0.1,0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<model>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last checkpoint at the next epoch (--epochs may raise the total)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = p.add_argument_group("model options (only for the models named)")
+    for opt, (typ, default, models) in sorted(_model_options().items()):
+        group.add_argument(f"--{opt.replace('_', '-')}", dest=f"model_opt_{opt}", default=None,
+                           type=_parse_bool if typ is bool else typ, metavar=typ.__name__.upper(),
+                           help=f"{', '.join(models)} (default {default})")
+
+
+def cmd_train(args) -> int:
+    from uad import fileio
+    from uad.errors import ConfigError
+    from uad.train import TrainConfig, train
+
+    given = {k[len("model_opt_"):]: v for k, v in vars(args).items() if k.startswith("model_opt_") and v is not None}
+    if args.resume:
+        config_path = Path(args.resume) / "config.json"
+        try:
+            saved = fileio.read_json(config_path)["train"]
+        except (FileNotFoundError, KeyError, ValueError):
+            raise ConfigError(f"{config_path}: cannot resume, no readable run configuration") from None
+        if args.epochs != 20:
+            saved["epochs"] = args.epochs
+        train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress)
+        return 0
+    if not args.model:
+        raise ConfigError("--model is required (or --resume RUN_DIR)")
+    options = _model_options()
+    from uad.models import canonical_name
+
+    model = canonical_name(args.model)
+    wrong = [k for k in given if model not in options[k][2]]
+    if wrong:
+        raise ConfigError(f"model {model} has no option {', '.join('--' + w.replace('_', '-') for w in wrong)}")
+    config = TrainConfig(
+        model=model, data=str(args.data) if args.data else None, modalities=tuple(args.modalities),
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        max_minutes=args.max_minutes, split_ratios=args.split_ratios, seed=args.seed, device=args.device,
+        num_workers=args.num_workers, model_options=given,
+    )
+    run_dir = train(config, run_dir=args.out, progress=not args.no_progress)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+# -- scoring and evaluation ---------------------------------------------------------------------------------
+def _add_post_args(p: argparse.ArgumentParser) -> None:
+    from uad.score import PostprocessConfig
+
+    d = PostprocessConfig()
+    g = p.add_argument_group("post-processing")
+    g.add_argument("--erode", type=int, default=d.erode_brain, help=f"brain-mask erosion in pixels (default {d.erode_brain})")
+    g.add_argument("--median", type=int, default=d.median_size, help=f"median filter size, 0 = none (default {d.median_size})")
+    g.add_argument("--median-3d", action="store_true", help="median filter across neighbouring slices too")
+    g.add_argument("--min-component", type=int, default=d.min_component, help="drop predicted components smaller than this many voxels")
+    g.add_argument("--slice-score", choices=("percentile", "model"), default=d.slice_score,
+                   help="slice score: a percentile of the map inside the brain, or the model's own score")
+    g.add_argument("--score-percentile", type=float, default=d.score_percentile)
+
+
+def _post_config(args):
+    from uad.score import PostprocessConfig
+
+    return PostprocessConfig(erode_brain=args.erode, median_size=args.median, median_3d=args.median_3d,
+                             min_component=args.min_component, slice_score=args.slice_score,
+                             score_percentile=args.score_percentile)
+
+
+def cmd_evaluate(args) -> int:
+    from uad.evaluate import evaluate
+
+    m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
+                 post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
+    out = args.out or Path(args.run) / "eval"
+    print(f"{m['model']} on {m['split']} ({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
+    print(_format_table(_compare_rows([m], include_baselines=True)))
+    return 0
+
+
+def cmd_score(args) -> int:
+    import time
+
+    from uad import checkpoints
+    from uad.data.cases import discover_cases
+    from uad.data.preprocess import preprocess_case
+    from uad.errors import DataError
+    from uad.score import ModelScorer, score_slices, write_nifti
+
+    t0 = time.perf_counter()
+    ckpt = checkpoints.load(args.run, device=args.device or "cpu")
+    cases, skipped = discover_cases(args.case)
+    if len(cases) != 1:
+        reason = f"; skipped: {skipped[0].reason}" if skipped else ""
+        raise DataError(args.case, f"expected one case folder, found {len(cases)} cases{reason}")
+    case = cases[0]
+    pre = preprocess_case(case, ckpt.preprocess)
+    vs = score_slices(ModelScorer(ckpt.model, device=args.device or "cpu"), pre.images, pre.brain, pre.brain_pixels, _post_config(args))
+    path = write_nifti(vs.maps, pre.geometry, Path(args.out) / f"{case.case_id}_anomaly.nii.gz")
+    print(f"wrote {path} ({time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+def _compare_rows(summaries: list[dict], include_baselines: bool = True) -> list[dict]:
+    def row(name: str, m: dict) -> dict:
+        at5 = next((t for t in m.get("healthy_fpr_thresholds", []) if abs(t["healthy_fpr"] - 0.05) < 1e-9), {})
+        ci = lambda key: m.get(key) or {}  # noqa: E731
+        return {
+            "method": name, "slice_auroc": m.get("slice_auroc"), "slice_auroc_low": ci("slice_auroc_ci").get("low"),
+            "slice_auroc_high": ci("slice_auroc_ci").get("high"), "slice_ap": m.get("slice_ap"),
+            "pixel_ap": m.get("pixel_ap"), "pixel_ap_low": ci("pixel_ap_ci").get("low"), "pixel_ap_high": ci("pixel_ap_ci").get("high"),
+            "pixel_auroc": m.get("pixel_auroc"), "best_dice": (m.get("best_dice") or {}).get("dice"), "dice_at_5pct_fpr": at5.get("dice"),
+        }
+
+    rows = [row(m["model"], m) for m in summaries]
+    if include_baselines and summaries:
+        rows += [row(f"baseline:{b}", m) for b, m in summaries[0].get("baselines", {}).items()]
+    return rows
+
+
+def _format_table(rows: list[dict]) -> str:
+    def fmt(v, lo=None, hi=None):
+        if v is None:
+            return "-"
+        return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+    header = ["method", "slice AUROC [95% CI]", "slice AP", "pixel AP [95% CI]", "pixel AUROC", "best Dice*", "Dice@5%FPR"]
+    lines = [[r["method"], fmt(r["slice_auroc"], r["slice_auroc_low"], r["slice_auroc_high"]), fmt(r["slice_ap"]),
+              fmt(r["pixel_ap"], r["pixel_ap_low"], r["pixel_ap_high"]), fmt(r["pixel_auroc"]), fmt(r["best_dice"]),
+              fmt(r["dice_at_5pct_fpr"])] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out.append("* best Dice is an oracle: its threshold was chosen on the evaluated labels.")
+    return "\n".join(out)
+
+
+def cmd_compare(args) -> int:
+    import csv
+    import io
+
+    from uad import fileio
+    from uad.errors import ConfigError
+
+    summaries = []
+    for run in args.runs:
+        path = Path(run) / "eval" / "metrics.json"
+        try:
+            summaries.append(fileio.read_json(path))
+        except (FileNotFoundError, ValueError):
+            raise ConfigError(f"{path}: no evaluation found; run `python -m uad evaluate --run {run}` first") from None
+    rows = _compare_rows(summaries)
+    print(_format_table(rows))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(args.csv, buf.getvalue())
+    print(f"wrote {args.csv}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m uad", description="Unsupervised anomaly detection in brain MRI.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, modalities=False)
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("train", help="train a model on the healthy slices of the training patients")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    from uad.evaluate import SPLIT_CHOICES
+
+    p = sub.add_parser("evaluate", help="slice and pixel metrics of a run (and both baselines) on a split")
+    p.add_argument("--run", type=Path, required=True, help="run or checkpoint folder")
+    p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval)")
+    p.add_argument("--save-maps", action="store_true", help="also write maps/<case>_anomaly.nii.gz per case")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (default 1000)")
+    p.add_argument("--device", default=None)
+    _add_post_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="write a case's anomaly map as NIfTI on the case's own grid")
+    p.add_argument("--run", type=Path, required=True, help="run or checkpoint folder")
+    p.add_argument("--case", type=Path, required=True, help="case folder (labelled or not)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default=None)
+    _add_post_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines")
+    p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (evaluated)")
+    p.add_argument("--csv", type=Path, default=Path("compare.csv"), help="where to write the table (default compare.csv)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -1,0 +1,175 @@
+"""Trainer, run folders, checkpoints: status transitions, resume, cancel, refusal of bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from uad import checkpoints, runs
+from uad.errors import CheckpointError, UADError
+from uad.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(image_size=64, batch_size=8, lr=1e-3)
+
+
+@pytest.fixture
+def cohort(make_cohort):
+    return make_cohort(6)
+
+
+def _config(cohort, **kw):
+    return TrainConfig(**{"model": "autoencoder", "data": str(cohort), "epochs": 2, **TINY, **kw})
+
+
+def test_completed_run_folder_and_lower_loss(cohort, tmp_path):
+    run = train(_config(cohort, epochs=4), run_dir=tmp_path / "run", progress=False)
+    for name in ("config.json", "status.json", "metrics.jsonl", "train.log", "best/model.safetensors",
+                 "best/checkpoint.json", "last/model.safetensors", "last/checkpoint.json"):
+        assert (run / name).is_file(), name
+    status = runs.read_status(run)
+    assert status["state"] == "completed" and status["epoch"] == 4
+    lines = runs.read_metrics(run)
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    assert lines[-1]["train"]["loss"] < lines[0]["train"]["loss"]
+    assert all(r["slices_per_s"] > 0 and r["val_loss"] > 0 for r in lines)
+    info = json.loads((run / "best" / "checkpoint.json").read_text())
+    assert info["model"] == "autoencoder" and info["preprocess"]["image_size"] == 64
+    assert info["best_val_loss"] == min(r["val_loss"] for r in lines)
+    assert {"torch", "uad", "numpy", "python"} <= set(info["versions"])
+    config = json.loads((run / "config.json").read_text())
+    split = config["split"]["cases"]
+    assert not set(split["train"]) & set(split["test"]) and not set(split["train"]) & set(split["val"])
+
+
+def test_failed_run_records_the_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UADError):
+        train(TrainConfig(model="ae", data=str(empty), **TINY), run_dir=tmp_path / "run", progress=False)
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "no usable case" in status["error"]
+
+
+def test_resume_continues_at_the_saved_epoch(cohort, tmp_path):
+    run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
+    cfg = _config(cohort, epochs=3)
+    train(cfg, run_dir=run, resume=True, progress=False)
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]
+    assert runs.read_status(run)["state"] == "completed"
+    assert json.loads((run / "last" / "checkpoint.json").read_text())["epoch"] == 3
+
+
+def test_sigterm_cancels_with_a_loadable_checkpoint(cohort, tmp_path):
+    run = tmp_path / "run"
+    log = open(tmp_path / "out.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uad", "train", "--model", "autoencoder", "--data", str(cohort), "--image-size", "64",
+         "--epochs", "500", "--batch-size", "4", "--out", str(run), "--no-progress"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not runs.read_metrics(run):
+            assert proc.poll() is None, (tmp_path / "out.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = runs.read_status(run)
+    assert status["state"] == "cancelled" and "SIGTERM" in status["reason"]
+    ckpt = checkpoints.load(run / "last")
+    assert ckpt.info["epoch"] >= 1
+
+
+def test_checkpoint_roundtrip_gives_identical_outputs(cohort, tmp_path):
+    run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
+    a = checkpoints.load(run)
+    b = checkpoints.load(run / "best" / "checkpoint.json")
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.equal(a.model.anomaly_map(x).anomaly_map, b.model.anomaly_map(x).anomaly_map)
+    half = checkpoints.save(tmp_path / "half", a.model, dict(a.info), dtype=torch.float16)
+    c = checkpoints.load(half)
+    assert torch.allclose(a.model.anomaly_map(x).anomaly_map, c.model.anomaly_map(x).anomaly_map, atol=2e-2)
+
+
+def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
+    from uad.data import PreprocessConfig
+
+    run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
+    good = run / "best"
+
+    def variant(name):
+        dst = tmp_path / name
+        shutil.copytree(good, dst)
+        return dst
+
+    truncated = variant("truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        checkpoints.load(truncated)
+
+    garbage = variant("garbage")
+    (garbage / "model.safetensors").write_bytes(b"\x00" * 100)
+    info = json.loads((garbage / "checkpoint.json").read_text())
+    info.pop("weights_sha256")
+    (garbage / "checkpoint.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        checkpoints.load(garbage)
+
+    bad_json = variant("badjson")
+    (bad_json / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint description"):
+        checkpoints.load(bad_json)
+
+    other = variant("other")
+    info = json.loads((other / "checkpoint.json").read_text())
+    info["model"] = "vae"
+    (other / "checkpoint.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="checkpoint.json: cannot rebuild model vae"):
+        checkpoints.load(other)
+
+    resized = variant("resized")
+    info = json.loads((resized / "checkpoint.json").read_text())
+    info["hparams"]["latent_dim"] = 7
+    (resized / "checkpoint.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
+        checkpoints.load(resized)
+
+    with pytest.raises(CheckpointError, match="is a autoencoder checkpoint, not vit"):
+        checkpoints.load(good, expect_model="vit")
+    with pytest.raises(CheckpointError, match="trained on modalities flair, but the data asks for flair t2"):
+        checkpoints.load(good, preprocess=PreprocessConfig(modalities=("flair", "t2"), image_size=64))
+    with pytest.raises(CheckpointError, match="trained at image size 64"):
+        checkpoints.load(good, preprocess=PreprocessConfig(image_size=128))
+    with pytest.raises(CheckpointError, match="no such run"):
+        checkpoints.load(tmp_path / "nowhere")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs a POSIX system")
+def test_torchrun_two_gloo_ranks_end_with_identical_weights(cohort, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "uad", "train",
+         "--model", "autoencoder", "--data", str(cohort), "--image-size", "64", "--epochs", "1", "--batch-size", "4",
+         "--device", "cpu", "--out", str(run), "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    status = runs.read_status(run)
+    assert status["state"] == "completed" and status["world_size"] == 2
+    sums = status["rank_weight_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]

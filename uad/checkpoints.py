@@ -1,0 +1,156 @@
+"""Checkpoints: ``model.safetensors`` + ``checkpoint.json``, written atomically, never unpickled.
+
+A checkpoint folder holds the model weights (safetensors) and a JSON description with everything
+needed to rebuild and trust them: model name and hyper-parameters, preprocessing, data fingerprint,
+split, training settings, epoch, validation loss, the weights' SHA-256 and package versions.
+``load`` accepts a checkpoint folder or a run folder (it then takes ``best/``, else ``last/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from uad import __version__, fileio
+from uad.errors import CheckpointError, ConfigError
+from uad.models import AnomalyModel, canonical_name, create_model
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "checkpoint.json"
+
+
+@dataclass
+class Checkpoint:
+    model: AnomalyModel
+    info: dict[str, Any]
+    path: Path
+
+    @property
+    def preprocess(self):
+        from uad.data.preprocess import PreprocessConfig
+
+        return PreprocessConfig.from_dict(self.info["preprocess"])
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    return {"uad": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def save(folder: str | Path, model: AnomalyModel, info: dict[str, Any], dtype: torch.dtype | None = None) -> Path:
+    """Write ``folder/model.safetensors`` then ``folder/checkpoint.json`` (each atomically).
+
+    ``info`` carries preprocessing, data, split, training and epoch fields; model name, hyper-parameters,
+    weight hash and versions are added here. ``dtype=torch.float16`` stores floating weights in half
+    precision (for shipping); they are cast back to float32 on load.
+    """
+    folder = Path(folder)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        state[key] = t.contiguous()
+    blob = st_save(state)
+    fileio.write_bytes(folder / WEIGHTS, blob)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": model.name,
+        "hparams": dict(model.hparams),
+        **info,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
+        "versions": versions(),
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    fileio.write_json(folder / META, meta)
+    return folder
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint folder, its checkpoint.json, or a run folder."""
+    path = Path(path)
+    if path.name == META:
+        path = path.parent
+    if (path / META).is_file():
+        return path
+    for sub in ("best", "last"):
+        if (path / sub / META).is_file():
+            return path / sub
+    if not path.exists():
+        raise CheckpointError(path, "no such run or checkpoint folder")
+    raise CheckpointError(path, f"no checkpoint here (expected {META} in it, or in best/ or last/)")
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    folder = resolve(path)
+    try:
+        info = fileio.read_json(folder / META)
+    except ValueError as exc:
+        raise CheckpointError(folder / META, f"corrupt checkpoint description ({exc})") from None
+    if not isinstance(info, dict) or "model" not in info or "hparams" not in info:
+        raise CheckpointError(folder / META, "not a uad checkpoint description (no model or hparams)")
+    return info
+
+
+def load(path: str | Path, expect_model: str | None = None, preprocess=None, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model of a checkpoint (or run) folder, in eval mode.
+
+    Refuses, with a CheckpointError naming the file: missing or corrupt files, weights whose hash does not
+    match, weights of another architecture, a model other than ``expect_model``, and a checkpoint whose
+    channels or image size disagree with ``preprocess`` (a PreprocessConfig).
+    """
+    folder = resolve(path)
+    info = read_info(folder)
+    name = info["model"]
+    if expect_model is not None and canonical_name(expect_model) != canonical_name(name):
+        raise CheckpointError(folder, f"is a {name} checkpoint, not {canonical_name(expect_model)}")
+    if preprocess is not None:
+        check_compatible(info, preprocess, folder)
+    weights = folder / WEIGHTS
+    try:
+        blob = weights.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(weights, "weights file is missing") from None
+    if info.get("weights_sha256") and hashlib.sha256(blob).hexdigest() != info["weights_sha256"]:
+        raise CheckpointError(weights, "weights file is corrupt or truncated (SHA-256 does not match checkpoint.json)")
+    try:
+        state = st_load(blob)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(weights, f"not a readable safetensors file ({exc})") from None
+    try:
+        model = create_model(name, **info["hparams"])
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise CheckpointError(folder / META, f"cannot rebuild model {name} ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}") or f"shape mismatch in {wrong[:3]}"
+        raise CheckpointError(weights, f"weights do not fit model {name}: {detail}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    model.to(device).eval()
+    return Checkpoint(model=model, info=info, path=folder)
+
+
+def check_compatible(info: dict[str, Any], preprocess, where: Path | str = "") -> None:
+    """Raise if the checkpoint was trained on other channels or another image size than ``preprocess``."""
+    trained = info.get("preprocess", {})
+    mods = list(trained.get("modalities", []))
+    if mods and mods != list(preprocess.modalities):
+        raise CheckpointError(where, f"trained on modalities {' '.join(mods)}, but the data asks for {' '.join(preprocess.modalities)}")
+    size = trained.get("image_size")
+    if size and int(size) != preprocess.image_size:
+        raise CheckpointError(where, f"trained at image size {size}, but the data asks for {preprocess.image_size}")

@@ -1,0 +1,449 @@
+"""The trainer: one code path for every model (the model-specific update lives in ``training_step``).
+
+Run folder contents and states are described in ``uad.runs``. Under ``torchrun`` the trainer runs
+data-parallel: each rank reads its share of the slices (DistributedSampler), gradients are averaged
+across ranks after every backward (``AnomalyModel.optimize`` → ``grad_sync``), and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from uad import checkpoints, fileio, runs
+from uad.data.dataset import SliceDataset
+from uad.data.preprocess import PreprocessConfig
+from uad.data.splits import DEFAULT_RATIOS, parse_ratios, split_cases
+from uad.errors import ConfigError, UADError
+from uad.models import canonical_name, create_model
+
+log = logging.getLogger("uad.train")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str | None = None  # dataset folder; None = demo cohort
+    modalities: tuple[str, ...] = ("flair",)
+    image_size: int = 128
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_minutes: float | None = None  # stop (and count as completed) when this much time has passed
+    split_ratios: tuple[float, float, float] = DEFAULT_RATIOS
+    seed: int = 0
+    device: str | None = None  # None = cuda, then mps, then cpu
+    num_workers: int = 0  # DataLoader workers; reading the memory-mapped cache is cheap
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model = canonical_name(self.model)
+        self.modalities = tuple(self.modalities)
+        self.split_ratios = parse_ratios(self.split_ratios)
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig(modalities=self.modalities, image_size=self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        d["split_ratios"] = list(self.split_ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT handler. Inside the epoch loop it sets a flag that is checked between batches
+    (the loop then saves a checkpoint and marks the run cancelled); before that it interrupts at once."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.in_loop = False
+
+    def install(self) -> None:
+        def handler(signum, _frame):
+            self.reason = signal.Signals(signum).name
+            if not self.in_loop:
+                raise KeyboardInterrupt(self.reason)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+
+
+# -- distributed helpers --------------------------------------------------------------------------------
+def _dist_setup(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _grad_sync(world: int):
+    import torch.distributed as dist
+
+    def sync(params: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    return sync
+
+
+def _broadcast_params(model: torch.nn.Module) -> None:
+    import torch.distributed as dist
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, src=0)
+
+
+def _sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Average floating buffers (BatchNorm running statistics) across ranks; take rank 0's integer ones."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b.data)
+            b.data /= world
+        else:
+            dist.broadcast(b.data, src=0)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# -- optimizer state (safetensors holds tensors only, so it is flattened) --------------------------------
+def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        meta[name] = {"param_groups": sd["param_groups"], "scalars": {}}
+        for pid, state in sd["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"{name}/{pid}/{key}"] = value.detach().cpu().contiguous()
+                else:
+                    meta[name]["scalars"][f"{pid}/{key}"] = value
+    return tensors, meta
+
+
+def _restore_optimizers(optimizers, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    for name, opt in optimizers.items():
+        if name not in meta:
+            continue
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            opt_name, pid, k = key.split("/", 2)
+            if opt_name == name:
+                state.setdefault(int(pid), {})[k] = value
+        for key, value in meta[name]["scalars"].items():
+            pid, k = key.split("/", 1)
+            state.setdefault(int(pid), {})[k] = value
+        opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
+
+
+def _save_training_state(folder: Path, optimizers, epoch: int, step: int, best: float) -> None:
+    from safetensors.torch import save as st_save
+
+    tensors, meta = _optimizer_tensors(optimizers)
+    tensors["rng/torch"] = torch.get_rng_state()
+    fileio.write_bytes(folder / "training_state.safetensors", st_save(tensors))
+    fileio.write_json(folder / "training_state.json", {"optimizers": meta, "epoch": epoch, "step": step, "best_val_loss": best})
+
+
+def _load_training_state(folder: Path, optimizers) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    from uad.errors import CheckpointError
+
+    try:
+        tensors = load_file(str(folder / "training_state.safetensors"))
+        meta = fileio.read_json(folder / "training_state.json")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means the same thing to the user
+        raise CheckpointError(folder, f"cannot resume: training state unreadable ({exc})") from None
+    _restore_optimizers(optimizers, {k: v for k, v in tensors.items() if not k.startswith("rng/")}, meta["optimizers"])
+    if "rng/torch" in tensors:
+        torch.set_rng_state(tensors["rng/torch"])
+    return meta
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled."""
+    device = pick_device(config.device)
+    rank, world = _dist_setup(device)
+    is_main = rank == 0
+    run_dir = Path(run_dir) if run_dir else (runs.new_run_dir(config.model) if is_main else None)
+    if world > 1:
+        import torch.distributed as dist
+
+        holder = [str(run_dir) if is_main else None]
+        dist.broadcast_object_list(holder, src=0)
+        run_dir = Path(holder[0])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        _attach_log_file(run_dir)
+    stop = _StopFlag()
+    stop.install()
+    try:
+        if is_main:
+            runs.write_status(run_dir, "running", pid=os.getpid(), started=time.time(), error=None,
+                              epoch=0, epochs=config.epochs, world_size=world, device=str(device))
+        _train_loop(config, run_dir, resume, progress, device, rank, world, stop)
+    except BaseException as exc:
+        if is_main:
+            if isinstance(exc, KeyboardInterrupt):
+                runs.write_status(run_dir, "cancelled", finished=time.time(), reason=f"received {stop.reason or 'SIGINT'}")
+            else:
+                message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
+                log.error("run failed: %s\n%s", message, traceback.format_exc())
+                runs.write_status(run_dir, "failed", finished=time.time(), error=message)
+        raise
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return run_dir
+
+
+def _attach_log_file(run_dir: Path) -> None:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, device, rank: int, world: int, stop: _StopFlag) -> None:
+    from tqdm.auto import tqdm
+
+    from uad.data.demo import resolve_data_root
+    from uad.data.store import SliceStore, build_store, store_dir
+
+    is_main = rank == 0
+    seed_everything(config.seed)
+    data_root = resolve_data_root(config.data, progress=progress and is_main) if is_main else None
+    if is_main:
+        store = build_store(data_root, config.preprocess, progress=progress)
+    _barrier(world)
+    if not is_main:
+        data_root = resolve_data_root(config.data, progress=False)
+        store = SliceStore(store_dir(data_root, config.preprocess))
+
+    labelled = [cid for cid in store.case_ids if store.case(cid).labelled]
+    split = split_cases(labelled, config.split_ratios, config.seed)
+    train_ds = SliceDataset(store, split["train"], healthy_only=True)
+    val_ds = SliceDataset(store, split["val"], healthy_only=True)
+    if len(train_ds) == 0:
+        raise ConfigError(f"no healthy training slices in {data_root} (train cases: {len(split['train'])})")
+
+    model = create_model(config.model, in_channels=len(config.modalities), image_size=config.image_size, **config.model_options)
+    model.to(device)
+    optimizers = model.configure_optimizers(config.lr)
+    if world > 1:
+        _broadcast_params(model)
+        model.grad_sync = _grad_sync(world)
+
+    start_epoch, step, best = 0, 0, math.inf
+    if resume:
+        last = run_dir / "last"
+        ckpt = checkpoints.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
+        model.load_state_dict(ckpt.model.state_dict())
+        state = _load_training_state(last, optimizers)
+        start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
+        log.info("resumed from epoch %d", start_epoch)
+
+    run_config = {
+        "model": config.model, "train": config.to_dict(), "hparams": model.hparams,
+        "data_root": str(data_root), "preprocess": config.preprocess.to_dict(),
+        "split": {"ratios": list(config.split_ratios), "seed": config.seed, "cases": split},
+        "store": str(store.root), "world_size": world, "device": str(device),
+    }
+    if is_main and not resume:
+        fileio.write_json(run_dir / "config.json", run_config)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
+    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, num_workers=config.num_workers, drop_last=len(train_ds) > config.batch_size * world,
+                        pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0)
+    val_loader = DataLoader(val_ds, batch_size=max(config.batch_size, 64), shuffle=False, num_workers=0)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+    budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
+    t_start = time.perf_counter()
+    info_base = {
+        "preprocess": config.preprocess.to_dict(), "train": config.to_dict(), "split": run_config["split"],
+        "data": {"root": str(data_root), "demo": config.data is None, "cases": store.manifest["cases"]},
+    }
+    log.info("training %s on %s: %d healthy train slices, %d val slices, device %s, world %d",
+             config.model, data_root, len(train_ds), len(val_ds), device, world)
+
+    end_reason = "completed"
+    completed_epochs = start_epoch
+    stop.in_loop = True
+    for epoch in range(start_epoch, config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        n_batches = n_slices = 0
+        t_epoch = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main), leave=False)
+        for i, x in enumerate(bar):
+            x = x.to(device, non_blocking=True)
+            with amp:
+                losses = model.training_step(x, optimizers, (epoch + i / len(loader)) / config.epochs)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_batches += 1
+            n_slices += x.shape[0] * world
+            step += 1
+            if is_main:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+            if stop.reason or time.perf_counter() - t_start > budget_s:
+                break
+        bar.close()
+        train_s = time.perf_counter() - t_epoch
+        interrupted = bool(stop.reason)
+        if stop.reason:
+            end_reason = "cancelled"
+        elif time.perf_counter() - t_start > budget_s:
+            end_reason = "time budget"
+        completed_epochs = epoch if interrupted else epoch + 1
+
+        _sync_buffers(model, world)
+        val_loss = _validate(model, val_loader, device, amp)
+        done = completed_epochs / config.epochs
+        record = {
+            "epoch": epoch + 1, "step": step, "train": {k: v / max(n_batches, 1) for k, v in sums.items()},
+            "val_loss": val_loss, "slices_per_s": n_slices / max(train_s, 1e-9), "seconds": train_s,
+            "elapsed": time.perf_counter() - t_start, "partial": interrupted,
+        }
+        selectable = model.checkpoint_selectable(done) if hasattr(model, "checkpoint_selectable") else True
+        improved = selectable and math.isfinite(val_loss) and val_loss < best
+        if improved:
+            best = val_loss
+        if is_main:
+            fileio.append_jsonl(run_dir / "metrics.jsonl", record)
+            info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best}
+            checkpoints.save(run_dir / "last", model, info)
+            _save_training_state(run_dir / "last", optimizers, completed_epochs, step, best)
+            if improved or not (run_dir / "best").exists():
+                checkpoints.save(run_dir / "best", model, info)
+            runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best)
+            log.info("epoch %d: %s val %.5f (%.0f slices/s)", epoch + 1,
+                     " ".join(f"{k} {v:.5f}" for k, v in record["train"].items()), val_loss, record["slices_per_s"])
+        if end_reason != "completed":
+            break
+
+    checksums = _rank_checksums(model, world)  # lets users (and the tests) see that ranks stayed in sync
+    if is_main:
+        if checksums:
+            runs.write_status(run_dir, "running", rank_weight_checksums=checksums)
+        if end_reason == "cancelled":
+            runs.write_status(run_dir, "cancelled", finished=time.time(), reason=f"received {stop.reason}", epoch=completed_epochs)
+        else:
+            runs.write_status(run_dir, "completed", finished=time.time(), reason=end_reason, epoch=completed_epochs)
+        log.info("run %s: %s", end_reason, run_dir)
+
+
+def _rank_checksums(model: torch.nn.Module, world: int) -> list[str] | None:
+    """SHA-1 of every rank's weights, gathered on all ranks (None when not distributed)."""
+    if world <= 1:
+        return None
+    import hashlib
+
+    import torch.distributed as dist
+
+    h = hashlib.sha1()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    gathered: list[str | None] = [None] * world
+    dist.all_gather_object(gathered, h.hexdigest())
+    return [str(g) for g in gathered]
+
+
+@torch.no_grad()
+def _validate(model, loader, device, amp) -> float:
+    if len(loader.dataset) == 0:
+        return float("nan")
+    model.eval()
+    total, n = 0.0, 0
+    for x in loader:
+        x = x.to(device)
+        with amp:
+            loss = float(model.validation_loss(x))
+        total += loss * x.shape[0]
+        n += x.shape[0]
+    model.train()
+    return total / n
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
