@@ -1,0 +1,239 @@
+"""Model contract tests: every registered model trains, maps, rebuilds from hparams and behaves in eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from uad.errors import ConfigError
+from uad.models import AnomalyModel, AnomalyOutput, canonical_name, create_model, list_models, model_class
+from uad.models.blocks import coarse_noise
+from uad.models.vit import patchify, random_token_mask, unpatchify
+
+MODELS = ["autoencoder", "vae", "gan", "ganomaly", "vit"]
+SHAPES = [(1, 64), (4, 64), (1, 128)]  # 4 channels only at 64 to keep the file fast
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    yield
+    torch.set_num_threads(threads)
+
+
+def brain_batch(b: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Random intensities in [0, 1] inside a centred disc, exactly 0 outside (like a skull-stripped slice)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    disc = (xx**2 + yy**2 < 0.7).float()
+    return torch.rand(b, c, size, size, generator=g) * disc
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    """Whether any tensor in ``before`` (parameters, or the whole state dict) differs now."""
+    now = module.state_dict()
+    return any(not torch.equal(v, now[k]) for k, v in before.items())
+
+
+# -- registry ---------------------------------------------------------------------------------------------
+def test_registry_names_and_aliases():
+    assert sorted(list_models()) == sorted(MODELS)
+    for alias, name in {"ae": "autoencoder", "AE": "autoencoder", "fanogan": "gan", "f-anogan": "gan",
+                        "vit_ae": "vit", "vitae": "vit", " VAE ": "vae", "ganomaly": "ganomaly"}.items():
+        assert canonical_name(alias) == name
+        assert model_class(alias).name == name
+    assert isinstance(create_model("ae", image_size=64), AnomalyModel)
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ConfigError) as err:
+        create_model("resnet")
+    for name in MODELS:
+        assert name in str(err.value)
+
+
+def test_unknown_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="latnt_dim.*latent_dim"):
+        create_model("ae", latnt_dim=64)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("autoencoder", {"bottleneck": "conv"}), ("autoencoder", {"loss": "l3"}), ("autoencoder", {"noise_res": 0}),
+    ("vae", {"kl_weight": -1.0}), ("gan", {"gan_fraction": 1.0}), ("vit", {"patch_size": 24}),
+    ("vit", {"num_heads": 7}), ("vit", {"decoder": "mlp"}),
+])
+def test_bad_options_raise_config_error(name, options):
+    with pytest.raises(ConfigError):
+        create_model(name, image_size=64, **options)
+
+
+# -- the contract every model keeps -------------------------------------------------------------------------
+@pytest.mark.parametrize("channels,size", SHAPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_training_step_and_anomaly_map(name, channels, size):
+    model = create_model(name, in_channels=channels, image_size=size)
+    x = brain_batch(3, channels, size)
+    optimizers = model.configure_optimizers(1e-3)
+    model.train()
+    before = snapshot(model)
+    for progress in (0.1, 0.9):  # both f-AnoGAN phases; a no-op distinction for the others
+        losses = model.training_step(x, optimizers, progress)
+        assert losses and all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert changed(before, model)
+
+    model.eval()
+    out = model.anomaly_map(x)
+    assert isinstance(out, AnomalyOutput)
+    assert out.anomaly_map.shape == (3, 1, size, size) and out.pred_score.shape == (3,)
+    assert torch.isfinite(out.anomaly_map).all() and torch.isfinite(out.pred_score).all()
+    assert (out.anomaly_map >= 0).all() and (out.pred_score >= 0).all()
+    recon = model.reconstruct(x)
+    assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+    again = model.anomaly_map(x)
+    assert torch.equal(out.anomaly_map, again.anomaly_map) and torch.equal(out.pred_score, again.pred_score)
+    val = model.validation_loss(x)
+    assert val.ndim == 0 and torch.isfinite(val)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_rebuild_from_hparams(name):
+    model = create_model(name, in_channels=2, image_size=64, latent_dim=64) if name != "vit" else \
+        create_model(name, in_channels=2, image_size=64, embed_dim=128, depth=2)
+    hparams = json.loads(json.dumps(model.hparams))  # checkpoints store them as JSON
+    assert hparams["in_channels"] == 2 and hparams["image_size"] == 64
+    rebuilt = create_model(name, **hparams)
+    assert rebuilt.hparams == model.hparams
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert all(isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    model.eval(), rebuilt.eval()
+    x = brain_batch(2, 2, 64)
+    assert torch.equal(model.anomaly_map(x).anomaly_map, rebuilt.anomaly_map(x).anomaly_map)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_works_under_bf16_autocast(name):
+    model = create_model(name, in_channels=1, image_size=64)
+    x = brain_batch(2, 1, 64)
+    optimizers = model.configure_optimizers(1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.training_step(x, optimizers, 0.9)
+        model.eval()
+        out = model.anomaly_map(x)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert out.anomaly_map.dtype == torch.float32 and torch.isfinite(out.anomaly_map).all()
+
+
+# -- autoencoder --------------------------------------------------------------------------------------------
+def test_autoencoder_loss_decreases_on_a_fixed_batch():
+    model = create_model("ae", image_size=64)
+    x = brain_batch(4, 1, 64)
+    optimizers = model.configure_optimizers(2e-3)
+    model.train()
+    losses = [model.training_step(x, optimizers, 0.0)["loss"] for _ in range(40)]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_denoising_autoencoder_and_spatial_bottleneck():
+    model = create_model("ae", image_size=64, bottleneck="spatial", noise_std=0.2, noise_res=8)
+    x = brain_batch(2, 1, 64)
+    noise = coarse_noise(x, 0.2, 8)
+    assert (noise[x == 0] == 0).all() and noise[x > 0].abs().mean() > 0.01
+    losses = model.training_step(x, model.configure_optimizers(1e-3), 0.0)
+    assert losses["loss"] > 0
+    model.eval()
+    assert model.reconstruct(x).shape == x.shape
+
+
+# -- f-AnoGAN -----------------------------------------------------------------------------------------------
+def test_fanogan_phases():
+    model = create_model("gan", image_size=64, n_critic=2, gan_fraction=0.5)
+    x = brain_batch(3, 1, 64)
+    optimizers = model.configure_optimizers(1e-3)
+    model.train()
+    g, d, e = params(model.generator), params(model.critic), params(model.encoder)
+
+    model.training_step(x, optimizers, 0.1)  # critic step 1: critic only (G's BatchNorm stats may move)
+    assert changed(d, model.critic) and not changed(g, model.generator) and not changed(e, model.encoder)
+    model.training_step(x, optimizers, 0.2)  # critic step 2: generator too (n_critic = 2)
+    assert changed(g, model.generator) and not changed(e, model.encoder)
+    assert int(model.critic_steps) == 2 and "critic_steps" in model.state_dict()
+
+    g, d, e = snapshot(model.generator), snapshot(model.critic), params(model.encoder)  # G's BN stats too
+    losses = model.training_step(x, optimizers, 0.6)
+    assert "izi_f" in losses
+    assert changed(e, model.encoder) and not changed(g, model.generator) and not changed(d, model.critic)
+    assert all(p.requires_grad for p in model.parameters())  # freezing is undone
+    assert not model.checkpoint_selectable(0.5) and model.checkpoint_selectable(0.6)
+
+
+# -- GANomaly -----------------------------------------------------------------------------------------------
+def test_ganomaly_reinitialises_a_collapsed_discriminator():
+    model = create_model("ganomaly", image_size=64, reinit_below=1e9)  # every loss counts as collapsed
+    optimizers = model.configure_optimizers(1e-3)
+    model.training_step(brain_batch(2, 1, 64), optimizers, 0.0)
+    assert not optimizers["discriminator"].state  # Adam state cleared with the fresh weights
+    assert optimizers["generator"].state
+
+
+# -- ViT ----------------------------------------------------------------------------------------------------
+def test_patchify_roundtrip():
+    x = torch.rand(2, 3, 64, 64)
+    tokens = patchify(x, 16)
+    assert tokens.shape == (2, 16, 16 * 16 * 3)
+    assert torch.equal(tokens[0, 1], x[0, :, :16, 16:32].permute(1, 2, 0).reshape(-1))
+    assert torch.equal(unpatchify(tokens, 16, 3, 4), x)
+
+
+@pytest.mark.parametrize("n,ratio", [(16, 0.2), (64, 0.2), (256, 0.2), (64, 0.75), (16, 0.0)])
+def test_random_token_mask_count(n, ratio):
+    mask = random_token_mask(5, n, ratio, torch.device("cpu"))
+    assert (mask.sum(dim=1) == round(ratio * n)).all()
+    assert len({tuple(row.tolist()) for row in mask}) > 1 or ratio == 0  # patterns differ between samples
+
+
+def test_vit_context_dropout_only_in_training():
+    model = create_model("vit", image_size=64, context_dropout=0.2)
+    x = brain_batch(2, 1, 64)
+    model.train()
+    recon, mask = model(x, model.context_dropout)
+    assert mask is not None and (mask.sum(dim=1) == round(0.2 * 16)).all()
+    before = model.mask_token.detach().clone()
+    model.training_step(x, model.configure_optimizers(1e-3), 0.0)
+    assert not torch.equal(before, model.mask_token)  # the mask token is used (and learned) in training
+
+    model.eval()
+    first = model.reconstruct(x)
+    with torch.no_grad():
+        model.mask_token.fill_(1e3)  # would wreck any output that used it
+    assert torch.equal(first, model.reconstruct(x))
+    assert model(x)[1] is None
+
+
+def test_vit_test_time_drops_are_seeded():
+    model = create_model("vit", image_size=64, test_time_drops=3).eval()
+    x = brain_batch(2, 1, 64)
+    a, b = model.anomaly_map(x), model.anomaly_map(x)
+    assert torch.equal(a.anomaly_map, b.anomaly_map)
+    plain = create_model("vit", **{**model.hparams, "test_time_drops": 0}).eval()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.equal(plain.anomaly_map(x).anomaly_map, a.anomaly_map)
+
+
+def test_vit_msc_configuration_builds():
+    model = create_model("vit", image_size=128, decoder="conv")
+    assert (model.hparams["patch_size"], model.hparams["embed_dim"], model.hparams["depth"],
+            model.hparams["num_heads"], model.hparams["dropout"], model.hparams["context_dropout"]) == (16, 256, 4, 8, 0.1, 0.2)
+    model.eval()
+    assert model.reconstruct(brain_batch(1, 1, 128)).shape == (1, 1, 128, 128)

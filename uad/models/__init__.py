@@ -1,0 +1,7 @@
+"""Anomaly models. Importing this package registers every model with the registry."""
+
+from uad.models import autoencoder, gan, ganomaly, vae, vit  # noqa: F401  (registration side effects)
+from uad.models.base import AnomalyModel, AnomalyOutput
+from uad.models.registry import canonical_name, create_model, list_models, model_class
+
+__all__ = ["AnomalyModel", "AnomalyOutput", "canonical_name", "create_model", "list_models", "model_class"]

@@ -1,0 +1,55 @@
+"""Models found by name, in the style of timm's ``create_model``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from uad.errors import ConfigError
+from uad.models.base import AnomalyModel
+
+_REGISTRY: dict[str, type[AnomalyModel]] = {}
+_ALIASES: dict[str, str] = {}
+
+M = TypeVar("M", bound=type[AnomalyModel])
+
+
+def register_model(*aliases: str) -> Callable[[M], M]:
+    """Class decorator: registers ``cls.name`` and its aliases."""
+
+    def decorator(cls: M) -> M:
+        if not cls.name:
+            raise TypeError(f"{cls.__name__} has no name")
+        _REGISTRY[cls.name] = cls
+        for alias in aliases:
+            _ALIASES[alias] = cls.name
+        return cls
+
+    return decorator
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return key
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def model_class(name: str) -> type[AnomalyModel]:
+    return _REGISTRY[canonical_name(name)]
+
+
+def create_model(name: str, **config: Any) -> AnomalyModel:
+    """Build a model by name (or alias) with keyword hyper-parameters, e.g. ``create_model("vit", in_channels=1)``."""
+    cls = model_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p != "self"]
+    unknown = sorted(set(config) - set(accepted))
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):  # a typo in a user's model options is a ConfigError, not a TypeError traceback
+        raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; options: {', '.join(accepted)}")
+    return cls(**config)
