@@ -106,7 +106,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", help=f"one of {', '.join(list_models())}")
     _add_data_args(p)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 20; with --resume: the new total)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-minutes", type=float, default=None, help="time budget; the run stops and completes after it")
@@ -137,7 +137,7 @@ def cmd_train(args) -> int:
             saved = fileio.read_json(config_path)["train"]
         except (FileNotFoundError, KeyError, ValueError):
             raise ConfigError(f"{config_path}: cannot resume, no readable run configuration") from None
-        if args.epochs != 20:
+        if args.epochs is not None:
             saved["epochs"] = args.epochs
         train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress)
         return 0
@@ -152,7 +152,7 @@ def cmd_train(args) -> int:
         raise ConfigError(f"model {model} has no option {', '.join('--' + w.replace('_', '-') for w in wrong)}")
     config = TrainConfig(
         model=model, data=str(args.data) if args.data else None, modalities=tuple(args.modalities),
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        image_size=args.image_size, epochs=20 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr,
         max_minutes=args.max_minutes, split_ratios=args.split_ratios, seed=args.seed, device=args.device,
         num_workers=args.num_workers, model_options=given,
     )

@@ -34,5 +34,5 @@ def runs_dir() -> Path:
 
 
 def checkpoints_dir() -> Path:
-    """Pretrained checkpoints shipped with the repository."""
-    return REPO_ROOT / "checkpoints"
+    """Pretrained checkpoints shipped with the repository (``$UAD_CHECKPOINTS`` overrides, e.g. in tests)."""
+    return Path(os.environ.get("UAD_CHECKPOINTS", REPO_ROOT / "checkpoints")).resolve()

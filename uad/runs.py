@@ -53,10 +53,16 @@ def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, An
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """status.json as a dict; None when missing, unreadable or not a JSON object."""
+    return _read_object(Path(run_dir) / "status.json")
+
+
+def _read_object(path: Path) -> dict[str, Any] | None:
     try:
-        return fileio.read_json(Path(run_dir) / "status.json")
-    except (FileNotFoundError, ValueError):
+        obj = fileio.read_json(path)
+    except (OSError, ValueError):
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -118,10 +124,8 @@ def list_runs(include_shipped: bool = True, root: str | Path | None = None) -> l
         entries = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=not shipped)
         for path in entries:
             status = read_status(path)
-            try:
-                config = fileio.read_json(path / "config.json")
-            except (FileNotFoundError, ValueError):
-                config = {}  # a queued run: the trainer writes config.json once its data is ready
+            # A queued run has no config.json yet: the trainer writes it once its data is ready.
+            config = _read_object(path / "config.json") or {}
             if not config and not status:
                 continue  # not a run folder
             model = config.get("model") or (status or {}).get("model", "?")

@@ -122,6 +122,8 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
         return 0, 1
     import torch.distributed as dist
 
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -164,6 +166,17 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
             b.data /= world
         else:
             dist.broadcast(b.data, src=0)
+
+
+def _agree(stop: bool, time_frac: float, world: int, device: torch.device) -> tuple[bool, float]:
+    """Across ranks: stop if any rank stops, and use the largest time fraction (keeps ranks in lock-step)."""
+    if world <= 1:
+        return stop, time_frac
+    import torch.distributed as dist
+
+    t = torch.tensor([float(stop), time_frac], dtype=torch.float32, device=device)  # NCCL needs GPU tensors
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0] > 0), float(t[1])
 
 
 def _barrier(world: int) -> None:
@@ -342,6 +355,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
 
     end_reason = "completed"
     completed_epochs = start_epoch
+    progress_frac = start_epoch / config.epochs
+    last_status = time.perf_counter()
     stop.in_loop = True
     for epoch in range(start_epoch, config.epochs):
         if sampler is not None:
@@ -352,9 +367,16 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         t_epoch = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main), leave=False)
         for i, x in enumerate(bar):
+            # Progress is the larger of epochs done and time budget used, so multi-phase models
+            # (f-AnoGAN) reach every phase under --max-minutes too. Ranks agree on both decisions.
+            time_frac = min((time.perf_counter() - t_start) / budget_s, 1.0)
+            stop_now, time_frac = _agree(bool(stop.reason) or time_frac >= 1.0, time_frac, world, device)
+            if stop_now:
+                break
+            progress_frac = max((epoch + i / len(loader)) / config.epochs, time_frac)
             x = x.to(device, non_blocking=True)
             with amp:
-                losses = model.training_step(x, optimizers, (epoch + i / len(loader)) / config.epochs)
+                losses = model.training_step(x, optimizers, progress_frac)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_batches += 1
@@ -362,26 +384,26 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             step += 1
             if is_main:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-            if stop.reason or time.perf_counter() - t_start > budget_s:
-                break
+                if time.perf_counter() - last_status > 2.0:  # smooth progress for watchers within an epoch
+                    runs.write_status(run_dir, "running", batch=i + 1, batches=len(loader), step=step)
+                    last_status = time.perf_counter()
         bar.close()
         train_s = time.perf_counter() - t_epoch
         interrupted = bool(stop.reason)
         if stop.reason:
             end_reason = "cancelled"
-        elif time.perf_counter() - t_start > budget_s:
+        elif time.perf_counter() - t_start >= budget_s:
             end_reason = "time budget"
         completed_epochs = epoch if interrupted else epoch + 1
 
         _sync_buffers(model, world)
         val_loss = _validate(model, val_loader, device, amp)
-        done = completed_epochs / config.epochs
         record = {
             "epoch": epoch + 1, "step": step, "train": {k: v / max(n_batches, 1) for k, v in sums.items()},
             "val_loss": val_loss, "slices_per_s": n_slices / max(train_s, 1e-9), "seconds": train_s,
             "elapsed": time.perf_counter() - t_start, "partial": interrupted,
         }
-        selectable = model.checkpoint_selectable(done) if hasattr(model, "checkpoint_selectable") else True
+        selectable = model.checkpoint_selectable(progress_frac)
         improved = selectable and math.isfinite(val_loss) and val_loss < best
         if improved:
             best = val_loss

@@ -1,13 +1,22 @@
-"""Data layer: discovery → loading → preprocessing → slice store → splits. See docs/ARCHITECTURE.md."""
+"""Data layer: discovery → loading → preprocessing → slice store → splits. See docs/ARCHITECTURE.md.
 
-from uad.data.cases import MODALITIES, Case, Skipped, discover_cases
-from uad.data.preprocess import PreprocessConfig, PreprocessedCase, SliceGeometry, preprocess_case
-from uad.data.splits import DEFAULT_RATIOS, parse_ratios, split_cases
-from uad.data.store import SliceStore, build_store, store_dir
-from uad.data.volumes import CaseVolumes, load_case
+Names are imported lazily, so ``from uad.data.cases import ...`` does not pay for cv2, scipy and pandas.
+"""
 
-__all__ = [
-    "MODALITIES", "Case", "Skipped", "discover_cases", "CaseVolumes", "load_case", "PreprocessConfig",
-    "PreprocessedCase", "SliceGeometry", "preprocess_case", "SliceStore", "build_store", "store_dir",
-    "DEFAULT_RATIOS", "parse_ratios", "split_cases",
-]
+from importlib import import_module
+
+_WHERE = {
+    "MODALITIES": "cases", "Case": "cases", "Skipped": "cases", "discover_cases": "cases",
+    "CaseVolumes": "volumes", "load_case": "volumes",
+    "PreprocessConfig": "preprocess", "PreprocessedCase": "preprocess", "SliceGeometry": "preprocess",
+    "preprocess_case": "preprocess",
+    "SliceStore": "store", "build_store": "store", "store_dir": "store",
+    "DEFAULT_RATIOS": "splits", "parse_ratios": "splits", "split_cases": "splits",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'uad.data' has no attribute {name!r}")
+    return getattr(import_module(f"uad.data.{_WHERE[name]}"), name)
