@@ -1,0 +1,125 @@
+"""Overview: the active dataset (generating the demo cohort if missing) and every run with its key metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from uad import paths
+from uad.data.demo import demo_ready
+
+SYNTH_LAUNCH = "synth-launch.json"  # in the data folder: the generator the app started
+SYNTH_LOG = "synth.log"
+CASE_DIR = re.compile(r"^BraTS2021_\d{5}$")
+
+
+def _demo_cases_done() -> int:
+    """Finished demo cases: each is renamed into place only when complete."""
+    root = paths.demo_dir()
+    if not root.is_dir():
+        return 0
+    return sum(1 for p in root.iterdir() if p.is_dir() and CASE_DIR.match(p.name))
+
+
+def _synth_running() -> bool:
+    ui.reap()
+    launch = ui.launch_info(paths.data_dir() / SYNTH_LAUNCH)
+    from uad import runs
+
+    return bool(launch) and runs.pid_alive(launch.get("pid"))
+
+
+@st.fragment(run_every=2)
+def _synth_progress() -> None:
+    from uad.data.synth import DEFAULT_CASES
+
+    if demo_ready():
+        st.success("Demo cohort ready.")
+        st.session_state.pop("synth_started", None)
+        st.rerun()  # whole page: the dataset summary below can now be shown
+    done = _demo_cases_done()
+    if _synth_running():
+        st.progress(min(done / DEFAULT_CASES, 1.0), text=f"Generating the demo cohort: {done} / {DEFAULT_CASES} cases")
+    else:
+        log = ui.tail(paths.data_dir() / SYNTH_LOG)
+        st.error("The demo generator stopped before finishing." + (f"\n\n```\n{log}\n```" if log else ""))
+
+
+def _dataset_section() -> None:
+    root = ui.active_root()
+    st.subheader("Dataset")
+    if ui.is_demo(root) and not demo_ready():
+        from uad.data.synth import DEFAULT_CASES
+
+        st.info(f"The demo cohort ({DEFAULT_CASES} synthetic cases in BraTS 2021 layout, built from the MNI152 template) "
+                f"is not generated yet. It takes one to two minutes; the app stays usable meanwhile.")
+        if _synth_running() or st.session_state.get("synth_started"):
+            _synth_progress()
+        elif st.button("Generate the demo cohort", type="primary", key="gen_demo"):
+            paths.data_dir().mkdir(parents=True, exist_ok=True)
+            ui.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
+            st.session_state["synth_started"] = time.time()
+            st.rerun()
+        return
+    cases, skipped, error = ui.discover(root)
+    if error:
+        st.error(error)
+        st.caption("Choose another folder on the Data page.")
+        return
+    labelled = sum(c.labelled for c in cases)
+    cols = st.columns([3, 1, 1, 1])
+    cols[0].markdown(f"**Active dataset**  \n`{ui.dataset_label(root)}`")
+    cols[1].metric("Cases", len(cases))
+    cols[2].metric("Labelled", labelled)
+    cols[3].metric("Skipped", len(skipped))
+    if not cases:
+        st.warning("No BraTS-style case in this folder. Choose another on the Data page.")
+
+
+def _runs_table() -> None:
+    st.subheader("Runs and shipped checkpoints")
+    views = ui.list_run_views()
+    if not views:
+        st.info("No run yet. Launch one on the **Train** page (a 1-epoch autoencoder at 64 px takes about a minute on CPU).")
+        return
+    rows = []
+    for v in views:
+        m = ui.eval_metrics(v)
+        m = m if isinstance(m, dict) else {}
+        at5 = ui.at_fpr(m, 0.05)
+        cfg = v.info.config
+        rows.append({
+            "run": v.info.name,
+            "model": v.info.model,
+            "source": "shipped" if v.info.shipped else "run",
+            "status": v.state,
+            "progress": v.progress if v.epochs else None,
+            "epochs": f"{v.epoch}/{v.epochs}" if v.epochs else "",
+            "modalities": " ".join((cfg.get("preprocess") or {}).get("modalities", [])),
+            "size": (cfg.get("preprocess") or {}).get("image_size"),
+            "slice AUROC": m.get("slice_auroc"),
+            "slice AP": m.get("slice_ap"),
+            "pixel AP": m.get("pixel_ap"),
+            "best Dice*": (m.get("best_dice") or {}).get("dice"),
+            "Dice @5% FPR": at5.get("dice"),
+        })
+    df = pd.DataFrame(rows)
+    num = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(df, hide_index=True, width="stretch", column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "slice AUROC": num, "slice AP": num, "pixel AP": num, "best Dice*": num, "Dice @5% FPR": num,
+    })
+    st.caption("Metrics come from each run's evaluation (test split); empty = not evaluated yet (Compare page). "
+               "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
+               "Dice @5% FPR uses a threshold set on healthy validation slices only.")
+
+
+ui.page_header("Unsupervised anomaly detection in brain MRI",
+               "Reconstruction models trained on healthy slices flag what they cannot reconstruct. "
+               "Data → Train → Explore → Compare.")
+_dataset_section()
+_runs_table()

@@ -1,0 +1,469 @@
+"""The Streamlit app under AppTest: every page renders on a small demo cohort with a trained run, the main
+widgets change what is shown, and bad input gives a message on the page instead of a traceback.
+
+One home (6 synthetic cases, a 1-epoch autoencoder at 64 px, evaluated, plus a copy of it standing in for a
+shipped checkpoint) is built once per test session; tests that add runs or folders remove them again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "app" / "Home.py"
+RUN = "fixture-ae"
+SHIPPED = "autoencoder"  # name of the stand-in shipped checkpoint
+TIMEOUT = 120
+
+st_testing = pytest.importorskip("streamlit.testing.v1")
+
+
+# -- the shared home -----------------------------------------------------------------------------------------
+def _uad(args: list[str], home: Path) -> None:
+    env = dict(os.environ, UAD_HOME=str(home))
+    env.pop("UAD_CACHE_DIR", None)
+    proc = subprocess.run([sys.executable, "-m", "uad", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"python -m uad {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def build_app_home(base: Path) -> Path:
+    """Demo cohort, one tiny trained + evaluated run, and a 'shipped' copy of it. Reused when already built."""
+    if (base / "READY").is_file():
+        return base
+    shutil.rmtree(base, ignore_errors=True)
+    _uad(["synth", "--out", str(base / "data" / "demo"), "--cases", "6", "--seed", "0", "--workers", "2"], base)
+    run = base / "runs" / RUN
+    _uad(["train", "--model", "autoencoder", "--epochs", "1", "--image-size", "64", "--out", str(run), "--no-progress"], base)
+    _uad(["evaluate", "--run", str(run), "--bootstrap", "50"], base)
+    shipped = base / "shipped" / SHIPPED
+    shipped.mkdir(parents=True)
+    shutil.copy(run / "config.json", shipped / "config.json")
+    for sub in ("best", "eval"):
+        shutil.copytree(run / sub, shipped / sub)
+    (base / "READY").write_text("ok\n")
+    return base
+
+
+@pytest.fixture(scope="session")
+def app_home(tmp_path_factory) -> Path:
+    return build_app_home(tmp_path_factory.getbasetemp() / "uad-app-home")
+
+
+@pytest.fixture
+def home(app_home, monkeypatch) -> Path:
+    from uad import paths
+
+    monkeypatch.setenv("UAD_HOME", str(app_home))
+    # The app lists shipped checkpoints from the repository's checkpoints/; point it at the stand-in.
+    monkeypatch.setattr(paths, "checkpoints_dir", lambda: app_home / "shipped")
+    return app_home
+
+
+def new_app(session: dict | None = None):
+    at = st_testing.AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    for k, v in (session or {}).items():
+        at.session_state[k] = v
+    return at.run()
+
+
+def page(at, name: str):
+    at.switch_page(f"views/{name}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at) -> str:
+    """Everything written as markdown, captions, errors, warnings and infos, as one string to search."""
+    parts = []
+    for group in (at.markdown, at.caption, at.error, at.warning, at.info, at.success):
+        parts += [str(e.value) for e in group]
+    return "\n".join(parts)
+
+
+def click(at, label: str):
+    """Click a button (form submit buttons included) by its label."""
+    buttons = list(at.button) + [b for b in at.form_submit_button if b not in list(at.button)]
+    return next(b for b in buttons if b.label == label).click().run()
+
+
+def metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def copy_run(home: Path, name: str, with_eval: bool = True) -> Path:
+    dst = home / "runs" / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(home / "runs" / RUN, dst, ignore=None if with_eval else shutil.ignore_patterns("eval"))
+    return dst
+
+
+# -- every page ----------------------------------------------------------------------------------------------
+def test_every_page_renders(home):
+    at = new_app()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Dataset" in [h.value for h in at.subheader]
+    for name in ("data", "train", "explore", "compare"):
+        page(at, name)
+        assert not at.error, f"{name}: {[e.value for e in at.error]}"
+
+
+def test_overview_lists_runs_with_metrics(home):
+    at = new_app()
+    df = at.dataframe[0].value
+    row = df[df.run == RUN].iloc[0]
+    assert row.status == "completed" and row.source == "run"
+    assert 0 <= row["slice AUROC"] <= 1
+    assert (df[df.run == SHIPPED].source == "shipped").all()
+    assert [m.value for m in at.metric][:1] == ["6"]  # cases in the demo cohort
+
+
+def test_overview_generates_the_demo_cohort_when_missing(tmp_path, monkeypatch):
+    import json
+
+    home = tmp_path / "empty-home"
+    monkeypatch.setenv("UAD_HOME", str(home))
+    at = new_app()
+    assert not at.exception
+    assert "not generated yet" in texts(at)
+    click(at, "Generate the demo cohort")
+    assert not at.exception, [e.value for e in at.exception]
+    pid = json.loads((home / "data" / "synth-launch.json").read_text())["pid"]
+    try:
+        assert at.progress and "Generating the demo cohort" in at.progress[0].proto.text
+        # The Data page points to the Overview meanwhile instead of failing on the missing folder.
+        assert "not generated yet" in texts(page(at, "data"))
+    finally:
+        _kill(pid)
+
+
+# -- Data ----------------------------------------------------------------------------------------------------
+def test_data_slice_slider_changes_the_slice(home):
+    at = page(new_app(), "data")
+    slider = at.slider[0]
+    before = slider.value
+    assert f"Slice {before} of 155" in texts(at)
+    slider.set_value(before + 5).run()
+    assert f"Slice {before + 5} of 155" in texts(at)
+    assert len(at.image) == 4  # FLAIR, T1, T1ce, T2 side by side
+    assert "BraTS 2021 labels" in texts(at)
+    assert "enhancing tumour" in texts(at)
+
+
+def test_data_brats2023_layout_and_labels(home, tmp_path):
+    """BraTS 2023 names (t2f, t1n, t1c, t2w) and labels (3 = enhancing) are recognised and named."""
+    import nibabel as nib
+
+    src = home / "data" / "demo" / "BraTS2021_00000"
+    case = tmp_path / "brats2023" / "BraTS-GLI-00000-000"
+    case.mkdir(parents=True)
+    for old, new in (("flair", "t2f"), ("t1", "t1n"), ("t1ce", "t1c"), ("t2", "t2w")):
+        shutil.copy(src / f"BraTS2021_00000_{old}.nii.gz", case / f"BraTS-GLI-00000-000-{new}.nii.gz")
+    seg = nib.load(src / "BraTS2021_00000_seg.nii.gz")
+    labels = np.asarray(seg.dataobj).copy()
+    labels[labels == 4] = 3
+    nib.save(nib.Nifti1Image(labels, seg.affine, seg.header), case / "BraTS-GLI-00000-000-seg.nii.gz")
+    at = page(new_app({"data_root": str(case.parent)}), "data")
+    assert not at.error, [e.value for e in at.error]
+    assert "BraTS 2023 labels" in texts(at) and "3 enhancing tumour" in texts(at)
+    assert len(at.image) == 4
+
+
+def test_data_case_picker_and_overlay_style(home):
+    at = page(new_app(), "data")
+    at.selectbox(key="data_case").set_value("BraTS2021_00003").run()
+    assert not at.exception and "BraTS2021_00003" in at.slider[0].key
+    for style in ("filled", "off"):
+        at.segmented_control(key="seg_style").set_value(style).run()
+        assert not at.exception and len(at.image) == 4
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
+def test_data_bad_folder_gives_a_message(home, tmp_path, kind):
+    target = {"missing": tmp_path / "nope", "file": tmp_path / "a.txt", "empty": tmp_path / "empty"}[kind]
+    if kind == "file":
+        target.write_text("x")
+    if kind == "empty":
+        target.mkdir()
+    at = page(new_app(), "data")
+    at.text_input(key="folder_input").input(str(target))
+    click(at, "Use folder")
+    assert not at.exception
+    shown = texts(at)
+    expected = {"missing": "does not exist", "file": "is not a folder", "empty": "No BraTS-style case"}[kind]
+    assert expected in shown, shown
+    click(at, "Use demo")
+    assert "6 cases" in texts(at)
+
+
+def test_data_corrupt_and_skipped_cases_are_reported(home, tmp_path):
+    demo = home / "data" / "demo" / "BraTS2021_00000"
+    root = tmp_path / "mixed"
+    bad = root / "BraTS2021_00042"
+    bad.mkdir(parents=True)
+    (bad / "BraTS2021_00042_flair.nii.gz").write_bytes(b"not a nifti at all")
+    shutil.copy(demo / "BraTS2021_00000_t1.nii.gz", bad / "BraTS2021_00042_t1.nii.gz")
+    dup = root / "BraTS2021_00043"
+    dup.mkdir()
+    shutil.copy(demo / "BraTS2021_00000_flair.nii.gz", dup / "BraTS2021_00043_flair.nii.gz")
+    shutil.copy(demo / "BraTS2021_00000_flair.nii.gz", dup / "BraTS2021_00043_flair.nii")
+    at = new_app({"data_root": str(root)})
+    page(at, "data")
+    shown = texts(at)
+    assert "BraTS2021_00042" in at.selectbox(key="data_case").options[0]
+    assert "flair" in shown and "not a readable NIfTI" in shown, shown
+    assert "t1" not in [e.value.split(":")[0] for e in at.error]  # the readable modality is still shown
+    skipped = at.dataframe[0].value
+    assert "BraTS2021_00043" in set(skipped.case) and skipped.reason.str.contains("two files").any()
+
+
+# -- Train ---------------------------------------------------------------------------------------------------
+def test_train_lists_runs_and_shows_failures(home):
+    failed = home / "runs" / "zz-failed-run"
+    failed.mkdir()
+    try:
+        from uad import runs
+
+        runs.write_status(failed, "failed", model="autoencoder", error="ConfigError: learning rate must be > 0")
+        (failed / "stdout.log").write_text("Traceback (most recent call last):\nboom\n")
+        at = page(new_app(), "train")
+        assert any("learning rate must be > 0" in e.value for e in at.error)
+        assert RUN in texts(at)
+    finally:
+        shutil.rmtree(failed, ignore_errors=True)
+
+
+def test_train_launch_and_cancel_survive_a_new_session(home):
+    import json
+
+    from uad import runs
+
+    before = {p.name for p in (home / "runs").iterdir()}
+    at = page(new_app(), "train")
+    at.selectbox(key="train_model").set_value("vit").run()
+    at.multiselect(key="train_mods").set_value(["flair", "t2"])
+    at.select_slider(key="train_size").set_value(64)
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="opt::vit::context_dropout").set_value(0.3)
+    click(at, "Start training")
+    assert not at.exception, [e.value for e in at.exception]
+    new = [p for p in (home / "runs").iterdir() if p.name not in before]
+    assert len(new) == 1, new
+    run_dir = new[0]
+    pid = json.loads((run_dir / "launch.json").read_text())["pid"]
+    try:
+        status = runs.read_status(run_dir)
+        assert status["state"] in ("queued", "running") and status["model"] == "vit"
+        argv = json.loads((run_dir / "launch.json").read_text())["argv"]
+        for flag in (["--modalities", "flair", "t2"], ["--image-size", "64"], ["--epochs", "1"], ["--context-dropout", "0.3"]):
+            assert " ".join(flag) in " ".join(argv), argv
+        # A fresh session (another tab, or a restarted app) sees the same run, from disk.
+        other = page(new_app(), "train")
+        assert run_dir.name in texts(other)
+        other.button(key=f"cancel::{run_dir.name}").click().run()
+        assert not other.exception
+        deadline = time.time() + 60
+        while time.time() < deadline and runs.read_status(run_dir)["state"] != "cancelled":
+            time.sleep(0.5)
+        assert runs.read_status(run_dir)["state"] == "cancelled"
+    finally:
+        _kill(pid)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _kill(pid) -> None:
+    import signal
+
+    from uad import runs
+
+    if pid and runs.pid_alive(pid):
+        try:
+            os.killpg(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+    for _ in range(50):
+        try:
+            os.waitpid(int(pid), os.WNOHANG)
+        except (ChildProcessError, OSError, TypeError):
+            pass
+        if not runs.pid_alive(pid):
+            return
+        time.sleep(0.1)
+
+
+def test_train_resume_a_cancelled_run(home):
+    import json
+
+    from uad import runs
+
+    run = copy_run(home, "zz-resume-me", with_eval=False)
+    runs.write_status(run, "cancelled", epoch=1, epochs=1, reason="received SIGTERM")
+    try:
+        at = page(new_app(), "train")
+        assert not at.exception
+        at.number_input(key="resume_epochs::zz-resume-me").set_value(2)
+        at.button(key="resume::zz-resume-me").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        launch = json.loads((run / "launch.json").read_text())
+        assert launch["argv"][:3] == ["train", "--resume", str(run)] and launch["argv"][-2:] == ["--epochs", "2"]
+        assert runs.read_status(run)["state"] in ("queued", "running", "completed")
+    finally:
+        _kill(json.loads((run / "launch.json").read_text())["pid"] if (run / "launch.json").exists() else None)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+# -- Explore -------------------------------------------------------------------------------------------------
+def explore(at, run: str = RUN, case: str = "BraTS2021_00000"):
+    page(at, "explore")
+    at.selectbox(key="explore_run").set_value(run).run()
+    at.selectbox(key="explore_case").set_value(case).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_explore_slice_and_threshold_sliders(home):
+    at = explore(new_app())
+    assert not at.error, [e.value for e in at.error]
+    key = f"{RUN}::BraTS2021_00000"
+    s = at.slider(key=f"slice::{key}")
+    start = s.value
+    assert f"**Slice {start}**" in texts(at)
+    s.set_value(start + 3).run()
+    assert f"**Slice {start + 3}**" in texts(at)
+    # Presets at the healthy-FPR thresholds of the run's evaluation.
+    presets = [b for b in at.button if b.key and b.key.startswith(f"preset::{key}")]
+    assert len(presets) == 3
+    dice_before = metric(at, "Dice · whole volume"), metric(at, "Flagged pixels · slice")
+    at.slider(key=f"thr::{key}").set_value(0.02).run()
+    dice_after = metric(at, "Dice · whole volume"), metric(at, "Flagged pixels · slice")
+    assert dice_before != dice_after
+    presets = [b for b in at.button if b.key and b.key.startswith(f"preset::{key}")]
+    presets[0].click().run()
+    thresholds = [t["threshold"] for t in home_metrics(home)["healthy_fpr_thresholds"]]
+    assert at.slider(key=f"thr::{key}").value == pytest.approx(thresholds[0])
+    assert any(d.label.startswith("Download") for d in at.download_button)
+
+
+def test_explore_slider_latency(home):
+    """Server-side time of the slice viewer fragment per slider move (maps are cached per run and case)."""
+    at = explore(new_app())
+    key = f"slice::{RUN}::BraTS2021_00000"
+    at.session_state["perf"] = {}
+    for _ in range(6):
+        at.slider(key=key).set_value(at.slider(key=key).value + 1).run()
+    times = at.session_state["perf"]["explore_viewer"]
+    print(f"explore viewer per slider move: median {np.median(times):.0f} ms ({', '.join(f'{t:.0f}' for t in times)})")
+    assert np.median(times) < 150
+
+
+def home_metrics(home: Path) -> dict:
+    import json
+
+    return json.loads((home / "runs" / RUN / "eval" / "metrics.json").read_text())
+
+
+def test_explore_shipped_checkpoint(home):
+    at = explore(new_app(), run=SHIPPED, case="BraTS2021_00002")
+    assert not at.error, [e.value for e in at.error]
+    assert "Dice · this slice" in [m.label for m in at.metric]
+
+
+def test_explore_unlabelled_case_has_no_dice(home, tmp_path):
+    src = home / "data" / "demo" / "BraTS2021_00000"
+    dst = tmp_path / "unlabelled" / "BraTS2021_00000"
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if "seg" not in f.name:
+            shutil.copy(f, dst / f.name)
+    at = explore(new_app({"data_root": str(dst.parent)}))
+    assert not at.error, [e.value for e in at.error]
+    assert "no Dice" in texts(at)
+    assert "Dice · this slice" not in [m.label for m in at.metric]
+
+
+def test_explore_corrupt_checkpoint_gives_a_message(home):
+    bad = copy_run(home, "zz-corrupt-ckpt")
+    try:
+        weights = bad / "best" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+        at = explore(new_app(), run="zz-corrupt-ckpt")
+        assert any("corrupt" in e.value or "truncated" in e.value for e in at.error), [e.value for e in at.error]
+        (bad / "best" / "checkpoint.json").write_text("{ not json")
+        at = explore(new_app(), run="zz-corrupt-ckpt")
+        assert at.error and not at.exception
+    finally:
+        shutil.rmtree(bad, ignore_errors=True)
+
+
+def test_explore_checkpoint_needing_a_missing_modality(home, tmp_path):
+    src = home / "data" / "demo" / "BraTS2021_00000"
+    dst = tmp_path / "t1only" / "BraTS2021_00000"
+    dst.mkdir(parents=True)
+    for name in ("t1", "seg"):
+        shutil.copy(src / f"BraTS2021_00000_{name}.nii.gz", dst / f"BraTS2021_00000_{name}.nii.gz")
+    at = explore(new_app({"data_root": str(dst.parent)}))
+    assert any("trained on flair" in e.value and "has no flair" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_explore_run_deleted_while_open(home):
+    doomed = copy_run(home, "zz-deleted-run")
+    at = explore(new_app(), run="zz-deleted-run")
+    assert not at.error
+    shutil.rmtree(doomed)
+    at.run()
+    assert not at.exception
+    assert "zz-deleted-run is no longer" in texts(at)
+
+
+# -- Compare -------------------------------------------------------------------------------------------------
+def test_compare_curves_table_and_threshold(home):
+    at = page(new_app(), "compare")
+    assert set(at.multiselect(key="compare_runs").value) >= {RUN, SHIPPED}
+    table = at.dataframe[0].value
+    assert {"intensity baseline", "brain-area baseline"} <= set(table.method)
+    assert table["slice AUROC [95% CI]"].str.contains(r"\[").any()
+    before = [metric(at, k) for k in ("Precision", "Recall", "F1", "Specificity")]
+    s = at.slider(key=f"cmp_thr::{RUN}")
+    s.set_value(float(np.quantile([s.min, s.max], 0.1))).run()
+    after = [metric(at, k) for k in ("Precision", "Recall", "F1", "Specificity")]
+    assert before != after
+    at.multiselect(key="compare_runs").set_value([RUN]).run()
+    assert not at.exception and len(at.dataframe[0].value) == 3  # one model + two baselines
+
+
+def test_compare_evaluates_a_run_in_the_background(home):
+    import json
+
+    from uad import runs
+
+    pending = copy_run(home, "zz-needs-eval", with_eval=False)
+    try:
+        at = page(new_app(), "compare")
+        at.button(key="eval::zz-needs-eval").click().run()
+        assert not at.exception
+        launch = json.loads((pending / "eval-launch.json").read_text())
+        deadline = time.time() + 180
+        while time.time() < deadline and runs.pid_alive(launch["pid"]):
+            time.sleep(1)
+        assert (pending / "eval" / "metrics.json").is_file(), (pending / "eval.log").read_text()
+        at = page(new_app(), "compare")
+        assert any(o.endswith("zz-needs-eval") for o in at.multiselect(key="compare_runs").options)
+    finally:
+        shutil.rmtree(pending, ignore_errors=True)
+
+
+def test_compare_deleted_run_is_dropped_with_a_message(home):
+    doomed = copy_run(home, "zz-deleted-eval")
+    at = page(new_app(), "compare")
+    at.multiselect(key="compare_runs").set_value([RUN, "zz-deleted-eval"]).run()
+    shutil.rmtree(doomed)
+    at.run()
+    assert not at.exception
+    assert "zz-deleted-eval" in texts(at) and at.multiselect(key="compare_runs").value == [RUN]

@@ -1,0 +1,271 @@
+"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app/Home.py`.
+
+Visits every page, scrubs a slice, moves threshold sliders and checks the numbers change, launches a tiny
+training run from the Train page, watches it complete, evaluates it from Compare and finds it there.
+Screenshots of every page go to test-artifacts/ (gitignored).
+
+Needs Chromium from Debian (`apt-get install -y chromium`) and `pip install playwright`; never
+`playwright install` (it downloads its own browser). Without them the test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared home builder lives in test_app.py
+from test_app import REPO, build_app_home  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+INSTALL = "apt-get install -y chromium && pip install playwright"
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = pytest.mark.skipif(
+    sync_playwright is None or not CHROMIUM.exists(),
+    reason=f"browser tests need Debian's Chromium at {CHROMIUM} and the playwright package: {INSTALL}",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return build_app_home(tmp_path_factory.getbasetemp() / "uad-app-home")
+
+
+@pytest.fixture(scope="module")
+def server(home, tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, UAD_HOME=str(home))
+    env.pop("UAD_CACHE_DIR", None)
+    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.headless=true", "--server.address=127.0.0.1",
+             f"--server.port={port}", "--server.fileWatcherType=none", "--browser.gatherUsageStats=false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def browser_page(server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+IDLE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  return app && app.getAttribute('data-test-connection-state') === 'CONNECTED'
+      && app.getAttribute('data-test-script-state') === 'notRunning'
+      && !document.querySelector('[data-testid="stSkeleton"]') && document.querySelector('h1') !== null;
+}"""
+
+
+def wait_idle(page, settle: float = 0.25) -> None:
+    """Rendered = connected, script not running, no placeholder skeletons (checked twice, `settle` apart)."""
+    time.sleep(settle)
+    page.wait_for_function(IDLE)
+    time.sleep(settle)
+    page.wait_for_function(IDLE)
+
+
+def goto(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
+    page.wait_for_function(f"() => [...document.querySelectorAll('h1')].some(h => h.innerText.includes({title!r}))")
+    wait_idle(page)
+
+
+def shot(page, name: str) -> None:
+    """Screenshot of the whole page: the viewport is stretched to the main column's height first."""
+    page.mouse.move(5, 5)  # no hover tooltip in the picture
+    height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
+    page.set_viewport_size({"width": 1600, "height": max(1000, min(int(height) + 40, 8000))})
+    time.sleep(0.6)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.set_viewport_size({"width": 1600, "height": 1000})
+
+
+def slider(page, label: str):
+    # Streamlit's slider is a react-aria slider around a visually hidden <input type="range">.
+    return page.locator('[data-testid="stSlider"]', has_text=label).first.locator('input[type="range"]')
+
+
+def metric_value(page, label: str) -> str:
+    return page.locator('[data-testid="stMetric"]', has_text=label).first.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def press(page, locator, key: str) -> float:
+    """Press a key on a focused slider; returns seconds until its new value is drawn and the app is idle."""
+    locator.focus()
+    before = locator.input_value()
+    t0 = time.perf_counter()
+    locator.press(key)
+    eventually(lambda: locator.input_value() != before)
+    page.wait_for_function(IDLE)
+    return time.perf_counter() - t0
+
+
+def eventually(condition, timeout: float = 30.0):
+    """Poll ``condition`` until it returns something truthy (the app reruns asynchronously)."""
+    deadline = time.time() + timeout
+    while True:
+        value = condition()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+# -- the journey -----------------------------------------------------------------------------------------------
+def test_every_page_in_a_real_browser(browser_page, server, home):
+    page = browser_page
+    t0 = time.perf_counter()
+    page.goto(server)
+    wait_idle(page)
+    first_render = time.perf_counter() - t0
+    assert page.get_by_text("Runs and shipped checkpoints").is_visible()
+    shot(page, "01-overview")
+
+    goto(page, "Data")
+    s = slider(page, "Axial slice")
+    k = int(float(s.input_value()))
+    assert page.get_by_text(f"Slice {k} of 155").is_visible()
+    data_latency = press(page, s, "ArrowRight")
+    page.get_by_text(f"Slice {k + 1} of 155").wait_for()
+    shot(page, "02-data")
+
+    goto(page, "Explore")
+    assert page.locator('[data-testid="stImage"]').count() >= 4
+    s = slider(page, "Axial slice")
+    k = int(float(s.input_value()))
+    explore_latency = press(page, s, "ArrowRight")
+    page.get_by_text(f"Slice {k + 1}", exact=False).first.wait_for()
+    dice = lambda: (metric_value(page, "Dice · whole volume"), metric_value(page, "Flagged pixels · slice"))  # noqa: E731
+    before = dice()
+    press(page, slider(page, "Threshold on the anomaly map"), "Home")
+    assert eventually(lambda: dice() != before), before
+    page.get_by_role("button", name=re.compile(r"^5% ·")).click()
+    wait_idle(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name=re.compile("Download this volume")).click()
+    nifti = Path(download.value.path()).read_bytes()
+    assert nifti[:2] == b"\x1f\x8b" and len(nifti) > 1000  # gzipped NIfTI
+    wait_idle(page)
+    shot(page, "04-explore")
+
+    goto(page, "Compare")
+    point = lambda: (metric_value(page, "Precision"), metric_value(page, "Recall"))  # noqa: E731
+    before = point()
+    press(page, slider(page, "Slice-score threshold"), "Home")  # lowest threshold: every slice flagged
+    assert eventually(lambda: point() != before), before
+    assert eventually(lambda: metric_value(page, "Recall") == "1.000")
+    shot(page, "05-compare")
+
+    # Launch a tiny run from the Train page, watch it complete, find it in Compare.
+    goto(page, "Train")
+    before_runs = {p.name for p in (home / "runs").iterdir()}
+    size = slider(page, "Image size")
+    size.focus()
+    size.press("Home")  # 64 px
+    epochs = page.locator('[data-testid="stNumberInput"]', has_text="Epochs").locator("input")
+    epochs.fill("1")
+    shot(page, "03-train")
+    page.get_by_role("button", name="Start training").click()
+    wait_idle(page)
+    new = []
+    deadline = time.time() + 20
+    while not new and time.time() < deadline:
+        new = [p for p in (home / "runs").iterdir() if p.name not in before_runs]
+        time.sleep(0.2)
+    assert len(new) == 1, new
+    run_dir = new[0]
+    try:
+        page.get_by_text(run_dir.name).first.wait_for()
+        deadline = time.time() + 240
+        state = None
+        while time.time() < deadline:
+            state = json.loads((run_dir / "status.json").read_text()).get("state")
+            if state in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(1)
+        assert state == "completed", (run_dir / "stdout.log").read_text()[-2000:]
+        # The runs panel polls the run folders every 2 s: the card's heading turns to "completed".
+        heading = page.locator('[data-testid="stMarkdownContainer"]', has_text=run_dir.name).filter(has_text="completed")
+        heading.first.wait_for(timeout=30_000)
+        wait_idle(page)
+        shot(page, "06-train-completed")
+
+        goto(page, "Compare")
+        page.get_by_text("not evaluated yet").first.click()
+        row = page.get_by_role("button", name="Evaluate")
+        row.first.click()
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run_dir / "eval" / "metrics.json").is_file():
+            time.sleep(1)
+        assert (run_dir / "eval" / "metrics.json").is_file(), (run_dir / "eval.log").read_text()[-2000:]
+        page.locator('[data-testid="stMultiSelect"]', has_text=run_dir.name).first.wait_for(timeout=60_000)
+        wait_idle(page)
+        shot(page, "07-compare-with-new-run")
+    finally:
+        _stop(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"\nfirst render {first_render:.2f} s; slice slider round trip: Data {data_latency * 1000:.0f} ms, "
+          f"Explore {explore_latency * 1000:.0f} ms (browser, including rendering)")
+
+
+def _stop(run_dir: Path) -> None:
+    """Leave no process behind if the test failed half-way."""
+    for name in ("launch.json", "eval-launch.json"):
+        try:
+            pid = json.loads((run_dir / name).read_text())["pid"]
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
