@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -120,3 +121,31 @@ def test_cli_evaluate_and_compare(trained, tmp_path, capsys):
     assert "baseline:intensity" in out and "baseline:brain_area" in out
     assert (tmp_path / "cmp.csv").read_text().startswith("method,")
     assert cli(["compare", str(tmp_path)]) == 2  # no evaluation there: a clear error, not a traceback
+
+
+SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "checkpoints").iterdir() if (p / "best").is_dir())
+
+
+@pytest.fixture(scope="module")
+def demo_case(tmp_path_factory):
+    from uad.data.synth import case_name, case_plan, generate_case
+    from uad.data.synth import write_case as write_synth
+
+    root = tmp_path_factory.mktemp("demo")
+    index = next(i for i in range(12) if case_plan(i, 0) > 0)  # a demo case with a tumour
+    write_synth(root, case_name(index), generate_case(case_name(index), 0))
+    return discover_cases(root)[0][0]
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_checkpoints_load_and_score_a_demo_case(folder, demo_case):
+    from uad import checkpoints
+    from uad.score import ModelScorer
+
+    ckpt = checkpoints.load(folder)
+    assert ckpt.model.name == folder.name and ckpt.info["weights_dtype"] == "float16"
+    assert (folder / "eval" / "metrics.json").is_file()
+    pre = preprocess_case(demo_case, ckpt.preprocess)
+    vs = score_slices(ModelScorer(ckpt.model), pre.images, pre.brain, pre.brain_pixels, PostprocessConfig())
+    assert vs.maps.shape == pre.tumour.shape and np.isfinite(vs.maps).all() and np.isfinite(vs.scores).all()
+    assert vs.maps[vs.mask].max() > 0
