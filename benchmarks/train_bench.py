@@ -1,0 +1,97 @@
+"""Training benchmark: slices/s per model at 128×128, batch 32, one channel, and peak memory.
+
+    python benchmarks/train_bench.py [--steps 15] [--device cpu] [--threads N]
+
+Each model runs its real ``training_step`` (every optimiser update it does in training) on random
+inputs in [0, 1]; the first steps are warm-up and not timed. The MSc project's ViT configuration
+(``decoder="conv"``) runs in the same process for a side-by-side comparison. Each model is measured in
+a fresh child process so its peak memory (max RSS) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = [
+    ("autoencoder", {}),
+    ("vae", {}),
+    ("gan", {}),  # f-AnoGAN: timed in its GAN phase (critic + generator); the encoder phase is cheaper
+    ("ganomaly", {}),
+    ("vit", {}),
+    ("vit (MSc configuration)", {"decoder": "conv"}),
+]
+
+
+def measure(name: str, options: dict, steps: int, warmup: int, batch: int, size: int, device: str) -> dict:
+    import resource
+
+    import torch
+
+    from uad.models import create_model
+
+    torch.manual_seed(0)
+    model_name = name.split(" ")[0]
+    model = create_model(model_name, in_channels=1, image_size=size, **options).to(device).train()
+    optimizers = model.configure_optimizers(1e-4)
+    x = torch.rand(batch, 1, size, size, device=device)
+    for _ in range(warmup):
+        model.training_step(x, optimizers, 0.1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.training_step(x, optimizers, 0.1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    return {
+        "model": name,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "slices_per_s": steps * batch / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: measure one configuration, print JSON
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.one:
+        name, options = next(c for c in CONFIGS if c[0] == args.one)
+        print(json.dumps(measure(name, options, args.steps, args.warmup, args.batch_size, args.image_size, args.device)))
+        return
+    rows = []
+    for name, _ in CONFIGS:
+        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--device", args.device]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    msc = next(r for r in rows if "MSc" in r["model"])["slices_per_s"]
+    print(f"device {args.device}, batch {args.batch_size}, {args.image_size}×{args.image_size}, 1 channel\n")
+    print("| model | params (M) | train slices/s | vs MSc ViT | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params_m']:.2f} | {r['slices_per_s']:.0f} | {r['slices_per_s'] / msc:.1f}× | {r['peak_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
