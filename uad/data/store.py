@@ -20,8 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -177,12 +180,29 @@ def _run_builds(todo, config, workers, progress):
     else:
         # spawn, not fork: the caller may hold torch threads or a Streamlit server.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_build_one, case, config, case_dir, fp) for case, case_dir, fp in todo]
+            with _plain_main():
+                futures = [pool.submit(_build_one, case, config, case_dir, fp) for case, case_dir, fp in todo]
             for fut in as_completed(futures):
                 results.append(fut.result())
                 bar.update()
     bar.close()
     return results
+
+
+@contextmanager
+def _plain_main():
+    """Hide the caller's ``__main__`` while workers spawn.
+
+    Spawned workers re-run the parent's main script; inside Streamlit (or AppTest) that is the app's
+    page script, which must not run in a worker. The workers only need this module, found by name.
+    """
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def _remove_stale(root: Path, keep: set[str]) -> None:
