@@ -33,7 +33,7 @@ def main() -> None:
     scorer = ModelScorer(ckpt.model)
     cases = discover_cases(ensure_demo())[0][: args.cases]
     out = Path(tempfile.mkdtemp(prefix="uad-score-"))
-    print(f"| case | slices | load + preprocess (s) | maps + post-processing (s) | NIfTI write (s) | total (s) |")
+    print("| case | slices | load + preprocess (s) | maps + post-processing (s) | NIfTI write (s) | total (s) |")
     print("|---|---:|---:|---:|---:|---:|")
     for case in cases:
         t0 = time.perf_counter()

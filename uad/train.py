@@ -12,7 +12,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field

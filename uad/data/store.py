@@ -20,13 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import time
-import types
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +33,7 @@ from uad import fileio, paths
 from uad.data.cases import Case, Skipped, discover_cases
 from uad.data.preprocess import PreprocessConfig, SliceGeometry, preprocess_case
 from uad.errors import DataError, UADError
+from uad.workers import spawn_pool, submit_all
 
 STORE_VERSION = 1
 SLICE_COLUMNS = ["case_id", "slice_index", "label", "tumour_pixels", "brain_pixels"]
@@ -178,31 +175,13 @@ def _run_builds(todo, config, workers, progress):
             results.append(_build_one(case, config, case_dir, fp))
             bar.update()
     else:
-        # spawn, not fork: the caller may hold torch threads or a Streamlit server.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            with _plain_main():
-                futures = [pool.submit(_build_one, case, config, case_dir, fp) for case, case_dir, fp in todo]
+        with spawn_pool(workers) as pool:
+            futures = submit_all(pool, _build_one, [(case, config, case_dir, fp) for case, case_dir, fp in todo])
             for fut in as_completed(futures):
                 results.append(fut.result())
                 bar.update()
     bar.close()
     return results
-
-
-@contextmanager
-def _plain_main():
-    """Hide the caller's ``__main__`` while workers spawn.
-
-    Spawned workers re-run the parent's main script; inside Streamlit (or AppTest) that is the app's
-    page script, which must not run in a worker. The workers only need this module, found by name.
-    """
-    saved = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if saved is not None:
-            sys.modules["__main__"] = saved
 
 
 def _remove_stale(root: Path, keep: set[str]) -> None:

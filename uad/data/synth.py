@@ -17,10 +17,9 @@ import re
 import shutil
 import tempfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 
 import nibabel as nib
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from uad.errors import ConfigError, DataError
 from uad.fileio import write_json
+from uad.workers import spawn_pool, submit_all
 
 DEFAULT_CASES = 24
 GENERATOR_VERSION = 1
@@ -589,8 +589,8 @@ def generate_cohort(
                 bar.update()
         else:
             # spawn: safe even when the caller holds threads (torch, a web server).
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(_build_case, out_dir, case_id, seed) for case_id in todo]
+            with spawn_pool(workers) as pool:
+                futures = submit_all(pool, _build_case, [(out_dir, case_id, seed) for case_id in todo])
                 try:
                     for future in as_completed(futures):
                         future.result()

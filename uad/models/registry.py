@@ -50,6 +50,8 @@ def create_model(name: str, **config: Any) -> AnomalyModel:
     params = inspect.signature(cls.__init__).parameters
     accepted = [p for p in params if p != "self"]
     unknown = sorted(set(config) - set(accepted))
-    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):  # a typo in a user's model options is a ConfigError, not a TypeError traceback
-        raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; options: {', '.join(accepted)}")
+    # A typo in a user's model options is a ConfigError naming the valid ones, not a TypeError traceback.
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"model {cls.name!r} has no option {', '.join(unknown)}; "
+                          f"options: {', '.join(accepted)}")
     return cls(**config)

@@ -122,13 +122,16 @@ class ViTAE(AnomalyModel):
         check_choice("decoder", decoder, ("linear", "conv"))
         self.loss_kind = check_choice("loss", loss, LOSSES)
         if image_size % patch_size or (decoder == "conv" and (patch_size < 2 or patch_size & (patch_size - 1))):
-            raise ConfigError(f"patch_size {patch_size} must divide image_size {image_size} (and be a power of 2 for the conv decoder)")
+            raise ConfigError(f"patch_size {patch_size} must divide image_size {image_size} "
+                              "(and be a power of 2 for the conv decoder)")
         if embed_dim % num_heads or embed_dim % 4:
             raise ConfigError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads} and by 4")
         if not 0.0 <= context_dropout < 1.0 or test_time_drops < 0:
-            raise ConfigError(f"context_dropout must be in [0, 1) and test_time_drops >= 0, got {context_dropout}, {test_time_drops}")
+            raise ConfigError("context_dropout must be in [0, 1) and test_time_drops >= 0, "
+                              f"got {context_dropout}, {test_time_drops}")
         self.patch, self.grid = patch_size, image_size // patch_size
-        self.context_dropout, self.masked_weight, self.test_time_drops = float(context_dropout), float(masked_weight), int(test_time_drops)
+        self.context_dropout, self.masked_weight = float(context_dropout), float(masked_weight)
+        self.test_time_drops = int(test_time_drops)
 
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)
         self.pos_embed = nn.Parameter(sincos_2d(self.grid, embed_dim))
@@ -139,14 +142,15 @@ class ViTAE(AnomalyModel):
             self.head: nn.Module = nn.Linear(embed_dim, patch_size * patch_size * in_channels)
         else:
             self.head = ConvPatchDecoder(embed_dim, patch_size, in_channels)
-        self.refine = (nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, in_channels, 3, padding=1))
-                       if refine else None)
+        self.refine = (nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.GELU(),
+                                     nn.Conv2d(16, in_channels, 3, padding=1)) if refine else None)
         for m in self.blocks.modules():  # ViT/MAE initialisation of the transformer's linear layers
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor, drop_ratio: float = 0.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, drop_ratio: float = 0.0,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         """(reconstruction in [0, 1], token mask (B, N) or None when nothing was dropped)."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         mask = None
