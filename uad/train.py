@@ -7,6 +7,7 @@ across ranks after every backward (``AnomalyModel.optimize`` → ``grad_sync``),
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -342,7 +343,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
                         generator=generator, num_workers=config.num_workers, drop_last=len(train_ds) > config.batch_size * world,
                         pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0)
     val_loader = DataLoader(val_ds, batch_size=max(config.batch_size, 64), shuffle=False, num_workers=0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
     t_start = time.perf_counter()
     info_base = {
@@ -460,11 +461,3 @@ def _validate(model, loader, device, amp) -> float:
         n += x.shape[0]
     model.train()
     return total / n
-
-
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
