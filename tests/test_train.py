@@ -159,12 +159,13 @@ def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs a POSIX system")
-def test_torchrun_two_gloo_ranks_end_with_identical_weights(cohort, tmp_path):
+@pytest.mark.parametrize("model", ["autoencoder", "gan"])  # gan: three optimizers, double backward
+def test_torchrun_two_gloo_ranks_end_with_identical_weights(cohort, tmp_path, model):
     run = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "uad", "train",
-         "--model", "autoencoder", "--data", str(cohort), "--image-size", "64", "--epochs", "1", "--batch-size", "4",
+         "--model", model, "--data", str(cohort), "--image-size", "64", "--epochs", "2", "--batch-size", "4",
          "--device", "cpu", "--out", str(run), "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -1,8 +1,9 @@
 """The trainer: one code path for every model (the model-specific update lives in ``training_step``).
 
 Run folder contents and states are described in ``uad.runs``. Under ``torchrun`` the trainer runs
-data-parallel: each rank reads its share of the slices (DistributedSampler), gradients are averaged
-across ranks after every backward (``AnomalyModel.optimize`` → ``grad_sync``), and only rank 0 writes.
+data-parallel: each rank reads its share of the slices (DistributedSampler), each optimizer's parameters
+are wrapped in torch's DistributedDataParallel, which averages their gradients during backward (the model's
+loss runs as that wrapper's forward, see ``AnomalyModel.optimize``), and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import signal
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,22 +131,34 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _grad_sync(world: int):
-    import torch.distributed as dist
+class _ParameterGroup(torch.nn.Module):
+    """The parameters one optimizer updates, as a module DistributedDataParallel can wrap.
 
-    def sync(params: list[torch.nn.Parameter]) -> None:
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+    Its forward runs whatever loss function it is given, so the model's own code computes the loss while
+    DDP sees a forward over exactly these parameters, followed by one backward. GAN models train several
+    networks with separate optimizers and backward passes per batch; a DDP per optimizer keeps each
+    backward paired with one DDP forward, which a single DDP around the whole model could not.
+    """
 
-    return sync
+    def __init__(self, params: list[torch.nn.Parameter]):
+        super().__init__()
+        self.params = torch.nn.ParameterList(params)
+
+    def forward(self, compute_loss):
+        return compute_loss()
+
+
+def _wrap_data_parallel(model, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    for opt in optimizers.values():
+        params = [p for group in opt.param_groups for p in group["params"]]
+        # Every model keeps each optimized parameter in that optimizer's loss, so DDP need not search the
+        # graph for unused ones. BatchNorm statistics are averaged once per epoch by _sync_buffers.
+        model.data_parallel[id(opt)] = DistributedDataParallel(_ParameterGroup(params))
+    # The WGAN-GP double backward leaves some critic gradients in another memory layout than DDP's bucket
+    # views; DDP copies them, correctly, but warns every run.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
 
 def _broadcast_params(model: torch.nn.Module) -> None:
@@ -317,7 +331,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     optimizers = model.configure_optimizers(config.lr)
     if world > 1:
         _broadcast_params(model)
-        model.grad_sync = _grad_sync(world)
+        _wrap_data_parallel(model, optimizers)
 
     start_epoch, step, best = 0, 0, math.inf
     if resume:

@@ -65,8 +65,7 @@ class Autoencoder(AnomalyModel):
 
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
         inp = x + coarse_noise(x, self.noise_std, self.noise_res) if self.noise_std > 0 else x
-        loss = recon_loss(self(inp), x, self.loss_kind)
-        self.optimize(loss, optimizers["model"])
+        loss = self.optimize(optimizers["model"], lambda: recon_loss(self(inp), x, self.loss_kind))
         return {"loss": loss.item()}
 
     @torch.no_grad()

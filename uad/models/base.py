@@ -25,8 +25,10 @@ class AnomalyModel(nn.Module):
 
     * ``hparams`` holds every constructor argument, so ``create_model(name, **hparams)`` rebuilds it.
     * ``configure_optimizers(lr)`` returns named optimizers (names are used in checkpoints).
-    * ``training_step(x, optimizers, progress)`` does the whole update for one batch (losses, backward
-      through ``self.optimize``, optimizer steps) and returns the losses as floats. ``progress`` in [0, 1]
+    * ``training_step(x, optimizers, progress)`` does the whole update for one batch and returns the losses
+      as floats. Every update goes through ``self.optimize(optimizer, compute_loss)``: the loss is computed
+      inside it, so under torchrun the forward pass runs inside that optimizer's DistributedDataParallel
+      wrapper (see ``uad.train``). ``progress`` in [0, 1]
       is the fraction of training done; multi-phase models (f-AnoGAN) use it to switch phase.
     * ``validation_loss(x)`` is a scalar on healthy slices; the trainer keeps the checkpoint with the lowest.
     * ``anomaly_map(x)`` returns an :class:`AnomalyOutput`; models are in eval mode when it is called.
@@ -41,8 +43,8 @@ class AnomalyModel(nn.Module):
         self.hparams: dict[str, Any] = {"in_channels": in_channels, "image_size": image_size, **hparams}
         self.in_channels = in_channels
         self.image_size = image_size
-        # Installed by the trainer under torch.distributed: averages gradients across ranks.
-        self.grad_sync: Callable[[list[nn.Parameter]], None] | None = None
+        # Installed by the trainer under torchrun: one DistributedDataParallel per optimizer, keyed by id().
+        self.data_parallel: dict[int, nn.Module] = {}
 
     # -- training -------------------------------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
@@ -51,13 +53,22 @@ class AnomalyModel(nn.Module):
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
         raise NotImplementedError
 
-    def optimize(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """zero_grad → backward → (cross-rank gradient average) → step, for the optimizer's parameters only."""
+    def optimize(self, optimizer: torch.optim.Optimizer, compute_loss: Callable[[], Any]) -> Any:
+        """One update of ``optimizer``'s parameters; returns what ``compute_loss`` returned.
+
+        ``compute_loss()`` returns the loss tensor, or a tuple whose first item is the loss (the rest are
+        logged values). It is called here rather than by the model so that, under torchrun, it runs as the
+        forward pass of the optimizer's DistributedDataParallel wrapper, which then averages the gradients
+        across ranks during ``backward``. GAN models update several optimizers per batch, each through its
+        own wrapper, so each backward is paired with exactly one DDP forward.
+        """
+        wrapper = self.data_parallel.get(id(optimizer))
+        out = wrapper(compute_loss) if wrapper is not None else compute_loss()
+        loss = out[0] if isinstance(out, tuple) else out
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.grad_sync is not None:
-            self.grad_sync([p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
+        return out
 
     def checkpoint_selectable(self, progress: float) -> bool:
         """Whether the validation loss at this point of training may pick the best checkpoint.

@@ -72,16 +72,19 @@ class FAnoGAN(AnomalyModel):
         b = x.shape[0]
         with torch.no_grad():
             fake = self.sample(b, x.device)
-        scores = self.critic(torch.cat([x, fake]))[0].float()  # per-sample norm: one batch = two batches
-        wasserstein = scores[:b].mean() - scores[b:].mean()
-        gp = self._gradient_penalty(x, fake)
-        critic_loss = -wasserstein + self.gp_weight * gp
-        self.optimize(critic_loss, optimizers["critic"])
+
+        def critic_loss() -> tuple[Tensor, Tensor, Tensor]:
+            scores = self.critic(torch.cat([x, fake]))[0].float()  # per-sample norm: one batch = two batches
+            wasserstein = scores[:b].mean() - scores[b:].mean()
+            gp = self._gradient_penalty(x, fake)
+            return -wasserstein + self.gp_weight * gp, wasserstein, gp
+
+        critic_loss, wasserstein, gp = self.optimize(optimizers["critic"], critic_loss)
         self.critic_steps += 1
         if int(self.critic_steps) % self.n_critic == 0:
             with frozen(self.critic):
-                gen_loss = -self.critic(self.sample(b, x.device))[0].float().mean()
-                self.optimize(gen_loss, optimizers["generator"])
+                gen_loss = self.optimize(optimizers["generator"],
+                                         lambda: -self.critic(self.sample(b, x.device))[0].float().mean())
             self._last_generator_loss = gen_loss.item()
         return {"critic": critic_loss.item(), "wasserstein": wasserstein.item(), "gp": gp.item(),
                 "generator": self._last_generator_loss}
@@ -99,10 +102,12 @@ class FAnoGAN(AnomalyModel):
     def _encoder_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         self.generator.eval()  # G is a fixed mapping now: no batch statistics, no running-stat updates
         self.encoder.train()
-        with frozen(self.generator, self.critic):
+        def izi_f_loss() -> tuple[Tensor, Tensor, Tensor]:
             _, img, feat = self.izi_f(x)
-            loss = (img + self.kappa * feat).mean()
-            self.optimize(loss, optimizers["encoder"])
+            return (img + self.kappa * feat).mean(), img, feat
+
+        with frozen(self.generator, self.critic):
+            loss, img, feat = self.optimize(optimizers["encoder"], izi_f_loss)
         return {"izi_f": loss.item(), "image": img.mean().item(), "feature": feat.mean().item()}
 
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:

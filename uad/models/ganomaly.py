@@ -54,27 +54,30 @@ class GANomaly(AnomalyModel):
         return recon, z, self.encoder2(recon).float()
 
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
-        recon, z, z_hat = self(x)
-        with frozen(self.discriminator):
+        def generator_loss() -> tuple[Tensor, ...]:
+            recon, z, z_hat = self(x)
             adv = (self.discriminator(recon)[1].float() - self.discriminator(x)[1].float()).square().mean()
             con = recon_loss(recon, x, "l1")
             enc = (z - z_hat).square().mean()
-            g_loss = self.w_adv * adv + self.w_con * con + self.w_enc * enc
-            self.optimize(g_loss, optimizers["generator"])
+            return self.w_adv * adv + self.w_con * con + self.w_enc * enc, adv, con, enc, recon.detach()
 
-        # Real and fake in separate passes so BatchNorm never mixes their statistics (DCGAN practice).
-        real_logit = self.discriminator(x)[0].float()
-        fake_logit = self.discriminator(recon.detach())[0].float()
-        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-                        + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
-        self.optimize(d_loss, optimizers["discriminator"])
+        def discriminator_loss() -> Tensor:
+            # Real and fake in separate passes so BatchNorm never mixes their statistics (DCGAN practice).
+            real_logit = self.discriminator(x)[0].float()
+            fake_logit = self.discriminator(recon)[0].float()
+            return 0.5 * (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+                          + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+
+        with frozen(self.discriminator):
+            g_loss, adv, con, enc, recon = self.optimize(optimizers["generator"], generator_loss)
+        d_loss = self.optimize(optimizers["discriminator"], discriminator_loss)
         if self._mean_across_ranks(d_loss.detach()) < self.reinit_below:
             self._reinit_discriminator(optimizers["discriminator"])
         return {"generator": g_loss.item(), "adversarial": adv.item(), "contextual": con.item(), "latent": enc.item(),
                 "discriminator": d_loss.item()}
 
     def _distributed(self) -> bool:
-        return self.grad_sync is not None and dist.is_available() and dist.is_initialized()
+        return bool(self.data_parallel) and dist.is_available() and dist.is_initialized()
 
     def _mean_across_ranks(self, value: Tensor) -> float:
         """Every rank must take the same re-initialisation decision."""

@@ -58,8 +58,7 @@ class VAE(AnomalyModel):
         return rec + self.kl_weight * kl / x[0].numel(), rec, kl
 
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
-        total, rec, kl = self.loss(x, sample=True)
-        self.optimize(total, optimizers["model"])
+        total, rec, kl = self.optimize(optimizers["model"], lambda: self.loss(x, sample=True))
         return {"loss": total.item(), "recon": rec.item(), "kl": kl.item()}
 
     @torch.no_grad()

@@ -166,13 +166,22 @@ class ViTAE(AnomalyModel):
             logits = logits + self.refine(logits)
         return to_image(logits), mask
 
-    def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        # Without context dropout the mask token is never used. Leaving it out keeps every optimized parameter
+        # in every loss, which DistributedDataParallel (find_unused_parameters=False) relies on.
+        params = [p for n, p in self.named_parameters() if self.context_dropout > 0 or n != "mask_token"]
+        return {"model": torch.optim.Adam(params, lr=lr)}
+
+    def training_loss(self, x: Tensor) -> Tensor:
+        """Patch-wise reconstruction error with context dropout; dropped patches weighted by masked_weight."""
         recon, mask = self(x, self.context_dropout)
         diff = recon - x.float()
         err = patchify(diff.abs() if self.loss_kind == "l1" else diff.square(), self.patch).mean(dim=2)  # (B, N)
         weight = torch.ones_like(err) if mask is None else 1.0 + (self.masked_weight - 1.0) * mask.float()
-        loss = (err * weight).sum() / weight.sum()
-        self.optimize(loss, optimizers["model"])
+        return (err * weight).sum() / weight.sum()
+
+    def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
+        loss = self.optimize(optimizers["model"], lambda: self.training_loss(x))
         return {"loss": loss.item()}
 
     def reconstruct(self, x: Tensor) -> Tensor:
