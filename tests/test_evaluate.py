@@ -52,6 +52,8 @@ def test_planted_blob_lands_on_the_right_voxels_of_the_exported_map(tmp_path):
     assert img.shape == vols["flair"].shape
     np.testing.assert_allclose(img.affine, BRATS_AFFINE)
     vol = np.asarray(img.dataobj)
+    # Stored as scaled int16: values come back within one quantisation step of the float map.
+    np.testing.assert_allclose(vol, pre.geometry.to_source(vs.maps), atol=float(vs.maps.max()) / 32000)
     hot = vol > 0.5
     assert hot[blob].mean() > 0.7  # the blob is found ...
     assert hot[~blob].sum() < 0.5 * blob.sum()  # ... and little else
