@@ -684,22 +684,6 @@ def at_fpr(m: dict, rate: float) -> dict:
     return {}
 
 
-def model_options(model: str) -> dict[str, tuple[type, Any]]:
-    """Constructor options of a model beyond the shared ones (name → (type, default)), for the Train form."""
-    import inspect
-
-    from uad.models import model_class
-
-    out = {}
-    for p in inspect.signature(model_class(model).__init__).parameters.values():
-        if p.name in ("self", "in_channels", "image_size") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            continue
-        if p.default is inspect.Parameter.empty:
-            continue
-        out[p.name] = (type(p.default) if p.default is not None else str, p.default)
-    return out
-
-
 class timed:
     """Records how long a block took (ms) in ``st.session_state['perf'][name]``: the server-side latency
     of a view, read by the tests; printed to stderr when UAD_APP_TIMINGS is set."""

@@ -72,24 +72,16 @@ def cmd_info(args) -> int:
 
 
 # -- train ----------------------------------------------------------------------------------------------
-_SHARED_MODEL_ARGS = {"self", "in_channels", "image_size", "hparams", "kwargs"}
 
 
 def _model_options() -> dict[str, tuple[type, object, list[str]]]:
-    """Every constructor option of every registered model: name → (type, default, models that take it)."""
-    import inspect
-
-    from uad.models import list_models, model_class
+    """Every option of every registered model: name → (type, default, models that take it)."""
+    from uad.models import list_models, model_options
 
     options: dict[str, tuple[type, object, list[str]]] = {}
     for name in list_models():
-        for param in inspect.signature(model_class(name).__init__).parameters.values():
-            if param.name in _SHARED_MODEL_ARGS or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
-                continue
-            default = param.default
-            typ = type(default) if default is not inspect.Parameter.empty and default is not None else str
-            entry = options.setdefault(param.name, (typ, default, []))
-            entry[2].append(name)
+        for opt, (typ, default) in model_options(name).items():
+            options.setdefault(opt, (typ, default, []))[2].append(name)
     return options
 
 

@@ -10,7 +10,7 @@ import ui
 from uad import runs
 from uad.data.cases import MODALITIES
 from uad.data.demo import demo_ready
-from uad.models import list_models
+from uad.models import list_models, model_options
 
 ABOUT = {
     "autoencoder": "convolutional autoencoder",
@@ -56,7 +56,7 @@ def _check_dataset(modalities: list[str]) -> str | None:
 
 def _form() -> None:
     model = st.columns([1, 2])[0].selectbox("Model", list_models(), key="train_model", format_func=lambda m: f"{m} — {ABOUT.get(m, '')}")
-    options = ui.model_options(model)
+    options = model_options(model)
     with st.form("train_form"):
         c1, c2, c3, c4 = st.columns(4)
         modalities = c1.multiselect("Modalities (input channels)", list(MODALITIES), default=["flair"], key="train_mods")

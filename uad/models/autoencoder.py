@@ -18,26 +18,31 @@ from uad.models.registry import register_model
 class Autoencoder(AnomalyModel):
     """x → encoder → bottleneck → decoder → sigmoid; map = |x − x̂|.
 
+    The defaults train a denoising autoencoder with coarse noise (Kascenas et al., MIDL 2022): on the demo
+    cohort it lifts slice AUROC from 0.61 to 0.89 and pixel AP from 0.16 to 0.82 over the original MSc
+    project's dense autoencoder, which ``bottleneck="dense", noise_std=0`` reproduces (README, Results).
+
     Options:
-      latent_dim (128): size of the dense code; with ``bottleneck="spatial"`` the number of channels of the
-        (H/16 × W/16) code map instead.
+      latent_dim (128): channels of the (H/16 × W/16) code map; with ``bottleneck="dense"`` the size of
+        the flat code instead (the MSc project's latent 128).
       base_channels (16): encoder widths are 16-32-64-128 (lean enough for ~150+ slices/s training on 2 CPU
         cores at 128²); 32 gives 32-64-128-256.
-      bottleneck ("dense"): "dense" = flatten + linear code (a classic AE); "spatial" = fully convolutional
-        1×1-conv code, which keeps position and localises better (what Kascenas et al. use with noise).
+      bottleneck ("spatial"): "spatial" = fully convolutional 1×1-conv code, which keeps position and
+        localises better; "dense" = flatten + linear code (a classic AE, blurrier).
       norm ("batch"): batch | group | layer | none.
       loss ("l1"): "l1" matches the |x − x̂| anomaly map and blurs less than "mse".
-      noise_std (0.0): > 0 turns on denoising training: coarse Gaussian noise of this std, drawn at
+      noise_std (0.2): > 0 turns on denoising training: coarse Gaussian noise of this std, drawn at
         ``noise_res`` × ``noise_res`` and upsampled bilinearly, is added inside the brain (x > 0) to the
         input during training only; the loss compares the output with the *clean* image. Not clipped, so
-        dark tissue can be pushed below 0 as well as bright tissue above 1.
+        dark tissue can be pushed below 0 as well as bright tissue above 1. Without it a spatial
+        autoencoder learns to copy its input, anomalies included.
       noise_res (16): resolution of the coarse noise grid.
     """
 
     name = "autoencoder"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 bottleneck: str = "dense", norm: str = "batch", loss: str = "l1", noise_std: float = 0.0,
+                 bottleneck: str = "spatial", norm: str = "batch", loss: str = "l1", noise_std: float = 0.2,
                  noise_res: int = 16):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res)

@@ -44,6 +44,26 @@ def model_class(name: str) -> type[AnomalyModel]:
     return _REGISTRY[canonical_name(name)]
 
 
+# Set by the data (channels, working size), not chosen by the user as model options.
+SHARED_ARGS = ("in_channels", "image_size")
+
+
+def model_options(name: str) -> dict[str, tuple[type, Any]]:
+    """A model's own options with their types and defaults, read from its constructor: name → (type, default).
+
+    The CLI's ``--option`` flags and the app's Train form are both built from this, so a new constructor
+    argument shows up in both without further code.
+    """
+    out: dict[str, tuple[type, Any]] = {}
+    for p in inspect.signature(model_class(name).__init__).parameters.values():
+        if p.name == "self" or p.name in SHARED_ARGS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        if p.default is inspect.Parameter.empty:
+            continue
+        out[p.name] = (type(p.default) if p.default is not None else str, p.default)
+    return out
+
+
 def create_model(name: str, **config: Any) -> AnomalyModel:
     """Build a model by name (or alias) with keyword hyper-parameters, e.g. ``create_model("vit", in_channels=1)``."""
     cls = model_class(name)
