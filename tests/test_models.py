@@ -221,6 +221,7 @@ def test_vit_context_dropout_only_in_training():
     assert not torch.equal(before, model.mask_token)  # the mask token is used (and learned) in training
 
     model.eval()
+    model.inpaint_groups = 0  # plain reconstruction: no token is dropped in eval
     first = model.reconstruct(x)
     with torch.no_grad():
         model.mask_token.fill_(1e3)  # would wreck any output that used it
@@ -228,8 +229,25 @@ def test_vit_context_dropout_only_in_training():
     assert model(x)[1] is None
 
 
+def test_vit_inpainting_predicts_each_patch_without_seeing_it():
+    model = create_model("vit", image_size=64).eval()  # 16 patches of 16x16, 5 groups by default
+    x = brain_batch(2, 1, 64)
+    recon = model.reconstruct(x)
+    assert torch.equal(recon, model.reconstruct(x))  # deterministic
+    changed = x.clone()
+    changed[:, :, 16:32, 32:48] = 1.0 - changed[:, :, 16:32, 32:48]  # one patch's own pixels
+    again = model.reconstruct(changed)
+    # That patch was predicted from a pass that hid it, so its prediction ignores its own pixels ...
+    assert torch.allclose(again[:, :, 16:32, 32:48], recon[:, :, 16:32, 32:48], atol=1e-6)
+    # ... while its neighbours (context in their passes) do change.
+    assert not torch.allclose(again, recon, atol=1e-4)
+    plain = create_model("vit", **{**model.hparams, "inpaint_groups": 0}).eval()
+    plain.load_state_dict(model.state_dict())
+    assert not torch.allclose(plain.reconstruct(changed)[:, :, 16:32, 32:48], recon[:, :, 16:32, 32:48], atol=1e-4)
+
+
 def test_vit_test_time_drops_are_seeded():
-    model = create_model("vit", image_size=64, test_time_drops=3).eval()
+    model = create_model("vit", image_size=64, inpaint_groups=0, test_time_drops=3).eval()
     x = brain_batch(2, 1, 64)
     a, b = model.anomaly_map(x), model.anomaly_map(x)
     assert torch.equal(a.anomaly_map, b.anomaly_map)
