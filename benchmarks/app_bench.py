@@ -1,0 +1,147 @@
+"""App benchmark: first page render and slice-slider latency, in a real browser on the demo cohort.
+
+    python benchmarks/app_bench.py [--moves 10]
+
+Starts ``streamlit run app/Home.py`` on a free port (the project's own data, runs and shipped checkpoints;
+the demo cohort is generated first if missing), drives Debian's Chromium with Playwright, and prints:
+
+* first render: from opening the URL until the Overview page is drawn and idle, for the first browser
+  session on a freshly started server (cold: the script's imports run now) and for a second session;
+* per slider move on Data and Explore: the server-side time of the view (``ui.timed``, what the 150 ms
+  goal is about) and the browser round trip (key press until the new slice is drawn and the app is idle).
+
+Explore's first visit computes the run's maps for the case once; it is timed separately.
+Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from test_browser import CHROMIUM, IDLE, _free_port, goto, slider, wait_idle  # noqa: E402
+
+TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
+
+
+def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, UAD_APP_TIMINGS="1")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/Home.py", f"--server.port={port}"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                return proc, url
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            raise SystemExit(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def server_timings(log_path: Path, name: str) -> list[float]:
+    return [float(m["ms"]) for m in TIMING.finditer(log_path.read_text()) if m["name"] == name]
+
+
+def first_render(browser, url: str) -> float:
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    t0 = time.perf_counter()
+    page.goto(url)
+    wait_idle(page, settle=0.0)
+    seconds = time.perf_counter() - t0
+    page.close()
+    return seconds
+
+
+def scrub(page, log_path: Path, view: str, moves: int) -> tuple[list[float], list[float]]:
+    """Press → on the slice slider ``moves`` times; (server ms per move, browser round trip ms per move)."""
+    s = slider(page, "Axial slice")
+    s.focus()
+    before_server = len(server_timings(log_path, view))
+    trips = []
+    for _ in range(moves):
+        value = s.input_value()
+        t0 = time.perf_counter()
+        s.press("ArrowRight")
+        page.wait_for_function(f"() => document.activeElement && document.activeElement.value !== {value!r}")
+        page.wait_for_function(IDLE)
+        trips.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.3)
+    return server_timings(log_path, view)[before_server:], trips
+
+
+def row(name: str, values: list[float], unit: str = "ms") -> str:
+    if not values:
+        return f"| {name} | – | – | – |"
+    return (f"| {name} | {statistics.median(values):.0f} {unit} | {max(values):.0f} {unit} | {len(values)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--moves", type=int, default=10)
+    args = parser.parse_args()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise SystemExit("needs: pip install playwright (and apt-get install -y chromium)") from None
+    if not CHROMIUM.exists():
+        raise SystemExit(f"needs Debian's Chromium at {CHROMIUM}: apt-get install -y chromium")
+
+    from uad.data.demo import ensure_demo
+
+    ensure_demo()  # generating the demo cohort is not part of a render
+    log_path = Path(tempfile.mkdtemp(prefix="uad-app-bench-")) / "server.log"
+    proc, url = start_server(log_path)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            cold = first_render(browser, url)
+            time.sleep(3)  # let the background warm-up (torch import) finish, as a user reading the page would
+            warm = first_render(browser, url)
+
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            wait_idle(page)
+            goto(page, "Data")
+            data_server, data_trip = scrub(page, log_path, "data_viewer", args.moves)
+            t0 = time.perf_counter()
+            goto(page, "Explore")
+            explore_first = time.perf_counter() - t0
+            explore_server, explore_trip = scrub(page, log_path, "explore_viewer", args.moves)
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+
+    print(f"| measure | median | max | n |\n|---|---:|---:|---:|")
+    print(f"| first render, fresh server | {cold:.2f} s | | 1 |")
+    print(f"| first render, second session | {warm:.2f} s | | 1 |")
+    print(row("Data: slider, server", data_server))
+    print(row("Data: slider, browser round trip", data_trip))
+    print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
+    print(row("Explore: slider, server", explore_server))
+    print(row("Explore: slider, browser round trip", explore_trip))
+
+
+if __name__ == "__main__":
+    main()
