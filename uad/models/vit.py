@@ -97,11 +97,12 @@ class ViTAE(AnomalyModel):
     fill them in from context (MAE's masking, kept at 20 %).
 
     Scoring by in-painting (default): a network trained to fill in hidden patches still copies the patches
-    it can see, tumour included, so a plain reconstruction barely shows anomalies (slice AUROC 0.44 on the
-    demo cohort). At test time the patches are split into ``inpaint_groups`` disjoint groups (a fixed random
-    partition); one pass per group hides that group, and each patch's reconstruction is taken from the pass
-    that hid it. Every patch is then predicted from its context alone, as in training (0.83 on the same
-    checkpoint). The default 5 groups hide 20 % per pass, the training dropout; it costs 5 forward passes.
+    it can see, tumour included. At test time the patches are split into ``inpaint_groups`` disjoint groups
+    (a fixed random partition); one pass per group hides that group, and each patch's reconstruction is
+    taken from the pass that hid it, so every patch is predicted from its context alone, as the dropped
+    ones are in training. The default 5 groups hide 20 % per pass, the training dropout; it costs 5 forward
+    passes. On the demo cohort (30 epochs) it raised pixel AP from 0.048 to 0.115 and slice AUROC from
+    0.469 to 0.512 over the plain reconstruction of the same checkpoint: better, but still weak (README).
 
     Options:
       patch_size (16; must divide image_size, power of 2 for decoder="conv"), embed_dim (256), depth (4),
