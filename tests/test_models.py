@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -161,6 +162,18 @@ def test_autoencoder_defaults_to_denoising_and_keeps_the_dense_msc_variant():
     dense = create_model("ae", image_size=64, bottleneck="dense", noise_std=0.0)
     assert dense.training_step(x, dense.configure_optimizers(1e-3), 0.0)["loss"] > 0
     assert dense.eval().reconstruct(x).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "ganomaly", "vit"])
+def test_denoising_options_are_validated_and_train(name):
+    with pytest.raises(ConfigError, match="noise_std"):
+        create_model(name, image_size=64, noise_std=-0.1)
+    with pytest.raises(ConfigError, match="noise_res"):
+        create_model(name, image_size=64, noise_res=65)
+    model = create_model(name, image_size=64, noise_std=0.3, noise_res=8)
+    x = brain_batch(2, 1, 64)
+    losses = model.training_step(x, model.configure_optimizers(1e-3), 0.0)
+    assert all(math.isfinite(v) for v in losses.values())
 
 
 # -- f-AnoGAN -----------------------------------------------------------------------------------------------

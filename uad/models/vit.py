@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from uad.errors import ConfigError
 from uad.models.base import AnomalyModel
-from uad.models.blocks import LOSSES, check_choice, to_image
+from uad.models.blocks import LOSSES, check_choice, coarse_noise, to_image
 from uad.models.registry import register_model
 
 TEST_TIME_SEED = 0
@@ -113,6 +113,8 @@ class ViTAE(AnomalyModel):
       loss ("l1"), masked_weight (1.0): loss weight of dropped patches relative to kept ones (1 = plain
         mean over all pixels; > 1 stresses in-filling as MAE does),
       inpaint_groups (5): K > 1 scores by in-painting as above (deterministic); 0 or 1 = plain reconstruction.
+      noise_std (0.0), noise_res (16): coarse-noise denoising training as in the autoencoder (Kascenas et al.
+        2022): noise on the input only, the loss against the clean slice.
       test_time_drops (0): K > 0 (with inpaint_groups 0) makes reconstruct/anomaly_map average K
         reconstructions, each with its own random drop pattern from a generator seeded identically on every
         call (deterministic).
@@ -124,11 +126,13 @@ class ViTAE(AnomalyModel):
     def __init__(self, in_channels: int = 1, image_size: int = 128, patch_size: int = 16, embed_dim: int = 256,
                  depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1,
                  context_dropout: float = 0.2, decoder: str = "linear", refine: bool = False, loss: str = "l1",
-                 masked_weight: float = 1.0, inpaint_groups: int = 5, test_time_drops: int = 0):
+                 masked_weight: float = 1.0, inpaint_groups: int = 5, test_time_drops: int = 0,
+                 noise_std: float = 0.0, noise_res: int = 16):
         super().__init__(in_channels, image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, context_dropout=context_dropout,
                          decoder=decoder, refine=refine, loss=loss, masked_weight=masked_weight,
-                         inpaint_groups=inpaint_groups, test_time_drops=test_time_drops)
+                         inpaint_groups=inpaint_groups, test_time_drops=test_time_drops, noise_std=noise_std,
+                         noise_res=noise_res)
         check_choice("decoder", decoder, ("linear", "conv"))
         self.loss_kind = check_choice("loss", loss, LOSSES)
         if image_size % patch_size or (decoder == "conv" and (patch_size < 2 or patch_size & (patch_size - 1))):
@@ -146,6 +150,9 @@ class ViTAE(AnomalyModel):
         self.patch, self.grid = patch_size, image_size // patch_size
         self.context_dropout, self.masked_weight = float(context_dropout), float(masked_weight)
         self.test_time_drops, self.inpaint_groups = int(test_time_drops), int(inpaint_groups)
+        if noise_std < 0 or not 1 <= noise_res <= image_size:
+            raise ConfigError(f"noise_std must be >= 0 and noise_res in [1, {image_size}], got {noise_std}, {noise_res}")
+        self.noise_std, self.noise_res = float(noise_std), int(noise_res)
 
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)
         self.pos_embed = nn.Parameter(sincos_2d(self.grid, embed_dim))
@@ -191,7 +198,8 @@ class ViTAE(AnomalyModel):
 
     def training_loss(self, x: Tensor) -> Tensor:
         """Patch-wise reconstruction error with context dropout; dropped patches weighted by masked_weight."""
-        recon, mask = self(x, self.context_dropout)
+        inp = x + coarse_noise(x, self.noise_std, self.noise_res) if self.noise_std > 0 else x
+        recon, mask = self(inp, self.context_dropout)
         diff = recon - x.float()
         err = patchify(diff.abs() if self.loss_kind == "l1" else diff.square(), self.patch).mean(dim=2)  # (B, N)
         weight = torch.ones_like(err) if mask is None else 1.0 + (self.masked_weight - 1.0) * mask.float()
