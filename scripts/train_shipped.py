@@ -43,7 +43,8 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
                 raise SystemExit(f"{run} is not a {model} run")
         status = runs.read_status(run)
         state = status["state"]
-        train_s = float(status.get("finished", 0) - status.get("started", 0))
+        # Time in the training loops of every epoch (resumed runs included), validation excluded.
+        train_s = sum(float(r.get("seconds", 0.0)) for r in runs.read_metrics(run))
         if state != "completed":
             raise SystemExit(f"{model}: training ended {state}; nothing shipped")
         full = checkpoints.load(run / "best")

@@ -243,7 +243,7 @@ def test_vit_context_dropout_only_in_training():
 
 
 def test_vit_inpainting_predicts_each_patch_without_seeing_it():
-    model = create_model("vit", image_size=64).eval()  # 16 patches of 16x16, 5 groups by default
+    model = create_model("vit", image_size=64, inpaint_groups=5).eval()  # 16 patches of 16x16
     x = brain_batch(2, 1, 64)
     recon = model.reconstruct(x)
     assert torch.equal(recon, model.reconstruct(x))  # deterministic
@@ -270,7 +270,7 @@ def test_vit_test_time_drops_are_seeded():
 
 
 def test_vit_msc_configuration_builds():
-    model = create_model("vit", image_size=128, decoder="conv")
+    model = create_model("vit", image_size=128, decoder="conv", noise_std=0.0)
     assert (model.hparams["patch_size"], model.hparams["embed_dim"], model.hparams["depth"],
             model.hparams["num_heads"], model.hparams["dropout"], model.hparams["context_dropout"]) == (16, 256, 4, 8, 0.1, 0.2)
     model.eval()
