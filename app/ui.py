@@ -709,6 +709,9 @@ def page_header(title: str, caption: str | None = None) -> None:
         st.caption(caption)
 
 
+WARM_UP_DELAY_S = 1.5
+
+
 @st.cache_resource(show_spinner=False)
 def warm_up() -> None:
     """Import torch and the models in the background once, so the first visit to Train/Explore is quick."""
@@ -726,4 +729,9 @@ def warm_up() -> None:
         except Exception:  # noqa: BLE001 - a failed warm-up only costs time later
             pass
 
-    threading.Thread(target=work, name="uad-warm-up", daemon=True).start()
+    # Started a moment later: importing torch holds the GIL for about a second, and doing it while the
+    # server is still sending the first page delayed that page by as much (first render 4.3 s -> see README).
+    timer = threading.Timer(WARM_UP_DELAY_S, work)
+    timer.daemon = True
+    timer.name = "uad-warm-up"
+    timer.start()
