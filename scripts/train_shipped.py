@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 MODELS = ("autoencoder", "vae", "gan", "ganomaly", "vit")
-EPOCHS = {"autoencoder": 40, "vae": 20, "gan": 40, "ganomaly": 20, "vit": 30}
+EPOCHS = {"autoencoder": 40, "vae": 20, "gan": 20, "ganomaly": 40, "vit": 30}
 
 
 def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, trained: Path | None = None) -> Path:
