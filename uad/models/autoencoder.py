@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from uad.errors import ConfigError
 from uad.models.base import AnomalyModel
 from uad.models.blocks import (
-    LOSSES, NORMS, ConvDecoder, ConvEncoder, LatentDecoder, LatentEncoder, check_choice, coarse_noise, make_norm,
+    LOSSES, NORMS, ConvDecoder, ConvEncoder, LatentDecoder, LatentEncoder, check_choice, check_noise, make_norm, noisy_input,
     recon_loss, to_image,
 )
 from uad.models.registry import register_model
@@ -49,9 +48,7 @@ class Autoencoder(AnomalyModel):
         check_choice("bottleneck", bottleneck, ("dense", "spatial"))
         check_choice("norm", norm, NORMS)
         self.loss_kind = check_choice("loss", loss, LOSSES)
-        if noise_std < 0 or not 1 <= noise_res <= image_size:
-            raise ConfigError(f"noise_std must be >= 0 and noise_res in [1, {image_size}], got {noise_std}, {noise_res}")
-        self.noise_std, self.noise_res = float(noise_std), int(noise_res)
+        self.noise_std, self.noise_res = check_noise(noise_std, noise_res, image_size)
         if bottleneck == "dense":
             self.encoder: nn.Module = LatentEncoder(in_channels, image_size, latent_dim, base_channels, norm)
             self.decoder: nn.Module = LatentDecoder(in_channels, image_size, latent_dim, base_channels, norm)
@@ -69,7 +66,7 @@ class Autoencoder(AnomalyModel):
         return self(x)
 
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
-        inp = x + coarse_noise(x, self.noise_std, self.noise_res) if self.noise_std > 0 else x
+        inp = noisy_input(x, self.noise_std, self.noise_res)
         loss = self.optimize(optimizers["model"], lambda: recon_loss(self(inp), x, self.loss_kind))
         return {"loss": loss.item()}
 

@@ -175,3 +175,14 @@ def coarse_noise(x: Tensor, std: float, resolution: int, generator: torch.Genera
     noise = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)
     return noise * (x > 0)
 
+
+def check_noise(noise_std: float, noise_res: int, image_size: int) -> tuple[float, int]:
+    """The denoising options of a model, validated: (noise_std >= 0, noise_res in [1, image_size])."""
+    if noise_std < 0 or not 1 <= noise_res <= image_size:
+        raise ConfigError(f"noise_std must be >= 0 and noise_res in [1, {image_size}], got {noise_std}, {noise_res}")
+    return float(noise_std), int(noise_res)
+
+
+def noisy_input(x: Tensor, noise_std: float, noise_res: int) -> Tensor:
+    """A denoising model's training input: ``x`` plus :func:`coarse_noise`, or ``x`` itself when noise_std is 0."""
+    return x + coarse_noise(x, noise_std, noise_res) if noise_std > 0 else x

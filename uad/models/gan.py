@@ -102,6 +102,7 @@ class FAnoGAN(AnomalyModel):
     def _encoder_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         self.generator.eval()  # G is a fixed mapping now: no batch statistics, no running-stat updates
         self.encoder.train()
+
         def izi_f_loss() -> tuple[Tensor, Tensor, Tensor]:
             _, img, feat = self.izi_f(x)
             return (img + self.kappa * feat).mean(), img, feat

@@ -7,10 +7,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from uad.errors import ConfigError
 from uad.models.base import AnomalyModel, AnomalyOutput
 from uad.models.blocks import (
-    Discriminator, LatentDecoder, LatentEncoder, coarse_noise, dcgan_init, frozen, recon_loss, to_image,
+    Discriminator, LatentDecoder, LatentEncoder, check_noise, dcgan_init, frozen, noisy_input, recon_loss, to_image,
 )
 from uad.models.registry import register_model
 
@@ -42,9 +41,7 @@ class GANomaly(AnomalyModel):
                  noise_std: float = 0.2, noise_res: int = 16):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, w_adv=w_adv,
                          w_con=w_con, w_enc=w_enc, reinit_below=reinit_below, noise_std=noise_std, noise_res=noise_res)
-        if noise_std < 0 or not 1 <= noise_res <= image_size:
-            raise ConfigError(f"noise_std must be >= 0 and noise_res in [1, {image_size}], got {noise_std}, {noise_res}")
-        self.noise_std, self.noise_res = float(noise_std), int(noise_res)
+        self.noise_std, self.noise_res = check_noise(noise_std, noise_res, image_size)
         self.w_adv, self.w_con, self.w_enc, self.reinit_below = float(w_adv), float(w_con), float(w_enc), float(reinit_below)
         self.encoder1 = LatentEncoder(in_channels, image_size, latent_dim, base_channels, "batch")
         self.decoder = LatentDecoder(in_channels, image_size, latent_dim, base_channels, "batch")
@@ -66,7 +63,7 @@ class GANomaly(AnomalyModel):
         return recon, z, self.encoder2(recon).float()
 
     def training_step(self, x: Tensor, optimizers: dict[str, torch.optim.Optimizer], progress: float) -> dict[str, float]:
-        inp = x + coarse_noise(x, self.noise_std, self.noise_res) if self.noise_std > 0 else x
+        inp = noisy_input(x, self.noise_std, self.noise_res)
 
         def generator_loss() -> tuple[Tensor, ...]:
             recon, z, z_hat = self(inp)

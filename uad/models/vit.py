@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from uad.errors import ConfigError
 from uad.models.base import AnomalyModel
-from uad.models.blocks import LOSSES, check_choice, coarse_noise, to_image
+from uad.models.blocks import LOSSES, check_choice, check_noise, noisy_input, to_image
 from uad.models.registry import register_model
 
 TEST_TIME_SEED = 0
@@ -153,9 +153,7 @@ class ViTAE(AnomalyModel):
         self.patch, self.grid = patch_size, image_size // patch_size
         self.context_dropout, self.masked_weight = float(context_dropout), float(masked_weight)
         self.test_time_drops, self.inpaint_groups = int(test_time_drops), int(inpaint_groups)
-        if noise_std < 0 or not 1 <= noise_res <= image_size:
-            raise ConfigError(f"noise_std must be >= 0 and noise_res in [1, {image_size}], got {noise_std}, {noise_res}")
-        self.noise_std, self.noise_res = float(noise_std), int(noise_res)
+        self.noise_std, self.noise_res = check_noise(noise_std, noise_res, image_size)
 
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, patch_size)
         self.pos_embed = nn.Parameter(sincos_2d(self.grid, embed_dim))
@@ -201,7 +199,7 @@ class ViTAE(AnomalyModel):
 
     def training_loss(self, x: Tensor) -> Tensor:
         """Patch-wise reconstruction error with context dropout; dropped patches weighted by masked_weight."""
-        inp = x + coarse_noise(x, self.noise_std, self.noise_res) if self.noise_std > 0 else x
+        inp = noisy_input(x, self.noise_std, self.noise_res)
         recon, mask = self(inp, self.context_dropout)
         diff = recon - x.float()
         err = patchify(diff.abs() if self.loss_kind == "l1" else diff.square(), self.patch).mean(dim=2)  # (B, N)
