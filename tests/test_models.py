@@ -76,7 +76,7 @@ def test_unknown_option_is_a_config_error():
 @pytest.mark.parametrize("name,options", [
     ("autoencoder", {"bottleneck": "conv"}), ("autoencoder", {"loss": "l3"}), ("autoencoder", {"noise_res": 0}),
     ("vae", {"kl_weight": -1.0}), ("gan", {"gan_fraction": 1.0}), ("vit", {"patch_size": 24}),
-    ("vit", {"num_heads": 7}), ("vit", {"decoder": "mlp"}),
+    ("vit", {"num_heads": 7}), ("vit", {"decoder": "mlp"}), ("gan", {"upsample": "bilinear"}),
 ])
 def test_bad_options_raise_config_error(name, options):
     with pytest.raises(ConfigError):
@@ -196,6 +196,22 @@ def test_fanogan_phases():
     assert changed(e, model.encoder) and not changed(g, model.generator) and not changed(d, model.critic)
     assert all(p.requires_grad for p in model.parameters())  # freezing is undone
     assert not model.checkpoint_selectable(0.5) and model.checkpoint_selectable(0.6)
+
+
+def test_fanogan_critic_sees_overall_brightness():
+    # Samples that are too bright must cost the generator: a per-sample norm straight after the first conv
+    # would make the critic blind to a global intensity scale (its score of 0.5·x would equal that of x).
+    critic = create_model("gan", image_size=64).critic.eval()
+    x = brain_batch(4, 1, 64)
+    assert (critic(x)[0] - critic(0.5 * x)[0]).abs().min() > 1e-4
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+def test_fanogan_generator_upsampling(upsample):
+    model = create_model("gan", image_size=64, upsample=upsample).eval()
+    layers = {type(m).__name__ for m in model.generator.modules()}
+    assert ("ConvTranspose2d" in layers) == (upsample == "transpose") and ("Upsample" in layers) == (upsample == "resize")
+    assert model.sample(2, torch.device("cpu")).shape == (2, 1, 64, 64)
 
 
 # -- GANomaly -----------------------------------------------------------------------------------------------

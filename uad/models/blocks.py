@@ -21,6 +21,7 @@ from uad.errors import ConfigError
 STAGES = 4
 NORMS = ("batch", "group", "layer", "none")
 LOSSES = ("l1", "mse")
+UPSAMPLES = ("transpose", "resize")
 
 
 def stage_channels(base_channels: int) -> list[int]:
@@ -46,14 +47,21 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvEncoder(nn.Sequential):
-    """Image (B, C, H, W) → feature map (B, channels[-1], H/16, W/16): conv 4×4 stride 2 → norm → LeakyReLU."""
+    """Image (B, C, H, W) → feature map (B, channels[-1], H/16, W/16): conv 4×4 stride 2 → norm → LeakyReLU.
 
-    def __init__(self, in_channels: int, base_channels: int = 16, norm: str = "batch"):
+    ``norm_first=False`` leaves the first stage unnormalised (as DCGAN and WGAN-GP critics do). A critic
+    needs that: a per-sample norm right after the first (linear) conv divides out the image's overall
+    contrast, so the critic could not see that a generator's samples are too bright.
+    """
+
+    def __init__(self, in_channels: int, base_channels: int = 16, norm: str = "batch", norm_first: bool = True):
         layers: list[nn.Module] = []
         c = in_channels
-        for out in stage_channels(base_channels):
+        for i, out in enumerate(stage_channels(base_channels)):
+            stage_norm = norm if norm_first or i > 0 else "none"
             # A conv bias is redundant in front of a normalisation layer.
-            layers += [nn.Conv2d(c, out, 4, 2, 1, bias=norm == "none"), make_norm(norm, out), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(c, out, 4, 2, 1, bias=stage_norm == "none"), make_norm(stage_norm, out),
+                       nn.LeakyReLU(0.2, inplace=True)]
             c = out
         super().__init__(*layers)
         self.out_channels = c
@@ -64,17 +72,25 @@ class ConvEncoder(nn.Sequential):
 
 
 class ConvDecoder(nn.Sequential):
-    """Feature map (B, channels[-1], h, w) → logits (B, out_channels, 16h, 16w) with transposed convs.
+    """Feature map (B, channels[-1], h, w) → logits (B, out_channels, 16h, 16w), doubling the size per stage.
 
+    ``upsample="transpose"``: 4×4 stride-2 transposed convs (DCGAN). ``"resize"``: nearest-neighbour ×2,
+    then a 3×3 conv; every output pixel then gets the same number of kernel taps, which avoids the
+    checkerboard pattern transposed convs can print into a generator's samples (Odena et al., Distill 2016).
     Returns logits (no activation) so each model applies its sigmoid in float32 under autocast.
     """
 
-    def __init__(self, out_channels: int, base_channels: int = 16, norm: str = "batch"):
+    def __init__(self, out_channels: int, base_channels: int = 16, norm: str = "batch", upsample: str = "transpose"):
+        check_choice("upsample", upsample, UPSAMPLES)
         chans = stage_channels(base_channels)[::-1] + [out_channels]
         layers: list[nn.Module] = []
         for i in range(STAGES):
             last = i == STAGES - 1
-            layers.append(nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1, bias=last or norm == "none"))
+            bias = last or norm == "none"
+            if upsample == "transpose":
+                layers.append(nn.ConvTranspose2d(chans[i], chans[i + 1], 4, 2, 1, bias=bias))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chans[i], chans[i + 1], 3, 1, 1, bias=bias)]
             if not last:
                 layers += [make_norm(norm, chans[i + 1]), nn.ReLU(inplace=True)]
         super().__init__(*layers)
@@ -101,10 +117,11 @@ class LatentEncoder(nn.Module):
 class LatentDecoder(nn.Module):
     """Latent vector (B, latent_dim) → image logits (B, out_channels, H, W): dense layer, then a ConvDecoder."""
 
-    def __init__(self, out_channels: int, image_size: int, latent_dim: int, base_channels: int = 16, norm: str = "batch"):
+    def __init__(self, out_channels: int, image_size: int, latent_dim: int, base_channels: int = 16, norm: str = "batch",
+                 upsample: str = "transpose"):
         super().__init__()
         self.side = image_size // 2**STAGES
-        self.body = ConvDecoder(out_channels, base_channels, norm)
+        self.body = ConvDecoder(out_channels, base_channels, norm, upsample)
         self.fc = nn.Linear(latent_dim, self.body.in_channels * self.side * self.side)
         self.act = nn.Sequential(make_norm(norm, self.body.in_channels), nn.ReLU(inplace=True))
 
@@ -117,9 +134,10 @@ class Discriminator(nn.Module):
     """Image → (one logit/score per sample (B,), features (B, F)); the features are the last conv map, used
     for feature matching (GANomaly) and the izi_f feature residual (f-AnoGAN)."""
 
-    def __init__(self, in_channels: int, image_size: int, base_channels: int = 16, norm: str = "layer"):
+    def __init__(self, in_channels: int, image_size: int, base_channels: int = 16, norm: str = "layer",
+                 norm_first: bool = True):
         super().__init__()
-        self.features = ConvEncoder(in_channels, base_channels, norm)
+        self.features = ConvEncoder(in_channels, base_channels, norm, norm_first)
         side = image_size // 2**STAGES
         self.head = nn.Linear(self.features.out_channels * side * side, 1)
 

@@ -28,21 +28,24 @@ class FAnoGAN(AnomalyModel):
     The loss keys differ by phase; "generator" repeats the latest generator loss (0 before the first one).
 
     Options: latent_dim (128), base_channels (16), gan_fraction (0.6), n_critic (5), gp_weight (10),
-    kappa (1.0). Optimizers: Adam betas (0.0, 0.9) for G and D as in the WGAN-GP paper, default betas for E.
+    kappa (1.0), upsample (the generator's, "transpose" or "resize"; see ``ConvDecoder``).
+    Optimizers: Adam betas (0.0, 0.9) for G and D as in the WGAN-GP paper, default betas for E.
     """
 
     name = "gan"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 gan_fraction: float = 0.6, n_critic: int = 5, gp_weight: float = 10.0, kappa: float = 1.0):
+                 gan_fraction: float = 0.6, n_critic: int = 5, gp_weight: float = 10.0, kappa: float = 1.0,
+                 upsample: str = "transpose"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
-                         gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa)
+                         gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa,
+                         upsample=upsample)
         if not 0.0 < gan_fraction < 1.0 or n_critic < 1:
             raise ConfigError(f"gan_fraction must be in (0, 1) and n_critic >= 1, got {gan_fraction}, {n_critic}")
         self.latent_dim, self.gan_fraction, self.n_critic = latent_dim, float(gan_fraction), int(n_critic)
         self.gp_weight, self.kappa = float(gp_weight), float(kappa)
-        self.generator = LatentDecoder(in_channels, image_size, latent_dim, base_channels, "batch")
-        self.critic = Discriminator(in_channels, image_size, base_channels, "layer")
+        self.generator = LatentDecoder(in_channels, image_size, latent_dim, base_channels, "batch", upsample)
+        self.critic = Discriminator(in_channels, image_size, base_channels, "layer", norm_first=False)
         self.encoder = LatentEncoder(in_channels, image_size, latent_dim, base_channels, "batch")
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self._last_generator_loss = 0.0
