@@ -51,6 +51,19 @@ def test_completed_run_folder_and_lower_loss(cohort, tmp_path):
     assert not set(split["train"]) & set(split["test"]) and not set(split["train"]) & set(split["val"])
 
 
+def test_epoch_loss_means_count_only_the_batches_that_logged_them(cohort, tmp_path, monkeypatch):
+    # A multi-phase model (f-AnoGAN) logs different losses before and after its switch, mid-epoch:
+    # each loss's mean must be over its own batches, not diluted by the other phase's.
+    from uad.models import model_class
+
+    def two_phases(self, x, optimizers, progress):
+        return {"first": 1.0} if progress < 0.5 else {"second": 3.0}
+
+    monkeypatch.setattr(model_class("autoencoder"), "training_step", two_phases)
+    run = train(_config(cohort, epochs=1, batch_size=2), run_dir=tmp_path / "run", progress=False)
+    assert runs.read_metrics(run)[0]["train"] == {"first": 1.0, "second": 3.0}
+
+
 def test_failed_run_records_the_error(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -377,6 +377,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             sampler.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # per loss: f-AnoGAN's keys change when its phase does, mid-epoch
         n_batches = n_slices = 0
         t_epoch = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main), leave=False)
@@ -393,6 +394,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
                 losses = model.training_step(x, optimizers, progress_frac)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
             n_batches += 1
             n_slices += x.shape[0] * world
             step += 1
@@ -413,7 +415,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         _sync_buffers(model, world)
         val_loss = _validate(model, val_loader, device, amp)
         record = {
-            "epoch": epoch + 1, "step": step, "train": {k: v / max(n_batches, 1) for k, v in sums.items()},
+            "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
             "val_loss": val_loss, "slices_per_s": n_slices / max(train_s, 1e-9), "seconds": train_s,
             "elapsed": time.perf_counter() - t_start, "partial": interrupted,
         }
