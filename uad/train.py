@@ -378,7 +378,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         model.train()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # per loss: f-AnoGAN's keys change when its phase does, mid-epoch
-        n_batches = n_slices = 0
+        n_slices = 0
         t_epoch = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main), leave=False)
         for i, x in enumerate(bar):
@@ -395,7 +395,6 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
-            n_batches += 1
             n_slices += x.shape[0] * world
             step += 1
             if is_main:
