@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from uad import report
 from uad.errors import UADError
 
 
@@ -183,7 +184,7 @@ def cmd_evaluate(args) -> int:
                  post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
     out = args.out or Path(args.run) / "eval"
     print(f"{m['model']} on {m['split']} ({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
-    print(_format_table(_compare_rows([m], include_baselines=True)))
+    print(report.format_table(report.compare_rows([m], include_baselines=True)))
     return 0
 
 
@@ -210,40 +211,6 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _compare_rows(summaries: list[dict], include_baselines: bool = True) -> list[dict]:
-    def row(name: str, m: dict) -> dict:
-        at5 = next((t for t in m.get("healthy_fpr_thresholds", []) if abs(t["healthy_fpr"] - 0.05) < 1e-9), {})
-        ci = lambda key: m.get(key) or {}  # noqa: E731
-        return {
-            "method": name, "slice_auroc": m.get("slice_auroc"), "slice_auroc_low": ci("slice_auroc_ci").get("low"),
-            "slice_auroc_high": ci("slice_auroc_ci").get("high"), "slice_ap": m.get("slice_ap"),
-            "pixel_ap": m.get("pixel_ap"), "pixel_ap_low": ci("pixel_ap_ci").get("low"), "pixel_ap_high": ci("pixel_ap_ci").get("high"),
-            "pixel_auroc": m.get("pixel_auroc"), "best_dice": (m.get("best_dice") or {}).get("dice"), "dice_at_5pct_fpr": at5.get("dice"),
-        }
-
-    rows = [row(m["model"], m) for m in summaries]
-    if include_baselines and summaries:
-        rows += [row(f"baseline:{b}", m) for b, m in summaries[0].get("baselines", {}).items()]
-    return rows
-
-
-def _format_table(rows: list[dict]) -> str:
-    def fmt(v, lo=None, hi=None):
-        if v is None:
-            return "-"
-        return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
-
-    header = ["method", "slice AUROC [95% CI]", "slice AP", "pixel AP [95% CI]", "pixel AUROC", "best Dice*", "Dice@5%FPR"]
-    lines = [[r["method"], fmt(r["slice_auroc"], r["slice_auroc_low"], r["slice_auroc_high"]), fmt(r["slice_ap"]),
-              fmt(r["pixel_ap"], r["pixel_ap_low"], r["pixel_ap_high"]), fmt(r["pixel_auroc"]), fmt(r["best_dice"]),
-              fmt(r["dice_at_5pct_fpr"])] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines]
-    out.append("* best Dice is an oracle: its threshold was chosen on the evaluated labels.")
-    return "\n".join(out)
-
-
 def cmd_compare(args) -> int:
     import csv
     import io
@@ -258,8 +225,8 @@ def cmd_compare(args) -> int:
             summaries.append(fileio.read_json(path))
         except (FileNotFoundError, ValueError):
             raise ConfigError(f"{path}: no evaluation found; run `python -m uad evaluate --run {run}` first") from None
-    rows = _compare_rows(summaries)
-    print(_format_table(rows))
+    rows = report.compare_rows(summaries)
+    print(report.format_table(rows))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()

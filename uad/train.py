@@ -29,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from uad import checkpoints, fileio, runs
 from uad.data.dataset import SliceDataset
 from uad.data.preprocess import PreprocessConfig
-from uad.data.splits import DEFAULT_RATIOS, parse_ratios, split_cases
+from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios, split_cases
 from uad.errors import ConfigError, UADError
 from uad.models import canonical_name, create_model
 
@@ -51,6 +51,9 @@ class TrainConfig:
     device: str | None = None  # None = cuda, then mps, then cpu
     num_workers: int = 0  # DataLoader workers; reading the memory-mapped cache is cheap
     model_options: dict[str, Any] = field(default_factory=dict)
+    # Explicit patient lists {"train": [...], "val": [...], "test": [...]} instead of ratios + seed
+    # (cross-validation folds); every listed case must exist in the dataset.
+    cases: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.model = canonical_name(self.model)
@@ -64,6 +67,8 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be > 0, got {self.lr}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
+        if self.cases is not None:
+            self.cases = check_case_lists(self.cases)
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -320,7 +325,13 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         store = SliceStore(store_dir(data_root, config.preprocess))
 
     labelled = [cid for cid in store.case_ids if store.case(cid).labelled]
-    split = split_cases(labelled, config.split_ratios, config.seed)
+    if config.cases is not None:
+        split = config.cases
+        missing = sorted(set(split["train"] + split["val"]) - set(labelled))
+        if missing:
+            raise ConfigError(f"{data_root}: listed training/validation cases are missing or unlabelled: {', '.join(missing)}")
+    else:
+        split = split_cases(labelled, config.split_ratios, config.seed)
     train_ds = SliceDataset(store, split["train"], healthy_only=True)
     val_ds = SliceDataset(store, split["val"], healthy_only=True)
     if len(train_ds) == 0:
@@ -345,7 +356,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     run_config = {
         "model": config.model, "train": config.to_dict(), "hparams": model.hparams,
         "data_root": str(data_root), "preprocess": config.preprocess.to_dict(),
-        "split": {"ratios": list(config.split_ratios), "seed": config.seed, "cases": split},
+        "split": {"ratios": None if config.cases else list(config.split_ratios), "seed": config.seed, "cases": split},
         "store": str(store.root), "world_size": world, "device": str(device),
     }
     if is_main and not resume:

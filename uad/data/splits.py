@@ -55,3 +55,41 @@ def split_cases(case_ids: Sequence[str], ratios: Sequence[float] = DEFAULT_RATIO
         "val": sorted(shuffled[n_test:n_test + n_val]),
         "train": sorted(shuffled[n_test + n_val:]),
     }
+
+
+def check_case_lists(cases: dict[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Explicit patient lists → {"train", "val", "test"} sorted lists; a patient may be in one list only."""
+    if not isinstance(cases, dict) or set(cases) - set(SPLITS):
+        raise ConfigError(f"case lists must be a mapping with keys among {', '.join(SPLITS)}, got {cases!r}")
+    out = {s: sorted(str(c) for c in cases.get(s, [])) for s in SPLITS}
+    if not out["train"]:
+        raise ConfigError("the case lists name no training case")
+    seen: dict[str, str] = {}
+    for s in SPLITS:
+        for c in out[s]:
+            if c in seen:
+                raise ConfigError(f"case {c} is in both the {seen[c]} and the {s} list")
+            seen[c] = s
+    return out
+
+
+def kfold_cases(case_ids: Sequence[str], folds: int = 5, seed: int = 0, val_cases: int = 2) -> list[dict[str, list[str]]]:
+    """Patient-level k-fold splits: each patient is in exactly one fold's test list.
+
+    Of the remaining patients, ``val_cases`` taken from the next fold form the validation list whose
+    healthy slices pick the checkpoint and calibrate the label-free thresholds; the rest train. Taking
+    them from the next fold rotates the validation patients across folds.
+    """
+    ids = sorted(set(case_ids))
+    if folds < 2 or folds > len(ids):
+        raise ConfigError(f"folds must be between 2 and the number of cases ({len(ids)}), got {folds}")
+    rng = np.random.default_rng(seed)
+    shuffled = [ids[i] for i in rng.permutation(len(ids))]
+    parts = [sorted(shuffled[f::folds]) for f in range(folds)]
+    out = []
+    for f, test in enumerate(parts):
+        n_val = min(max(val_cases, 0), len(ids) - len(test) - 1)
+        val = parts[(f + 1) % folds][:n_val]
+        train = [c for c in ids if c not in set(test) | set(val)]
+        out.append({"train": train, "val": sorted(val), "test": test})
+    return out

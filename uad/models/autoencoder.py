@@ -5,21 +5,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from uad.models.base import AnomalyModel
+from uad.models.base import RESIDUALS, AnomalyModel
 from uad.models.blocks import (
-    LOSSES, NORMS, ConvDecoder, ConvEncoder, LatentDecoder, LatentEncoder, check_choice, check_noise, make_norm, noisy_input,
-    recon_loss, to_image,
+    LOSSES, NORMS, ConvDecoder, ConvEncoder, LatentDecoder, LatentEncoder, UNet, check_choice, check_noise, make_norm,
+    noisy_input, recon_loss, to_image,
 )
 from uad.models.registry import register_model
+
+
+BOTTLENECKS = ("spatial", "dense", "unet")
 
 
 @register_model("ae")
 class Autoencoder(AnomalyModel):
     """x → encoder → bottleneck → decoder → sigmoid; map = |x − x̂|.
 
-    The defaults train a denoising autoencoder with coarse noise (Kascenas et al., MIDL 2022): on the demo
-    cohort it lifts slice AUROC from 0.61 to 0.89 and pixel AP from 0.16 to 0.82 over the original MSc
-    project's dense autoencoder, which ``bottleneck="dense", noise_std=0`` reproduces (README, Results).
+    The defaults train a denoising autoencoder with coarse noise (Kascenas et al., MIDL 2022); the original
+    MSc project's dense autoencoder is ``bottleneck="dense", noise_std=0``. The README's results say what
+    each choice measured.
 
     Options:
       latent_dim (128): channels of the (H/16 × W/16) code map; with ``bottleneck="dense"`` the size of
@@ -27,7 +30,9 @@ class Autoencoder(AnomalyModel):
       base_channels (16): encoder widths are 16-32-64-128 (lean enough for ~150+ slices/s training on 2 CPU
         cores at 128²); 32 gives 32-64-128-256.
       bottleneck ("spatial"): "spatial" = fully convolutional 1×1-conv code, which keeps position and
-        localises better; "dense" = flatten + linear code (a classic AE, blurrier).
+        localises better; "dense" = flatten + linear code (a classic AE, blurrier); "unet" = no code but
+        skip connections from every encoder stage (:class:`~uad.models.blocks.UNet`), which reconstructs
+        real anatomy far more sharply; ``latent_dim`` is unused then.
       norm ("batch"): batch | group | layer | none.
       loss ("l1"): "l1" matches the |x − x̂| anomaly map and blurs less than "mse".
       noise_std (0.2): > 0 turns on denoising training: coarse Gaussian noise of this std, drawn at
@@ -36,20 +41,27 @@ class Autoencoder(AnomalyModel):
         dark tissue can be pushed below 0 as well as bright tissue above 1. Without it a spatial
         autoencoder learns to copy its input, anomalies included.
       noise_res (16): resolution of the coarse noise grid.
+      residual ("abs"): the anomaly map, "abs" = |x − x̂| or "positive" = max(x − x̂, 0), for lesions that
+        are brighter than healthy tissue (FLAIR, T2); see :func:`~uad.models.base.residual_map`.
     """
 
     name = "autoencoder"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  bottleneck: str = "spatial", norm: str = "batch", loss: str = "l1", noise_std: float = 0.2,
-                 noise_res: int = 16):
+                 noise_res: int = 16, residual: str = "abs"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
-                         bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res)
-        check_choice("bottleneck", bottleneck, ("dense", "spatial"))
+                         bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res,
+                         residual=residual)
+        check_choice("bottleneck", bottleneck, BOTTLENECKS)
+        check_choice("residual", residual, RESIDUALS)
         check_choice("norm", norm, NORMS)
         self.loss_kind = check_choice("loss", loss, LOSSES)
         self.noise_std, self.noise_res = check_noise(noise_std, noise_res, image_size)
-        if bottleneck == "dense":
+        if bottleneck == "unet":
+            self.encoder = UNet(in_channels, in_channels, base_channels, norm)
+            self.decoder = nn.Identity()
+        elif bottleneck == "dense":
             self.encoder: nn.Module = LatentEncoder(in_channels, image_size, latent_dim, base_channels, norm)
             self.decoder: nn.Module = LatentDecoder(in_channels, image_size, latent_dim, base_channels, norm)
         else:

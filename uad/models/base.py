@@ -87,7 +87,22 @@ class AnomalyModel(nn.Module):
 
     @torch.no_grad()
     def anomaly_map(self, x: Tensor) -> AnomalyOutput:
-        """Default for reconstruction models: channel-mean absolute residual; score = its mean."""
+        """Default for reconstruction models: channel-mean residual (see :func:`residual_map`); score = its mean."""
         recon = self.reconstruct(x)
-        amap = (x - recon).abs().mean(dim=1, keepdim=True)
+        amap = residual_map(x, recon, self.hparams.get("residual", "abs"))
         return AnomalyOutput(anomaly_map=amap, pred_score=amap.flatten(1).mean(dim=1), reconstruction=recon)
+
+
+RESIDUALS = ("abs", "positive")
+
+
+def residual_map(x: Tensor, recon: Tensor, kind: str = "abs") -> Tensor:
+    """(B, C, H, W) image and reconstruction → (B, 1, H, W) channel-mean residual.
+
+    ``abs`` = |x − x̂|. ``positive`` = max(x − x̂, 0): only tissue brighter than the model expects counts.
+    Gliomas and their oedema are hyperintense on FLAIR and T2, while a reconstruction's misses on healthy
+    anatomy (sulci, ventricle edges) go both ways, so keeping one sign halves that false-positive floor.
+    """
+    diff = x.float() - recon.float()
+    diff = diff.clamp_min(0) if kind == "positive" else diff.abs()
+    return diff.mean(dim=1, keepdim=True)

@@ -101,6 +101,51 @@ class ConvDecoder(nn.Sequential):
         return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
+class UNet(nn.Module):
+    """Image (B, C, H, W) → logits (B, out_channels, H, W): the ConvEncoder's stages with skip connections.
+
+    Each decoder stage upsamples (4×4 stride-2 transposed conv), concatenates the encoder feature of the
+    same size and fuses them with a 3×3 conv; the last conv also sees the input image itself. The skips
+    carry the anatomy's fine detail past the bottleneck, so a denoising U-Net reconstructs real sulci and
+    ventricle edges sharply and its residual is left to what the coarse training noise taught it to heal
+    (Kascenas et al., MIDL 2022). Without denoising training it would learn to copy its input.
+    No convolution runs at full resolution except the last (in + base channels → out), which keeps
+    training within a small factor of the plain autoencoder's speed on a CPU.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, base_channels: int = 16, norm: str = "batch"):
+        super().__init__()
+        chans = stage_channels(base_channels)
+        self.down = nn.ModuleList()
+        c = in_channels
+        for out in chans:
+            self.down.append(nn.Sequential(nn.Conv2d(c, out, 4, 2, 1, bias=norm == "none"), make_norm(norm, out),
+                                           nn.LeakyReLU(0.2, inplace=True)))
+            c = out
+        self.up = nn.ModuleList()
+        self.fuse = nn.ModuleList()
+        for i in range(STAGES - 1, 0, -1):  # H/16 → H/8 → H/4 → H/2, joined by the encoder's H/8, H/4, H/2
+            self.up.append(nn.Sequential(nn.ConvTranspose2d(c, chans[i - 1], 4, 2, 1, bias=norm == "none"),
+                                         make_norm(norm, chans[i - 1]), nn.ReLU(inplace=True)))
+            self.fuse.append(nn.Sequential(nn.Conv2d(2 * chans[i - 1], chans[i - 1], 3, 1, 1, bias=norm == "none"),
+                                           make_norm(norm, chans[i - 1]), nn.ReLU(inplace=True)))
+            c = chans[i - 1]
+        self.last_up = nn.Sequential(nn.ConvTranspose2d(c, c, 4, 2, 1, bias=norm == "none"), make_norm(norm, c),
+                                     nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(c + in_channels, out_channels, 3, 1, 1)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        skips, h = [], x
+        for stage in self.down:
+            h = stage(h)
+            skips.append(h)
+        for up, fuse, skip in zip(self.up, self.fuse, reversed(skips[:-1])):
+            h = fuse(torch.cat([up(h), skip], dim=1))
+        return self.head(torch.cat([self.last_up(h), x], dim=1))
+
+
 class LatentEncoder(nn.Module):
     """Image → latent vector (B, out_dim) through a ConvEncoder and one dense layer."""
 

@@ -30,8 +30,8 @@ class FAnoGAN(AnomalyModel):
     Options: latent_dim (128), base_channels (16), gan_fraction (0.6), n_critic (2), gp_weight (10),
     kappa (1.0), upsample (the generator's, "transpose" or "resize"; see ``ConvDecoder``).
     Optimizers: Adam betas (0.0, 0.9) for G and D as in the WGAN-GP paper, default betas for E.
-    n_critic is 2, not the paper's 5: on the demo cohort's short budgets the generator, not the critic,
-    is what lags (same 3.8 GPU-minutes: slice AUROC 0.685 with 2 vs 0.510 with 5; see the README).
+    n_critic is 2, not the paper's 5: on short training budgets the generator, not the critic, is what
+    lags (the README's results table has the comparison).
     """
 
     name = "gan"

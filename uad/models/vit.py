@@ -98,14 +98,13 @@ class ViTAE(AnomalyModel):
 
     Denoising (default, our addition): as in the autoencoder (Kascenas et al. 2022), training inputs get
     coarse noise and the loss compares with the clean slice, so the network learns to remove blob-like
-    intensity changes instead of copying them. On the demo cohort (30 epochs) it lifted slice AUROC from
-    0.469 to 0.775 over the same ViT trained without noise; ``noise_std=0`` is the MSc project's ViT.
+    intensity changes instead of copying them; ``noise_std=0`` is the MSc project's ViT.
 
     Scoring by in-painting (option ``inpaint_groups``): the patches are split into K disjoint groups (a
     fixed random partition); one pass per group hides that group, and each patch's reconstruction is taken
     from the pass that hid it, so every patch is predicted from its context alone, as dropped ones are in
-    training. It helps a ViT trained without noise (pixel AP 0.048 -> 0.115, slice AUROC 0.469 -> 0.512)
-    but not the denoising one (slice AUROC 0.775 plain, 0.593 in-painted), so it is off by default.
+    training. It helped a ViT trained without noise but not the denoising one (README, results), so it is
+    off by default.
 
     Options:
       patch_size (16; must divide image_size, power of 2 for decoder="conv"), embed_dim (256), depth (4),

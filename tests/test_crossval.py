@@ -1,0 +1,145 @@
+"""Recorded patient lists, k-fold splits and the cross-validation that the real-data benchmark runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import phantom, write_case
+from uad.crossval import CrossValConfig, MethodSpec, cross_validate
+from uad.data.splits import check_case_lists, kfold_cases
+from uad.errors import ConfigError
+from uad.evaluate import evaluate
+from uad.models import create_model
+from uad.models.base import residual_map
+from uad.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cohort(root: Path, n: int) -> Path:
+    for i in range(n):
+        vols, seg = phantom(seed=i, tumour=True)
+        write_case(root, f"BraTS2021_{i:05d}", vols, seg)
+    return root
+
+
+def test_kfold_tests_every_patient_exactly_once_and_never_trains_on_it():
+    ids = [f"P{i:02d}" for i in range(23)]
+    folds = kfold_cases(ids, folds=5, seed=3, val_cases=2)
+    tested = sorted(c for f in folds for c in f["test"])
+    assert tested == ids
+    for f in folds:
+        assert not set(f["test"]) & set(f["train"]) and not set(f["test"]) & set(f["val"])
+        assert not set(f["train"]) & set(f["val"]) and len(f["val"]) == 2
+        assert sorted(f["train"] + f["val"] + f["test"]) == ids
+    assert kfold_cases(ids, 5, 3, 2) == folds  # deterministic per seed
+    with pytest.raises(ConfigError):
+        kfold_cases(ids[:3], folds=5)
+
+
+def test_case_lists_are_validated():
+    with pytest.raises(ConfigError, match="both"):
+        check_case_lists({"train": ["a", "b"], "test": ["b"]})
+    with pytest.raises(ConfigError, match="no training case"):
+        check_case_lists({"train": [], "test": ["b"]})
+    with pytest.raises(ConfigError):
+        check_case_lists({"train": ["a"], "holdout": ["b"]})
+
+
+def test_evaluate_uses_the_recorded_split_when_cases_come_and_go(tmp_path):
+    """Issue #10's repro: a case fewer must not move training patients into the test set."""
+    root = _cohort(tmp_path / "cohort", 8)
+    lists = {"train": [f"BraTS2021_{i:05d}" for i in range(5)], "val": ["BraTS2021_00005"],
+             "test": ["BraTS2021_00006", "BraTS2021_00007"]}
+    run = train(TrainConfig(model="autoencoder", data=str(root), image_size=64, epochs=1, batch_size=8, cases=lists),
+                run_dir=tmp_path / "run", progress=False)
+    assert json.loads((run / "best" / "checkpoint.json").read_text())["split"]["cases"] == lists
+
+    # Hard-link all but one test case into another folder, as a user re-organising data would.
+    other = tmp_path / "other"
+    for case in sorted(root.iterdir())[:-1]:
+        (other / case.name).mkdir(parents=True)
+        for f in case.iterdir():
+            os.link(f, other / case.name / f.name)
+    m = evaluate(run, data=other, out=tmp_path / "eval", n_boot=10, progress=False)
+    assert m["eval_cases"] == ["BraTS2021_00006"]
+    assert m["missing_cases"] == ["BraTS2021_00007"]
+    assert m["calibration_cases"] == ["BraTS2021_00005"]
+    assert m["split_source"] == "recorded"
+
+    # --split all on another folder is allowed, labelled external, and names the training cases it scores.
+    m = evaluate(run, data=other, split="all", out=tmp_path / "eval_all", n_boot=10, progress=False)
+    assert m["split_source"] == "external"
+    assert set(m["training_cases_evaluated"]) == set(lists["train"])
+
+
+def test_evaluate_refuses_a_test_split_that_overlaps_training(tmp_path):
+    root = _cohort(tmp_path / "cohort", 5)
+    lists = {"train": ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"], "val": ["BraTS2021_00003"],
+             "test": ["BraTS2021_00004"]}
+    run = train(TrainConfig(model="autoencoder", data=str(root), image_size=64, epochs=1, batch_size=8, cases=lists),
+                run_dir=tmp_path / "run", progress=False)
+    # Tamper with the recorded lists so that test and train overlap: evaluation must refuse.
+    meta_path = run / "best" / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["split"]["cases"]["test"] = ["BraTS2021_00000", "BraTS2021_00004"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="trained on"):
+        evaluate(run / "best", data=root, out=tmp_path / "eval", n_boot=10, progress=False)
+
+
+def test_training_with_case_lists_names_missing_cases(tmp_path):
+    root = _cohort(tmp_path / "cohort", 3)
+    lists = {"train": ["BraTS2021_00000", "nobody"], "test": ["BraTS2021_00002"]}
+    with pytest.raises(ConfigError, match="nobody"):
+        train(TrainConfig(model="autoencoder", data=str(root), image_size=64, epochs=1, cases=lists),
+              run_dir=tmp_path / "run", progress=False)
+
+
+def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp_path):
+    root = _cohort(tmp_path / "cohort", 6)
+    config = CrossValConfig(data=str(root), methods=[MethodSpec("autoencoder", options={"bottleneck": "unet"}, epochs=1)],
+                            image_size=64, folds=3, val_cases=1, n_boot=20)
+    out = cross_validate(config, tmp_path / "cv", progress=False)
+    assert set(out["methods"]) == {"autoencoder", "intensity", "brain_area"}
+    tested = sorted(c for f in out["folds"] for c in f["test"])
+    assert tested == sorted(f"BraTS2021_{i:05d}" for i in range(6))
+    for m in out["methods"].values():
+        assert len(m["per_fold"]) == 3
+        assert m["n_slices"] == sum(f["n_slices"] for f in m["per_fold"])
+        assert 0.0 <= m["pixel_ap"] <= 1.0 and m["best_dice"]["oracle"] is True
+        assert [t["healthy_fpr"] for t in m["healthy_fpr_thresholds"]] == [0.01, 0.05, 0.10]
+        assert len(m["healthy_fpr_thresholds"][0]["per_fold_thresholds"]) == 3
+    saved = json.loads((tmp_path / "cv" / "crossval.json").read_text())
+    assert saved["methods"]["intensity"]["pixel_ap"] == out["methods"]["intensity"]["pixel_ap"]
+    # A second call reuses the completed fold runs instead of training again.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cv" / "runs").glob("*/best/model.safetensors")}
+    again = cross_validate(config, tmp_path / "cv", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["methods"]["autoencoder"]["pixel_ap"] == pytest.approx(out["methods"]["autoencoder"]["pixel_ap"])
+
+
+def test_unet_autoencoder_keeps_shape_and_positive_residual_ignores_dark_misses():
+    model = create_model("autoencoder", bottleneck="unet", image_size=64, in_channels=2)
+    x = torch.rand(3, 2, 64, 64)
+    assert model(x).shape == x.shape
+    x = torch.zeros(1, 1, 4, 4)
+    recon = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0], recon[0, 0, 1, 1] = 0.5, 0.5  # one brighter-than-expected pixel, one darker
+    assert residual_map(x, recon, "abs")[0, 0].nonzero().tolist() == [[0, 0], [1, 1]]
+    assert residual_map(x, recon, "positive")[0, 0].nonzero().tolist() == [[0, 0]]
+    with pytest.raises(ConfigError):
+        create_model("autoencoder", residual="negative")
+
+
+def test_real_bench_skips_cleanly_without_real_data(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_bench.py"), "--data", str(tmp_path / "absent")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "skipped" in proc.stdout

@@ -1,0 +1,153 @@
+"""Patient-level k-fold cross-validation of models and both baselines on one labelled cohort.
+
+Each patient is tested exactly once. Per fold, a model trains on the healthy slices of the fold's
+training patients (``TrainConfig.cases``), its checkpoint is chosen and its label-free thresholds are
+calibrated on the healthy slices of a few validation patients outside the test fold, and every brain
+slice of the test patients is scored. The folds' predictions are then pooled (slice scores, pixel
+histograms, threshold confusion counts) into one summary per method with patient-level bootstrap
+intervals, computed by the same code as ``uad evaluate``.
+
+Training runs live in ``<out>/runs/<method>-fold<k>``; a fold whose run completed with the same
+configuration is reused, so an interrupted cross-validation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uad import checkpoints, fileio, runs
+from uad.data.preprocess import PreprocessConfig
+from uad.data.splits import kfold_cases
+from uad.data.store import build_store
+from uad.errors import ConfigError
+from uad.evaluate import merge_tallies, score_cohort, summarise
+from uad.models import canonical_name
+from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline
+
+log = logging.getLogger("uad.crossval")
+
+
+@dataclass
+class MethodSpec:
+    """One model to cross-validate: registry name, a label for the tables, options and training length."""
+
+    model: str
+    label: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    max_minutes: float | None = None  # per fold
+
+    def __post_init__(self) -> None:
+        self.model = canonical_name(self.model)
+        self.label = self.label or self.model
+
+
+@dataclass
+class CrossValConfig:
+    data: str
+    methods: list[MethodSpec]
+    modalities: tuple[str, ...] = ("flair",)
+    image_size: int = 128
+    folds: int = 5
+    val_cases: int = 2
+    seed: int = 0
+    batch_size: int = 32
+    lr: float = 1e-4
+    device: str | None = None
+    n_boot: int = 1000
+    max_folds: int | None = None  # score only the first N folds (a quick check; not every patient is then tested)
+    post: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def __post_init__(self) -> None:
+        self.modalities = tuple(self.modalities)
+        labels = [m.label for m in self.methods]
+        if len(set(labels)) != len(labels) or set(labels) & set(BASELINES):
+            raise ConfigError(f"method labels must be unique and differ from the baselines, got {labels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        d["post"] = self.post.to_dict()
+        return d
+
+
+def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str]], run_dir: Path, progress: bool) -> Path:
+    """Train (or reuse) one method on one fold; returns the checkpoint folder to score."""
+    from uad.train import TrainConfig, train
+
+    tc = TrainConfig(model=spec.model, data=config.data, modalities=config.modalities, image_size=config.image_size,
+                     epochs=spec.epochs, batch_size=config.batch_size, lr=config.lr, max_minutes=spec.max_minutes,
+                     seed=config.seed, device=config.device, model_options=dict(spec.options), cases=fold)
+    status = runs.read_status(run_dir) or {}
+    saved = fileio.read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    if status.get("state") == "completed" and saved.get("train") == tc.to_dict() and (run_dir / "best").is_dir():
+        log.info("reusing %s", run_dir)
+        return run_dir / "best"
+    if run_dir.exists():
+        # Only ever our own fold folder under <out>/runs: a stale or different-config run is moved aside.
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
+    train(tc, run_dir=run_dir, progress=progress)
+    return run_dir / "best"
+
+
+def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run the cross-validation; writes ``<out>/crossval.json`` and returns its content."""
+    out = Path(out)
+    root = Path(config.data)
+    pre = PreprocessConfig(modalities=config.modalities, image_size=config.image_size)
+    store = build_store(root, pre, progress=progress)
+    labelled = [c for c in store.case_ids if store.case(c).labelled]
+    if len(labelled) < config.folds:
+        raise ConfigError(f"{root}: {len(labelled)} labelled cases cannot fill {config.folds} folds")
+    folds = kfold_cases(labelled, config.folds, config.seed, config.val_cases)[:config.max_folds]
+    device = config.device or "cpu"
+    if config.device is None:
+        from uad.train import pick_device
+
+        device = str(pick_device(None))
+
+    per_fold: dict[str, list] = {name: [] for name in [m.label for m in config.methods] + list(BASELINES)}
+    fold_summaries: dict[str, list[dict[str, Any]]] = {name: [] for name in per_fold}
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {m.label: 0.0 for m in config.methods}
+    for k, fold in enumerate(folds):
+        log.info("fold %d/%d: %d train, %d val, %d test patients", k + 1, len(folds), len(fold["train"]),
+                 len(fold["val"]), len(fold["test"]))
+        tallies, _ = score_cohort(store, [baseline(b) for b in BASELINES], fold["test"], fold["val"], config.post)
+        for b in BASELINES:
+            per_fold[b].append(tallies[b])
+        for spec in config.methods:
+            t_method = time.perf_counter()
+            ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.label}-fold{k + 1}", progress)
+            ckpt = checkpoints.load(ckpt_dir, device=device)
+            scorer = ModelScorer(ckpt.model, device=device)
+            tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], config.post)
+            per_fold[spec.label].append(tallies[scorer.name])
+            timings[spec.label] += time.perf_counter() - t_method
+        for name, parts in per_fold.items():
+            fold_summaries[name].append(summarise(parts[-1], n_boot=0, seed=config.seed)[0])
+
+    methods: dict[str, Any] = {}
+    for name, parts in per_fold.items():
+        methods[name] = summarise(merge_tallies(parts), n_boot=config.n_boot, seed=config.seed)[0]
+        methods[name]["model"] = name
+        methods[name]["per_fold"] = fold_summaries[name]
+        if name in timings:
+            methods[name]["seconds"] = timings[name]
+    result = {
+        "kind": "crossval",
+        "data_root": str(root.resolve()),
+        "config": config.to_dict(),
+        "folds": folds,
+        "n_cases": len(labelled),
+        "methods": methods,
+        "pooling": "each patient tested once; slice scores, pixel histograms and threshold counts pooled over folds",
+        "seconds": time.perf_counter() - t0,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    fileio.write_json(out / "crossval.json", result)
+    return result
