@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write the synthetic demo cohort in BraTS 2021 layout")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: data/demo)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder: new, empty, or an earlier demo cohort (default: data/demo)")
     p.add_argument("--cases", type=int, default=None, help="number of cases (default 24)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
