@@ -377,3 +377,77 @@ def test_volumes_the_brain_mask_cannot_handle_are_refused(tmp_path, make, messag
     with pytest.raises(DataError, match=message) as err:
         load_case(case, ("flair", "t1"))
     assert "C_t1.nii.gz" in str(err.value)
+
+
+def test_one_bad_case_skips_only_that_case(make_cohort, monkeypatch, capsys):
+    from uad import cli
+
+    root = make_cohort(2)
+    vols, seg = phantom()
+    write_case(root, "rgb", dict(vols, flair=_rgb()), seg)
+    write_case(root, "unstripped", dict(vols, flair=vols["flair"] + 100), seg)
+    write_case(root, "bug", vols, seg)
+    real = store_mod.preprocess_case
+
+    def buggy(case, config):  # an unexpected exception (a bug, an exotic file) in one case only
+        if case.case_id == "bug":
+            raise TypeError("something nobody anticipated")
+        return real(case, config)
+
+    monkeypatch.setattr(store_mod, "preprocess_case", buggy)
+    store = build_store(root, SMALL, workers=1, progress=False)
+    assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"]
+    reasons = {s.case_id: s.reason for s in store.skipped}
+    assert sorted(reasons) == ["bug", "rgb", "unstripped"]
+    assert "rgb_flair.nii.gz: unsupported voxel type RGB" in reasons["rgb"]
+    assert "unstripped_flair.nii.gz: background is not 0" in reasons["unstripped"]
+    assert "TypeError: something nobody anticipated" in reasons["bug"] and str(root / "bug") in reasons["bug"]
+    assert (store.root / "manifest.json").is_file()
+    assert cli.main(["prepare", "--data", str(root), "--image-size", "64", "--workers", "1"]) == 0
+    assert "rgb: " in capsys.readouterr().out
+
+
+def test_unreadable_case_folder_is_one_skipped_case(make_cohort, monkeypatch):
+    import os
+    from pathlib import Path
+
+    root = make_cohort(2)
+    locked = write_case(root, "locked", *phantom())
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make this folder fail as it would for anyone else
+        real_iterdir = Path.iterdir
+
+        def iterdir(self):
+            if self == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_iterdir(self)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
+    try:
+        cases, skipped = discover_cases(root)
+        assert [c.case_id for c in cases] == ["BraTS2021_00000", "BraTS2021_00001"]
+        assert [s.case_id for s in skipped] == ["locked"]
+        assert f"cannot read folder {locked} (Permission denied)" in skipped[0].reason
+        store = build_store(root, SMALL, workers=1, progress=False)
+        assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"] and store.skipped[0].case_id == "locked"
+    finally:
+        locked.chmod(0o755)
+
+
+def test_full_disk_is_a_clear_error_naming_the_path(make_cohort, monkeypatch, capsys):
+    import errno
+
+    from uad import cli
+
+    root = make_cohort(2)
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod.np, "save", full)
+    with pytest.raises(DataError, match="disk full") as err:
+        build_store(root, SMALL, workers=1, progress=False)
+    assert str(store_mod.store_dir(root, SMALL) / "cases" / "BraTS2021_00000") in str(err.value)
+    assert cli.main(["prepare", "--data", str(root), "--image-size", "64", "--workers", "1"]) == 2
+    message = capsys.readouterr().err.split("error: ", 1)[-1]  # after the progress bar
+    assert "BraTS2021_00000: disk full" in message and message.count("\n") == 1

@@ -34,3 +34,21 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mask, mode):
     for name in ("a.json", "b.txt", "c.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.txt", "c.bin"]
+
+
+def test_full_disk_is_a_data_error_naming_the_target(tmp_path):
+    import errno
+    import pickle
+
+    from uad.errors import DataError, DiskFullError
+
+    target = tmp_path / "results" / "metrics.json"
+    with pytest.raises(DataError, match="disk full") as err:
+        with fileio.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert isinstance(err.value, DiskFullError) and err.value.path == target and str(target) in str(err.value)
+    assert list(target.parent.iterdir()) == []  # the partial temporary file is gone
+    # Raised in a worker process, it must survive the trip back to the parent.
+    again = pickle.loads(pickle.dumps(err.value))
+    assert type(again) is DiskFullError and str(again) == str(err.value) and again.path == target

@@ -6,12 +6,25 @@ target (``os.replace`` is atomic on POSIX and Windows within one file system).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: BaseException, path: str | Path):
+    """A DiskFullError naming ``path`` if ``exc`` is a full disk (or quota), else None."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        from uad.errors import DiskFullError
+
+        return DiskFullError(path, f"disk full: no space left to write it ({exc.strerror})")
+    return None
 
 
 @contextmanager
@@ -33,8 +46,11 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        full = disk_full_error(exc, target)  # the target, not the temporary name, means something to the user
+        if full is not None:
+            raise full from exc
         raise
 
 
