@@ -27,7 +27,8 @@ from uad.errors import UADError
 
 REPO_ROOT = paths.REPO_ROOT
 # What bad input (files, folders, checkpoints) can raise: shown as a message on the page, never a traceback.
-APP_ERRORS = (UADError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
+# MemoryError: one oversized case must cost a message, not the page (or the other cases).
+APP_ERRORS = (UADError, MemoryError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
 
 # -- colours -------------------------------------------------------------------------------------------
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies and on a grey image.
@@ -161,10 +162,13 @@ def load_display_case(root: str, case_id: str, stamp: tuple) -> dict[str, Any]:
             continue
         try:
             vols = load_case(dataclasses.replace(case, modalities={mod: case.modalities[mod]}, seg=None), (mod,))
+            out["mods"][mod] = _to_uint8(display_stack(vols.images[0]))
         except UADError as exc:
             out["errors"][mod] = str(exc)
             continue
-        out["mods"][mod] = _to_uint8(display_stack(vols.images[0]))
+        except MemoryError:
+            out["errors"][mod] = f"{case.modalities[mod]}: not enough memory to load this volume"
+            continue
         if out["src_index"] is None:
             out["src_index"] = np.array([vols.source_axial_index(k) for k in range(vols.images.shape[-1])])
     if case.seg is not None and out["mods"]:
@@ -174,6 +178,8 @@ def load_display_case(root: str, case_id: str, stamp: tuple) -> dict[str, Any]:
             out["labels"] = display_stack(vols.labels)
         except UADError as exc:
             out["seg_error"] = str(exc)
+        except MemoryError:
+            out["seg_error"] = f"{case.seg}: not enough memory to load the segmentation"
     if out["mods"]:
         # Crop every stack to the brain's bounding box (over all slices): bigger brains on screen.
         ref = next(iter(out["mods"].values()))
