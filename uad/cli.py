@@ -328,6 +328,26 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# -- app ---------------------------------------------------------------------------------------------------
+def cmd_app(streamlit_args: list[str]) -> int:
+    """``streamlit run app/Home.py`` from anywhere, on 127.0.0.1 unless ``--server.address`` is given."""
+    import os
+    import subprocess
+
+    from uad import paths
+
+    args = list(streamlit_args)
+    explicit = any(a == "--server.address" or a.startswith("--server.address=") for a in args)
+    if not explicit and not os.environ.get("STREAMLIT_SERVER_ADDRESS"):
+        # Passed as a flag, not left to a config file: which config.toml Streamlit reads depends on the
+        # working directory and the Streamlit version.
+        args = ["--server.address", "127.0.0.1", *args]
+    argv = [sys.executable, "-m", "streamlit", "run", str(paths.REPO_ROOT / "app" / "Home.py"), *args]
+    if os.name == "posix":
+        os.execv(sys.executable, argv)  # Ctrl-C and kill reach streamlit itself
+    return subprocess.call(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m uad", description="Unsupervised anomaly detection in brain MRI.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -374,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_post_args(p)
     p.set_defaults(func=cmd_score)
 
+    text = ("start the web app on http://127.0.0.1, from any folder (further arguments go to streamlit run, "
+            "e.g. --server.port 8502; --server.address 0.0.0.0 serves it on the network, deliberately)")
+    p = sub.add_parser("app", help=text, description=text)
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines")
     p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (evaluated)")
     p.add_argument("--csv", type=Path, default=Path("compare.csv"), help="where to write the table (default compare.csv)")
@@ -382,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"] and not {"-h", "--help"} & set(argv[1:]):
+        return cmd_app(argv[1:])  # its arguments are Streamlit's, which argparse would reject
     args = build_parser().parse_args(argv)
     if args.command == "synth":
         from uad import paths
