@@ -61,6 +61,8 @@ def test_score_out_that_is_a_file(tmp_path, capsys):
     _fails_cleanly([*argv, "--out", str(out / "sub")], capsys, f"lies under {out}, which is a file")
     _fails_cleanly([*argv, "--out", str(tmp_path), "--device", "cuda:99"], capsys, "--device cuda:99")
     assert out.read_text() == "mine"
+    assert cli.main([*argv, "--out", str(tmp_path / "new" / "maps")]) == 0  # a folder still to be made is fine
+    assert (tmp_path / "new" / "maps" / "C_anomaly.nii.gz").is_file()
 
 
 def test_compare_csv_that_is_a_folder(tmp_path, capsys):
