@@ -29,7 +29,7 @@ def _fails_cleanly(argv: list[str], capsys, *expected: str) -> str:
     "extra, expected",
     [
         (["--split-ratios", "nan,nan,nan"], "split ratios must be three finite"),
-        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--seed", "-1"], "--seed must be >= 0 and < 2**63, got -1"),
         (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
         (["--device", "foo"], "--device 'foo' is not a device"),
         (["--max-minutes", "nan"], "--max-minutes must be a finite number"),

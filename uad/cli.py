@@ -163,8 +163,8 @@ def cmd_train(args) -> int:
     from uad.train import TrainConfig, train
 
     # Checked here, before any work, so a bad value is one line rather than a traceback from deep inside.
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.seed < 2**63:  # torch.manual_seed overflows above that
+        raise ConfigError(f"--seed must be >= 0 and < 2**63, got {args.seed}")
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
     import math
