@@ -84,3 +84,31 @@ def test_a_full_disk_anywhere_is_one_line(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(cli, "cmd_info", full)
     _fails_cleanly(["info", "--data", str(tmp_path)], capsys, f"{tmp_path / 'x.bin'}: disk full")
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (["--server.port", "8502"], ["--server.address", "127.0.0.1", "--server.port", "8502"]),
+        (["--server.address", "0.0.0.0"], ["--server.address", "0.0.0.0"]),  # deliberate: passed through
+        (["--server.address=10.0.0.2"], ["--server.address=10.0.0.2"]),
+    ],
+)
+def test_app_launcher_is_local_unless_told_otherwise(monkeypatch, given, expected):
+    import os
+    import sys
+
+    calls = []
+
+    def run(*args):  # os.execv(exe, argv) or subprocess.call(argv): never returns to the launcher
+        calls.append(args[-1])
+        raise SystemExit(0)
+
+    monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
+    monkeypatch.setattr(os, "execv", run)
+    monkeypatch.setattr("subprocess.call", run)
+    with pytest.raises(SystemExit):
+        cli.main(["app", *given])
+    (argv,) = calls
+    assert argv[:4] == [sys.executable, "-m", "streamlit", "run"] and argv[4].endswith("app/Home.py")
+    assert argv[5:] == expected
