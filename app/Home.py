@@ -1,4 +1,4 @@
-"""uad research app: ``streamlit run app/Home.py``. Navigation only; each page lives in app/views/."""
+"""uad research app: ``python -m uad app`` (or ``streamlit run app/Home.py``). Navigation only; pages live in app/views/."""
 
 import sys
 from pathlib import Path
@@ -13,6 +13,7 @@ if str(_ROOT) not in sys.path:
 import ui  # noqa: E402  (needs the sys.path entry above)
 
 st.set_page_config(page_title="uad · anomaly detection in brain MRI", page_icon=":material/neurology:", layout="wide")
+ui.require_local_address()  # never serve patient data on a network by accident
 
 pages = [
     st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True),

@@ -27,7 +27,60 @@ from uad.errors import UADError
 
 REPO_ROOT = paths.REPO_ROOT
 # What bad input (files, folders, checkpoints) can raise: shown as a message on the page, never a traceback.
-APP_ERRORS = (UADError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
+# MemoryError: one oversized case must cost a message, not the page (or the other cases).
+APP_ERRORS = (UADError, MemoryError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError)
+
+# -- where the app listens ------------------------------------------------------------------------------
+_FROM_COMMAND_LINE = "command-line argument or environment variable"  # streamlit.config._DEFINED_BY_FLAG
+
+
+def is_local_address(address: str | None) -> bool:
+    """Loopback or a unix socket. None or "" means every interface (Streamlit's default)."""
+    import ipaddress
+
+    if not address:
+        return False
+    if address == "localhost" or address.startswith("unix://"):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a network interface
+
+
+def address_problem() -> str | None:
+    """Why the app must not serve on the configured address, or None when it may.
+
+    A network address is fine only when the user gave it on the command line (or as
+    STREAMLIT_SERVER_ADDRESS); from a config file or Streamlit's default it is an accident, e.g. a
+    `streamlit run` started outside the repository, where the repository's config.toml is not read.
+    """
+    from streamlit import config
+
+    address = config.get_option("server.address")
+    where = config.get_where_defined("server.address")
+    if is_local_address(address) or where == getattr(config, "_DEFINED_BY_FLAG", _FROM_COMMAND_LINE):
+        return None
+    shown = address or "every network interface"
+    origin = "Streamlit's default" if where == "<default>" else where
+    return (f"This app would be served on {shown} ({origin}), reachable from other machines. It serves on "
+            "127.0.0.1 only unless you ask otherwise: start it with `python -m uad app`, or pass "
+            "`--server.address 127.0.0.1` (or a network address, deliberately) to `streamlit run`.")
+
+
+def require_local_address() -> None:
+    """Stop the page when the running server listens on a network address nobody asked for."""
+    from streamlit.runtime import Runtime
+
+    # Bare mode has no runtime, and AppTest's is a mock: no server, nothing listens.
+    if not Runtime.exists() or type(Runtime.instance()) is not Runtime:
+        return
+    problem = address_problem()
+    if problem:
+        print(f"uad app: refusing to serve: {problem}", file=sys.stderr, flush=True)
+        st.error(problem)
+        st.stop()
+
 
 # -- colours -------------------------------------------------------------------------------------------
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies and on a grey image.
@@ -161,10 +214,13 @@ def load_display_case(root: str, case_id: str, stamp: tuple) -> dict[str, Any]:
             continue
         try:
             vols = load_case(dataclasses.replace(case, modalities={mod: case.modalities[mod]}, seg=None), (mod,))
+            out["mods"][mod] = _to_uint8(display_stack(vols.images[0]))
         except UADError as exc:
             out["errors"][mod] = str(exc)
             continue
-        out["mods"][mod] = _to_uint8(display_stack(vols.images[0]))
+        except MemoryError:
+            out["errors"][mod] = f"{case.modalities[mod]}: not enough memory to load this volume"
+            continue
         if out["src_index"] is None:
             out["src_index"] = np.array([vols.source_axial_index(k) for k in range(vols.images.shape[-1])])
     if case.seg is not None and out["mods"]:
@@ -174,6 +230,8 @@ def load_display_case(root: str, case_id: str, stamp: tuple) -> dict[str, Any]:
             out["labels"] = display_stack(vols.labels)
         except UADError as exc:
             out["seg_error"] = str(exc)
+        except MemoryError:
+            out["seg_error"] = f"{case.seg}: not enough memory to load the segmentation"
     if out["mods"]:
         # Crop every stack to the brain's bounding box (over all slices): bigger brains on screen.
         ref = next(iter(out["mods"].values()))

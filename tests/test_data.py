@@ -304,3 +304,150 @@ def test_real_case_end_to_end():
     # FLAIR tumour is brighter than the rest of the brain after normalisation
     img, tum, brain = pre.images[:, 0], pre.tumour, pre.brain
     assert img[tum].mean() > img[brain & ~tum].mean() + 0.1
+
+
+# -- input safety: headers, voxel types, backgrounds, one bad case among good ones -------------------------
+def _lying_header(path, shape, dtype=np.int16, payload=10_000):
+    """A NIfTI file whose header claims ``shape`` but which holds only ``payload`` bytes of data."""
+    header = nib.Nifti1Image(np.zeros((2, 2, 2), dtype), BRATS_AFFINE).header
+    header.set_data_shape(shape)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0" * 4 + b"\0" * payload
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+
+
+@pytest.mark.parametrize(
+    "name, shape, dtype, message",
+    [
+        ("C_flair.nii.gz", (2000, 2000, 2000), np.int16, r"shape \(2000, 2000, 2000\), more than 512 voxels"),
+        ("C_flair.nii", (2000, 2000, 2000), np.int16, "more than 512 voxels"),
+        ("C_flair.nii", (200, 200, 200), np.int16, "the file is 10,352 bytes but its header describes 16,000,352"),
+        ("C_flair.nii.gz", (500, 500, 500), np.float32, "more than a .*-byte gzip file can hold"),
+    ],
+    ids=["gz-huge", "nii-huge", "nii-short", "gz-short"],
+)
+def test_header_size_is_checked_before_any_allocation(tmp_path, name, shape, dtype, message):
+    import tracemalloc
+
+    case_dir = tmp_path / "C"
+    case_dir.mkdir()
+    _lying_header(case_dir / name, shape, dtype)
+    case = discover_cases(tmp_path)[0][0]
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=message) as err:
+            load_case(case, ("flair",))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert name in str(err.value)
+    assert peak < 20e6  # refused from the header alone, not after allocating the claimed volume
+
+
+def test_voxel_limit_can_be_raised(tmp_path, monkeypatch):
+    case = _one_case(tmp_path)  # 48 x 48 x 24
+    monkeypatch.setenv("UAD_MAX_VOXELS_PER_AXIS", "40")
+    with pytest.raises(DataError, match="more than 40 voxels.*UAD_MAX_VOXELS_PER_AXIS"):
+        load_case(case, ("flair",))
+    assert load_case(case, ("flair",), max_voxels_per_axis=48).images.shape == (1, 48, 48, 24)
+    monkeypatch.setenv("UAD_MAX_VOXELS_PER_AXIS", "lots")
+    with pytest.raises(ConfigError, match="UAD_MAX_VOXELS_PER_AXIS"):
+        load_case(case, ("flair",))
+
+
+def _rgb(shape=(48, 48, 24)):
+    rgb = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = 100
+    return rgb
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_rgb, "unsupported voxel type RGB"),
+        (lambda: phantom()[0]["flair"] + 100, r"background is not 0: only 0\.0% of voxels are exactly 0.*skull-stripped"),
+        (lambda: np.ones((48, 48, 24), np.int16), "background is not 0"),
+        (lambda: np.where(phantom()[0]["flair"] > 0, 500, 0).astype(np.int16), "constant volume: every non-zero voxel is 500"),
+    ],
+    ids=["rgb", "not-skull-stripped", "constant-everywhere", "constant-inside"],
+)
+def test_volumes_the_brain_mask_cannot_handle_are_refused(tmp_path, make, message):
+    case = _one_case(tmp_path)
+    _overwrite(case.modalities["t1"], make())
+    with pytest.raises(DataError, match=message) as err:
+        load_case(case, ("flair", "t1"))
+    assert "C_t1.nii.gz" in str(err.value)
+
+
+def test_one_bad_case_skips_only_that_case(make_cohort, monkeypatch, capsys):
+    from uad import cli
+
+    root = make_cohort(2)
+    vols, seg = phantom()
+    write_case(root, "rgb", dict(vols, flair=_rgb()), seg)
+    write_case(root, "unstripped", dict(vols, flair=vols["flair"] + 100), seg)
+    write_case(root, "bug", vols, seg)
+    real = store_mod.preprocess_case
+
+    def buggy(case, config):  # an unexpected exception (a bug, an exotic file) in one case only
+        if case.case_id == "bug":
+            raise TypeError("something nobody anticipated")
+        return real(case, config)
+
+    monkeypatch.setattr(store_mod, "preprocess_case", buggy)
+    store = build_store(root, SMALL, workers=1, progress=False)
+    assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"]
+    reasons = {s.case_id: s.reason for s in store.skipped}
+    assert sorted(reasons) == ["bug", "rgb", "unstripped"]
+    assert "rgb_flair.nii.gz: unsupported voxel type RGB" in reasons["rgb"]
+    assert "unstripped_flair.nii.gz: background is not 0" in reasons["unstripped"]
+    assert "TypeError: something nobody anticipated" in reasons["bug"] and str(root / "bug") in reasons["bug"]
+    assert (store.root / "manifest.json").is_file()
+    assert cli.main(["prepare", "--data", str(root), "--image-size", "64", "--workers", "1"]) == 0
+    assert "rgb: " in capsys.readouterr().out
+
+
+def test_unreadable_case_folder_is_one_skipped_case(make_cohort, monkeypatch):
+    import os
+    from pathlib import Path
+
+    root = make_cohort(2)
+    locked = write_case(root, "locked", *phantom())
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make this folder fail as it would for anyone else
+        real_iterdir = Path.iterdir
+
+        def iterdir(self):
+            if self == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_iterdir(self)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
+    try:
+        cases, skipped = discover_cases(root)
+        assert [c.case_id for c in cases] == ["BraTS2021_00000", "BraTS2021_00001"]
+        assert [s.case_id for s in skipped] == ["locked"]
+        assert f"cannot read folder {locked} (Permission denied)" in skipped[0].reason
+        store = build_store(root, SMALL, workers=1, progress=False)
+        assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"] and store.skipped[0].case_id == "locked"
+    finally:
+        locked.chmod(0o755)
+
+
+def test_full_disk_is_a_clear_error_naming_the_path(make_cohort, monkeypatch, capsys):
+    import errno
+
+    from uad import cli
+
+    root = make_cohort(2)
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod.np, "save", full)
+    with pytest.raises(DataError, match="disk full") as err:
+        build_store(root, SMALL, workers=1, progress=False)
+    assert str(store_mod.store_dir(root, SMALL) / "cases" / "BraTS2021_00000") in str(err.value)
+    assert cli.main(["prepare", "--data", str(root), "--image-size", "64", "--workers", "1"]) == 2
+    message = capsys.readouterr().err.split("error: ", 1)[-1]  # after the progress bar
+    assert "BraTS2021_00000: disk full" in message and message.count("\n") == 1

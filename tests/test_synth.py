@@ -26,7 +26,7 @@ def _load(case_dir, name):
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Two cases written by two worker processes."""
-    out = tmp_path_factory.mktemp("cohort")
+    out = tmp_path_factory.mktemp("cohort") / "demo"  # missing: built beside, renamed into place
     return out, synth.generate_cohort(out, n_cases=2, seed=SEED, workers=2, progress=False)
 
 
@@ -51,8 +51,9 @@ def test_seed_gives_both_kinds():
 def test_layout(cohort):
     out, case_dirs = cohort
     assert [d.name for d in case_dirs] == ["BraTS2021_00000", "BraTS2021_00001"]
-    # Only the case folders and cohort.json: no temporary folders left behind.
-    assert sorted(p.name for p in out.iterdir()) == ["BraTS2021_00000", "BraTS2021_00001", "cohort.json"]
+    # Only the case folders, cohort.json and synth's marker: no temporary folders left behind.
+    assert sorted(p.name for p in out.iterdir()) == [synth.MARKER, "BraTS2021_00000", "BraTS2021_00001", "cohort.json"]
+    assert [p.name for p in out.parent.iterdir()] == ["demo"]
     assert read_json(out / "cohort.json") == {
         "n_cases": 2,
         "seed": SEED,
@@ -124,8 +125,92 @@ def test_tumour_contrast(tumour_case):
 def test_rerun_keeps_complete_cases(cohort):
     out, case_dirs = cohort
     before = {p: p.stat().st_mtime_ns for d in case_dirs for p in d.iterdir()}
-    assert synth.generate_cohort(out, n_cases=2, seed=SEED, workers=1, progress=False) == case_dirs
+    notes = out / "notes.txt"  # a user's file in synth's own cohort is left alone too
+    notes.write_text("mine")
+    try:
+        assert synth.generate_cohort(out, n_cases=2, seed=SEED, workers=1, progress=False) == case_dirs
+        assert notes.read_text() == "mine"
+    finally:
+        notes.unlink()
     assert {p: p.stat().st_mtime_ns for d in case_dirs for p in d.iterdir()} == before
+
+
+@pytest.fixture
+def fast_build(monkeypatch):
+    """Blank cases instead of generated ones (in-process only: use workers=1)."""
+    built = []
+
+    def build(out_dir, case_id, seed):
+        built.append(case_id)
+        return synth.write_case(out_dir, case_id, _blank_case(), descrip=synth._tag(seed))
+
+    monkeypatch.setattr(synth, "_build_case", build)
+    return built
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_synth_refuses_a_folder_it_did_not_write(tmp_path, capsys, fast_build):
+    from conftest import phantom
+    from conftest import write_case as write_real_case
+    from uad import cli
+
+    out = tmp_path / "brats"
+    write_real_case(out, "BraTS2021_00000", *phantom(shape=(8, 8, 4)))
+    (out / "my-notes.txt").write_text("do not delete")
+    before = _snapshot(out)
+    assert cli.main(["synth", "--out", str(out), "--cases", "1", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "not written by `uad synth`" in err and err.count("\n") == 1
+    assert _snapshot(out) == before and fast_build == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brats"]  # nothing written beside it either
+    (out / "my-notes.txt").unlink()  # a single foreign case folder is refused just the same
+    with pytest.raises(DataError, match="not written by"):
+        synth.generate_cohort(out, n_cases=1, workers=1, progress=False)
+    with pytest.raises(DataError, match="is not a folder"):
+        synth.generate_cohort(out / "BraTS2021_00000" / "BraTS2021_00000_flair.nii.gz", n_cases=1, progress=False)
+
+
+def test_synth_never_replaces_a_foreign_case_in_its_own_cohort(tmp_path, fast_build):
+    from conftest import phantom
+    from conftest import write_case as write_real_case
+
+    out = tmp_path / "demo"
+    synth.generate_cohort(out, n_cases=1, workers=1, progress=False)
+    real = write_real_case(out, "BraTS2021_00001", *phantom(shape=(8, 8, 4)))
+    before = _snapshot(real)
+    with pytest.raises(DataError, match="BraTS2021_00001: exists and was not written by"):
+        synth.generate_cohort(out, n_cases=2, workers=1, progress=False)
+    assert _snapshot(real) == before and fast_build == ["BraTS2021_00000"]
+
+
+def test_synth_fills_an_empty_folder_and_updates_its_own(tmp_path, fast_build):
+    out = tmp_path / "empty"
+    out.mkdir()
+    synth.generate_cohort(out, n_cases=1, seed=1, workers=1, progress=False)
+    assert (out / synth.MARKER).is_file() and (out / "BraTS2021_00000").is_dir()
+    # Another seed replaces synth's own case (and only it).
+    synth.generate_cohort(out, n_cases=1, seed=2, workers=1, progress=False)
+    assert fast_build == ["BraTS2021_00000", "BraTS2021_00000"]
+    assert read_json(out / "cohort.json")["seed"] == 2
+
+
+def test_failed_new_cohort_leaves_nothing(tmp_path, monkeypatch):
+    progress = []
+
+    def failing_build(out_dir, case_id, seed):
+        progress.append(synth.cases_written(tmp_path / "demo"))  # what the app's progress bar reads
+        if case_id == "BraTS2021_00001":
+            raise OSError("disk full")
+        synth.write_case(out_dir, case_id, _blank_case(), descrip=synth._tag(seed))
+
+    monkeypatch.setattr(synth, "_build_case", failing_build)
+    with pytest.raises(OSError, match="disk full"):
+        synth.generate_cohort(tmp_path / "demo", n_cases=2, workers=1, progress=False)
+    assert progress == [0, 1]
+    assert list(tmp_path.iterdir()) == []
 
 
 def _blank_case() -> dict[str, np.ndarray]:

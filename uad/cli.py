@@ -18,6 +18,46 @@ def _add_data_args(p: argparse.ArgumentParser, modalities: bool = True) -> None:
         p.add_argument("--image-size", type=int, default=128, help="working size in pixels, 64-256 (default 128)")
 
 
+def _check_device(name: str | None) -> None:
+    """``--device``: cpu, cuda, cuda:N or mps, and present on this machine (else a one-line ConfigError)."""
+    if name is None:
+        return
+    import torch
+
+    from uad.errors import ConfigError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine")
+
+
+def _check_out(path: Path | None, flag: str, folder: bool) -> None:
+    """An output path must not be a folder where a file is wanted (or the reverse), nor lie under a file."""
+    if path is None:
+        return
+    from uad.errors import ConfigError
+
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{path}: {flag} must be a folder, but this is an existing file")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{path}: {flag} must be a file name, but this is an existing folder")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{path}: {flag} lies under {parent}, which is a file, not a folder")
+            break
+
+
 def _preprocess_config(args):
     from uad.data import PreprocessConfig
 
@@ -123,6 +163,19 @@ def cmd_train(args) -> int:
     from uad.errors import ConfigError
     from uad.train import TrainConfig, train
 
+    # Checked here, before any work, so a bad value is one line rather than a traceback from deep inside.
+    if not 0 <= args.seed < 2**63:  # torch.manual_seed overflows above that
+        raise ConfigError(f"--seed must be >= 0 and < 2**63, got {args.seed}")
+    if args.num_workers < 0:
+        raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
+    import math
+
+    for flag, value in (("--lr", args.lr), ("--max-minutes", args.max_minutes)):
+        if value is not None and not math.isfinite(value):  # NaN passes every "> 0" check
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+    _check_device(args.device)
+    _check_out(args.out, "--out", folder=True)
+
     given = {k[len("model_opt_"):]: v for k, v in vars(args).items() if k.startswith("model_opt_") and v is not None}
     if args.resume:
         config_path = Path(args.resume) / "config.json"
@@ -180,6 +233,9 @@ def _post_config(args):
 def cmd_evaluate(args) -> int:
     from uad.evaluate import evaluate
 
+    _check_device(args.device)
+    _check_out(args.out, "--out", folder=True)
+
     m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
                  post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
     out = args.out or Path(args.run) / "eval"
@@ -197,6 +253,8 @@ def cmd_score(args) -> int:
     from uad.errors import DataError
     from uad.score import ModelScorer, score_slices, write_nifti
 
+    _check_device(args.device)
+    _check_out(args.out, "--out", folder=True)
     t0 = time.perf_counter()
     ckpt = checkpoints.load(args.run, device=args.device or "cpu")
     cases, skipped = discover_cases(args.case)
@@ -218,6 +276,7 @@ def cmd_compare(args) -> int:
     from uad import fileio
     from uad.errors import ConfigError
 
+    _check_out(args.csv, "--csv", folder=False)
     summaries = []
     for run in args.runs:
         path = Path(run) / "eval" / "metrics.json"
@@ -236,12 +295,33 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# -- app ---------------------------------------------------------------------------------------------------
+def cmd_app(streamlit_args: list[str]) -> int:
+    """``streamlit run app/Home.py`` from anywhere, on 127.0.0.1 unless ``--server.address`` is given."""
+    import os
+    import subprocess
+
+    from uad import paths
+
+    args = list(streamlit_args)
+    explicit = any(a == "--server.address" or a.startswith("--server.address=") for a in args)
+    if not explicit and not os.environ.get("STREAMLIT_SERVER_ADDRESS"):
+        # Passed as a flag, not left to a config file: which config.toml Streamlit reads depends on the
+        # working directory and the Streamlit version.
+        args = ["--server.address", "127.0.0.1", *args]
+    argv = [sys.executable, "-m", "streamlit", "run", str(paths.REPO_ROOT / "app" / "Home.py"), *args]
+    if os.name == "posix":
+        os.execv(sys.executable, argv)  # Ctrl-C and kill reach streamlit itself
+    return subprocess.call(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m uad", description="Unsupervised anomaly detection in brain MRI.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write the synthetic demo cohort in BraTS 2021 layout")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: data/demo)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder: new, empty, or an earlier demo cohort (default: data/demo)")
     p.add_argument("--cases", type=int, default=None, help="number of cases (default 24)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
@@ -281,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_post_args(p)
     p.set_defaults(func=cmd_score)
 
+    text = ("start the web app on http://127.0.0.1, from any folder (further arguments go to streamlit run, "
+            "e.g. --server.port 8502; --server.address 0.0.0.0 serves it on the network, deliberately)")
+    p = sub.add_parser("app", help=text, description=text)
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines")
     p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (evaluated)")
     p.add_argument("--csv", type=Path, default=Path("compare.csv"), help="where to write the table (default compare.csv)")
@@ -289,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"] and not {"-h", "--help"} & set(argv[1:]):
+        return cmd_app(argv[1:])  # its arguments are Streamlit's, which argparse would reject
     args = build_parser().parse_args(argv)
     if args.command == "synth":
         from uad import paths
@@ -300,6 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UADError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from uad.fileio import DISK_FULL
+
+        if exc.errno not in DISK_FULL:
+            raise
+        # Anywhere a write was not already turned into a DataError: still one clear line, not a traceback.
+        print(f"error: {exc.filename or 'a file'}: disk full: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,6 +17,13 @@ class DataError(UADError):
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path is not None else reason)
 
+    def __reduce__(self):  # re-raised from worker processes: pickle the constructor's arguments
+        return type(self), (self.path, self.reason)
+
+
+class DiskFullError(DataError):
+    """No space left (or quota exceeded) while writing ``path``: every later write would fail the same way."""
+
 
 class CheckpointError(UADError):
     """A checkpoint is missing, corrupt, or does not fit the requested model or data."""
@@ -25,6 +32,9 @@ class CheckpointError(UADError):
         self.path = None if path is None else Path(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+    def __reduce__(self):  # re-raised from worker processes: pickle the constructor's arguments
+        return type(self), (self.path, self.reason)
 
 
 class ConfigError(UADError):

@@ -6,12 +6,25 @@ target (``os.replace`` is atomic on POSIX and Windows within one file system).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: BaseException, path: str | Path):
+    """A DiskFullError naming ``path`` if ``exc`` is a full disk (or quota), else None."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        from uad.errors import DiskFullError
+
+        return DiskFullError(path, f"disk full: no space left to write it ({exc.strerror})")
+    return None
 
 
 @contextmanager
@@ -27,12 +40,33 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; give the file the mode a plain open() would, so a shared results folder
+        # stays readable to whoever the user's umask allows.
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        full = disk_full_error(exc, target)  # the target, not the temporary name, means something to the user
+        if full is not None:
+            raise full from exc
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # Elsewhere the only way is to set it and set it back (briefly process-wide, hence the last resort).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(target: str | Path, data: bytes) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import pandas as pd
@@ -14,15 +13,13 @@ from uad.data.demo import demo_ready
 
 SYNTH_LAUNCH = "synth-launch.json"  # in the data folder: the generator the app started
 SYNTH_LOG = "synth.log"
-CASE_DIR = re.compile(r"^BraTS2021_\d{5}$")
 
 
 def _demo_cases_done() -> int:
     """Finished demo cases: each is renamed into place only when complete."""
-    root = paths.demo_dir()
-    if not root.is_dir():
-        return 0
-    return sum(1 for p in root.iterdir() if p.is_dir() and CASE_DIR.match(p.name))
+    from uad.data.synth import cases_written
+
+    return cases_written(paths.demo_dir())
 
 
 def _synth_running() -> bool:

@@ -95,6 +95,18 @@ def _case_from_folder(folder: Path) -> Case | Skipped | None:
     return Case(case_id=folder.name, folder=folder, modalities=found, seg=seg)
 
 
+def _subfolders(folder: Path) -> list[Path]:
+    """Visible sub-folders; an entry that cannot even be stat'ed is left out (it cannot be a readable case)."""
+    subs = []
+    for p in folder.iterdir():
+        try:
+            if p.is_dir() and not p.name.startswith("."):
+                subs.append(p)
+        except OSError:
+            continue
+    return sorted(subs)
+
+
 def discover_cases(root: str | Path) -> tuple[list[Case], list[Skipped]]:
     """Find cases under ``root`` (directly or one level deeper), sorted by id.
 
@@ -110,7 +122,15 @@ def discover_cases(root: str | Path) -> tuple[list[Case], list[Skipped]]:
     skipped: list[Skipped] = []
 
     def visit(folder: Path, depth: int) -> None:
-        result = _case_from_folder(folder)
+        try:
+            result = _case_from_folder(folder)
+            subs = _subfolders(folder) if result is None and depth < 2 else []
+        except OSError as exc:
+            if folder == root:
+                raise
+            # One unreadable folder (permissions, a broken mount) is one skipped case, not a failed dataset.
+            skipped.append(Skipped(folder.name, f"cannot read folder {folder} ({exc.strerror or exc})"))
+            return
         if isinstance(result, Skipped):
             skipped.append(result)
         elif isinstance(result, Case):
@@ -118,12 +138,14 @@ def discover_cases(root: str | Path) -> tuple[list[Case], list[Skipped]]:
                 skipped.append(Skipped(result.case_id, f"duplicate case id (also in {cases[result.case_id].folder})"))
             else:
                 cases[result.case_id] = result
-        elif depth < 2:
-            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        else:
+            for sub in subs:
                 visit(sub, depth + 1)
 
     try:
         visit(root, 0)
     except PermissionError as exc:
         raise DataError(exc.filename or root, "permission denied") from None
+    except OSError as exc:
+        raise DataError(exc.filename or root, f"cannot read the dataset folder ({exc.strerror or exc})") from None
     return [cases[k] for k in sorted(cases)], skipped

@@ -6,6 +6,7 @@ healthy slices of val patients calibrate thresholds; test holds every slice of t
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -22,8 +23,9 @@ def parse_ratios(text: str | Sequence[float]) -> tuple[float, float, float]:
         values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
         raise ConfigError(f"split ratios must be three numbers like 0.7,0.1,0.2, got {text!r}") from None
-    if len(values) != 3 or any(v < 0 for v in values) or values[0] <= 0:
-        raise ConfigError(f"split ratios must be three non-negative numbers with train > 0, got {text!r}")
+    # not finite first: every comparison with NaN is False, so NaN would pass the checks below
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or any(v < 0 for v in values) or values[0] <= 0:
+        raise ConfigError(f"split ratios must be three finite non-negative numbers with train > 0, got {text!r}")
     if abs(sum(values) - 1.0) > 1e-6:
         raise ConfigError(f"split ratios must sum to 1, got {text!r} (sum {sum(values):g})")
     return values[0], values[1], values[2]

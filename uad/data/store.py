@@ -91,12 +91,28 @@ def _write_case(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) 
 
 
 def _build_one(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) -> tuple[str, dict | None, str | None]:
+    """One case → (id, meta, None), or (id, None, reason) when this case cannot be used.
+
+    Whatever goes wrong with one case's data skips that case; a full disk stops the build (every case
+    after it would fail the same way) with a DataError naming the cache folder.
+    """
+    from uad.errors import DiskFullError
+
     try:
         return case.case_id, _write_case(case, config, case_dir, fp), None
+    except DiskFullError:
+        raise
     except UADError as exc:
         return case.case_id, None, str(exc)
     except MemoryError:
         return case.case_id, None, "out of memory while preprocessing"
+    except OSError as exc:
+        full = fileio.disk_full_error(exc, case_dir)
+        if full is not None:
+            raise full from None
+        return case.case_id, None, f"{case.folder}: cannot be read or cached ({exc})"
+    except Exception as exc:  # noqa: BLE001 - a bug or an exotic file must not stop the other cases
+        return case.case_id, None, f"{case.folder}: cannot be preprocessed ({type(exc).__name__}: {exc})"
 
 
 def _read_meta(case_dir: Path) -> dict | None:

@@ -29,7 +29,7 @@ from scipy.special import erf, expit
 from tqdm import tqdm
 
 from uad.errors import ConfigError, DataError
-from uad.fileio import write_json
+from uad.fileio import current_umask, read_json, write_json
 from uad.workers import spawn_pool, submit_all
 
 DEFAULT_CASES = 24
@@ -526,7 +526,7 @@ def write_case(out_dir: str | Path, case_id: str, arrays: dict[str, np.ndarray],
     final = out_dir / case_id
     tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".tmp", dir=out_dir))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the case folder should be readable like any other
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the case folder should be readable like any other
         for name in (*MODALITIES, "seg"):
             _save_nifti(tmp / f"{case_id}_{name}.nii.gz", arrays[name], descrip)
         if final.exists():
@@ -559,30 +559,76 @@ def _build_case(out_dir: Path, case_id: str, seed: int) -> Path:
     return write_case(out_dir, case_id, generate_case(case_id, seed), descrip=_tag(seed))
 
 
-def generate_cohort(
-    out_dir: str | Path,
-    n_cases: int = DEFAULT_CASES,
-    seed: int = 0,
-    workers: int | None = None,
-    progress: bool = True,
-) -> list[Path]:
-    """Generate cases ``BraTS2021_00000`` ... in ``out_dir``, in parallel; return their folders.
+MARKER = ".uad-synth.json"  # written into every cohort folder synth creates, so it can recognise its own
+_HIDDEN_LEFTOVER = re.compile(r"^\.(BraTS2021_\d{5}\.|cohort\.json\.|\.uad-synth\.json\.)")
 
-    Complete case folders from an earlier run with the same seed and generator version are kept.
-    ``cohort.json`` (n_cases, seed, generator version) is written last.
+
+def _written_by_synth_case(case_dir: Path) -> bool:
+    """True if every entry of ``case_dir`` is a NIfTI file this generator wrote (any seed or version)."""
+    try:
+        entries = list(case_dir.iterdir())
+    except OSError:
+        return False
+    for path in entries:
+        if not (path.is_file() and re.fullmatch(rf"{re.escape(case_dir.name)}_(flair|t1|t1ce|t2|seg)\.nii\.gz", path.name)):
+            return False
+        try:
+            descrip = nib.load(path).header["descrip"].item().decode("ascii", "replace")
+        except Exception:  # noqa: BLE001 - unreadable: not provably ours
+            return False
+        if not descrip.startswith("uad-synth "):
+            return False
+    return True
+
+
+def _check_out_dir(out_dir: Path, case_ids: list[str], seed: int) -> bool:
+    """Refuse a folder synth did not create; return True if ``out_dir`` is an existing synth cohort.
+
+    Synth must never delete or overwrite anything it did not write: the folder must be missing, empty, or
+    marked as a previous demo cohort (the marker file, or a cohort.json from before the marker existed),
+    and any case folder it would replace (not already complete) must hold only files synth wrote.
     """
-    if n_cases < 1:
-        raise ConfigError(f"n_cases must be >= 1, got {n_cases}")
-    if seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {seed}")
-    _template_paths()  # fail here, with a clear error, rather than inside every worker
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    case_ids = [case_name(i) for i in range(n_cases)]
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise DataError(out_dir, "exists and is not a folder; choose a new or empty folder for the demo cohort")
+    try:
+        entries = sorted(out_dir.iterdir())
+    except OSError as exc:
+        raise DataError(out_dir, f"cannot list the folder ({exc.strerror or exc})") from None
+    if not entries:
+        return False
+    marked = (out_dir / MARKER).is_file()
+    if not marked:
+        try:
+            legacy = read_json(out_dir / "cohort.json")
+            marked = isinstance(legacy, dict) and "generator_version" in legacy
+        except (OSError, ValueError):
+            marked = False
+    if not marked:
+        # An interrupted run from before the marker existed: only synth's case folders and temporary files.
+        foreign = [e.name for e in entries
+                   if not (_HIDDEN_LEFTOVER.match(e.name) or (re.fullmatch(r"BraTS2021_\d{5}", e.name)
+                                                              and e.is_dir() and _written_by_synth_case(e)))]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise DataError(out_dir, f"exists and holds files not written by `uad synth` ({shown}); refusing to "
+                                     "write the demo cohort there: choose a new or empty folder")
+    for case_id in case_ids:
+        case_dir = out_dir / case_id
+        if case_dir.exists() and not _is_complete(case_dir, seed) and not (case_dir.is_dir() and _written_by_synth_case(case_dir)):
+            raise DataError(case_dir, "exists and was not written by `uad synth`; refusing to replace it: "
+                                      "move it away or choose another folder for the demo cohort")
+    return True
+
+
+def _generate_into(out_dir: Path, case_ids: list[str], seed: int, workers: int | None, progress: bool) -> None:
+    if not (out_dir / MARKER).exists():
+        write_json(out_dir / MARKER, {"written_by": "uad synth", "generator_version": GENERATOR_VERSION})
     todo = [c for c in case_ids if not _is_complete(out_dir / c, seed)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    done = n_cases - len(todo)
-    with tqdm(total=n_cases, initial=done, desc="synthetic cases", disable=not progress) as bar:
+    done = len(case_ids) - len(todo)
+    with tqdm(total=len(case_ids), initial=done, desc="synthetic cases", disable=not progress) as bar:
         if workers == 1:
             for case_id in todo:
                 _build_case(out_dir, case_id, seed)
@@ -599,6 +645,56 @@ def generate_cohort(
                     for future in futures:  # don't build the queued cases after a failure or Ctrl-C
                         future.cancel()
                     raise
-    summary = {"n_cases": n_cases, "seed": seed, "generator_version": GENERATOR_VERSION}
+    summary = {"n_cases": len(case_ids), "seed": seed, "generator_version": GENERATOR_VERSION}
     write_json(out_dir / "cohort.json", summary)
+
+
+def cases_written(out_dir: str | Path) -> int:
+    """Complete cases so far in ``out_dir``, or in the folder beside it where a new cohort is being built."""
+    out_dir = Path(out_dir)
+    folders = [out_dir] if out_dir.is_dir() else sorted(out_dir.parent.glob(f".{out_dir.name}.*.synth"))
+    return max((sum(1 for p in f.iterdir() if p.is_dir() and re.fullmatch(r"BraTS2021_\d{5}", p.name))
+                for f in folders if f.is_dir()), default=0)
+
+
+def generate_cohort(
+    out_dir: str | Path,
+    n_cases: int = DEFAULT_CASES,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
+    """Generate cases ``BraTS2021_00000`` ... in ``out_dir``, in parallel; return their folders.
+
+    ``out_dir`` must be missing, empty, or a cohort synth wrote before (anything else is refused with a
+    DataError: synth never deletes or overwrites what it did not write). A new cohort is built in a hidden
+    folder beside ``out_dir`` and renamed into place when complete. In an earlier cohort, complete case
+    folders with the same seed and generator version are kept. ``cohort.json`` (n_cases, seed, generator
+    version) is written last.
+    """
+    if n_cases < 1:
+        raise ConfigError(f"n_cases must be >= 1, got {n_cases}")
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+    _template_paths()  # fail here, with a clear error, rather than inside every worker
+    out_dir = Path(out_dir)
+    case_ids = [case_name(i) for i in range(n_cases)]
+    existing = _check_out_dir(out_dir, case_ids, seed)
+    if existing or out_dir.exists():
+        # An earlier cohort is updated case by case (each case is written atomically); an existing empty
+        # folder is filled in place (it may be a mount point, which cannot be renamed over).
+        _generate_into(out_dir, case_ids, seed, workers, progress)
+        return [out_dir / c for c in case_ids]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".synth", dir=out_dir.parent))
+    try:
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the cohort is readable like any folder
+        _generate_into(tmp, case_ids, seed, workers, progress)
+        try:
+            os.rename(tmp, out_dir)  # fails if something appeared at out_dir meanwhile: never replace it
+        except OSError as exc:
+            raise DataError(out_dir, f"appeared while the demo cohort was written, not replaced ({exc.strerror or exc})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return [out_dir / c for c in case_ids]

@@ -5,7 +5,7 @@ Every failure raises ``DataError`` naming the file and the reason, never a numpy
 
 from __future__ import annotations
 
-import zlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,28 @@ from uad.data.cases import Case
 from uad.errors import DataError
 
 AFFINE_ATOL = 1e-3  # mm; BraTS affines agree exactly, resampled exports differ by float noise
+# A header's size is checked before any allocation: a tiny file must not make us allocate gigabytes.
+MAX_VOXELS_PER_AXIS = 512  # BraTS is 240x240x155; raise with $UAD_MAX_VOXELS_PER_AXIS for bigger scans
+_GZIP_MAX_RATIO = 1100  # DEFLATE cannot compress better than ~1032:1, so smaller .nii.gz files are lying
+# Skull-stripped volumes have a background of exact zeros (BraTS: ~80 % of the grid). Fewer than this
+# fraction means the background is not 0, and the brain mask ("non-zero") would be the whole grid.
+MIN_BACKGROUND_FRACTION = 0.05
+
+
+def max_voxels_per_axis() -> int:
+    """The largest size per axis a header may claim: $UAD_MAX_VOXELS_PER_AXIS, else MAX_VOXELS_PER_AXIS."""
+    text = os.environ.get("UAD_MAX_VOXELS_PER_AXIS")
+    if not text:
+        return MAX_VOXELS_PER_AXIS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from uad.errors import ConfigError
+
+        raise ConfigError(f"UAD_MAX_VOXELS_PER_AXIS must be a positive integer, got {text!r}")
+    return value
 
 
 @dataclass
@@ -44,12 +66,38 @@ class CaseVolumes:
         return self.shape[axis] - 1 - k if flipped else k
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
+def _check_header(path: Path, img, shape: tuple[int, ...], max_axis: int) -> None:
+    """Refuse what the header claims before reading any voxel: size, voxel type, enough bytes in the file."""
+    if any(n < 1 for n in shape):
+        raise DataError(path, f"empty image: the header's shape is {shape}")
+    if max(shape) > max_axis:
+        raise DataError(path, f"the header claims shape {shape}, more than {max_axis} voxels along an axis "
+                              "(set UAD_MAX_VOXELS_PER_AXIS to allow larger volumes)")
+    dtype = img.get_data_dtype()
+    if dtype.kind not in "biuf":
+        kind = "RGB" if dtype.names and set(dtype.names) >= {"R", "G", "B"} else str(dtype)
+        raise DataError(path, f"unsupported voxel type {kind}: expected one grey-level intensity per voxel")
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        if size * _GZIP_MAX_RATIO < needed:
+            raise DataError(path, f"the header claims {needed:,} bytes of image data, more than a {size:,}-byte "
+                                  "gzip file can hold: truncated file or wrong header")
+    else:
+        offset = int(getattr(img.dataobj, "offset", 0) or 0)  # the loaded header's vox_offset is reset to 0
+        if offset + needed > size:
+            raise DataError(path, f"the file is {size:,} bytes but its header describes {offset + needed:,}: "
+                                  "truncated file or wrong header")
+
+
+def _read(path: Path, max_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
     """Read one file → (RAS+ float32 data, source affine, orientation, source shape). Raises DataError."""
     try:
         img = nib.load(str(path))
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except PermissionError:
+        raise DataError(path, "permission denied") from None
     except Exception as exc:  # nibabel raises many types for bad headers
         raise DataError(path, f"not a readable NIfTI file ({exc})") from None
     shape = tuple(int(s) for s in img.shape)
@@ -58,9 +106,12 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, in
         shape = shape[:-1]
     if len(shape) != 3:
         raise DataError(path, f"expected a 3-D volume, got shape {tuple(img.shape)}")
+    _check_header(path, img, shape, max_voxels_per_axis() if max_axis is None else max_axis)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-    except (EOFError, OSError, zlib.error, ValueError) as exc:
+    except MemoryError:
+        raise DataError(path, f"not enough memory to load a {shape} volume") from None
+    except Exception as exc:  # truncated gzip streams, bad scaling, exotic types: never a traceback
         raise DataError(path, f"truncated or corrupt image data ({exc})") from None
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
@@ -69,8 +120,26 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, in
     return np.ascontiguousarray(ornt_mod.apply_orientation(data, ornt)), affine, ornt, shape
 
 
-def load_case(case: Case, modalities: tuple[str, ...] | list[str]) -> CaseVolumes:
-    """Load the requested modalities (and the seg if present) of a case, validated and reoriented."""
+def _check_intensities(path: Path, data: np.ndarray) -> None:
+    """The brain mask is "non-zero voxels", so a channel needs a zero background and some contrast inside."""
+    if not np.all(np.isfinite(data)):
+        raise DataError(path, "contains non-finite values (NaN or inf)")
+    inside = data[data != 0]
+    if inside.size == 0:
+        raise DataError(path, "empty brain: every voxel is 0")
+    background = 1.0 - inside.size / data.size
+    if background < MIN_BACKGROUND_FRACTION:
+        raise DataError(path, f"background is not 0: only {background:.1%} of voxels are exactly 0. Expected a "
+                              "skull-stripped volume with a zero background (as in BraTS)")
+    if inside.min() == inside.max():
+        raise DataError(path, f"constant volume: every non-zero voxel is {inside.min():g}, no image contrast")
+
+
+def load_case(case: Case, modalities: tuple[str, ...] | list[str], max_voxels_per_axis: int | None = None) -> CaseVolumes:
+    """Load the requested modalities (and the seg if present) of a case, validated and reoriented.
+
+    ``max_voxels_per_axis`` bounds the size a header may claim (default: $UAD_MAX_VOXELS_PER_AXIS or 512).
+    """
     modalities = tuple(modalities)
     case.require(modalities)
     ref_path = case.modalities[modalities[0]]
@@ -78,21 +147,18 @@ def load_case(case: Case, modalities: tuple[str, ...] | list[str]) -> CaseVolume
     ref_affine = ref_shape = ref_ornt = src_shape = None
     for mod in modalities:
         path = case.modalities[mod]
-        data, affine, ornt, shape = _read(path)
+        data, affine, ornt, shape = _read(path, max_voxels_per_axis)
         if ref_affine is None:
             ref_affine, ref_shape, ref_ornt, src_shape = affine, data.shape, ornt, shape
         else:
             _check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
-        if not np.all(np.isfinite(data)):
-            raise DataError(path, "contains non-finite values (NaN or inf)")
+        _check_intensities(path, data)
         channels.append(data)
     images = np.stack(channels)
-    if not np.any(images != 0):
-        raise DataError(ref_path, "empty brain: every voxel is 0")
 
     tumour = labels = None
     if case.seg is not None:
-        seg, affine, _, _ = _read(case.seg)
+        seg, affine, _, _ = _read(case.seg, max_voxels_per_axis)
         _check_same_grid(case.seg, seg.shape, affine, ref_path, ref_shape, ref_affine)
         labels = _check_labels(case.seg, seg)
         tumour = labels > 0  # whole tumour in every label convention (2021: 1/2/4, 2023: 1/2/3, older: 1–4)
