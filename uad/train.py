@@ -200,61 +200,6 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-# -- optimizer state (safetensors holds tensors only, so it is flattened) --------------------------------
-def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {}
-    for name, opt in optimizers.items():
-        sd = opt.state_dict()
-        meta[name] = {"param_groups": sd["param_groups"], "scalars": {}}
-        for pid, state in sd["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"{name}/{pid}/{key}"] = value.detach().cpu().contiguous()
-                else:
-                    meta[name]["scalars"][f"{pid}/{key}"] = value
-    return tensors, meta
-
-
-def _restore_optimizers(optimizers, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    for name, opt in optimizers.items():
-        if name not in meta:
-            continue
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            opt_name, pid, k = key.split("/", 2)
-            if opt_name == name:
-                state.setdefault(int(pid), {})[k] = value
-        for key, value in meta[name]["scalars"].items():
-            pid, k = key.split("/", 1)
-            state.setdefault(int(pid), {})[k] = value
-        opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
-
-
-def _save_training_state(folder: Path, optimizers, epoch: int, step: int, best: float) -> None:
-    from safetensors.torch import save as st_save
-
-    tensors, meta = _optimizer_tensors(optimizers)
-    tensors["rng/torch"] = torch.get_rng_state()
-    fileio.write_bytes(folder / "training_state.safetensors", st_save(tensors))
-    fileio.write_json(folder / "training_state.json", {"optimizers": meta, "epoch": epoch, "step": step, "best_val_loss": best})
-
-
-def _load_training_state(folder: Path, optimizers) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    from uad.errors import CheckpointError
-
-    try:
-        tensors = load_file(str(folder / "training_state.safetensors"))
-        meta = fileio.read_json(folder / "training_state.json")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means the same thing to the user
-        raise CheckpointError(folder, f"cannot resume: training state unreadable ({exc})") from None
-    _restore_optimizers(optimizers, {k: v for k, v in tensors.items() if not k.startswith("rng/")}, meta["optimizers"])
-    if "rng/torch" in tensors:
-        torch.set_rng_state(tensors["rng/torch"])
-    return meta
-
-
 # -- the loop ---------------------------------------------------------------------------------------------
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
     """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled."""
@@ -338,7 +283,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         last = run_dir / "last"
         ckpt = checkpoints.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
         model.load_state_dict(ckpt.model.state_dict())
-        state = _load_training_state(last, optimizers)
+        state = checkpoints.load_training_state(last, optimizers)
         start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
         log.info("resumed from epoch %d", start_epoch)
 
@@ -425,8 +370,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         if is_main:
             fileio.append_jsonl(run_dir / "metrics.jsonl", record)
             info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best}
-            checkpoints.save(run_dir / "last", model, info)
-            _save_training_state(run_dir / "last", optimizers, completed_epochs, step, best)
+            checkpoints.save(run_dir / "last", model, info, optimizers=optimizers,
+                             training_state={"epoch": completed_epochs, "step": step, "best_val_loss": best})
             if improved or not (run_dir / "best").exists():
                 checkpoints.save(run_dir / "best", model, info)
             runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best)
