@@ -95,3 +95,36 @@ def test_a_folder_missing_between_the_two_renames_is_recovered(tmp_path):
     (tmp_path / f"first.tmp-{dead}" / checkpoints.WEIGHTS).write_bytes(b"partial")
     with pytest.raises(CheckpointError, match="no such run or checkpoint folder"):
         checkpoints.load(empty)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    model, _ = _model_and_optimizers()
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    checkpoints.save(tmp_path / "nan", model, {})
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights contain NaN or infinite values"):
+        checkpoints.load(tmp_path / "nan")
+
+
+def test_out_of_range_hyper_parameters_are_refused_before_building(tmp_path):
+    model, _ = _model_and_optimizers()
+    checkpoints.save(tmp_path / "ckpt", model, {})
+
+    def edit(**hparams):
+        path = tmp_path / "ckpt" / checkpoints.META
+        info = json.loads(path.read_text())
+        info["hparams"].update(hparams)
+        path.write_text(json.dumps(info))
+
+    edit(latent_dim=100_000)
+    with pytest.raises(CheckpointError, match=r"checkpoint.json: hparams latent_dim = 100000 is outside the sane range"):
+        checkpoints.load(tmp_path / "ckpt")
+    edit(latent_dim="8")
+    with pytest.raises(CheckpointError, match="hparams latent_dim must be a number"):
+        checkpoints.load(tmp_path / "ckpt")
+    # Within bounds but far larger than the file: found on a model built without memory, then refused.
+    edit(latent_dim=8, base_channels=256, image_size=256)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
+        checkpoints.load(tmp_path / "ckpt")
+    assert time.perf_counter() - t0 < 5

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ META = "checkpoint.json"
 TRAINING_STATE = "training_state.safetensors"
 TRAINING_META = "training_state.json"
 
+# Upper bounds on hyper-parameters that size the model: checkpoint.json decides how much memory building
+# the model takes, so a damaged or hostile one must not get that far. Far above any sensible setting.
+HPARAM_BOUNDS = {
+    "in_channels": 64, "image_size": 512, "latent_dim": 65536, "base_channels": 4096, "embed_dim": 4096,
+    "depth": 64, "num_heads": 256, "patch_size": 512, "mlp_ratio": 64, "noise_res": 512,
+    "inpaint_groups": 4096, "test_time_drops": 1024, "n_critic": 1000,
+}
 
 
 @dataclass
@@ -212,20 +220,51 @@ def load(path: str | Path, expect_model: str | None = None, preprocess=None, dev
         state = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CheckpointError(weights, f"not a readable safetensors file ({exc})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(weights, f"weights contain NaN or infinite values (in {', '.join(bad[:3])}); "
+                                       "the run that saved them diverged")
+    check_hparams(info["hparams"], folder / META)
+    # Built first without memory (meta device) and compared with the file, so only a model whose weights
+    # are all in the file (and so bounded by its size) is ever allocated.
+    with torch.device("meta"):
+        skeleton = _build(name, info["hparams"], folder)
+    _check_fits(skeleton.state_dict(), state, weights, name)
+    model = _build(name, info["hparams"], folder)
+    expected = model.state_dict()
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    model.to(device).eval()
+    return Checkpoint(model=model, info=info, path=folder)
+
+
+def _build(name: str, hparams: dict[str, Any], folder: Path) -> AnomalyModel:
     try:
-        model = create_model(name, **info["hparams"])
+        return create_model(name, **hparams)
     except (TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(folder / META, f"cannot rebuild model {name} ({exc})") from None
-    expected = model.state_dict()
+
+
+def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], weights: Path, name: str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}") or f"shape mismatch in {wrong[:3]}"
         raise CheckpointError(weights, f"weights do not fit model {name}: {detail}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    model.to(device).eval()
-    return Checkpoint(model=model, info=info, path=folder)
+
+
+def check_hparams(hparams: Any, where: Path | str = "") -> None:
+    """Refuse hyper-parameters outside ``HPARAM_BOUNDS`` (or not numbers where sizes are expected)."""
+    if not isinstance(hparams, dict):
+        raise CheckpointError(where, "hparams is not a JSON object")
+    for key, limit in HPARAM_BOUNDS.items():
+        if key not in hparams:
+            continue
+        value = hparams[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise CheckpointError(where, f"hparams {key} must be a number, got {value!r}")
+        if not 0 <= value <= limit:
+            raise CheckpointError(where, f"hparams {key} = {value} is outside the sane range 0..{limit}")
 
 
 def check_compatible(info: dict[str, Any], preprocess, where: Path | str = "") -> None:
