@@ -201,21 +201,58 @@ def _barrier(world: int) -> None:
 
 
 # -- the loop ---------------------------------------------------------------------------------------------
-def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled."""
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> Path:
+    """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled.
+
+    The folder is locked for the whole run (a second trainer is refused at once). Unless ``resume``, a
+    folder that already holds a run is refused, or with ``overwrite`` moved aside to ``<run>.old-<time>``.
+    """
     device = pick_device(config.device)
     rank, world = _dist_setup(device)
-    is_main = rank == 0
-    run_dir = Path(run_dir) if run_dir else (runs.new_run_dir(config.model) if is_main else None)
+    try:
+        run_dir, lock = _claim_run_dir(run_dir, config, resume, overwrite, rank, world)
+        try:
+            _train_claimed(config, run_dir, lock, resume, progress, device, rank, world)
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return run_dir
+
+
+def _claim_run_dir(run_dir, config: TrainConfig, resume: bool, overwrite: bool, rank: int, world: int):
+    """Rank 0 picks and locks the run folder; every rank learns it, or the reason it was refused."""
+    lock, error = None, None
+    if rank == 0:
+        run_dir = Path(run_dir) if run_dir else runs.new_run_dir(config.model)
+        try:
+            lock = runs.claim(run_dir, resume=resume, overwrite=overwrite)
+        except UADError as exc:
+            error = exc
     if world > 1:
         import torch.distributed as dist
 
-        holder = [str(run_dir) if is_main else None]
+        holder = [str(run_dir) if rank == 0 else None, str(error) if error else None]
         dist.broadcast_object_list(holder, src=0)
         run_dir = Path(holder[0])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        _attach_log_file(run_dir)
+        if holder[1] and error is None:
+            error = ConfigError(holder[1])
+    if error is not None:
+        raise error  # before anything is written: the folder belongs to someone else
+    return Path(run_dir), lock
+
+
+def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progress: bool, device, rank: int, world: int) -> None:
+    is_main = rank == 0
+    handler = _attach_log_file(run_dir) if is_main else None
+    if is_main and lock.moved_to is not None:
+        log.warning("moved the run that was in %s to %s", run_dir, lock.moved_to)
     stop = _StopFlag()
     stop.install()
     try:
@@ -233,19 +270,17 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
                 runs.write_status(run_dir, "failed", finished=time.time(), error=message)
         raise
     finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    return run_dir
+        if handler is not None:  # a later run in this process must not log into this run's train.log
+            log.removeHandler(handler)
+            handler.close()
 
 
-def _attach_log_file(run_dir: Path) -> None:
+def _attach_log_file(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
 
 
 def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, device, rank: int, world: int, stop: _StopFlag) -> None:
