@@ -347,6 +347,12 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     log.info("training %s on %s: %d healthy train slices, %d val slices, device %s, world %d",
              config.model, data_root, len(train_ds), len(val_ds), device, world)
 
+    # Without validation slices there is no loss to choose by, so best/ follows the latest epoch
+    # (rather than staying at the first one forever).
+    no_val = len(val_ds) == 0
+    best_selection = "latest epoch (no validation slices)" if no_val else "lowest validation loss"
+    if no_val:
+        log.warning("no validation slices (split ratios %s): best/ follows the latest epoch", list(config.split_ratios))
     end_reason = "completed"
     completed_epochs = start_epoch
     progress_frac = start_epoch / config.epochs
@@ -399,17 +405,19 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             "elapsed": time.perf_counter() - t_start, "partial": interrupted,
         }
         selectable = model.checkpoint_selectable(progress_frac)
-        improved = selectable and math.isfinite(val_loss) and val_loss < best
-        if improved:
+        improved = selectable and (no_val or (math.isfinite(val_loss) and val_loss < best))
+        if improved and not no_val:
             best = val_loss
         if is_main:
             fileio.append_jsonl(run_dir / "metrics.jsonl", record)
-            info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best}
+            info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best,
+                    "best_selection": best_selection}
             checkpoints.save(run_dir / "last", model, info, optimizers=optimizers,
                              training_state={"epoch": completed_epochs, "step": step, "best_val_loss": best})
             if improved or not (run_dir / "best").exists():
                 checkpoints.save(run_dir / "best", model, info)
-            runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best)
+            runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best,
+                              best_selection=best_selection)
             log.info("epoch %d: %s val %.5f (%.0f slices/s)", epoch + 1,
                      " ".join(f"{k} {v:.5f}" for k, v in record["train"].items()), val_loss, record["slices_per_s"])
         if end_reason != "completed":
