@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from uad import checkpoints, runs
-from uad.errors import CheckpointError, UADError
+from uad.errors import CheckpointError, TrainingDiverged, UADError
 from uad.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -264,3 +264,44 @@ def test_without_validation_slices_best_follows_the_latest_epoch(cohort, tmp_pat
     assert best["epoch"] == 3 and best["weights_sha256"] == checkpoints.read_info(run / "last")["weights_sha256"]
     assert best["best_selection"] == "latest epoch (no validation slices)"
     assert runs.read_status(run)["best_selection"] == "latest epoch (no validation slices)"
+
+
+def test_a_diverged_run_fails_and_leaves_no_nan_checkpoint(cohort, tmp_path, capsys):
+    from uad.cli import main
+
+    run = tmp_path / "run"
+    base = ["--model", "autoencoder", "--data", str(cohort), "--image-size", "64", "--batch-size", "8", "--no-progress"]
+    assert main(["train", *base, "--epochs", "2", "--lr", "1e30", "--out", str(run)]) == 2
+    assert f"{run}: training diverged (training loss 'loss' became nan" in capsys.readouterr().err
+    status = runs.read_status(run)
+    assert status["state"] == "failed" and status["reason"] == "diverged" and "training diverged" in status["error"]
+    assert runs.read_metrics(run)[-1]["diverged"] is True
+    assert not (run / "best").exists() and not (run / "last").exists()
+    assert main(["evaluate", "--run", str(run)]) == 2  # a clear error, not a traceback
+    assert "no checkpoint here" in capsys.readouterr().err
+    assert main(["train", *base, "--lr", "inf", "--out", str(tmp_path / "inf")]) == 2
+    assert "learning rate must be a finite number > 0, got inf" in capsys.readouterr().err
+
+
+def test_a_nan_loss_keeps_the_good_checkpoints(cohort, tmp_path, monkeypatch):
+    from uad.models import model_class
+
+    cls = model_class("autoencoder")
+    healthy = cls.training_step
+
+    def breaks_in_epoch_two(self, x, optimizers, progress):
+        if progress < 0.5:
+            return healthy(self, x, optimizers, progress)
+        with torch.no_grad():
+            next(self.parameters()).fill_(float("nan"))
+        return {"loss": float("nan")}
+
+    monkeypatch.setattr(cls, "training_step", breaks_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match=r"training loss 'loss' became nan at step \d+, epoch 2"):
+        train(_config(cohort, epochs=2), run_dir=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert runs.read_status(run)["reason"] == "diverged"
+    for sub in ("best", "last"):
+        ckpt = checkpoints.load(run / sub)
+        assert ckpt.info["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt.model.state_dict().values())
+    assert [r.get("diverged", False) for r in runs.read_metrics(run)] == [False, True]

@@ -30,7 +30,7 @@ from uad import checkpoints, fileio, runs
 from uad.data.dataset import SliceDataset
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import DEFAULT_RATIOS, parse_ratios, split_cases
-from uad.errors import ConfigError, UADError
+from uad.errors import ConfigError, TrainingDiverged, UADError
 from uad.models import canonical_name, create_model
 
 log = logging.getLogger("uad.train")
@@ -60,8 +60,8 @@ class TrainConfig:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
 
@@ -193,6 +193,17 @@ def _agree(stop: bool, time_frac: float, world: int, device: torch.device) -> tu
     return bool(t[0] > 0), float(t[1])
 
 
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any."""
+    if world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], dtype=torch.float32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0] > 0)
+
+
 def _barrier(world: int) -> None:
     if world > 1:
         import torch.distributed as dist
@@ -267,7 +278,8 @@ def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progr
             else:
                 message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
                 log.error("run failed: %s\n%s", message, traceback.format_exc())
-                runs.write_status(run_dir, "failed", finished=time.time(), error=message)
+                extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
+                runs.write_status(run_dir, "failed", finished=time.time(), error=message, **extra)
         raise
     finally:
         if handler is not None:  # a later run in this process must not log into this run's train.log
@@ -354,6 +366,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     if no_val:
         log.warning("no validation slices (split ratios %s): best/ follows the latest epoch", list(config.split_ratios))
     end_reason = "completed"
+    diverged: str | None = None  # what first became non-finite
     completed_epochs = start_epoch
     progress_frac = start_epoch / config.epochs
     last_status = time.perf_counter()
@@ -371,7 +384,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             # Progress is the larger of epochs done and time budget used, so multi-phase models
             # (f-AnoGAN) reach every phase under --max-minutes too. Ranks agree on both decisions.
             time_frac = min((time.perf_counter() - t_start) / budget_s, 1.0)
-            stop_now, time_frac = _agree(bool(stop.reason) or time_frac >= 1.0, time_frac, world, device)
+            stop_now, time_frac = _agree(bool(stop.reason) or time_frac >= 1.0 or diverged is not None, time_frac, world, device)
             if stop_now:
                 break
             progress_frac = max((epoch + i / len(loader)) / config.epochs, time_frac)
@@ -381,6 +394,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
+                if diverged is None and not math.isfinite(float(v)):
+                    diverged = f"training loss '{k}' became {float(v)} at step {step + 1}, epoch {epoch + 1}"
             n_slices += x.shape[0] * world
             step += 1
             if is_main:
@@ -390,6 +405,17 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
                     last_status = time.perf_counter()
         bar.close()
         train_s = time.perf_counter() - t_epoch
+        # A finite loss can still leave non-finite weights (the update after it); either way nothing from
+        # this epoch may be saved over the last good checkpoints.
+        if diverged is None and not _finite(model):
+            diverged = f"weights became non-finite in epoch {epoch + 1}"
+        if _any_rank(diverged is not None, world, device):
+            if is_main:
+                fileio.append_jsonl(run_dir / "metrics.jsonl", {
+                    "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
+                    "val_loss": None, "seconds": train_s, "elapsed": time.perf_counter() - t_start,
+                    "partial": True, "diverged": True})
+            raise TrainingDiverged(run_dir, diverged or "on another rank")
         interrupted = bool(stop.reason)
         if stop.reason:
             end_reason = "cancelled"
@@ -448,6 +474,10 @@ def _rank_checksums(model: torch.nn.Module, world: int) -> list[str] | None:
     gathered: list[str | None] = [None] * world
     dist.all_gather_object(gathered, h.hexdigest())
     return [str(g) for g in gathered]
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 @torch.no_grad()
