@@ -3,7 +3,8 @@
 Run folder contents and states are described in ``uad.runs``. Under ``torchrun`` the trainer runs
 data-parallel: each rank reads its share of the slices (DistributedSampler), each optimizer's parameters
 are wrapped in torch's DistributedDataParallel, which averages their gradients during backward (the model's
-loss runs as that wrapper's forward, see ``AnomalyModel.optimize``), and only rank 0 writes.
+loss runs as that wrapper's forward, see ``AnomalyModel.optimize``), and only rank 0 writes. The
+plumbing for that lives in ``uad.distributed``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import random
 import signal
 import time
 import traceback
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from uad import checkpoints, fileio, runs
+from uad import checkpoints, distributed, fileio, runs
 from uad.data.dataset import SliceDataset
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import DEFAULT_RATIOS, parse_ratios, split_cases
@@ -117,100 +117,6 @@ class _StopFlag:
                 pass
 
 
-# -- distributed helpers --------------------------------------------------------------------------------
-def _dist_setup(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-class _ParameterGroup(torch.nn.Module):
-    """The parameters one optimizer updates, as a module DistributedDataParallel can wrap.
-
-    Its forward runs whatever loss function it is given, so the model's own code computes the loss while
-    DDP sees a forward over exactly these parameters, followed by one backward. GAN models train several
-    networks with separate optimizers and backward passes per batch; a DDP per optimizer keeps each
-    backward paired with one DDP forward, which a single DDP around the whole model could not.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter]):
-        super().__init__()
-        self.params = torch.nn.ParameterList(params)
-
-    def forward(self, compute_loss):
-        return compute_loss()
-
-
-def _wrap_data_parallel(model, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
-    for opt in optimizers.values():
-        params = [p for group in opt.param_groups for p in group["params"]]
-        # Every model keeps each optimized parameter in that optimizer's loss, so DDP need not search the
-        # graph for unused ones. BatchNorm statistics are averaged once per epoch by _sync_buffers.
-        model.data_parallel[id(opt)] = DistributedDataParallel(_ParameterGroup(params))
-    # The WGAN-GP double backward leaves some critic gradients in another memory layout than DDP's bucket
-    # views; DDP copies them, correctly, but warns every run.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-
-def _broadcast_params(model: torch.nn.Module) -> None:
-    import torch.distributed as dist
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
-def _sync_buffers(model: torch.nn.Module, world: int) -> None:
-    """Average floating buffers (BatchNorm running statistics) across ranks; take rank 0's integer ones."""
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    for b in model.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b.data)
-            b.data /= world
-        else:
-            dist.broadcast(b.data, src=0)
-
-
-def _agree(stop: bool, time_frac: float, world: int, device: torch.device) -> tuple[bool, float]:
-    """Across ranks: stop if any rank stops, and use the largest time fraction (keeps ranks in lock-step)."""
-    if world <= 1:
-        return stop, time_frac
-    import torch.distributed as dist
-
-    t = torch.tensor([float(stop), time_frac], dtype=torch.float32, device=device)  # NCCL needs GPU tensors
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0] > 0), float(t[1])
-
-
-def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any."""
-    if world <= 1:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([float(flag)], dtype=torch.float32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0] > 0)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 # -- the loop ---------------------------------------------------------------------------------------------
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
@@ -220,7 +126,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     folder that already holds a run is refused, or with ``overwrite`` moved aside to ``<run>.old-<time>``.
     """
     device = pick_device(config.device)
-    rank, world = _dist_setup(device)
+    rank, world = distributed.setup(device)
     try:
         run_dir, lock = _claim_run_dir(run_dir, config, resume, overwrite, rank, world)
         try:
@@ -306,7 +212,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     data_root = resolve_data_root(config.data, progress=progress and is_main) if is_main else None
     if is_main:
         store = build_store(data_root, config.preprocess, progress=progress)
-    _barrier(world)
+    distributed.barrier(world)
     if not is_main:
         data_root = resolve_data_root(config.data, progress=False)
         store = SliceStore(store_dir(data_root, config.preprocess))
@@ -322,8 +228,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     model.to(device)
     optimizers = model.configure_optimizers(config.lr)
     if world > 1:
-        _broadcast_params(model)
-        _wrap_data_parallel(model, optimizers)
+        distributed.broadcast_params(model)
+        distributed.wrap_data_parallel(model, optimizers)
 
     start_epoch, step, best = 0, 0, math.inf
     if resume:
@@ -384,7 +290,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             # Progress is the larger of epochs done and time budget used, so multi-phase models
             # (f-AnoGAN) reach every phase under --max-minutes too. Ranks agree on both decisions.
             time_frac = min((time.perf_counter() - t_start) / budget_s, 1.0)
-            stop_now, time_frac = _agree(bool(stop.reason) or time_frac >= 1.0 or diverged is not None, time_frac, world, device)
+            stop_now = bool(stop.reason) or time_frac >= 1.0 or diverged is not None
+            stop_now, time_frac = distributed.agree(stop_now, time_frac, world, device)
             if stop_now:
                 break
             progress_frac = max((epoch + i / len(loader)) / config.epochs, time_frac)
@@ -409,7 +316,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         # this epoch may be saved over the last good checkpoints.
         if diverged is None and not _finite(model):
             diverged = f"weights became non-finite in epoch {epoch + 1}"
-        if _any_rank(diverged is not None, world, device):
+        if distributed.any_rank(diverged is not None, world, device):
             if is_main:
                 fileio.append_jsonl(run_dir / "metrics.jsonl", {
                     "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
@@ -423,7 +330,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             end_reason = "time budget"
         completed_epochs = epoch if interrupted else epoch + 1
 
-        _sync_buffers(model, world)
+        distributed.sync_buffers(model, world)
         val_loss = _validate(model, val_loader, device, amp)
         record = {
             "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
@@ -449,7 +356,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         if end_reason != "completed":
             break
 
-    checksums = _rank_checksums(model, world)  # lets users (and the tests) see that ranks stayed in sync
+    checksums = distributed.rank_checksums(model, world)  # lets users (and the tests) see that ranks stayed in sync
     if is_main:
         if checksums:
             runs.write_status(run_dir, "running", rank_weight_checksums=checksums)
@@ -458,22 +365,6 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         else:
             runs.write_status(run_dir, "completed", finished=time.time(), reason=end_reason, epoch=completed_epochs)
         log.info("run %s: %s", end_reason, run_dir)
-
-
-def _rank_checksums(model: torch.nn.Module, world: int) -> list[str] | None:
-    """SHA-1 of every rank's weights, gathered on all ranks (None when not distributed)."""
-    if world <= 1:
-        return None
-    import hashlib
-
-    import torch.distributed as dist
-
-    h = hashlib.sha1()
-    for t in model.state_dict().values():
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    gathered: list[str | None] = [None] * world
-    dist.all_gather_object(gathered, h.hexdigest())
-    return [str(g) for g in gathered]
 
 
 def _finite(model: torch.nn.Module) -> bool:
