@@ -451,3 +451,31 @@ def test_full_disk_is_a_clear_error_naming_the_path(make_cohort, monkeypatch, ca
     assert cli.main(["prepare", "--data", str(root), "--image-size", "64", "--workers", "1"]) == 2
     message = capsys.readouterr().err.split("error: ", 1)[-1]  # after the progress bar
     assert "BraTS2021_00000: disk full" in message and message.count("\n") == 1
+
+
+def test_a_damaged_cache_entry_is_rebuilt_with_a_warning(make_cohort, caplog):
+    root = make_cohort(2)
+    store = build_store(root, SMALL, workers=1, progress=False)
+    cid = store.case_ids[0]
+    case_dir = store.root / "cases" / cid
+    good = np.array(store.case(cid).images)
+    del store
+    images = case_dir / "images.npy"
+    data = images.read_bytes()
+    images.write_bytes(data[: len(data) // 2])  # e.g. a crash before the data reached the disk
+
+    with pytest.raises(DataError, match=r"damaged cache entry \(images.npy has \d+ bytes, \d+ were written\)"):
+        SliceStore(store_mod.store_dir(root, SMALL)).case(cid)  # read side alone: a clear error
+    with caplog.at_level("WARNING", logger="uad.data.store"):
+        store = build_store(root, SMALL, workers=1, progress=False)
+    assert f"{case_dir}: damaged cache entry (images.npy has" in caplog.text
+    np.testing.assert_array_equal(store.case(cid).images, good)
+
+    # Same size, other bytes at the end (where an unflushed write shows): found by the sampled hash.
+    tumour = case_dir / "tumour.npy"
+    tumour.write_bytes(tumour.read_bytes()[:-4] + b"\xff\xff\xff\xff")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="uad.data.store"):
+        build_store(root, SMALL, workers=1, progress=False)
+    assert "damaged cache entry (tumour.npy does not hold what was written" in caplog.text
+    assert store_mod.entry_problem(case_dir, store_mod._read_meta(case_dir)) is None

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from uad import checkpoints, runs
-from uad.errors import CheckpointError, UADError
+from uad.errors import CheckpointError, TrainingDiverged, UADError
 from uad.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,3 +187,121 @@ def test_torchrun_two_gloo_ranks_end_with_identical_weights(cohort, tmp_path, mo
     assert status["state"] == "completed" and status["world_size"] == 2
     sums = status["rank_weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_resumed_or_overwritten(cohort, tmp_path, capsys):
+    from uad.cli import main
+
+    run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
+    files = lambda: {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != "run.lock"}  # noqa: E731
+    before = files()
+    args = ["train", "--model", "vae", "--data", str(cohort), "--image-size", "64", "--epochs", "1",
+            "--batch-size", "8", "--out", str(run), "--no-progress"]
+    assert main(args) == 2
+    assert f"{run}: already holds a run" in capsys.readouterr().err
+    assert files() == before  # not touched, not even status.json
+
+    assert main(args + ["--overwrite"]) == 0
+    assert checkpoints.read_info(run)["model"] == "vae"
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1]
+    (aside,) = tmp_path.glob("run.old-*")  # the old run, moved aside whole, still usable
+    assert checkpoints.load(aside).info["model"] == "autoencoder"
+    assert runs.read_status(aside)["state"] == "completed" and [r["epoch"] for r in runs.read_metrics(aside)] == [1]
+
+    assert main(args + ["--overwrite", "--resume", str(run)]) == 2
+    assert "choose one" in capsys.readouterr().err
+
+    lock = runs.RunLock(run).acquire()  # as a trainer in another process would hold it
+    try:
+        assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+        assert f"{run}: another training process (pid {os.getpid()}) is writing" in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2]
+
+
+def test_a_folder_the_app_reserved_is_trained_into(cohort, tmp_path):
+    # The app creates the folder with a queued status (and its own launch files) before starting the trainer.
+    run = tmp_path / "run"
+    runs.write_status(run.mkdir() or run, "queued", model="autoencoder")
+    (run / "launch.json").write_text("{}")
+    train(_config(cohort, epochs=1), run_dir=run, progress=False)
+    assert runs.read_status(run)["state"] == "completed"
+
+
+def test_a_second_trainer_on_a_folder_in_use_fails_fast(cohort, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "uad", "train", "--model", "autoencoder", "--data", str(cohort), "--image-size", "64",
+            "--batch-size", "4", "--no-progress"]
+    first = subprocess.Popen(argv + ["--epochs", "500", "--out", str(run)], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (runs.read_status(run) or {}).get("state") != "running":
+            assert first.poll() is None, first.stderr.read().decode()
+            time.sleep(0.1)
+        # Two more writers at once: a plain start, and one that would move the run aside.
+        others = [subprocess.Popen(argv + ["--epochs", "1", "--out", str(run)] + extra, cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                  for extra in ([], ["--overwrite"])]
+        for other in others:
+            err = other.communicate(timeout=120)[1]
+            assert other.returncode == 2, err
+            assert f"{run}: another training process (pid {first.pid}) is writing this run folder" in err
+        assert first.poll() is None and runs.read_status(run)["pid"] == first.pid
+        assert not list(tmp_path.glob("run.old-*"))
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+    assert runs.read_status(run)["state"] == "cancelled"
+
+
+def test_without_validation_slices_best_follows_the_latest_epoch(cohort, tmp_path):
+    run = train(_config(cohort, epochs=2, split_ratios=(1, 0, 0)), run_dir=tmp_path / "run", progress=False)
+    best = checkpoints.read_info(run / "best")
+    assert best["epoch"] == 2 and best["weights_sha256"] == checkpoints.read_info(run / "last")["weights_sha256"]
+    assert best["best_selection"] == "latest epoch (no validation slices)"
+    assert runs.read_status(run)["best_selection"] == "latest epoch (no validation slices)"
+
+
+def test_a_diverged_run_fails_and_leaves_no_nan_checkpoint(cohort, tmp_path, capsys):
+    from uad.cli import main
+
+    run = tmp_path / "run"
+    base = ["--model", "autoencoder", "--data", str(cohort), "--image-size", "64", "--batch-size", "8", "--no-progress"]
+    assert main(["train", *base, "--epochs", "2", "--lr", "1e30", "--out", str(run)]) == 2
+    assert f"{run}: training diverged (training loss 'loss' became nan" in capsys.readouterr().err
+    status = runs.read_status(run)
+    assert status["state"] == "failed" and status["reason"] == "diverged" and "training diverged" in status["error"]
+    assert runs.read_metrics(run)[-1]["diverged"] is True
+    assert not (run / "best").exists() and not (run / "last").exists()
+    assert main(["evaluate", "--run", str(run)]) == 2  # a clear error, not a traceback
+    assert "no checkpoint here" in capsys.readouterr().err
+    assert main(["train", *base, "--lr", "inf", "--out", str(tmp_path / "inf")]) == 2
+    assert "learning rate must be a finite number > 0, got inf" in capsys.readouterr().err
+
+
+def test_a_nan_loss_keeps_the_good_checkpoints(cohort, tmp_path, monkeypatch):
+    from uad.models import model_class
+
+    cls = model_class("autoencoder")
+    healthy = cls.training_step
+
+    def breaks_in_epoch_two(self, x, optimizers, progress):
+        if progress < 0.5:
+            return healthy(self, x, optimizers, progress)
+        with torch.no_grad():
+            next(self.parameters()).fill_(float("nan"))
+        return {"loss": float("nan")}
+
+    monkeypatch.setattr(cls, "training_step", breaks_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match=r"training loss 'loss' became nan at step \d+, epoch 2"):
+        train(_config(cohort, epochs=2), run_dir=tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert runs.read_status(run)["reason"] == "diverged"
+    for sub in ("best", "last"):
+        ckpt = checkpoints.load(run / sub)
+        assert ckpt.info["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt.model.state_dict().values())
+    assert [r.get("diverged", False) for r in runs.read_metrics(run)] == [False, True]

@@ -150,6 +150,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<model>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last checkpoint at the next epoch (--epochs may raise the total)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="if --out already holds a run, move it aside to OUT.old-<time> and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = p.add_argument_group("model options (only for the models named)")
     for opt, (typ, default, models) in sorted(_model_options().items()):
@@ -185,7 +187,8 @@ def cmd_train(args) -> int:
             raise ConfigError(f"{config_path}: cannot resume, no readable run configuration") from None
         if args.epochs is not None:
             saved["epochs"] = args.epochs
-        train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress)
+        train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress,
+              overwrite=args.overwrite)
         return 0
     if not args.model:
         raise ConfigError("--model is required (or --resume RUN_DIR)")
@@ -202,7 +205,7 @@ def cmd_train(args) -> int:
         max_minutes=args.max_minutes, split_ratios=args.split_ratios, seed=args.seed, device=args.device,
         num_workers=args.num_workers, model_options=given,
     )
-    run_dir = train(config, run_dir=args.out, progress=not args.no_progress)
+    run_dir = train(config, run_dir=args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"run folder: {run_dir}")
     return 0
 

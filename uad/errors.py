@@ -39,3 +39,14 @@ class CheckpointError(UADError):
 
 class ConfigError(UADError):
     """An option value is out of range or inconsistent."""
+
+
+class TrainingDiverged(UADError):
+    """The training loss or the weights became NaN or infinite (usually: the learning rate is too high)."""
+
+    reason = "diverged"
+
+    def __init__(self, run_dir: str | Path, detail: str):
+        self.path = Path(run_dir)
+        super().__init__(f"{run_dir}: training diverged ({detail}); best/ and last/ keep the last epoch whose "
+                         "weights were finite, if any. Try a lower --lr")

@@ -9,10 +9,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
+
+TMP_TAG = ".tmp-"  # <folder>.tmp-<pid>: a folder being written by process <pid>
+OLD_TAG = ".old-"  # <folder>.old-<pid>: the previous version, moved aside by <pid> during the swap
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -78,9 +83,132 @@ def write_text(target: str | Path, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented JSON; NaN/inf become null (bare NaN is not JSON), numpy values become Python."""
+    return (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
 def write_json(target: str | Path, obj: Any) -> None:
-    """Write JSON atomically; NaN/inf become null (bare NaN is not JSON), numpy values become Python."""
-    write_text(target, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+    """Write JSON atomically (see ``json_bytes``)."""
+    write_bytes(target, json_bytes(obj))
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make renames and new entries in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_folder(target: str | Path, files: Mapping[str, bytes]) -> Path:
+    """Replace the folder ``target`` by one holding exactly ``files`` (name → bytes), as a whole.
+
+    The files are written in order (so the last can mark the folder complete) into ``<target>.tmp-<pid>``
+    and fsynced; then the old folder is moved aside to ``<target>.old-<pid>``, the new one renamed into
+    place, and the old one removed. A process killed at any point leaves either the old or the new folder
+    at ``target``, or (between the two renames) none there but both beside it: ``recover_folder`` puts
+    the right one back.
+    """
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
+    tmp = parent / f"{target.name}{TMP_TAG}{os.getpid()}"
+    old = parent / f"{target.name}{OLD_TAG}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    moved = False
+    try:
+        for name, data in files.items():
+            with open(tmp / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if target.exists():
+            os.replace(target, old)
+            moved = True
+        os.replace(tmp, target)
+        fsync_dir(parent)
+    except BaseException:
+        if moved and not target.exists():
+            os.replace(old, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def recover_folder(target: str | Path, complete: Callable[[Path], bool], wait_s: float = 5.0) -> bool:
+    """Put back ``target`` if a writer died between ``write_folder``'s two renames; True if it exists after.
+
+    A complete new version (``complete(tmp)``) wins over the old one moved aside. While the writer that
+    left them is still alive it is mid-swap, so this waits up to ``wait_s`` for it to finish instead.
+    """
+    target = Path(target)
+    deadline = time.monotonic() + wait_s
+    while True:
+        if target.exists():
+            return True
+        tmps, olds = _leftovers(target)
+        live = [p for p, pid in tmps + olds if pid != os.getpid() and _pid_alive(pid)]
+        if not live or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    candidates = [p for p, _ in tmps if complete(p)] + [p for p, _ in olds]
+    for candidate in candidates:
+        try:
+            os.replace(candidate, target)
+        except OSError:
+            if target.exists():  # another reader recovered it first
+                return True
+            continue
+        fsync_dir(target.parent)
+        return True
+    return target.exists()
+
+
+def _leftovers(target: Path) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """(tmp folders, old folders) beside ``target`` as (path, writer pid), newest first."""
+    found: dict[str, list[tuple[Path, int, float]]] = {TMP_TAG: [], OLD_TAG: []}
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return [], []
+    for entry in entries:
+        for tag, bucket in found.items():
+            prefix = target.name + tag
+            if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
+                try:
+                    bucket.append((entry, int(entry.name[len(prefix):]), entry.stat().st_mtime))
+                except OSError:  # removed meanwhile
+                    pass
+    tmps, olds = ([(p, pid) for p, pid, _ in sorted(b, key=lambda e: -e[2])] for b in found.values())
+    return tmps, olds
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete what dead writers (or this process) left beside ``target``; a live writer's are its own."""
+    if not target.exists():
+        # A crash mid-swap may have left the only copy beside it: put it back before clearing leftovers.
+        recover_folder(target, lambda p: False, wait_s=0)
+    tmps, olds = _leftovers(target)
+    for path, pid in tmps + olds:
+        if pid == os.getpid() or not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    from uad.runs import pid_alive
+
+    return pid_alive(pid)
 
 
 def read_json(path: str | Path) -> Any:

@@ -3,7 +3,8 @@
 Run folder contents and states are described in ``uad.runs``. Under ``torchrun`` the trainer runs
 data-parallel: each rank reads its share of the slices (DistributedSampler), each optimizer's parameters
 are wrapped in torch's DistributedDataParallel, which averages their gradients during backward (the model's
-loss runs as that wrapper's forward, see ``AnomalyModel.optimize``), and only rank 0 writes.
+loss runs as that wrapper's forward, see ``AnomalyModel.optimize``), and only rank 0 writes. The
+plumbing for that lives in ``uad.distributed``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import random
 import signal
 import time
 import traceback
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from uad import checkpoints, fileio, runs
+from uad import checkpoints, distributed, fileio, runs
 from uad.data.dataset import SliceDataset
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios, split_cases
-from uad.errors import ConfigError, UADError
+from uad.errors import ConfigError, TrainingDiverged, UADError
 from uad.models import canonical_name, create_model
 
 log = logging.getLogger("uad.train")
@@ -63,8 +63,8 @@ class TrainConfig:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
         if self.cases is not None:
@@ -122,160 +122,59 @@ class _StopFlag:
                 pass
 
 
-# -- distributed helpers --------------------------------------------------------------------------------
-def _dist_setup(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-class _ParameterGroup(torch.nn.Module):
-    """The parameters one optimizer updates, as a module DistributedDataParallel can wrap.
-
-    Its forward runs whatever loss function it is given, so the model's own code computes the loss while
-    DDP sees a forward over exactly these parameters, followed by one backward. GAN models train several
-    networks with separate optimizers and backward passes per batch; a DDP per optimizer keeps each
-    backward paired with one DDP forward, which a single DDP around the whole model could not.
-    """
-
-    def __init__(self, params: list[torch.nn.Parameter]):
-        super().__init__()
-        self.params = torch.nn.ParameterList(params)
-
-    def forward(self, compute_loss):
-        return compute_loss()
-
-
-def _wrap_data_parallel(model, optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    from torch.nn.parallel import DistributedDataParallel
-
-    for opt in optimizers.values():
-        params = [p for group in opt.param_groups for p in group["params"]]
-        # Every model keeps each optimized parameter in that optimizer's loss, so DDP need not search the
-        # graph for unused ones. BatchNorm statistics are averaged once per epoch by _sync_buffers.
-        model.data_parallel[id(opt)] = DistributedDataParallel(_ParameterGroup(params))
-    # The WGAN-GP double backward leaves some critic gradients in another memory layout than DDP's bucket
-    # views; DDP copies them, correctly, but warns every run.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-
-def _broadcast_params(model: torch.nn.Module) -> None:
-    import torch.distributed as dist
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
-def _sync_buffers(model: torch.nn.Module, world: int) -> None:
-    """Average floating buffers (BatchNorm running statistics) across ranks; take rank 0's integer ones."""
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    for b in model.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b.data)
-            b.data /= world
-        else:
-            dist.broadcast(b.data, src=0)
-
-
-def _agree(stop: bool, time_frac: float, world: int, device: torch.device) -> tuple[bool, float]:
-    """Across ranks: stop if any rank stops, and use the largest time fraction (keeps ranks in lock-step)."""
-    if world <= 1:
-        return stop, time_frac
-    import torch.distributed as dist
-
-    t = torch.tensor([float(stop), time_frac], dtype=torch.float32, device=device)  # NCCL needs GPU tensors
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0] > 0), float(t[1])
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-# -- optimizer state (safetensors holds tensors only, so it is flattened) --------------------------------
-def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, meta = {}, {}
-    for name, opt in optimizers.items():
-        sd = opt.state_dict()
-        meta[name] = {"param_groups": sd["param_groups"], "scalars": {}}
-        for pid, state in sd["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"{name}/{pid}/{key}"] = value.detach().cpu().contiguous()
-                else:
-                    meta[name]["scalars"][f"{pid}/{key}"] = value
-    return tensors, meta
-
-
-def _restore_optimizers(optimizers, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    for name, opt in optimizers.items():
-        if name not in meta:
-            continue
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            opt_name, pid, k = key.split("/", 2)
-            if opt_name == name:
-                state.setdefault(int(pid), {})[k] = value
-        for key, value in meta[name]["scalars"].items():
-            pid, k = key.split("/", 1)
-            state.setdefault(int(pid), {})[k] = value
-        opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
-
-
-def _save_training_state(folder: Path, optimizers, epoch: int, step: int, best: float) -> None:
-    from safetensors.torch import save as st_save
-
-    tensors, meta = _optimizer_tensors(optimizers)
-    tensors["rng/torch"] = torch.get_rng_state()
-    fileio.write_bytes(folder / "training_state.safetensors", st_save(tensors))
-    fileio.write_json(folder / "training_state.json", {"optimizers": meta, "epoch": epoch, "step": step, "best_val_loss": best})
-
-
-def _load_training_state(folder: Path, optimizers) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    from uad.errors import CheckpointError
-
-    try:
-        tensors = load_file(str(folder / "training_state.safetensors"))
-        meta = fileio.read_json(folder / "training_state.json")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means the same thing to the user
-        raise CheckpointError(folder, f"cannot resume: training state unreadable ({exc})") from None
-    _restore_optimizers(optimizers, {k: v for k, v in tensors.items() if not k.startswith("rng/")}, meta["optimizers"])
-    if "rng/torch" in tensors:
-        torch.set_rng_state(tensors["rng/torch"])
-    return meta
-
-
 # -- the loop ---------------------------------------------------------------------------------------------
-def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled."""
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> Path:
+    """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled.
+
+    The folder is locked for the whole run (a second trainer is refused at once). Unless ``resume``, a
+    folder that already holds a run is refused, or with ``overwrite`` moved aside to ``<run>.old-<time>``.
+    """
     device = pick_device(config.device)
-    rank, world = _dist_setup(device)
-    is_main = rank == 0
-    run_dir = Path(run_dir) if run_dir else (runs.new_run_dir(config.model) if is_main else None)
+    rank, world = distributed.setup(device)
+    try:
+        run_dir, lock = _claim_run_dir(run_dir, config, resume, overwrite, rank, world)
+        try:
+            _train_claimed(config, run_dir, lock, resume, progress, device, rank, world)
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return run_dir
+
+
+def _claim_run_dir(run_dir, config: TrainConfig, resume: bool, overwrite: bool, rank: int, world: int):
+    """Rank 0 picks and locks the run folder; every rank learns it, or the reason it was refused."""
+    lock, error = None, None
+    if rank == 0:
+        run_dir = Path(run_dir) if run_dir else runs.new_run_dir(config.model)
+        try:
+            lock = runs.claim(run_dir, resume=resume, overwrite=overwrite)
+        except UADError as exc:
+            error = exc
     if world > 1:
         import torch.distributed as dist
 
-        holder = [str(run_dir) if is_main else None]
+        holder = [str(run_dir) if rank == 0 else None, str(error) if error else None]
         dist.broadcast_object_list(holder, src=0)
         run_dir = Path(holder[0])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        _attach_log_file(run_dir)
+        if holder[1] and error is None:
+            error = ConfigError(holder[1])
+    if error is not None:
+        raise error  # before anything is written: the folder belongs to someone else
+    return Path(run_dir), lock
+
+
+def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progress: bool, device, rank: int, world: int) -> None:
+    is_main = rank == 0
+    handler = _attach_log_file(run_dir) if is_main else None
+    if is_main and lock.moved_to is not None:
+        log.warning("moved the run that was in %s to %s", run_dir, lock.moved_to)
     stop = _StopFlag()
     stop.install()
     try:
@@ -290,22 +189,21 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
             else:
                 message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
                 log.error("run failed: %s\n%s", message, traceback.format_exc())
-                runs.write_status(run_dir, "failed", finished=time.time(), error=message)
+                extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
+                runs.write_status(run_dir, "failed", finished=time.time(), error=message, **extra)
         raise
     finally:
-        if world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-    return run_dir
+        if handler is not None:  # a later run in this process must not log into this run's train.log
+            log.removeHandler(handler)
+            handler.close()
 
 
-def _attach_log_file(run_dir: Path) -> None:
+def _attach_log_file(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    return handler
 
 
 def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, device, rank: int, world: int, stop: _StopFlag) -> None:
@@ -319,7 +217,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     data_root = resolve_data_root(config.data, progress=progress and is_main) if is_main else None
     if is_main:
         store = build_store(data_root, config.preprocess, progress=progress)
-    _barrier(world)
+    distributed.barrier(world)
     if not is_main:
         data_root = resolve_data_root(config.data, progress=False)
         store = SliceStore(store_dir(data_root, config.preprocess))
@@ -341,15 +239,15 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     model.to(device)
     optimizers = model.configure_optimizers(config.lr)
     if world > 1:
-        _broadcast_params(model)
-        _wrap_data_parallel(model, optimizers)
+        distributed.broadcast_params(model)
+        distributed.wrap_data_parallel(model, optimizers)
 
     start_epoch, step, best = 0, 0, math.inf
     if resume:
         last = run_dir / "last"
         ckpt = checkpoints.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
         model.load_state_dict(ckpt.model.state_dict())
-        state = _load_training_state(last, optimizers)
+        state = checkpoints.load_training_state(last, optimizers)
         start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
         log.info("resumed from epoch %d", start_epoch)
 
@@ -378,7 +276,14 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     log.info("training %s on %s: %d healthy train slices, %d val slices, device %s, world %d",
              config.model, data_root, len(train_ds), len(val_ds), device, world)
 
+    # Without validation slices there is no loss to choose by, so best/ follows the latest epoch
+    # (rather than staying at the first one forever).
+    no_val = len(val_ds) == 0
+    best_selection = "latest epoch (no validation slices)" if no_val else "lowest validation loss"
+    if no_val:
+        log.warning("no validation slices (split ratios %s): best/ follows the latest epoch", list(config.split_ratios))
     end_reason = "completed"
+    diverged: str | None = None  # what first became non-finite
     completed_epochs = start_epoch
     progress_frac = start_epoch / config.epochs
     last_status = time.perf_counter()
@@ -396,7 +301,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             # Progress is the larger of epochs done and time budget used, so multi-phase models
             # (f-AnoGAN) reach every phase under --max-minutes too. Ranks agree on both decisions.
             time_frac = min((time.perf_counter() - t_start) / budget_s, 1.0)
-            stop_now, time_frac = _agree(bool(stop.reason) or time_frac >= 1.0, time_frac, world, device)
+            stop_now = bool(stop.reason) or time_frac >= 1.0 or diverged is not None
+            stop_now, time_frac = distributed.agree(stop_now, time_frac, world, device)
             if stop_now:
                 break
             progress_frac = max((epoch + i / len(loader)) / config.epochs, time_frac)
@@ -406,6 +312,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
+                if diverged is None and not math.isfinite(float(v)):
+                    diverged = f"training loss '{k}' became {float(v)} at step {step + 1}, epoch {epoch + 1}"
             n_slices += x.shape[0] * world
             step += 1
             if is_main:
@@ -415,6 +323,17 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
                     last_status = time.perf_counter()
         bar.close()
         train_s = time.perf_counter() - t_epoch
+        # A finite loss can still leave non-finite weights (the update after it); either way nothing from
+        # this epoch may be saved over the last good checkpoints.
+        if diverged is None and not _finite(model):
+            diverged = f"weights became non-finite in epoch {epoch + 1}"
+        if distributed.any_rank(diverged is not None, world, device):
+            if is_main:
+                fileio.append_jsonl(run_dir / "metrics.jsonl", {
+                    "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
+                    "val_loss": None, "seconds": train_s, "elapsed": time.perf_counter() - t_start,
+                    "partial": True, "diverged": True})
+            raise TrainingDiverged(run_dir, diverged or "on another rank")
         interrupted = bool(stop.reason)
         if stop.reason:
             end_reason = "cancelled"
@@ -422,7 +341,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             end_reason = "time budget"
         completed_epochs = epoch if interrupted else epoch + 1
 
-        _sync_buffers(model, world)
+        distributed.sync_buffers(model, world)
         val_loss = _validate(model, val_loader, device, amp)
         record = {
             "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
@@ -430,23 +349,25 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
             "elapsed": time.perf_counter() - t_start, "partial": interrupted,
         }
         selectable = model.checkpoint_selectable(progress_frac)
-        improved = selectable and math.isfinite(val_loss) and val_loss < best
-        if improved:
+        improved = selectable and (no_val or (math.isfinite(val_loss) and val_loss < best))
+        if improved and not no_val:
             best = val_loss
         if is_main:
             fileio.append_jsonl(run_dir / "metrics.jsonl", record)
-            info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best}
-            checkpoints.save(run_dir / "last", model, info)
-            _save_training_state(run_dir / "last", optimizers, completed_epochs, step, best)
+            info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best,
+                    "best_selection": best_selection}
+            checkpoints.save(run_dir / "last", model, info, optimizers=optimizers,
+                             training_state={"epoch": completed_epochs, "step": step, "best_val_loss": best})
             if improved or not (run_dir / "best").exists():
                 checkpoints.save(run_dir / "best", model, info)
-            runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best)
+            runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best,
+                              best_selection=best_selection)
             log.info("epoch %d: %s val %.5f (%.0f slices/s)", epoch + 1,
                      " ".join(f"{k} {v:.5f}" for k, v in record["train"].items()), val_loss, record["slices_per_s"])
         if end_reason != "completed":
             break
 
-    checksums = _rank_checksums(model, world)  # lets users (and the tests) see that ranks stayed in sync
+    checksums = distributed.rank_checksums(model, world)  # lets users (and the tests) see that ranks stayed in sync
     if is_main:
         if checksums:
             runs.write_status(run_dir, "running", rank_weight_checksums=checksums)
@@ -457,20 +378,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         log.info("run %s: %s", end_reason, run_dir)
 
 
-def _rank_checksums(model: torch.nn.Module, world: int) -> list[str] | None:
-    """SHA-1 of every rank's weights, gathered on all ranks (None when not distributed)."""
-    if world <= 1:
-        return None
-    import hashlib
-
-    import torch.distributed as dist
-
-    h = hashlib.sha1()
-    for t in model.state_dict().values():
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    gathered: list[str | None] = [None] * world
-    dist.all_gather_object(gathered, h.hexdigest())
-    return [str(g) for g in gathered]
+def _finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 @torch.no_grad()

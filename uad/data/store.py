@@ -4,20 +4,25 @@ Layout (one folder per dataset and preprocessing config)::
 
     <cache>/<dataset-name>-<hash of its path>/<config key>/
         manifest.json                 written last, atomically: config, cases, skipped cases
-        cases/<case_id>/meta.json     per-slice table, geometry, source fingerprint
+        cases/<case_id>/meta.json     per-slice table, geometry, source fingerprint, size + sampled hash
+                                      of each array file (written last: it marks the entry complete)
         cases/<case_id>/images.npy    (S, C, H, W) float16 in [0, 1]
         cases/<case_id>/tumour.npy    (S, H, W) bool, whole tumour at working size
         cases/<case_id>/brain.npy     (S, H, W) bool
 
 A case folder is built under a temporary name and renamed into place when complete, and a case is
 reused only if its recorded fingerprint (path, size, mtime of each source file + config) still matches,
-so an interrupted build never leaves a cache that reads as valid. Changing the config selects another
-folder; changing one case's files rebuilds only that case.
+so an interrupted build never leaves a cache that reads as valid. Array files are fsynced before the
+rename, and checked against the sizes and hashes in meta.json whenever a case is reused or opened, so a
+file damaged afterwards (a disk filling up, a crash before the data reached the disk) is rebuilt by the
+next ``build_store`` (with a warning) instead of failing later in training or evaluation. Changing the
+config selects another folder; changing one case's files rebuilds only that case.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -35,7 +40,11 @@ from uad.data.preprocess import PreprocessConfig, SliceGeometry, preprocess_case
 from uad.errors import DataError, UADError
 from uad.workers import spawn_pool, submit_all
 
-STORE_VERSION = 1
+log = logging.getLogger("uad.data.store")
+
+STORE_VERSION = 2  # 2: meta.json records each array file's size and sampled hash
+ARRAYS = ("images", "tumour", "brain")
+HASH_SAMPLE = 1 << 16  # bytes hashed at each end of an array file: cheap to check on every reuse
 SLICE_COLUMNS = ["case_id", "slice_index", "label", "tumour_pixels", "brain_pixels"]
 
 
@@ -61,9 +70,8 @@ def _write_case(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        np.save(tmp / "images.npy", pre.images.astype(np.float16))
-        np.save(tmp / "tumour.npy", pre.tumour)
-        np.save(tmp / "brain.npy", pre.brain)
+        arrays = {"images": pre.images.astype(np.float16), "tumour": pre.tumour, "brain": pre.brain}
+        files = {f"{name}.npy": _save_array(tmp / f"{name}.npy", arrays[name]) for name in ARRAYS}
         meta = {
             "case_id": case.case_id,
             "fingerprint": fp,
@@ -76,18 +84,62 @@ def _write_case(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) 
             },
             "geometry": pre.geometry.to_dict(),
             "norm": [list(n) for n in pre.norm],
+            "files": files,
         }
         fileio.write_json(tmp / "meta.json", meta)
+        fileio.fsync_dir(tmp)
         # Swap in: the old folder (if any) is moved aside first, so a crash leaves either old or new.
         trash = case_dir.parent / f".old-{case_dir.name}-{os.getpid()}"
         if case_dir.exists():
             os.replace(case_dir, trash)
         os.replace(tmp, case_dir)
+        fileio.fsync_dir(case_dir.parent)
         shutil.rmtree(trash, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
+
+
+def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """``np.save`` flushed to disk; returns what ``entry_problem`` checks the file against later."""
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"size": path.stat().st_size, "sample_sha1": _sample_hash(path)}
+
+
+def _sample_hash(path: Path) -> str:
+    """SHA-1 of the first and last HASH_SAMPLE bytes: the header and the end, where truncation and
+    unflushed writes show, without reading whole volumes on every reuse."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        h.update(fh.read(HASH_SAMPLE))
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(size - HASH_SAMPLE, 0))
+        h.update(fh.read(HASH_SAMPLE))
+    return h.hexdigest()
+
+
+def entry_problem(case_dir: Path, meta: dict) -> str | None:
+    """Why the cached arrays of ``case_dir`` differ from what was written (None if they do not)."""
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        return "meta.json records no array files"
+    for name in ARRAYS:
+        record, path = files.get(f"{name}.npy"), case_dir / f"{name}.npy"
+        if not isinstance(record, dict):
+            return f"meta.json does not record {path.name}"
+        try:
+            size = path.stat().st_size
+            if size != record.get("size"):
+                return f"{path.name} has {size} bytes, {record.get('size')} were written"
+            if _sample_hash(path) != record.get("sample_sha1"):
+                return f"{path.name} does not hold what was written (hash differs)"
+        except OSError as exc:
+            return f"{path.name} is unreadable ({exc.strerror or exc})"
+    return None
 
 
 def _build_one(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) -> tuple[str, dict | None, str | None]:
@@ -147,10 +199,13 @@ def build_store(
             continue
         case_dir = root / "cases" / case.case_id
         meta = _read_meta(case_dir)
-        if meta is not None and meta.get("fingerprint") == fp and _arrays_present(case_dir):
-            metas[case.case_id] = meta
-        else:
-            todo.append((case, case_dir, fp))
+        if meta is not None and meta.get("fingerprint") == fp:
+            problem = entry_problem(case_dir, meta)
+            if problem is None:
+                metas[case.case_id] = meta
+                continue
+            log.warning("%s: damaged cache entry (%s); rebuilding it", case_dir, problem)
+        todo.append((case, case_dir, fp))
 
     for case_id, meta, error in _run_builds(todo, config, workers, progress):
         if meta is not None:
@@ -172,10 +227,6 @@ def build_store(
     }
     fileio.write_json(root / "manifest.json", manifest)
     return SliceStore(root)
-
-
-def _arrays_present(case_dir: Path) -> bool:
-    return all((case_dir / f"{n}.npy").is_file() for n in ("images", "tumour", "brain"))
 
 
 def _run_builds(todo, config, workers, progress):
@@ -262,8 +313,11 @@ class SliceStore:
                 raise DataError(self.root, f"case {case_id} is not in this slice cache")
             meta = self._meta(case_id)
             case_dir = self.root / "cases" / case_id
+            problem = entry_problem(case_dir, meta)
+            if problem is not None:
+                raise DataError(case_dir, f"damaged cache entry ({problem}); rebuild it with `python -m uad prepare`")
             arrays = {}
-            for name in ("images", "tumour", "brain"):
+            for name in ARRAYS:
                 try:
                     arrays[name] = np.load(case_dir / f"{name}.npy", mmap_mode="r")
                 except (OSError, ValueError) as exc:

@@ -1,0 +1,130 @@
+"""Checkpoint folders: committed whole (a writer killed at any moment leaves a loadable folder), and refused
+with a clear error when their weights are not finite or their hyper-parameters are out of bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import time
+
+import pytest
+import torch
+
+from uad import checkpoints
+from uad.errors import CheckpointError
+from uad.models import create_model
+
+TINY = dict(image_size=32, base_channels=4, latent_dim=8)
+
+
+def _model_and_optimizers():
+    torch.manual_seed(0)
+    model = create_model("autoencoder", **TINY)
+    optimizers = model.configure_optimizers(1e-3)
+    model.training_step(torch.rand(2, 1, 32, 32), optimizers, 0.0)  # gives Adam some state to save
+    return model, optimizers
+
+
+def _save(folder, model, optimizers, i):
+    with torch.no_grad():
+        next(model.parameters()).fill_(float(i))  # each save's weights differ, and say which save they are
+    checkpoints.save(folder, model, {"epoch": i}, optimizers=optimizers, training_state={"epoch": i, "step": i})
+
+
+def _check_consistent(folder, optimizers):
+    ckpt = checkpoints.load(folder)
+    i = ckpt.info["epoch"]
+    assert float(next(ckpt.model.parameters()).detach().flatten()[0]) == float(i)
+    assert checkpoints.load_training_state(folder, optimizers)["epoch"] == i
+    return i
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_writer_killed_at_any_moment_leaves_a_loadable_consistent_checkpoint(tmp_path):
+    model, optimizers = _model_and_optimizers()
+    folder = tmp_path / "last"
+    _save(folder, model, optimizers, 0)
+    rng = random.Random(0)
+    seen = set()
+    for attempt in range(25):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: save as fast as it can until killed
+            try:
+                os.close(r)
+                i = 1000 * (attempt + 1)
+                while True:
+                    i += 1
+                    _save(folder, model, optimizers, i)
+                    os.write(w, b".")
+            finally:
+                os._exit(1)
+        os.close(w)
+        assert os.read(r, 1) == b"."  # at least one save done; now kill it somewhere in a later one
+        time.sleep(rng.uniform(0, 0.02))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        seen.add(_check_consistent(folder, optimizers))
+    assert len(seen) > 1
+    # The next save clears what the killed writers left beside the folder.
+    _save(folder, model, optimizers, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert _check_consistent(folder, optimizers) == 1
+
+
+def test_a_folder_missing_between_the_two_renames_is_recovered(tmp_path):
+    model, optimizers = _model_and_optimizers()
+    folder = tmp_path / "last"
+    _save(folder, model, optimizers, 1)
+    dead = 2**22 + 12345  # above pid_max: never a live process
+    os.rename(folder, tmp_path / f"last.old-{dead}")  # the old version, moved aside ...
+    new = tmp_path / f"last.tmp-{dead}"  # ... and the complete new one, not yet renamed in
+    shutil.copytree(tmp_path / f"last.old-{dead}", new)
+    _save(new.parent / "scratch", model, optimizers, 2)
+    for f in new.iterdir():
+        shutil.copy(tmp_path / "scratch" / f.name, f)
+    assert _check_consistent(folder, optimizers) == 2
+
+    # Killed while writing the very first version: only an incomplete new folder, and nothing to load.
+    empty = tmp_path / "first"
+    (tmp_path / f"first.tmp-{dead}").mkdir()
+    (tmp_path / f"first.tmp-{dead}" / checkpoints.WEIGHTS).write_bytes(b"partial")
+    with pytest.raises(CheckpointError, match="no such run or checkpoint folder"):
+        checkpoints.load(empty)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    model, _ = _model_and_optimizers()
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    checkpoints.save(tmp_path / "nan", model, {})
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights contain NaN or infinite values"):
+        checkpoints.load(tmp_path / "nan")
+
+
+def test_out_of_range_hyper_parameters_are_refused_before_building(tmp_path):
+    model, _ = _model_and_optimizers()
+    checkpoints.save(tmp_path / "ckpt", model, {})
+
+    def edit(**hparams):
+        path = tmp_path / "ckpt" / checkpoints.META
+        info = json.loads(path.read_text())
+        info["hparams"].update(hparams)
+        path.write_text(json.dumps(info))
+
+    edit(latent_dim=100_000)
+    with pytest.raises(CheckpointError, match=r"checkpoint.json: hparams latent_dim = 100000 is outside the sane range"):
+        checkpoints.load(tmp_path / "ckpt")
+    edit(latent_dim="8")
+    with pytest.raises(CheckpointError, match="hparams latent_dim must be a number"):
+        checkpoints.load(tmp_path / "ckpt")
+    # Within bounds but far larger than the file: found on a model built without memory, then refused.
+    edit(latent_dim=8, base_channels=256, image_size=256)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
+        checkpoints.load(tmp_path / "ckpt")
+    assert time.perf_counter() - t0 < 5
