@@ -23,15 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "real_dev"
 
-# The configuration the README reports: each model with its defaults and the epochs it trains per fold.
-DEFAULT_EPOCHS = {"autoencoder": 40, "vae": 20, "gan": 20, "ganomaly": 20, "vit": 20}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_EPOCHS),
-                   help="models to cross-validate; NAME or NAME:key=value,key=value for options (label = the text)")
+    p.add_argument("--models", nargs="+", default=["autoencoder", "vae", "gan", "ganomaly", "vit"],
+                   help="models to cross-validate: NAME, NAME:key=value,... (training options) and/or "
+                        "NAME@key=value,... (scoring-only options such as residual=abs); the label is the text")
     p.add_argument("--modalities", nargs="+", default=["flair"])
     p.add_argument("--epochs", type=int, default=None, help="epochs per fold for every model (default: per model)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget per model and fold")
@@ -57,18 +56,20 @@ def _parse_value(text: str):
 
 
 def method_specs(args):
-    from uad.crossval import MethodSpec
+    from uad.crossval import REAL_EPOCHS, MethodSpec
     from uad.models import canonical_name
 
     specs = []
+    def options(text):
+        return {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
+
     for item in args.models:
-        name, _, opts = item.partition(":")
-        options = dict(kv.split("=", 1) for kv in opts.split(",") if kv) if opts else {}
+        head, _, scoring = item.partition("@")
+        name, _, training = head.partition(":")
         model = canonical_name(name)
-        epochs = args.epochs or (1 if args.quick else DEFAULT_EPOCHS.get(model, 20))
-        specs.append(MethodSpec(model=model, label=item if opts else model,
-                                options={k: _parse_value(v) for k, v in options.items()}, epochs=epochs,
-                                max_minutes=args.max_minutes))
+        epochs = args.epochs or (1 if args.quick else REAL_EPOCHS.get(model, 20))
+        specs.append(MethodSpec(model=model, label=item if (training or scoring) else model, options=options(training),
+                                epochs=epochs, max_minutes=args.max_minutes, score_options=options(scoring)))
     return specs
 
 

@@ -2,17 +2,25 @@
 
     python scripts/train_shipped.py [--models autoencoder vae gan ganomaly vit] [--max-minutes 8] [--epochs N]
     python scripts/train_shipped.py --models vit --run runs/RUN   # ship a run you already trained
+    python scripts/train_shipped.py --real [--models ...]         # the real-data set, checkpoints/real/<model>/
 
 Each model is trained with default settings on the default demo cohort (FLAIR, 128×128; generated if
 missing) for the epochs in ``EPOCHS`` (the demo cohort has ~1,500 healthy training slices, so an epoch
 is only ~50 updates; the slower-converging models get more), its best checkpoint is stored in float16 under ``checkpoints/<model>/`` (with the run's
 config, status and metrics), the float16 copy is checked against float32 on validation slices, and the
 checkpoint is evaluated on the demo cohort's test patients (``checkpoints/<model>/eval/``).
+
+``--real`` trains on every patient of ``../shared/data/real_dev`` instead (two of them validation
+patients that pick the checkpoint; no test split: ``benchmarks/real_bench.py`` is their evaluation) for
+the epochs in ``REAL_EPOCHS``, and stores them under ``checkpoints/real/<model>/``. Every shipped
+checkpoint records its training data (name, description, citation, terms) and its data root relative to
+the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -27,19 +35,38 @@ MODELS = ("autoencoder", "vae", "gan", "ganomaly", "vit")
 # sharing the GPU); their entries are the epochs those runs reached, so a retrain does the same amount
 # of training. On the 2-core development CPU they take about 30 and 80 minutes; the others 5-20 minutes.
 EPOCHS = {"autoencoder": 40, "vae": 20, "gan": 87, "ganomaly": 40, "vit": 149}
+# The real-data set trains as long per model as one fold of benchmarks/real_bench.py does.
+REAL_DATA = REPO.parent / "shared" / "data" / "real_dev"
+REAL_VAL_CASES = 2
+from uad.crossval import REAL_EPOCHS  # noqa: E402  (the same training length as one benchmark fold)
 
 
-def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, trained: Path | None = None) -> Path:
+def _real_config(model: str, epochs: int, max_minutes: float | None):
+    import numpy as np
+
+    from uad.data.cases import discover_cases
+    from uad.train import TrainConfig
+
+    ids = sorted(c.case_id for c in discover_cases(REAL_DATA)[0] if c.labelled)
+    val = sorted(np.random.default_rng(0).choice(ids, REAL_VAL_CASES, replace=False).tolist())
+    cases = {"train": [c for c in ids if c not in val], "val": val, "test": []}
+    return TrainConfig(model=model, data=str(REAL_DATA), epochs=epochs, max_minutes=max_minutes, cases=cases)
+
+
+def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, trained: Path | None = None,
+         real: bool = False) -> Path:
     import torch
 
     from uad import checkpoints, fileio, runs
+    from uad.data import provenance
     from uad.evaluate import evaluate
     from uad.train import TrainConfig, train
 
     work = Path(tempfile.mkdtemp(prefix=f"uad-ship-{model}-"))
     try:
         if trained is None:
-            run = train(TrainConfig(model=model, epochs=epochs, max_minutes=max_minutes), run_dir=work / "run")
+            config = _real_config(model, epochs, max_minutes) if real else TrainConfig(model=model, epochs=epochs, max_minutes=max_minutes)
+            run = train(config, run_dir=work / "run")
         else:
             run = trained
             if fileio.read_json(run / "config.json")["model"] != model:
@@ -57,12 +84,18 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
         staging.mkdir(parents=True)
         for name in ("config.json", "status.json", "metrics.jsonl"):
             shutil.copy2(run / name, staging / name)
-        drift = _map_drift(full.model, _rounded_to_half(full.model), full.preprocess)
+        drift = _map_drift(full.model, _rounded_to_half(full.model), full.preprocess, REAL_DATA if real else None)
         info = {**full.info, "shipped": {"train_seconds": round(train_s, 1), "weights": "float16",
-                                         "float16_max_abs_map_difference": drift}}
+                                         "float16_max_abs_map_difference": drift},
+                "training_data": provenance.REAL_DEV if real else provenance.DEMO}
+        # Portable: the data root relative to the repository, never this machine's absolute path.
+        info["data"] = {**info["data"], "root": os.path.relpath(info["data"]["root"], REPO)}
         checkpoints.save(staging / "best", full.model, info, dtype=torch.float16)
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
+        if real:  # every patient trained or validated: the cross-validation is its evaluation
+            print(f"{model} (real): trained {train_s / 60:.1f} min, float16 drift {drift:.2e}")
+            return dest
         metrics = evaluate(dest)
         fileio.write_json(dest / "eval" / "shipped.json", {"train_seconds": train_s, "float16_drift": drift})
         print(f"{model}: trained {train_s / 60:.1f} min, float16 drift {drift:.2e}, "
@@ -81,14 +114,14 @@ def _rounded_to_half(model):
     return half.eval()
 
 
-def _map_drift(full, half, preprocess) -> float:
+def _map_drift(full, half, preprocess, data: Path | None = None) -> float:
     """Largest absolute difference between float32 and float16-stored weights' anomaly maps on real slices."""
     import torch
 
     from uad.data.demo import ensure_demo
     from uad.data.store import build_store
 
-    store = build_store(ensure_demo(), preprocess, progress=False)
+    store = build_store(data or ensure_demo(), preprocess, progress=False)
     case = store.case(store.case_ids[0])
     x = torch.from_numpy(case.images[::4].astype("float32"))
     with torch.inference_mode():
@@ -102,11 +135,16 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="time budget per model")
     parser.add_argument("--dest", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--run", type=Path, default=None, help="ship this completed run instead of training (one model)")
+    parser.add_argument("--real", action="store_true", help=f"train on {REAL_DATA} into checkpoints/real/<model>/")
     args = parser.parse_args()
+    if args.real and not REAL_DATA.is_dir():
+        parser.error(f"--real needs the real data at {REAL_DATA}")
     if args.run is not None and len(args.models) != 1:
         parser.error("--run ships one run: name its model with --models")
+    dest = args.dest / "real" if args.real else args.dest
     for model in args.models:
-        ship(model, args.epochs or EPOCHS[model], args.max_minutes, args.dest, args.run)
+        epochs = args.epochs or (REAL_EPOCHS[model] if args.real else EPOCHS[model])
+        ship(model, epochs, args.max_minutes, dest, args.run, real=args.real)
 
 
 if __name__ == "__main__":

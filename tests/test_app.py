@@ -467,3 +467,31 @@ def test_compare_deleted_run_is_dropped_with_a_message(home):
     at.run()
     assert not at.exception
     assert "zz-deleted-eval" in texts(at) and at.multiselect(key="compare_runs").value == [RUN]
+
+
+def test_explore_suggests_the_real_trained_checkpoint_on_real_data(home, tmp_path, monkeypatch):
+    """On a folder that is not the demo cohort, Explore starts from checkpoints/real/<model> and names its data."""
+    import json
+
+    from uad import paths
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(home / "shipped" / SHIPPED, shipped / SHIPPED)
+    shutil.copytree(home / "shipped" / SHIPPED, shipped / "real" / SHIPPED)
+    meta = shipped / "real" / SHIPPED / "best" / "checkpoint.json"
+    info = json.loads(meta.read_text())
+    info["training_data"] = {"name": "stand-in real set", "description": "", "citation": "A et al. 2015", "terms": "research"}
+    meta.write_text(json.dumps(info))
+    monkeypatch.setattr(paths, "checkpoints_dir", lambda: shipped)
+
+    at = page(new_app(), "explore")  # the demo cohort: the demo-trained checkpoint
+    assert at.selectbox(key="explore_run").value == SHIPPED
+    assert "Trained on:** uad demo cohort" in texts(at)
+
+    other = tmp_path / "other"
+    shutil.copytree(home / "data" / "demo" / "BraTS2021_00000", other / "BraTS2021_00000")
+    at = page(new_app({"data_root": str(other)}), "explore")
+    assert at.selectbox(key="explore_run").value == f"real/{SHIPPED}"
+    assert "stand-in real set" in texts(at) and "A et al. 2015" in texts(at)
+    at.selectbox(key="explore_run").set_value(SHIPPED).run()
+    assert f"real/{SHIPPED}" in "\n".join(str(i.value) for i in at.info)  # the real set is suggested

@@ -30,20 +30,34 @@ from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline
 
 log = logging.getLogger("uad.crossval")
 
+# Epochs per model and fold of the README's real-data results (what the 2-core CPU allowed; see there);
+# scripts/train_shipped.py --real trains the shipped real-data checkpoints as long.
+REAL_EPOCHS = {"autoencoder": 30, "vae": 10, "gan": 5, "ganomaly": 5, "vit": 5}
+
 
 @dataclass
 class MethodSpec:
-    """One model to cross-validate: registry name, a label for the tables, options and training length."""
+    """One model to cross-validate: registry name, a label for the tables, options and training length.
+
+    ``score_options`` override model options that only change scoring (e.g. ``residual``), so several
+    methods can share one set of trained fold models: runs are named by model and training options.
+    """
 
     model: str
     label: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     epochs: int = 20
     max_minutes: float | None = None  # per fold
+    score_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.model = canonical_name(self.model)
         self.label = self.label or self.model
+
+    @property
+    def run_name(self) -> str:
+        opts = "".join(f"-{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.model}{opts}-e{self.epochs}" + (f"-m{self.max_minutes:g}" if self.max_minutes else "")
 
 
 @dataclass
@@ -91,6 +105,9 @@ def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str
         # Only ever our own fold folder under <out>/runs: a stale or different-config run is moved aside.
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
     train(tc, run_dir=run_dir, progress=progress)
+    state = (runs.read_status(run_dir) or {}).get("state")
+    if state != "completed":  # e.g. SIGTERM cancels the fold's training: stop the whole cross-validation
+        raise KeyboardInterrupt(f"{run_dir}: training {state}; cross-validation stopped")
     return run_dir / "best"
 
 
@@ -122,8 +139,9 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
             per_fold[b].append(tallies[b])
         for spec in config.methods:
             t_method = time.perf_counter()
-            ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.label}-fold{k + 1}", progress)
+            ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k + 1}", progress)
             ckpt = checkpoints.load(ckpt_dir, device=device)
+            ckpt.model.hparams.update(spec.score_options)
             scorer = ModelScorer(ckpt.model, device=device)
             tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], config.post)
             per_fold[spec.label].append(tallies[scorer.name])

@@ -48,6 +48,8 @@ def data_root_for(info: dict[str, Any], data: str | Path | None) -> Path:
     if trained.get("demo", False) or not trained.get("root"):
         return resolve_data_root(None)
     root = Path(trained["root"])
+    if not root.is_absolute():  # shipped checkpoints record their data relative to the repository
+        root = paths.REPO_ROOT / root
     if not root.is_dir():
         raise ConfigError(f"the checkpoint's training data {root} is not here; pass --data DIR")
     return root
@@ -86,6 +88,8 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
     else:
         if info.get("data", {}).get("demo", False):
             trained_root = str(paths.demo_dir())
+        elif trained_root is not None and not Path(trained_root).is_absolute():
+            trained_root = str(paths.REPO_ROOT / trained_root)
         same_data = trained_root is not None and Path(trained_root).resolve() == Path(root).resolve()
     if recorded:
         parts = {k: list(recorded.get(k, [])) for k in ("train", "val", "test")}

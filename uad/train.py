@@ -85,6 +85,24 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def data_identity(root: Path, manifest_cases: dict[str, Any], demo: bool) -> dict[str, Any]:
+    """What a checkpoint records of its training data: the root, and per case its files relative to the
+    root with their sizes, so a shared or shipped checkpoint names no other machine's paths and a
+    dataset can still be recognised by its cases and file sizes."""
+    root = Path(root).resolve()
+    cases = {}
+    for cid, fp in manifest_cases.items():
+        files = []
+        for path, size, *_ in fp.get("files", []):
+            try:
+                rel = str(Path(path).resolve().relative_to(root))
+            except ValueError:
+                rel = Path(path).name
+            files.append({"file": rel, "bytes": int(size)})
+        cases[cid] = files
+    return {"root": str(root), "demo": demo, "cases": cases}
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
@@ -271,7 +289,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     t_start = time.perf_counter()
     info_base = {
         "preprocess": config.preprocess.to_dict(), "train": config.to_dict(), "split": run_config["split"],
-        "data": {"root": str(data_root), "demo": config.data is None, "cases": store.manifest["cases"]},
+        "data": data_identity(data_root, store.manifest["cases"], demo=config.data is None),
     }
     log.info("training %s on %s: %d healthy train slices, %d val slices, device %s, world %d",
              config.model, data_root, len(train_ds), len(val_ds), device, world)

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from uad import metrics
+from uad import metrics, runs
 from uad.data.demo import demo_ready
 from uad.score import nifti_bytes, threshold_maps
 
@@ -143,7 +143,10 @@ def _page() -> None:
         st.warning(f"Run {previous} is no longer in the runs folder (deleted or moved): choose another.")
         del st.session_state["explore_run"]
     c1, c2 = st.columns(2)
-    name = c1.selectbox("Run or shipped checkpoint", names, key="explore_run",
+    # Start from the shipped checkpoint that suits the active data (real-trained on real folders).
+    suggested = runs.suggested_checkpoint([v.info for v in views], demo_active=ui.is_demo(root))
+    default = names.index(suggested.name) if suggested is not None else 0
+    name = c1.selectbox("Run or shipped checkpoint", names, index=default, key="explore_run",
                         format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)))
     ids = [c.case_id for c in cases]
     default_case = next((i for i, c in enumerate(cases) if c.labelled), 0)
@@ -151,6 +154,7 @@ def _page() -> None:
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     v = next(v for v in views if v.info.name == name)
     case = next(c for c in cases if c.case_id == case_id)
+    ui.training_data_caption(v.info, root)
     if not v.path.exists():
         st.error(f"Run {name} was deleted: choose another.")
         return

@@ -93,6 +93,7 @@ def _runs_table() -> None:
             "run": v.info.name,
             "model": v.info.model,
             "source": "shipped" if v.info.shipped else "run",
+            "trained on": v.info.training_data["name"],
             "status": v.state,
             "progress": v.progress if v.epochs else None,
             "epochs": f"{v.epoch}/{v.epochs}" if v.epochs else "",
@@ -112,7 +113,10 @@ def _runs_table() -> None:
     })
     st.caption("Metrics come from each run's evaluation (test split); empty = not evaluated yet (Compare page). "
                "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
-               "Dice @5% FPR uses a threshold set on healthy validation slices only.")
+               "Dice @5% FPR uses a threshold set on healthy validation slices only. "
+               "Shipped checkpoints come in two sets: trained on the synthetic demo cohort (`checkpoints/<model>`) "
+               "and on 25 real glioma patients (`checkpoints/real/<model>`, research use under the BraTS terms; "
+               "see the README). Explore picks the set that suits the active dataset.")
 
 
 ui.page_header("Unsupervised anomaly detection in brain MRI",

@@ -41,6 +41,10 @@ class AnomalyModel(nn.Module):
         if image_size < 32 or image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {image_size}")
         self.hparams: dict[str, Any] = {"in_channels": in_channels, "image_size": image_size, **hparams}
+        if hparams.get("residual", "abs") not in RESIDUALS:
+            from uad.errors import ConfigError
+
+            raise ConfigError(f"residual must be one of {', '.join(RESIDUALS)}, got {hparams['residual']!r}")
         self.in_channels = in_channels
         self.image_size = image_size
         # Installed by the trainer under torchrun: one DistributedDataParallel per optimizer, keyed by id().

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from uad.errors import ConfigError
-from uad.models.base import AnomalyModel, AnomalyOutput
+from uad.models.base import AnomalyModel, AnomalyOutput, residual_map
 from uad.models.blocks import Discriminator, LatentDecoder, LatentEncoder, frozen, to_image
 from uad.models.registry import register_model
 
@@ -38,10 +38,10 @@ class FAnoGAN(AnomalyModel):
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  gan_fraction: float = 0.6, n_critic: int = 2, gp_weight: float = 10.0, kappa: float = 1.0,
-                 upsample: str = "transpose"):
+                 upsample: str = "transpose", residual: str = "abs"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa,
-                         upsample=upsample)
+                         upsample=upsample, residual=residual)
         if not 0.0 < gan_fraction < 1.0 or n_critic < 1:
             raise ConfigError(f"gan_fraction must be in (0, 1) and n_critic >= 1, got {gan_fraction}, {n_critic}")
         self.latent_dim, self.gan_fraction, self.n_critic = latent_dim, float(gan_fraction), int(n_critic)
@@ -133,5 +133,5 @@ class FAnoGAN(AnomalyModel):
     @torch.no_grad()
     def anomaly_map(self, x: Tensor) -> AnomalyOutput:
         recon, img, feat = self.izi_f(x)
-        amap = (x.float() - recon).abs().mean(dim=1, keepdim=True)
+        amap = residual_map(x, recon, self.hparams.get("residual", "abs"))
         return AnomalyOutput(anomaly_map=amap, pred_score=img + self.kappa * feat, reconstruction=recon)

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from uad.models.base import AnomalyModel, AnomalyOutput
+from uad.models.base import AnomalyModel, AnomalyOutput, residual_map
 from uad.models.blocks import (
     Discriminator, LatentDecoder, LatentEncoder, check_noise, dcgan_init, frozen, noisy_input, recon_loss, to_image,
 )
@@ -37,9 +37,10 @@ class GANomaly(AnomalyModel):
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0, reinit_below: float = 1e-5,
-                 noise_std: float = 0.2, noise_res: int = 16):
+                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "abs"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, w_adv=w_adv,
-                         w_con=w_con, w_enc=w_enc, reinit_below=reinit_below, noise_std=noise_std, noise_res=noise_res)
+                         w_con=w_con, w_enc=w_enc, reinit_below=reinit_below, noise_std=noise_std, noise_res=noise_res,
+                         residual=residual)
         self.noise_std, self.noise_res = check_noise(noise_std, noise_res, image_size)
         self.w_adv, self.w_con, self.w_enc, self.reinit_below = float(w_adv), float(w_con), float(w_enc), float(reinit_below)
         self.encoder1 = LatentEncoder(in_channels, image_size, latent_dim, base_channels, "batch")
@@ -115,5 +116,5 @@ class GANomaly(AnomalyModel):
     @torch.no_grad()
     def anomaly_map(self, x: Tensor) -> AnomalyOutput:
         recon, z, z_hat = self(x)
-        amap = (x.float() - recon).abs().mean(dim=1, keepdim=True)
+        amap = residual_map(x, recon, self.hparams.get("residual", "abs"))
         return AnomalyOutput(anomaly_map=amap, pred_score=(z - z_hat).square().mean(dim=1), reconstruction=recon)

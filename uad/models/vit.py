@@ -129,12 +129,12 @@ class ViTAE(AnomalyModel):
                  depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1,
                  context_dropout: float = 0.2, decoder: str = "linear", refine: bool = False, loss: str = "l1",
                  masked_weight: float = 1.0, inpaint_groups: int = 0, test_time_drops: int = 0,
-                 noise_std: float = 0.2, noise_res: int = 16):
+                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "abs"):
         super().__init__(in_channels, image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, context_dropout=context_dropout,
                          decoder=decoder, refine=refine, loss=loss, masked_weight=masked_weight,
                          inpaint_groups=inpaint_groups, test_time_drops=test_time_drops, noise_std=noise_std,
-                         noise_res=noise_res)
+                         noise_res=noise_res, residual=residual)
         check_choice("decoder", decoder, ("linear", "conv"))
         self.loss_kind = check_choice("loss", loss, LOSSES)
         if image_size % patch_size or (decoder == "conv" and (patch_size < 2 or patch_size & (patch_size - 1))):
