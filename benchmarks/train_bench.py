@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [
     ("autoencoder", {}),
+    ("autoencoder (spatial, the previous default)", {"bottleneck": "spatial"}),
     ("autoencoder (MSc dense, no noise)", {"bottleneck": "dense", "noise_std": 0.0}),
     ("vae", {}),
     ("gan", {}),  # f-AnoGAN: timed in its GAN phase (critic + generator); the encoder phase is cheaper

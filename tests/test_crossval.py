@@ -143,3 +143,20 @@ def test_real_bench_skips_cleanly_without_real_data(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_bench.py"), "--data", str(tmp_path / "absent")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "skipped" in proc.stdout
+
+
+REAL_DEV = REPO.parent / "shared" / "data" / "real_dev"
+
+
+@pytest.mark.skipif(not REAL_DEV.is_dir(), reason=f"no real data at {REAL_DEV}")
+def test_real_bench_quick_runs_end_to_end_on_real_scans(tmp_path):
+    """CI's check of the real-data benchmark: one fold, one epoch, 64 px, every model beside both baselines."""
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_bench.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "UAD_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((out / "crossval.json").read_text())
+    assert set(result["methods"]) == {"autoencoder", "vae", "gan", "ganomaly", "vit", "intensity", "brain_area"}
+    assert all(m["n_slices"] > 0 for m in result["methods"].values())
+    assert "baseline: intensity" in proc.stdout
