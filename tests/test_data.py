@@ -253,6 +253,19 @@ def test_interrupted_build_leaves_nothing_that_reads_as_valid(make_cohort, monke
     assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"]
 
 
+def test_labelled_ids_come_from_the_metadata_without_opening_cases(make_cohort, monkeypatch):
+    root = make_cohort(3)
+    write_case(root, "unlabelled", {"flair": phantom(seed=5)[0]["flair"]}, None)
+    store = build_store(root, SMALL, workers=1, progress=False)
+    # Opening a case maps its arrays and re-hashes its files: listing labelled cases must not need that.
+    monkeypatch.setattr(SliceStore, "case", lambda self, cid: pytest.fail(f"case {cid} was opened"))
+    labelled = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
+    assert store.labelled_ids == labelled
+    from uad.evaluate import split_for
+
+    assert split_for(store, {}, "all").eval_cases == labelled + ["unlabelled"]
+
+
 def test_parallel_build_matches_serial(make_cohort, tmp_path):
     root = make_cohort(3)
     a = build_store(root, SMALL, cache_root=tmp_path / "c1", workers=1, progress=False)

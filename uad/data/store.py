@@ -287,12 +287,14 @@ class SliceStore:
         self.case_ids: list[str] = list(self.manifest["cases"])
         self.skipped = [Skipped(cid, reason) for cid, reason in self.manifest.get("skipped", [])]
         self._cases: dict[str, CaseSlices] = {}
+        self._labelled: dict[str, bool] = {}
         self.table = self._load_table()
 
     def _load_table(self) -> pd.DataFrame:
         frames = []
         for cid in self.case_ids:
             meta = self._meta(cid)
+            self._labelled[cid] = bool(meta["labelled"])
             df = pd.DataFrame(meta["slices"])
             df.insert(0, "case_id", cid)
             df["labelled"] = meta["labelled"]
@@ -328,6 +330,12 @@ class SliceStore:
                 SliceGeometry.from_dict(meta["geometry"]), bool(meta["labelled"]),
             )
         return self._cases[case_id]
+
+    @property
+    def labelled_ids(self) -> list[str]:
+        """Ids of the labelled cases, in ``case_ids`` order, from the metadata read at open: unlike
+        ``case(c).labelled`` this maps no arrays and re-hashes no files."""
+        return [cid for cid in self.case_ids if self._labelled[cid]]
 
     @property
     def data_root(self) -> Path:
