@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 
 import nibabel as nib
@@ -264,6 +265,17 @@ def test_labelled_ids_come_from_the_metadata_without_opening_cases(make_cohort, 
     from uad.evaluate import split_for
 
     assert split_for(store, {}, "all").eval_cases == labelled + ["unlabelled"]
+
+
+def test_a_concurrent_builds_work_in_progress_is_not_removed_as_stale(make_cohort):
+    root = make_cohort(2)
+    entry = build_store(root, SMALL, workers=1, progress=False).root
+    live = entry / "cases" / f".tmp-BraTS2021_00007-{os.getppid()}"  # a live process's case being written
+    dead = entry / "cases" / ".tmp-BraTS2021_00008-999999999"
+    live.mkdir()
+    dead.mkdir()
+    build_store(root, SMALL, workers=1, progress=False)
+    assert live.exists() and not dead.exists()
 
 
 def test_parallel_build_matches_serial(make_cohort, tmp_path):

@@ -252,10 +252,20 @@ def _run_builds(todo, config, workers, progress):
 
 
 def _remove_stale(root: Path, keep: set[str]) -> None:
-    """Delete cached cases no longer in the dataset and temporary folders of interrupted builds."""
+    """Delete cached cases no longer in the dataset and temporary folders of interrupted builds.
+
+    The temporary folders of another live process (``.tmp-<case>-<pid>``: a concurrent build of the same
+    entry, or its worker) are its work in progress, not leftovers.
+    """
+    from uad.runs import pid_alive
+
     for entry in (root / "cases").iterdir():
-        if entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.name in keep:
+            continue
+        pid = entry.name.rsplit("-", 1)[-1]
+        if entry.name.startswith((".tmp-", ".old-")) and pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 @dataclass
