@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 
 import nibabel as nib
@@ -251,6 +252,30 @@ def test_interrupted_build_leaves_nothing_that_reads_as_valid(make_cohort, monke
     assert sorted(p.name for p in (folder / "cases").iterdir()) == ["BraTS2021_00000"]  # no temp folder left
     store = build_store(root, SMALL, workers=1, progress=False)
     assert store.case_ids == ["BraTS2021_00000", "BraTS2021_00001"]
+
+
+def test_labelled_ids_come_from_the_metadata_without_opening_cases(make_cohort, monkeypatch):
+    root = make_cohort(3)
+    write_case(root, "unlabelled", {"flair": phantom(seed=5)[0]["flair"]}, None)
+    store = build_store(root, SMALL, workers=1, progress=False)
+    # Opening a case maps its arrays and re-hashes its files: listing labelled cases must not need that.
+    monkeypatch.setattr(SliceStore, "case", lambda self, cid: pytest.fail(f"case {cid} was opened"))
+    labelled = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
+    assert store.labelled_ids == labelled
+    from uad.evaluate import split_for
+
+    assert split_for(store, {}, "all").eval_cases == labelled + ["unlabelled"]
+
+
+def test_a_concurrent_builds_work_in_progress_is_not_removed_as_stale(make_cohort):
+    root = make_cohort(2)
+    entry = build_store(root, SMALL, workers=1, progress=False).root
+    live = entry / "cases" / f".tmp-BraTS2021_00007-{os.getppid()}"  # a live process's case being written
+    dead = entry / "cases" / ".tmp-BraTS2021_00008-999999999"
+    live.mkdir()
+    dead.mkdir()
+    build_store(root, SMALL, workers=1, progress=False)
+    assert live.exists() and not dead.exists()
 
 
 def test_parallel_build_matches_serial(make_cohort, tmp_path):

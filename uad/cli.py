@@ -95,6 +95,47 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+# -- cache ------------------------------------------------------------------------------------------------
+def cmd_cache(args) -> int:
+    import math
+
+    from uad import paths
+    from uad.data import cache
+    from uad.errors import ConfigError
+
+    root = paths.cache_dir()
+    if args.cache_command in (None, "list"):
+        found = cache.entries(root)
+        if not found:
+            print(f"slice cache {root}: empty")
+            return 0
+        print(f"slice cache {root}: {len(found)} entries, {cache.format_size(sum(e.size for e in found))}")
+        print(cache.format_table(found))
+        return 0
+
+    if args.older_than is None and args.max_size is None:
+        raise ConfigError("cache prune needs --older-than DAYS and/or --max-size SIZE")
+    if args.older_than is not None and not (math.isfinite(args.older_than) and args.older_than >= 0):
+        raise ConfigError(f"--older-than must be a number of days >= 0, got {args.older_than}")
+    max_bytes = None
+    if args.max_size is not None:
+        try:
+            max_bytes = cache.parse_size(args.max_size)
+        except ValueError as exc:
+            raise ConfigError(f"--max-size: {exc}") from None
+    report = cache.prune(root, older_than_days=args.older_than, max_bytes=max_bytes, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for e in report.removed:
+        print(f"{verb} {e.name}  {cache.format_size(e.size)}, last used {cache.format_time(e.last_used)}, "
+              f"{e.cases} cases, {e.config}, {e.dataset or '(incomplete build)'}")
+    for e in report.in_use:
+        print(f"kept {e.name}: in use by a running build or reader")
+    freed = report.total_before - report.total_after
+    print(f"{verb} {len(report.removed)} entries ({cache.format_size(freed)}); slice cache {root} "
+          f"{'would take' if args.dry_run else 'takes'} {cache.format_size(report.total_after)}")
+    return 0
+
+
 # -- info -------------------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
     from uad.data.cases import MODALITIES, discover_cases
@@ -334,6 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("cache", help="list the slice cache's entries (default) or prune it",
+                       description="The slice cache lives in $UAD_CACHE_DIR, else $UAD_HOME/data/cache, else "
+                                   "data/cache/ in the repository. Entries in use by a running process are never removed.")
+    p.set_defaults(func=cmd_cache, cache_command=None)
+    csub = p.add_subparsers(dest="cache_command")
+    csub.add_parser("list", help="each entry: dataset, config, cases, size on disk, last used")
+    q = csub.add_parser("prune", help="remove old or least recently used entries")
+    q.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries not used for DAYS days")
+    q.add_argument("--max-size", metavar="SIZE",
+                   help="then remove least recently used entries until the cache takes at most SIZE (e.g. 500MB, 2GB)")
+    q.add_argument("--dry-run", action="store_true", help="only print what would be removed")
 
     p = sub.add_parser("info", help="list the cases of a dataset and what each holds")
     _add_data_args(p, modalities=False)

@@ -117,7 +117,7 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
     root = Path(config.data)
     pre = PreprocessConfig(modalities=config.modalities, image_size=config.image_size)
     store = build_store(root, pre, progress=progress)
-    labelled = [c for c in store.case_ids if store.case(c).labelled]
+    labelled = store.labelled_ids
     if len(labelled) < config.folds:
         raise ConfigError(f"{root}: {len(labelled)} labelled cases cannot fill {config.folds} folds")
     folds = kfold_cases(labelled, config.folds, config.seed, config.val_cases)[:config.max_folds]

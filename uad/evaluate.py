@@ -78,7 +78,7 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
     if split not in SPLIT_CHOICES:
         raise ConfigError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     present = set(store.case_ids)
-    labelled = [c for c in store.case_ids if store.case(c).labelled]
+    labelled = store.labelled_ids
     unlabelled = [c for c in store.case_ids if c not in set(labelled)]
     recipe = info.get("split", {})
     recorded = recipe.get("cases")
@@ -163,8 +163,8 @@ def evaluate(
         "missing_cases": plan.missing,
         "training_cases_evaluated": plan.training_overlap,
         "n_slices": len(rows),
-        "n_labelled_cases": sum(1 for c in plan.eval_cases if store.case(c).labelled),
-        "n_unlabelled_cases": sum(1 for c in plan.eval_cases if not store.case(c).labelled),
+        "n_labelled_cases": len(set(plan.eval_cases) & set(store.labelled_ids)),
+        "n_unlabelled_cases": len(set(plan.eval_cases) - set(store.labelled_ids)),
         "preprocess": ckpt.preprocess.to_dict(),
         "postprocess": post.to_dict(),
         "pixel_metrics_note": "exact up to 10,000 score bins on [0, 1]; pixels inside the eroded brain mask",

@@ -240,7 +240,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
         data_root = resolve_data_root(config.data, progress=False)
         store = SliceStore(store_dir(data_root, config.preprocess))
 
-    labelled = [cid for cid in store.case_ids if store.case(cid).labelled]
+    labelled = store.labelled_ids
     if config.cases is not None:
         split = config.cases
         missing = sorted(set(split["train"] + split["val"]) - set(labelled))

@@ -4,6 +4,8 @@ Layout (one folder per dataset and preprocessing config)::
 
     <cache>/<dataset-name>-<hash of its path>/<config key>/
         manifest.json                 written last, atomically: config, cases, skipped cases
+        last_used, .lock              when the entry was last opened, and the lock every process
+                                      building or reading it holds (see ``uad.data.cache``)
         cases/<case_id>/meta.json     per-slice table, geometry, source fingerprint, size + sampled hash
                                       of each array file (written last: it marks the entry complete)
         cases/<case_id>/images.npy    (S, C, H, W) float16 in [0, 1]
@@ -26,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+import weakref
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from uad import fileio, paths
+from uad.data import cache
 from uad.data.cases import Case, Skipped, discover_cases
 from uad.data.preprocess import PreprocessConfig, SliceGeometry, preprocess_case
 from uad.errors import DataError, UADError
@@ -180,15 +184,29 @@ def build_store(
     cache_root: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    max_cache_bytes: int | None = None,
 ) -> "SliceStore":
     """Preprocess every usable case under ``data_root`` (reusing up-to-date cached cases) and open the store.
 
     Cases that cannot be used are skipped and reported in ``store.skipped`` with the reason.
+    ``max_cache_bytes`` (default ``$UAD_CACHE_MAX_BYTES``, else no limit) caps the whole cache: after the
+    build, the least recently used other entries are removed until it fits (see ``uad.data.cache``).
     """
+    limit = max_cache_bytes if max_cache_bytes is not None else cache.max_bytes_from_env()  # a bad value fails first
     cases, skipped = discover_cases(data_root)
     root = store_dir(data_root, config, cache_root)
-    (root / "cases").mkdir(parents=True, exist_ok=True)
+    hold = cache.use_entry(root, create=True)  # no `cache prune` removes the entry while we build it
+    try:
+        store = _build(data_root, config, root, cases, skipped, workers, progress)
+    finally:
+        hold.release()
+    if limit is not None:
+        cache.enforce_limit(limit, root.parent.parent, keep=(root,))
+    return store
 
+
+def _build(data_root, config: PreprocessConfig, root: Path, cases: list[Case], skipped: list[Skipped],
+           workers: int | None, progress: bool) -> "SliceStore":
     metas: dict[str, dict] = {}
     todo: list[tuple[Case, Path, dict]] = []
     for case in cases:
@@ -252,10 +270,20 @@ def _run_builds(todo, config, workers, progress):
 
 
 def _remove_stale(root: Path, keep: set[str]) -> None:
-    """Delete cached cases no longer in the dataset and temporary folders of interrupted builds."""
+    """Delete cached cases no longer in the dataset and temporary folders of interrupted builds.
+
+    The temporary folders of another live process (``.tmp-<case>-<pid>``: a concurrent build of the same
+    entry, or its worker) are its work in progress, not leftovers.
+    """
+    from uad.runs import pid_alive
+
     for entry in (root / "cases").iterdir():
-        if entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.name in keep:
+            continue
+        pid = entry.name.rsplit("-", 1)[-1]
+        if entry.name.startswith((".tmp-", ".old-")) and pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 @dataclass
@@ -276,23 +304,31 @@ class SliceStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        # Held for the store's lifetime: `uad cache prune` and the size limit never remove an open store.
+        self._use = cache.use_entry(self.root)
+        weakref.finalize(self, self._use.release)
         manifest_path = self.root / "manifest.json"
         try:
             self.manifest = fileio.read_json(manifest_path)
         except FileNotFoundError:
+            self._use.release()
             raise DataError(self.root, "slice cache not built (no manifest.json); run `python -m uad prepare`") from None
         except ValueError as exc:
+            self._use.release()
             raise DataError(manifest_path, f"corrupt manifest ({exc})") from None
+        cache.touch(self.root)
         self.config = PreprocessConfig.from_dict(self.manifest["config"])
         self.case_ids: list[str] = list(self.manifest["cases"])
         self.skipped = [Skipped(cid, reason) for cid, reason in self.manifest.get("skipped", [])]
         self._cases: dict[str, CaseSlices] = {}
+        self._labelled: dict[str, bool] = {}
         self.table = self._load_table()
 
     def _load_table(self) -> pd.DataFrame:
         frames = []
         for cid in self.case_ids:
             meta = self._meta(cid)
+            self._labelled[cid] = bool(meta["labelled"])
             df = pd.DataFrame(meta["slices"])
             df.insert(0, "case_id", cid)
             df["labelled"] = meta["labelled"]
@@ -328,6 +364,21 @@ class SliceStore:
                 SliceGeometry.from_dict(meta["geometry"]), bool(meta["labelled"]),
             )
         return self._cases[case_id]
+
+    def close(self) -> None:
+        """Let go of the entry (it may then be pruned); the store stays readable through open memmaps."""
+        self._use.release()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_use"] = cache.EntryUse(None)  # a copy in a worker process: the lock stays with the original
+        return state
+
+    @property
+    def labelled_ids(self) -> list[str]:
+        """Ids of the labelled cases, in ``case_ids`` order, from the metadata read at open: unlike
+        ``case(c).labelled`` this maps no arrays and re-hashes no files."""
+        return [cid for cid in self.case_ids if self._labelled[cid]]
 
     @property
     def data_root(self) -> Path:
