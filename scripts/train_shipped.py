@@ -41,7 +41,7 @@ REAL_VAL_CASES = 2
 from uad.crossval import REAL_EPOCHS  # noqa: E402  (the same training length as one benchmark fold)
 
 
-def _real_config(model: str, epochs: int, max_minutes: float | None):
+def _real_config(model: str, epochs: int, max_minutes: float | None, image_size: int = 128):
     import numpy as np
 
     from uad.data.cases import discover_cases
@@ -50,11 +50,12 @@ def _real_config(model: str, epochs: int, max_minutes: float | None):
     ids = sorted(c.case_id for c in discover_cases(REAL_DATA)[0] if c.labelled)
     val = sorted(np.random.default_rng(0).choice(ids, REAL_VAL_CASES, replace=False).tolist())
     cases = {"train": [c for c in ids if c not in val], "val": val, "test": []}
-    return TrainConfig(model=model, data=str(REAL_DATA), epochs=epochs, max_minutes=max_minutes, cases=cases)
+    return TrainConfig(model=model, data=str(REAL_DATA), epochs=epochs, max_minutes=max_minutes, cases=cases,
+                       image_size=image_size)
 
 
 def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, trained: Path | None = None,
-         real: bool = False) -> Path:
+         real: bool = False, image_size: int = 128) -> Path:
     import torch
 
     from uad import checkpoints, fileio, runs
@@ -65,7 +66,8 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
     work = Path(tempfile.mkdtemp(prefix=f"uad-ship-{model}-"))
     try:
         if trained is None:
-            config = _real_config(model, epochs, max_minutes) if real else TrainConfig(model=model, epochs=epochs, max_minutes=max_minutes)
+            config = (_real_config(model, epochs, max_minutes, image_size) if real
+                      else TrainConfig(model=model, epochs=epochs, max_minutes=max_minutes, image_size=image_size))
             run = train(config, run_dir=work / "run")
         else:
             run = trained
@@ -136,6 +138,7 @@ def main() -> None:
     parser.add_argument("--dest", type=Path, default=REPO / "checkpoints")
     parser.add_argument("--run", type=Path, default=None, help="ship this completed run instead of training (one model)")
     parser.add_argument("--real", action="store_true", help=f"train on {REAL_DATA} into checkpoints/real/<model>/")
+    parser.add_argument("--image-size", type=int, default=128, help="working size (default 128)")
     args = parser.parse_args()
     if args.real and not REAL_DATA.is_dir():
         parser.error(f"--real needs the real data at {REAL_DATA}")
@@ -144,7 +147,7 @@ def main() -> None:
     dest = args.dest / "real" if args.real else args.dest
     for model in args.models:
         epochs = args.epochs or (REAL_EPOCHS[model] if args.real else EPOCHS[model])
-        ship(model, epochs, args.max_minutes, dest, args.run, real=args.real)
+        ship(model, epochs, args.max_minutes, dest, args.run, real=args.real, image_size=args.image_size)
 
 
 if __name__ == "__main__":
