@@ -7,11 +7,13 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import BRATS_AFFINE, NAMES_2023, REAL_CASE, phantom, write_case
 from uad.data import PreprocessConfig, SliceStore, build_store, discover_cases, load_case, preprocess_case, split_cases
 from uad.data import store as store_mod
+from uad.data.preprocess import SLICE_TABLE_COLUMNS, WorkingCase
 from uad.data.dataset import SliceDataset
 from uad.errors import ConfigError, DataError
 
@@ -211,6 +213,30 @@ def test_store_roundtrip_dataset_and_skip_report(make_cohort, tmp_path):
     assert len(healthy) == (~store.table.label).sum() < len(everything) == len(store.table)
     x = healthy[0]
     assert x.dtype.is_floating_point and tuple(x.shape) == (1, 64, 64)
+
+
+def test_store_and_fresh_preprocessing_give_the_same_working_case(make_cohort):
+    root = make_cohort(1)
+    cached = build_store(root, SMALL, workers=1, progress=False).case("BraTS2021_00000")
+    fresh = preprocess_case(discover_cases(root)[0][0], SMALL)
+    assert type(cached) is type(fresh) is WorkingCase
+    # The store keeps float16 memory-mapped; fresh preprocessing gives float32 in memory.
+    assert isinstance(cached.images, np.memmap) and cached.images.dtype == np.float16
+    assert fresh.images.dtype == np.float32
+    np.testing.assert_array_equal(cached.images, fresh.images.astype(np.float16))
+    for name in ("tumour", "brain"):
+        assert getattr(cached, name).dtype == getattr(fresh, name).dtype == bool
+        np.testing.assert_array_equal(getattr(cached, name), getattr(fresh, name))
+    assert list(fresh.table.columns) == list(SLICE_TABLE_COLUMNS)
+    pd.testing.assert_frame_equal(cached.table, fresh.table)
+    np.testing.assert_array_equal(cached.brain_pixels, fresh.brain_pixels)
+    assert cached.label.any() and cached.label.dtype == bool
+    assert cached.geometry.to_dict() == fresh.geometry.to_dict()
+    assert (cached.case_id, cached.labelled, cached.norm) == (fresh.case_id, fresh.labelled, fresh.norm)
+    loaded = cached.in_memory()  # what outlives the cache entry: float32, nothing mapped
+    assert type(loaded.images) is np.ndarray and loaded.images.dtype == np.float32
+    assert type(loaded.tumour) is np.ndarray and type(loaded.brain) is np.ndarray
+    np.testing.assert_allclose(loaded.images, fresh.images, atol=1e-3)
 
 
 def test_store_rebuilds_only_what_changed(make_cohort, monkeypatch):
