@@ -239,6 +239,42 @@ def test_store_and_fresh_preprocessing_give_the_same_working_case(make_cohort):
     np.testing.assert_allclose(loaded.images, fresh.images, atol=1e-3)
 
 
+def test_load_working_case_reads_an_up_to_date_cache_else_preprocesses(make_cohort, monkeypatch):
+    root = make_cohort(2)
+    cid = "BraTS2021_00000"
+    real = store_mod.preprocess_case
+    fresh_calls = []
+    monkeypatch.setattr(store_mod, "preprocess_case", lambda case, config: fresh_calls.append(case.case_id) or real(case, config))
+
+    fresh = store_mod.load_working_case(root, cid, SMALL)  # no cache yet: preprocessed now, nothing written
+    assert fresh_calls == [cid] and not store_mod.store_dir(root, SMALL).exists()
+    build_store(root, SMALL, workers=1, progress=False)
+    fresh_calls.clear()
+    cached = store_mod.load_working_case(root, cid, SMALL)
+    assert fresh_calls == []  # read from the cache ...
+    assert type(cached.images) is np.ndarray and cached.images.dtype == np.float32  # ... into memory, as float32
+    np.testing.assert_array_equal(cached.images, fresh.images.astype(np.float16).astype(np.float32))
+    pd.testing.assert_frame_equal(cached.table, fresh.table)
+
+    # The case's files change after the cache was built: the entry is stale, the case is preprocessed anew.
+    write_case(root, cid, *phantom(seed=9))
+    case = discover_cases(root)[0][0]
+    now = store_mod.load_working_case(root, case, SMALL)
+    assert fresh_calls == [cid]
+    np.testing.assert_array_equal(now.images, real(case, SMALL).images)
+    # A damaged entry of an unchanged case: the same fallback, no error.
+    other = "BraTS2021_00001"
+    images = store_mod.store_dir(root, SMALL) / "cases" / other / "images.npy"
+    images.write_bytes(images.read_bytes()[:-100])
+    assert store_mod.load_working_case(root, other, SMALL).case_id == other and fresh_calls[-1] == other
+
+    with pytest.raises(DataError, match="case nope is not in this folder"):
+        store_mod.load_working_case(root, "nope", SMALL)
+    write_case(root, "flair_only", {"flair": phantom()[0]["flair"]})
+    with pytest.raises(DataError, match="missing modality t2"):  # the user's to fix: no silent fallback
+        store_mod.load_working_case(root, "flair_only", PreprocessConfig(image_size=64, modalities=("flair", "t2")))
+
+
 def test_store_rebuilds_only_what_changed(make_cohort, monkeypatch):
     root = make_cohort(3)
     build_store(root, SMALL, workers=1, progress=False)

@@ -10,7 +10,7 @@ _WHERE = {
     "CaseVolumes": "volumes", "load_case": "volumes",
     "PreprocessConfig": "preprocess", "WorkingCase": "preprocess", "SliceGeometry": "preprocess",
     "preprocess_case": "preprocess",
-    "SliceStore": "store", "build_store": "store", "store_dir": "store",
+    "SliceStore": "store", "build_store": "store", "store_dir": "store", "load_working_case": "store",
     "DEFAULT_RATIOS": "splits", "parse_ratios": "splits", "split_cases": "splits",
 }
 __all__ = list(_WHERE)

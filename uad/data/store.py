@@ -18,7 +18,8 @@ file damaged afterwards (a disk filling up, a crash before the data reached the 
 next ``build_store`` (with a warning) instead of failing later in training or evaluation. Changing the
 config selects another folder; changing one case's files rebuilds only that case.
 
-``SliceStore.case`` reads a case back as a ``WorkingCase``, the type fresh preprocessing returns.
+``SliceStore.case`` reads a case back as a ``WorkingCase`` (the type fresh preprocessing returns), and
+``load_working_case`` is the one call for a single case: cached when up to date, else preprocessed now.
 """
 
 from __future__ import annotations
@@ -330,3 +331,39 @@ class SliceStore:
             "tumour_slice_fraction": float(labelled.label.mean()) if len(labelled) else float("nan"),
         }
 
+
+def load_working_case(
+    data_root: str | Path,
+    case: Case | str,
+    config: PreprocessConfig,
+    cache_root: str | Path | None = None,
+) -> WorkingCase:
+    """One case of ``data_root`` at working size: from the slice cache when its entry is up to date, else
+    preprocessed now. Nothing is built or written, so scoring one case never waits for a whole cache.
+
+    ``case`` is a discovered ``Case`` or a case id (looked up under ``data_root``). The cache is used only
+    when its manifest records this case with the fingerprint its files have now; a missing, stale or
+    damaged cache is not the caller's problem, so it falls back to preprocessing. Either way the result
+    is in memory with float32 images (``WorkingCase.in_memory``): it outlives a rebuild of the cache.
+    """
+    if isinstance(case, str):
+        case = _find_case(data_root, case)
+    case.require(config.modalities)  # a missing modality is the user's to fix: say so, do not fall back
+    try:
+        sdir = store_dir(data_root, config, cache_root)
+        if (sdir / "manifest.json").is_file():
+            store = SliceStore(sdir)
+            if store.manifest["cases"].get(case.case_id) == fingerprint(case, config):
+                return store.case(case.case_id).in_memory()
+    except UADError:
+        pass
+    return preprocess_case(case, config)
+
+
+def _find_case(data_root: str | Path, case_id: str) -> Case:
+    cases, skipped = discover_cases(data_root)
+    found = next((c for c in cases if c.case_id == case_id), None)
+    if found is not None:
+        return found
+    reason = next((s.reason for s in skipped if s.case_id == case_id), None)
+    raise DataError(data_root, f"case {case_id} " + (f"cannot be used: {reason}" if reason else "is not in this folder"))
