@@ -605,12 +605,11 @@ def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -
 @st.cache_resource(show_spinner=False, max_entries=6)
 def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_stamp: tuple):
     """Anomaly maps of a whole case, computed once per (checkpoint, case) and kept for the slider."""
-    from uad.score import ModelScorer, PostprocessConfig, score_slices
+    from uad import score
 
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
-    vs = score_slices(ModelScorer(ckpt.model, keep_reconstruction=True), prep.images, prep.brain, prep.brain_pixels,
-                      PostprocessConfig())
+    vs = score.score_case(score.ModelScorer(ckpt.model, keep_reconstruction=True), prep, score.PostprocessConfig())
     return prep, vs
 
 
