@@ -195,7 +195,7 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
         healthy = metrics.PixelAccumulator()
         for cid in calib_cases:
             case = store.case(cid)
-            ok = ~case.table.label.to_numpy()
+            ok = ~case.label
             if ok.any():
                 vs = score_case(scorer, case, post, ok)
                 healthy.update_healthy(vs.maps, vs.mask)
@@ -213,7 +213,7 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
             if maps_dir is not None and scorer is scorers[0]:
                 write_nifti(vs.maps, case.geometry, maps_dir / f"{cid}_anomaly.nii.gz")
             if case.labelled:
-                _tally_case(tallies[scorer.name], cid, table.label.to_numpy(), vs, np.asarray(case.tumour), post)
+                _tally_case(tallies[scorer.name], cid, case.label, vs, np.asarray(case.tumour), post)
         for i, r in enumerate(table.itertuples()):
             rows.append({
                 "case_id": cid, "slice_index": int(r.slice_index),
