@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -24,6 +24,9 @@ import streamlit as st
 from uad import fileio, paths, runs
 from uad.data.cases import MODALITIES, Case, discover_cases
 from uad.errors import UADError
+
+if TYPE_CHECKING:
+    from uad.data.preprocess import WorkingCase
 
 REPO_ROOT = paths.REPO_ROOT
 # What bad input (files, folders, checkpoints) can raise: shown as a message on the page, never a traceback.
@@ -589,58 +592,24 @@ def load_checkpoint(run_dir: str, stamp: tuple):
     return checkpoints.load(run_dir)
 
 
-@dataclasses.dataclass
-class Prepared:
-    """One case at the checkpoint's working size: what the model sees, plus masks and per-slice table."""
-
-    case_id: str
-    images: np.ndarray  # (S, C, H, W)
-    tumour: np.ndarray  # (S, H, W) bool
-    brain: np.ndarray  # (S, H, W) bool
-    slice_index: np.ndarray  # (S,) index in the source file
-    tumour_pixels: np.ndarray  # (S,)
-    brain_pixels: np.ndarray  # (S,)
-    labelled: bool
-    geometry: Any
-
-
 @st.cache_resource(show_spinner=False, max_entries=6)
-def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -> Prepared:
-    """The case from the slice cache when it is up to date there (fast), else preprocessed now."""
-    from uad.data.preprocess import PreprocessConfig, preprocess_case
-    from uad.data.store import SliceStore, fingerprint, store_dir
+def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -> WorkingCase:
+    """``uad.data.store.load_working_case``, kept per case, config and files (``stamp`` changes with them)."""
+    from uad.data.preprocess import PreprocessConfig
+    from uad.data.store import load_working_case
 
-    config = PreprocessConfig.from_dict(dict(preprocess_key))
-    case = find_case(Path(root), case_id)
-    if case is None:
-        raise UADError(f"case {case_id} is no longer in {root}")
-    case.require(config.modalities)
-    try:
-        sdir = store_dir(root, config)
-        if (sdir / "manifest.json").is_file():
-            store = SliceStore(sdir)
-            if store.manifest["cases"].get(case_id) == fingerprint(case, config):
-                c = store.case(case_id)
-                t = c.table
-                return Prepared(case_id, np.asarray(c.images, np.float32), np.asarray(c.tumour), np.asarray(c.brain),
-                                t.slice_index.to_numpy(), t.tumour_pixels.to_numpy(), t.brain_pixels.to_numpy(),
-                                c.labelled, c.geometry)
-    except UADError:
-        pass  # a stale or broken cache is not the user's problem here: preprocess directly
-    pre = preprocess_case(case, config)
-    return Prepared(case_id, pre.images, pre.tumour, pre.brain, pre.slice_index, pre.tumour_pixels, pre.brain_pixels,
-                    pre.labelled, pre.geometry)
+    # The app's cached discovery spares a folder scan; a case gone since then is looked up (and reported) by uad.
+    return load_working_case(root, find_case(Path(root), case_id) or case_id, PreprocessConfig.from_dict(dict(preprocess_key)))
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
 def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_stamp: tuple):
     """Anomaly maps of a whole case, computed once per (checkpoint, case) and kept for the slider."""
-    from uad.score import ModelScorer, PostprocessConfig, score_slices
+    from uad import score
 
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
-    vs = score_slices(ModelScorer(ckpt.model, keep_reconstruction=True), prep.images, prep.brain, prep.brain_pixels,
-                      PostprocessConfig())
+    vs = score.score_case(score.ModelScorer(ckpt.model, keep_reconstruction=True), prep, score.PostprocessConfig())
     return prep, vs
 
 

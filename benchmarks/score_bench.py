@@ -21,7 +21,7 @@ from uad import checkpoints  # noqa: E402
 from uad.data.cases import discover_cases  # noqa: E402
 from uad.data.demo import ensure_demo  # noqa: E402
 from uad.data.preprocess import preprocess_case  # noqa: E402
-from uad.score import ModelScorer, PostprocessConfig, score_slices, write_nifti  # noqa: E402
+from uad.score import ModelScorer, PostprocessConfig, score_case, write_nifti  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         t0 = time.perf_counter()
         pre = preprocess_case(case, ckpt.preprocess)
         t1 = time.perf_counter()
-        vs = score_slices(scorer, pre.images, pre.brain, pre.brain_pixels, PostprocessConfig())
+        vs = score_case(scorer, pre, PostprocessConfig())
         t2 = time.perf_counter()
         write_nifti(vs.maps, pre.geometry, out / f"{case.case_id}_anomaly.nii.gz")
         t3 = time.perf_counter()

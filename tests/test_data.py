@@ -8,11 +8,13 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import BRATS_AFFINE, NAMES_2023, REAL_CASE, phantom, write_case
 from uad.data import PreprocessConfig, SliceStore, build_store, discover_cases, load_case, preprocess_case, split_cases
 from uad.data import store as store_mod
+from uad.data.preprocess import SLICE_TABLE_COLUMNS, WorkingCase
 from uad.data.dataset import SliceDataset
 from uad.errors import ConfigError, DataError
 
@@ -212,6 +214,66 @@ def test_store_roundtrip_dataset_and_skip_report(make_cohort, tmp_path):
     assert len(healthy) == (~store.table.label).sum() < len(everything) == len(store.table)
     x = healthy[0]
     assert x.dtype.is_floating_point and tuple(x.shape) == (1, 64, 64)
+
+
+def test_store_and_fresh_preprocessing_give_the_same_working_case(make_cohort):
+    root = make_cohort(1)
+    cached = build_store(root, SMALL, workers=1, progress=False).case("BraTS2021_00000")
+    fresh = preprocess_case(discover_cases(root)[0][0], SMALL)
+    assert type(cached) is type(fresh) is WorkingCase
+    # The store keeps float16 memory-mapped; fresh preprocessing gives float32 in memory.
+    assert isinstance(cached.images, np.memmap) and cached.images.dtype == np.float16
+    assert fresh.images.dtype == np.float32
+    np.testing.assert_array_equal(cached.images, fresh.images.astype(np.float16))
+    for name in ("tumour", "brain"):
+        assert getattr(cached, name).dtype == getattr(fresh, name).dtype == bool
+        np.testing.assert_array_equal(getattr(cached, name), getattr(fresh, name))
+    assert list(fresh.table.columns) == list(SLICE_TABLE_COLUMNS)
+    pd.testing.assert_frame_equal(cached.table, fresh.table)
+    np.testing.assert_array_equal(cached.brain_pixels, fresh.brain_pixels)
+    assert cached.label.any() and cached.label.dtype == bool
+    assert cached.geometry.to_dict() == fresh.geometry.to_dict()
+    assert (cached.case_id, cached.labelled, cached.norm) == (fresh.case_id, fresh.labelled, fresh.norm)
+    loaded = cached.in_memory()  # what outlives the cache entry: float32, nothing mapped
+    assert type(loaded.images) is np.ndarray and loaded.images.dtype == np.float32
+    assert type(loaded.tumour) is np.ndarray and type(loaded.brain) is np.ndarray
+    np.testing.assert_allclose(loaded.images, fresh.images, atol=1e-3)
+
+
+def test_load_working_case_reads_an_up_to_date_cache_else_preprocesses(make_cohort, monkeypatch):
+    root = make_cohort(2)
+    cid = "BraTS2021_00000"
+    real = store_mod.preprocess_case
+    fresh_calls = []
+    monkeypatch.setattr(store_mod, "preprocess_case", lambda case, config: fresh_calls.append(case.case_id) or real(case, config))
+
+    fresh = store_mod.load_working_case(root, cid, SMALL)  # no cache yet: preprocessed now, nothing written
+    assert fresh_calls == [cid] and not store_mod.store_dir(root, SMALL).exists()
+    build_store(root, SMALL, workers=1, progress=False)
+    fresh_calls.clear()
+    cached = store_mod.load_working_case(root, cid, SMALL)
+    assert fresh_calls == []  # read from the cache ...
+    assert type(cached.images) is np.ndarray and cached.images.dtype == np.float32  # ... into memory, as float32
+    np.testing.assert_array_equal(cached.images, fresh.images.astype(np.float16).astype(np.float32))
+    pd.testing.assert_frame_equal(cached.table, fresh.table)
+
+    # The case's files change after the cache was built: the entry is stale, the case is preprocessed anew.
+    write_case(root, cid, *phantom(seed=9))
+    case = discover_cases(root)[0][0]
+    now = store_mod.load_working_case(root, case, SMALL)
+    assert fresh_calls == [cid]
+    np.testing.assert_array_equal(now.images, real(case, SMALL).images)
+    # A damaged entry of an unchanged case: the same fallback, no error.
+    other = "BraTS2021_00001"
+    images = store_mod.store_dir(root, SMALL) / "cases" / other / "images.npy"
+    images.write_bytes(images.read_bytes()[:-100])
+    assert store_mod.load_working_case(root, other, SMALL).case_id == other and fresh_calls[-1] == other
+
+    with pytest.raises(DataError, match="case nope is not in this folder"):
+        store_mod.load_working_case(root, "nope", SMALL)
+    write_case(root, "flair_only", {"flair": phantom()[0]["flair"]})
+    with pytest.raises(DataError, match="missing modality t2"):  # the user's to fix: no silent fallback
+        store_mod.load_working_case(root, "flair_only", PreprocessConfig(image_size=64, modalities=("flair", "t2")))
 
 
 def test_store_rebuilds_only_what_changed(make_cohort, monkeypatch):

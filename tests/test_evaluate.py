@@ -14,7 +14,7 @@ from conftest import BRATS_AFFINE, phantom, write_case
 from uad.cli import main as cli
 from uad.data import PreprocessConfig, discover_cases, preprocess_case
 from uad.evaluate import evaluate
-from uad.score import IntensityBaseline, PostprocessConfig, score_slices, threshold_maps, write_nifti
+from uad.score import IntensityBaseline, PostprocessConfig, score_case, threshold_maps, write_nifti
 from uad.train import TrainConfig, train
 
 
@@ -46,7 +46,7 @@ def test_planted_blob_lands_on_the_right_voxels_of_the_exported_map(tmp_path):
     case = discover_cases(tmp_path)[0][0]
     # Scale by the maximum (not the 99th percentile) so only the blob is near 1 in the map.
     pre = preprocess_case(case, PreprocessConfig(image_size=64, percentile_high=100))
-    vs = score_slices(IntensityBaseline(), pre.images, pre.brain, pre.brain_pixels, PostprocessConfig(erode_brain=0, median_size=0))
+    vs = score_case(IntensityBaseline(), pre, PostprocessConfig(erode_brain=0, median_size=0))
     out = write_nifti(vs.maps, pre.geometry, tmp_path / "C_anomaly.nii.gz")
     img = nib.load(str(out))
     assert img.shape == vols["flair"].shape
@@ -148,6 +148,6 @@ def test_shipped_checkpoints_load_and_score_a_demo_case(folder, demo_case):
     assert ckpt.model.name == folder.name and ckpt.info["weights_dtype"] == "float16"
     assert (folder / "eval" / "metrics.json").is_file()
     pre = preprocess_case(demo_case, ckpt.preprocess)
-    vs = score_slices(ModelScorer(ckpt.model), pre.images, pre.brain, pre.brain_pixels, PostprocessConfig())
+    vs = score_case(ModelScorer(ckpt.model), pre, PostprocessConfig())
     assert vs.maps.shape == pre.tumour.shape and np.isfinite(vs.maps).all() and np.isfinite(vs.scores).all()
     assert vs.maps[vs.mask].max() > 0

@@ -293,9 +293,9 @@ def cmd_score(args) -> int:
 
     from uad import checkpoints
     from uad.data.cases import discover_cases
-    from uad.data.preprocess import preprocess_case
+    from uad.data.store import load_working_case
     from uad.errors import DataError
-    from uad.score import ModelScorer, score_slices, write_nifti
+    from uad.score import ModelScorer, score_case, write_nifti
 
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
@@ -306,8 +306,10 @@ def cmd_score(args) -> int:
         reason = f"; skipped: {skipped[0].reason}" if skipped else ""
         raise DataError(args.case, f"expected one case folder, found {len(cases)} cases{reason}")
     case = cases[0]
-    pre = preprocess_case(case, ckpt.preprocess)
-    vs = score_slices(ModelScorer(ckpt.model, device=args.device or "cpu"), pre.images, pre.brain, pre.brain_pixels, _post_config(args))
+    # The folder holding the case is the dataset root a slice cache (prepare, train, evaluate) is keyed by;
+    # a case cached under another root is preprocessed now, which only costs time.
+    pre = load_working_case(case.folder.parent, case, ckpt.preprocess)
+    vs = score_case(ModelScorer(ckpt.model, device=args.device or "cpu"), pre, _post_config(args))
     path = write_nifti(vs.maps, pre.geometry, Path(args.out) / f"{case.case_id}_anomaly.nii.gz")
     print(f"wrote {path} ({time.perf_counter() - t0:.2f} s)")
     return 0

@@ -21,7 +21,7 @@ from uad.data.demo import resolve_data_root
 from uad.data.splits import split_cases
 from uad.data.store import SliceStore, build_store
 from uad.errors import ConfigError
-from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline, score_slices, threshold_maps, write_nifti
+from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline, score_case, threshold_maps, write_nifti
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
@@ -195,9 +195,9 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
         healthy = metrics.PixelAccumulator()
         for cid in calib_cases:
             case = store.case(cid)
-            ok = ~case.table.label.to_numpy()
+            ok = ~case.label
             if ok.any():
-                vs = _score_case(scorer, case, post, ok)
+                vs = score_case(scorer, case, post, ok)
                 healthy.update_healthy(vs.maps, vs.mask)
         tallies[scorer.name] = _Tally(thresholds=metrics.healthy_fpr_thresholds(healthy))
 
@@ -208,12 +208,12 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
         table = case.table
         per_case_scores = {}
         for scorer in scorers:
-            vs = _score_case(scorer, case, post)
+            vs = score_case(scorer, case, post)
             per_case_scores[scorer.name] = vs.scores
             if maps_dir is not None and scorer is scorers[0]:
                 write_nifti(vs.maps, case.geometry, maps_dir / f"{cid}_anomaly.nii.gz")
             if case.labelled:
-                _tally_case(tallies[scorer.name], cid, table.label.to_numpy(), vs, np.asarray(case.tumour), post)
+                _tally_case(tallies[scorer.name], cid, case.label, vs, np.asarray(case.tumour), post)
         for i, r in enumerate(table.itertuples()):
             rows.append({
                 "case_id": cid, "slice_index": int(r.slice_index),
@@ -241,13 +241,6 @@ def merge_tallies(parts: list["_Tally"]) -> "_Tally":
         merged.labels += p.labels
         merged.scores += p.scores
     return merged
-
-
-def _score_case(scorer, case, post: PostprocessConfig, rows: np.ndarray | None = None):
-    images, brain, pixels = case.images, case.brain, case.table.brain_pixels.to_numpy()
-    if rows is not None:
-        images, brain, pixels = images[rows], brain[rows], pixels[rows]
-    return score_slices(scorer, images, brain, pixels, post)
 
 
 def _tally_case(t: _Tally, cid: str, labels: np.ndarray, vs, tumour: np.ndarray, post: PostprocessConfig) -> None:

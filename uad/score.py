@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uad import fileio
-from uad.data.preprocess import SliceGeometry
+from uad.data.preprocess import SliceGeometry, WorkingCase
 from uad.errors import ConfigError
 
 BASELINES = ("intensity", "brain_area")
@@ -167,6 +167,14 @@ def score_slices(scorer: Scorer, images, brain, brain_pixels, config: Postproces
     raw, own, recon = scorer.raw(images, brain, brain_pixels)
     maps, mask = postprocess(raw, brain, config)
     return VolumeScores(maps, slice_scores(maps, mask, config, own), mask, recon)
+
+
+def score_case(scorer: Scorer, case: WorkingCase, config: PostprocessConfig, rows: np.ndarray | None = None) -> VolumeScores:
+    """Score a case (or the slices ``rows`` selects), fresh or from the slice store alike."""
+    images, brain, pixels = case.images, case.brain, case.brain_pixels
+    if rows is not None:
+        images, brain, pixels = images[rows], brain[rows], pixels[rows]
+    return score_slices(scorer, images, brain, pixels, config)
 
 
 def threshold_maps(maps: np.ndarray, threshold: float, min_component: int = 0) -> np.ndarray:

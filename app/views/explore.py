@@ -8,6 +8,7 @@ import streamlit as st
 import ui
 from uad import metrics, runs
 from uad.data.demo import demo_ready
+from uad.data.preprocess import WorkingCase
 from uad.score import nifti_bytes, threshold_maps
 
 DISPLAY_PX = 256  # working-size slices are enlarged to about this many pixels (crisp contours, cheap PNGs)
@@ -30,13 +31,13 @@ def _set(key: str, value) -> None:
 
 
 @st.fragment
-def _viewer(prep: ui.Prepared, vs, presets: list[tuple[float, float]], vmax: float, hi: float, modalities: list[str], key: str) -> None:
+def _viewer(prep: WorkingCase, vs, presets: list[tuple[float, float]], vmax: float, hi: float, modalities: list[str], key: str) -> None:
     # A fragment: moving a slider reruns only this, not the page.
     with ui.timed("explore_viewer"):
         _viewer_body(prep, vs, presets, vmax, hi, modalities, key)
 
 
-def _viewer_body(prep: ui.Prepared, vs, presets: list[tuple[float, float]], vmax: float, hi: float, modalities: list[str], key: str) -> None:
+def _viewer_body(prep: WorkingCase, vs, presets: list[tuple[float, float]], vmax: float, hi: float, modalities: list[str], key: str) -> None:
     S = len(prep.slice_index)
     thr_key, slice_key = f"thr::{key}", f"slice::{key}"
     if thr_key not in st.session_state:
@@ -117,7 +118,7 @@ def _viewer_body(prep: ui.Prepared, vs, presets: list[tuple[float, float]], vmax
     st.plotly_chart(fig, width="stretch", key=f"strip::{key}", config={"displayModeBar": False})
 
 
-def _download(v: ui.RunView, prep: ui.Prepared, vs, case_id: str) -> None:
+def _download(v: ui.RunView, prep: WorkingCase, vs, case_id: str) -> None:
     # Built only when clicked: the inverse resampling to the source grid takes a fraction of a second.
     st.download_button("Download this volume's anomaly map (NIfTI, source grid)", data=lambda: nifti_bytes(vs.maps, prep.geometry),
                        file_name=f"{case_id}_{v.info.model}_anomaly.nii.gz", mime="application/gzip", key="explore_download",

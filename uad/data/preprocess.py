@@ -2,15 +2,16 @@
 
 One ``PreprocessConfig`` drives it and is saved with everything built from it (slice cache, checkpoints,
 evaluations). ``SliceGeometry`` records how a volume became slices, so maps can be sent back to the
-source grid (``to_source``).
+source grid (``to_source``). ``WorkingCase`` is a case at working size, fresh from here or read back
+from the slice store (``uad.data.store``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,6 +20,9 @@ from scipy import ndimage as ndi
 from uad.data.cases import Case, check_modalities
 from uad.data.volumes import CaseVolumes, load_case
 from uad.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: PreprocessConfig alone must stay light
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -119,19 +123,52 @@ class SliceGeometry:
         return np.ascontiguousarray(o.apply_orientation(canonical, back))
 
 
+# The per-slice table of a WorkingCase; counts are in the original (source-resolution) slice.
+SLICE_TABLE_COLUMNS = ("slice_index", "label", "tumour_pixels", "brain_pixels")
+
+
 @dataclass
-class PreprocessedCase:
+class WorkingCase:
+    """One case at working size: what a model sees, its masks, and one table row per kept slice.
+
+    The one type for a case after preprocessing, wherever it comes from: ``preprocess_case`` returns
+    float32 arrays in memory; ``SliceStore.case`` returns memory-mapped arrays with ``images`` in float16
+    as stored (scorers convert each batch to float32). ``in_memory`` turns the latter into the former.
+    """
+
     case_id: str
-    images: np.ndarray  # (S, C, size, size) float32 in [0, 1]
+    images: np.ndarray  # (S, C, size, size) in [0, 1]
     tumour: np.ndarray  # (S, size, size) bool; all False when unlabelled
     brain: np.ndarray  # (S, size, size) bool
-    slice_index: np.ndarray  # (S,) axial index in the source file
-    label: np.ndarray  # (S,) bool: any tumour voxel in the original slice
-    tumour_pixels: np.ndarray  # (S,) tumour voxels in the original slice
-    brain_pixels: np.ndarray  # (S,) brain voxels in the original slice
-    labelled: bool
+    table: pd.DataFrame  # SLICE_TABLE_COLUMNS: axial index in the source file, any tumour, tumour and brain voxels
     geometry: SliceGeometry
+    labelled: bool
     norm: list[tuple[float, float]] = field(default_factory=list)  # per channel (low, high) intensities
+
+    @property
+    def slice_index(self) -> np.ndarray:
+        return self.table["slice_index"].to_numpy()
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.table["label"].to_numpy()
+
+    @property
+    def tumour_pixels(self) -> np.ndarray:
+        return self.table["tumour_pixels"].to_numpy()
+
+    @property
+    def brain_pixels(self) -> np.ndarray:
+        return self.table["brain_pixels"].to_numpy()
+
+    def in_memory(self) -> "WorkingCase":
+        """A copy with float32 images and every array read into memory, as fresh preprocessing gives.
+
+        What outlives the cache entry it came from (a rebuild replaces its files) and needs no
+        conversion per use (the app keeps it across reruns).
+        """
+        return replace(self, images=np.array(self.images, np.float32), tumour=np.array(self.tumour, bool),
+                       brain=np.array(self.brain, bool), table=self.table.copy(), norm=list(self.norm))
 
 
 def display_stack(canonical: np.ndarray) -> np.ndarray:
@@ -175,7 +212,9 @@ def normalise(volume: np.ndarray, mask: np.ndarray, low: float, high: float) -> 
     return out, (float(lo), float(hi))
 
 
-def preprocess_volumes(vols: CaseVolumes, config: PreprocessConfig) -> PreprocessedCase:
+def preprocess_volumes(vols: CaseVolumes, config: PreprocessConfig) -> WorkingCase:
+    import pandas as pd
+
     mask = brain_mask(vols.images)
     if not mask.any():
         raise DataError(vols.case_id, "empty brain mask")
@@ -197,22 +236,25 @@ def preprocess_volumes(vols: CaseVolumes, config: PreprocessConfig) -> Preproces
     else:
         tumour = np.zeros_like(brain)
         tumour_pixels = np.zeros(len(kept), np.int64)
-    return PreprocessedCase(
+    table = pd.DataFrame({
+        "slice_index": np.array([vols.source_axial_index(int(k)) for k in kept], np.int64),
+        "label": tumour_pixels > 0,
+        "tumour_pixels": tumour_pixels.astype(np.int64),
+        "brain_pixels": area[kept].astype(np.int64),
+    })
+    return WorkingCase(
         case_id=vols.case_id,
         images=images.astype(np.float32),
         tumour=tumour,
         brain=brain,
-        slice_index=np.array([vols.source_axial_index(int(k)) for k in kept], np.int64),
-        label=tumour_pixels > 0,
-        tumour_pixels=tumour_pixels.astype(np.int64),
-        brain_pixels=area[kept].astype(np.int64),
-        labelled=vols.tumour is not None,
+        table=table,
         geometry=geometry,
+        labelled=vols.tumour is not None,
         norm=norm,
     )
 
 
-def preprocess_case(case: Case, config: PreprocessConfig) -> PreprocessedCase:
+def preprocess_case(case: Case, config: PreprocessConfig) -> WorkingCase:
     return preprocess_volumes(load_case(case, config.modalities), config)
 
 

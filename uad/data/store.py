@@ -19,6 +19,9 @@ rename, and checked against the sizes and hashes in meta.json whenever a case is
 file damaged afterwards (a disk filling up, a crash before the data reached the disk) is rebuilt by the
 next ``build_store`` (with a warning) instead of failing later in training or evaluation. Changing the
 config selects another folder; changing one case's files rebuilds only that case.
+
+``SliceStore.case`` reads a case back as a ``WorkingCase`` (the type fresh preprocessing returns), and
+``load_working_case`` is the one call for a single case: cached when up to date, else preprocessed now.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import shutil
 import time
 import weakref
 from concurrent.futures import as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ import pandas as pd
 from uad import fileio, paths
 from uad.data import cache
 from uad.data.cases import Case, Skipped, discover_cases
-from uad.data.preprocess import PreprocessConfig, SliceGeometry, preprocess_case
+from uad.data.preprocess import SLICE_TABLE_COLUMNS, PreprocessConfig, SliceGeometry, WorkingCase, preprocess_case
 from uad.errors import DataError, UADError
 from uad.workers import spawn_pool, submit_all
 
@@ -49,7 +51,6 @@ log = logging.getLogger("uad.data.store")
 STORE_VERSION = 2  # 2: meta.json records each array file's size and sampled hash
 ARRAYS = ("images", "tumour", "brain")
 HASH_SAMPLE = 1 << 16  # bytes hashed at each end of an array file: cheap to check on every reuse
-SLICE_COLUMNS = ["case_id", "slice_index", "label", "tumour_pixels", "brain_pixels"]
 
 
 def fingerprint(case: Case, config: PreprocessConfig) -> dict[str, Any]:
@@ -80,12 +81,7 @@ def _write_case(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) 
             "case_id": case.case_id,
             "fingerprint": fp,
             "labelled": pre.labelled,
-            "slices": {
-                "slice_index": pre.slice_index.tolist(),
-                "label": pre.label.tolist(),
-                "tumour_pixels": pre.tumour_pixels.tolist(),
-                "brain_pixels": pre.brain_pixels.tolist(),
-            },
+            "slices": {col: pre.table[col].tolist() for col in SLICE_TABLE_COLUMNS},
             "geometry": pre.geometry.to_dict(),
             "norm": [list(n) for n in pre.norm],
             "files": files,
@@ -286,19 +282,6 @@ def _remove_stale(root: Path, keep: set[str]) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-@dataclass
-class CaseSlices:
-    """One cached case: memory-mapped arrays plus its per-slice table and geometry."""
-
-    case_id: str
-    images: np.ndarray  # (S, C, H, W) float16, memory-mapped
-    tumour: np.ndarray  # (S, H, W) bool, memory-mapped
-    brain: np.ndarray  # (S, H, W) bool, memory-mapped
-    table: pd.DataFrame
-    geometry: SliceGeometry
-    labelled: bool
-
-
 class SliceStore:
     """Read side of the cache. Open with ``build_store`` (builds what is missing) or ``SliceStore(path)``."""
 
@@ -320,7 +303,7 @@ class SliceStore:
         self.config = PreprocessConfig.from_dict(self.manifest["config"])
         self.case_ids: list[str] = list(self.manifest["cases"])
         self.skipped = [Skipped(cid, reason) for cid, reason in self.manifest.get("skipped", [])]
-        self._cases: dict[str, CaseSlices] = {}
+        self._cases: dict[str, WorkingCase] = {}
         self._labelled: dict[str, bool] = {}
         self.table = self._load_table()
 
@@ -343,7 +326,8 @@ class SliceStore:
             raise DataError(case_dir, "cached case is missing or out of date; rebuild with `python -m uad prepare`")
         return meta
 
-    def case(self, case_id: str) -> CaseSlices:
+    def case(self, case_id: str) -> WorkingCase:
+        """The cached case, its arrays memory-mapped (``images`` float16, as stored)."""
         if case_id not in self._cases:
             if case_id not in self.manifest["cases"]:
                 raise DataError(self.root, f"case {case_id} is not in this slice cache")
@@ -358,10 +342,12 @@ class SliceStore:
                     arrays[name] = np.load(case_dir / f"{name}.npy", mmap_mode="r")
                 except (OSError, ValueError) as exc:
                     raise DataError(case_dir / f"{name}.npy", f"unreadable cache file ({exc})") from None
-            self._cases[case_id] = CaseSlices(
+            rows = self.table.case_id == case_id
+            self._cases[case_id] = WorkingCase(
                 case_id, arrays["images"], arrays["tumour"], arrays["brain"],
-                self.table[self.table.case_id == case_id].reset_index(drop=True),
+                self.table.loc[rows, list(SLICE_TABLE_COLUMNS)].reset_index(drop=True),
                 SliceGeometry.from_dict(meta["geometry"]), bool(meta["labelled"]),
+                [(float(lo), float(hi)) for lo, hi in meta.get("norm", [])],
             )
         return self._cases[case_id]
 
@@ -395,3 +381,40 @@ class SliceStore:
             "tumour_slices": int(labelled.label.sum()),
             "tumour_slice_fraction": float(labelled.label.mean()) if len(labelled) else float("nan"),
         }
+
+
+def load_working_case(
+    data_root: str | Path,
+    case: Case | str,
+    config: PreprocessConfig,
+    cache_root: str | Path | None = None,
+) -> WorkingCase:
+    """One case of ``data_root`` at working size: from the slice cache when its entry is up to date, else
+    preprocessed now. Nothing is built or written, so scoring one case never waits for a whole cache.
+
+    ``case`` is a discovered ``Case`` or a case id (looked up under ``data_root``). The cache is used only
+    when its manifest records this case with the fingerprint its files have now; a missing, stale or
+    damaged cache is not the caller's problem, so it falls back to preprocessing. Either way the result
+    is in memory with float32 images (``WorkingCase.in_memory``): it outlives a rebuild of the cache.
+    """
+    if isinstance(case, str):
+        case = _find_case(data_root, case)
+    case.require(config.modalities)  # a missing modality is the user's to fix: say so, do not fall back
+    try:
+        sdir = store_dir(data_root, config, cache_root)
+        if (sdir / "manifest.json").is_file():
+            store = SliceStore(sdir)
+            if store.manifest["cases"].get(case.case_id) == fingerprint(case, config):
+                return store.case(case.case_id).in_memory()
+    except UADError:
+        pass
+    return preprocess_case(case, config)
+
+
+def _find_case(data_root: str | Path, case_id: str) -> Case:
+    cases, skipped = discover_cases(data_root)
+    found = next((c for c in cases if c.case_id == case_id), None)
+    if found is not None:
+        return found
+    reason = next((s.reason for s in skipped if s.case_id == case_id), None)
+    raise DataError(data_root, f"case {case_id} " + (f"cannot be used: {reason}" if reason else "is not in this folder"))
