@@ -84,14 +84,14 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
         staging = dest_root / f".{model}.new"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        for name in ("config.json", "status.json", "metrics.jsonl"):
+        for name in ("status.json", "metrics.jsonl"):
             shutil.copy2(run / name, staging / name)
+        fileio.write_json(staging / "config.json", portable(fileio.read_json(run / "config.json")))
         drift = _map_drift(full.model, _rounded_to_half(full.model), full.preprocess, REAL_DATA if real else None)
         info = {**full.info, "shipped": {"train_seconds": round(train_s, 1), "weights": "float16",
                                          "float16_max_abs_map_difference": drift},
                 "training_data": provenance.REAL_DEV if real else provenance.DEMO}
-        # Portable: the data root relative to the repository, never this machine's absolute path.
-        info["data"] = {**info["data"], "root": os.path.relpath(info["data"]["root"], REPO)}
+        info = portable(info)
         checkpoints.save(staging / "best", full.model, info, dtype=torch.float16)
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
@@ -105,6 +105,18 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
         return dest
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def portable(obj):
+    """``obj`` with every absolute path on this machine rewritten relative to the repository (shipped files
+    must name no machine's folders; ``uad`` resolves relative data roots against the repository)."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and (obj.startswith(str(REPO.parent)) or obj.startswith(tempfile.gettempdir())):
+        return os.path.relpath(obj, REPO)
+    return obj
 
 
 def _rounded_to_half(model):
