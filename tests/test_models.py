@@ -148,9 +148,9 @@ def test_autoencoder_loss_decreases_on_a_fixed_batch():
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
-def test_autoencoder_defaults_to_denoising_and_keeps_the_dense_msc_variant():
+def test_autoencoder_defaults_to_a_denoising_unet_and_keeps_the_spatial_and_dense_msc_variants():
     model = create_model("ae", image_size=64, noise_res=8)
-    assert model.hparams["bottleneck"] == "spatial" and model.noise_std == 0.2
+    assert model.hparams["bottleneck"] == "unet" and model.hparams["residual"] == "positive" and model.noise_std == 0.2
     x = brain_batch(2, 1, 64)
     noise = coarse_noise(x, 0.2, 8)
     assert (noise[x == 0] == 0).all() and noise[x > 0].abs().mean() > 0.01
@@ -159,9 +159,10 @@ def test_autoencoder_defaults_to_denoising_and_keeps_the_dense_msc_variant():
     model.eval()
     assert model.reconstruct(x).shape == x.shape
 
-    dense = create_model("ae", image_size=64, bottleneck="dense", noise_std=0.0)
-    assert dense.training_step(x, dense.configure_optimizers(1e-3), 0.0)["loss"] > 0
-    assert dense.eval().reconstruct(x).shape == x.shape
+    for variant in ({"bottleneck": "dense", "noise_std": 0.0, "residual": "abs"}, {"bottleneck": "spatial"}):
+        other = create_model("ae", image_size=64, **variant)
+        assert other.training_step(x, other.configure_optimizers(1e-3), 0.0)["loss"] > 0
+        assert other.eval().reconstruct(x).shape == x.shape
 
 
 @pytest.mark.parametrize("name", ["autoencoder", "ganomaly", "vit"])

@@ -156,7 +156,7 @@ def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
 
     resized = variant("resized")
     info = json.loads((resized / "checkpoint.json").read_text())
-    info["hparams"]["latent_dim"] = 7
+    info["hparams"]["base_channels"] = 7  # every layer's shape changes (latent_dim is unused by the U-Net)
     (resized / "checkpoint.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
         checkpoints.load(resized)
@@ -280,7 +280,8 @@ def test_a_diverged_run_fails_and_leaves_no_nan_checkpoint(cohort, tmp_path, cap
     assert main(["evaluate", "--run", str(run)]) == 2  # a clear error, not a traceback
     assert "no checkpoint here" in capsys.readouterr().err
     assert main(["train", *base, "--lr", "inf", "--out", str(tmp_path / "inf")]) == 2
-    assert "learning rate must be a finite number > 0, got inf" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "finite number" in err and "inf" in err and "Traceback" not in err
 
 
 def test_a_nan_loss_keeps_the_good_checkpoints(cohort, tmp_path, monkeypatch):
