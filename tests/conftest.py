@@ -66,3 +66,20 @@ def isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("UAD_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("UAD_CACHE_DIR", raising=False)
     return tmp_path / "home"
+
+
+def wait_for_streamlit(port: int, proc, log_path: Path, timeout: float = 60.0) -> None:
+    """Poll the server's health endpoint until it answers ``ok``; fail with its log if it dies or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
+                return
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            pytest.fail(f"streamlit did not start:\n{Path(log_path).read_text()[-3000:]}")
+        time.sleep(0.2)

@@ -12,13 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import wait_for_streamlit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "app"))  # the app's helper module, as Home.py imports it
@@ -61,16 +61,7 @@ def _server(argv: list[str], port: int, cwd: Path):
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for_streamlit(port, proc, log, timeout=90)
         yield log
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
