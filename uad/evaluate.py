@@ -199,6 +199,7 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
             if ok.any():
                 vs = score_case(scorer, case, post, ok)
                 healthy.update_healthy(vs.maps, vs.mask)
+            store.release(cid)
         tallies[scorer.name] = _Tally(thresholds=metrics.healthy_fpr_thresholds(healthy))
 
     # 2. Score every evaluated slice with every scorer.
@@ -221,6 +222,7 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
                 "brain_pixels": int(r.brain_pixels), "score": float(per_case_scores[scorers[0].name][i]),
                 **{f"score_{s.name}": float(per_case_scores[s.name][i]) for s in scorers[1:]},
             })
+        store.release(cid)
     return tallies, rows
 
 

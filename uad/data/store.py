@@ -326,6 +326,12 @@ class SliceStore:
             raise DataError(case_dir, "cached case is missing or out of date; rebuild with `python -m uad prepare`")
         return meta
 
+    def release(self, case_id: str) -> None:
+        """Drop the store's handle on a case, so its memory-mapped pages leave this process's memory once
+        the caller's references go too. A pass over a whole cohort releases each case after use, so memory
+        does not grow with the number of cases."""
+        self._cases.pop(case_id, None)
+
     def case(self, case_id: str) -> WorkingCase:
         """The cached case, its arrays memory-mapped (``images`` float16, as stored)."""
         if case_id not in self._cases:
