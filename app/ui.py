@@ -551,14 +551,13 @@ def list_run_views(include_shipped: bool = True) -> list[RunView]:
         return []
 
 
-def training_data_caption(info: runs.RunInfo, root: Path) -> None:
+def training_data_caption(info: runs.RunInfo, root: Path, infos: list[runs.RunInfo]) -> None:
     """Which data a checkpoint learned from, with citation and terms; a hint when it does not suit the active data."""
     data = info.training_data
     st.caption(f"**Trained on:** {data['name']}. {data.get('description', '')} "
                + (f"Cite: {data['citation']} " if data.get("citation") else "")
                + (f"Terms: {data['terms']}" if data.get("terms") else ""))
-    suggested = runs.suggested_checkpoint([i for i in runs.list_runs() if i.shipped], demo_active=is_demo(root),
-                                          model=info.model)
+    suggested = runs.suggested_checkpoint(infos, demo_active=is_demo(root), model=info.model)
     if info.shipped and suggested is not None and suggested.name != info.name:
         where = "the demo cohort" if is_demo(root) else "real scans"
         st.info(f"For {where}, the shipped checkpoint **{suggested.name}** ({suggested.training_data['name']}) suits better.")

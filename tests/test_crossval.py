@@ -124,6 +124,14 @@ def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp
     again = cross_validate(config, tmp_path / "cv", progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["methods"]["autoencoder"]["pixel_ap"] == pytest.approx(out["methods"]["autoencoder"]["pixel_ap"])
+    # A fold folder holding a run of another configuration is moved aside, never overwritten in place.
+    stale = tmp_path / "cv" / "runs" / "autoencoder-bottleneck=unet-e1-fold1"
+    cfg = json.loads((stale / "config.json").read_text())
+    cfg["train"]["lr"] = 0.5
+    (stale / "config.json").write_text(json.dumps(cfg))
+    cross_validate(config, tmp_path / "cv", progress=False)
+    assert list(stale.parent.glob(f"{stale.name}.old-*/config.json"))
+    assert json.loads((stale / "config.json").read_text())["train"]["lr"] == config.lr
 
 
 def test_unet_autoencoder_keeps_shape_and_positive_residual_ignores_dark_misses():

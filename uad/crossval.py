@@ -101,10 +101,8 @@ def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str
     if status.get("state") == "completed" and saved.get("train") == tc.to_dict() and (run_dir / "best").is_dir():
         log.info("reusing %s", run_dir)
         return run_dir / "best"
-    if run_dir.exists():
-        # Only ever our own fold folder under <out>/runs: a stale or different-config run is moved aside.
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
-    train(tc, run_dir=run_dir, progress=progress)
+    # A stale or different-config run in this fold's folder is moved aside by the trainer's own --overwrite.
+    train(tc, run_dir=run_dir, progress=progress, overwrite=run_dir.exists())
     state = (runs.read_status(run_dir) or {}).get("state")
     if state != "completed":  # e.g. SIGTERM cancels the fold's training: stop the whole cross-validation
         raise KeyboardInterrupt(f"{run_dir}: training {state}; cross-validation stopped")
@@ -121,11 +119,9 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
     if len(labelled) < config.folds:
         raise ConfigError(f"{root}: {len(labelled)} labelled cases cannot fill {config.folds} folds")
     folds = kfold_cases(labelled, config.folds, config.seed, config.val_cases)[:config.max_folds]
-    device = config.device or "cpu"
-    if config.device is None:
-        from uad.train import pick_device
+    from uad.train import pick_device
 
-        device = str(pick_device(None))
+    device = str(pick_device(config.device))
 
     per_fold: dict[str, list] = {name: [] for name in [m.label for m in config.methods] + list(BASELINES)}
     fold_summaries: dict[str, list[dict[str, Any]]] = {name: [] for name in per_fold}

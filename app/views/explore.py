@@ -155,7 +155,7 @@ def _page() -> None:
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     v = next(v for v in views if v.info.name == name)
     case = next(c for c in cases if c.case_id == case_id)
-    ui.training_data_caption(v.info, root)
+    ui.training_data_caption(v.info, root, [x.info for x in views])
     if not v.path.exists():
         st.error(f"Run {name} was deleted: choose another.")
         return
