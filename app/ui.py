@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from uad import fileio, paths, runs
+from uad import jobs, paths, runs
 from uad.data.cases import MODALITIES, Case, discover_cases
 from uad.errors import UADError
 
@@ -406,146 +404,10 @@ def slice_strip(x: np.ndarray, bars: dict[str, tuple[np.ndarray, tuple]], curren
                                               xaxis=dict(title=dict(text="axial slice")), **extra))
 
 
-# -- runs: processes, state -----------------------------------------------------------------------------
-CKPT_META = "checkpoint.json"  # = uad.checkpoints.META; not imported here so pages without models skip torch
-LAUNCH = "launch.json"  # written by the app beside status.json: pid of the process it started, command, log
-STDOUT = "stdout.log"
-
-
-@st.cache_resource
-def _children() -> dict[str, subprocess.Popen]:
-    """Processes this server started. Polling them reaps finished ones (zombies look alive to kill(0))."""
-    return {}
-
-
-def reap() -> None:
-    children = _children()
-    for key, proc in list(children.items()):
-        if proc.poll() is not None:
-            children.pop(key, None)
-
-
-def start_process(key: str, argv: list[str], log_path: Path, info_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start ``python -m uad ...`` in its own session (so cancel can signal its whole group), output to a file."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uad", *argv], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env or os.environ.copy())
-    _children()[key] = proc
-    fileio.write_json(info_path, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": log_path.name})
-    return proc
-
-
-def launch_info(path: Path) -> dict:
+# -- runs (state and processes live in uad.jobs) ---------------------------------------------------------
+def list_run_views(include_shipped: bool = True) -> list[jobs.RunView]:
     try:
-        return fileio.read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
-def launch_train(args: list[str], model: str) -> Path:
-    run_dir = runs.new_run_dir(model)
-    runs.write_status(run_dir, "queued", model=model, queued=time.time())
-    start_process(str(run_dir), ["train", *args, "--out", str(run_dir), "--no-progress"], run_dir / STDOUT, run_dir / LAUNCH)
-    return run_dir
-
-
-def resume_run(run_dir: Path, epochs: int | None = None) -> None:
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} no longer exists")
-    argv = ["train", "--resume", str(run_dir), "--no-progress"]
-    if epochs:
-        argv += ["--epochs", str(epochs)]
-    runs.write_status(run_dir, "queued", queued=time.time(), error=None)
-    start_process(str(run_dir), argv, run_dir / STDOUT, run_dir / LAUNCH)
-
-
-def cancel_run(run_dir: Path) -> str:
-    """SIGTERM the run's process group; the trainer saves a checkpoint and records 'cancelled'."""
-    if not run_dir.is_dir():
-        return f"{run_dir.name} no longer exists."
-    status = runs.read_status(run_dir) or {}
-    pid = status.get("pid") if status.get("state") == "running" else launch_info(run_dir / LAUNCH).get("pid")
-    if not runs.pid_alive(pid):
-        runs.write_status(run_dir, "cancelled", finished=time.time(), reason="no live process when cancelled")
-        return "The run had no live process; marked cancelled."
-    try:
-        os.killpg(int(pid), signal.SIGTERM)
-    except (ProcessLookupError, PermissionError) as exc:
-        return f"Could not signal process {pid}: {exc}"
-    time.sleep(0.3)
-    if (runs.read_status(run_dir) or {}).get("state") == "queued":
-        # Killed before the trainer installed its handler: nobody else will record it.
-        runs.write_status(run_dir, "cancelled", finished=time.time(), reason="cancelled before training started")
-    return "Cancel requested: the run saves a checkpoint and stops."
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(fh.tell() - 8000, 0))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-
-
-@dataclasses.dataclass
-class RunView:
-    """What the pages show about a run: its state as seen from disk and from the processes."""
-
-    info: runs.RunInfo
-    state: str
-    epoch: int
-    epochs: int
-    error: str | None
-    log: str
-
-    @property
-    def path(self) -> Path:
-        return self.info.path
-
-    @property
-    def progress(self) -> float:
-        return min(self.epoch / self.epochs, 1.0) if self.epochs else 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("queued", "running")
-
-    @property
-    def has_checkpoint(self) -> bool:
-        return any((self.path / sub / CKPT_META).is_file() for sub in ("best", "last", "."))
-
-    @property
-    def resumable(self) -> bool:
-        return not self.info.shipped and not self.active and (self.path / "last" / CKPT_META).is_file()
-
-
-def run_view(info: runs.RunInfo) -> RunView:
-    status = info.status
-    state = info.state
-    error = status.get("error")
-    if state == "queued":
-        launch = launch_info(info.path / LAUNCH)
-        if launch and not runs.pid_alive(launch.get("pid")):
-            state, error = "failed", "the training process exited before it started (see its output below)"
-    elif state == "failed" and status.get("state") == "running":
-        error = "the training process died without recording an error (killed? out of memory?)"
-    if info.shipped and not status:
-        state = "shipped"
-    epochs = int(status.get("epochs") or (info.config.get("train") or {}).get("epochs") or 0)
-    log = ""
-    if state == "failed":
-        log = tail(info.path / STDOUT) or tail(info.path / "train.log")
-    return RunView(info, state, int(status.get("epoch") or 0), epochs, error, log)
-
-
-def list_run_views(include_shipped: bool = True) -> list[RunView]:
-    reap()
-    try:
-        return [run_view(r) for r in runs.list_runs(include_shipped=include_shipped)]
+        return jobs.list_run_views(include_shipped=include_shipped)
     except APP_ERRORS as exc:  # e.g. a run folder whose config.json is valid JSON but not an object
         st.error(f"Cannot list the runs in {paths.runs_dir()}: {exc}")
         return []
@@ -563,7 +425,7 @@ def training_data_caption(info: runs.RunInfo, root: Path, infos: list[runs.RunIn
         st.info(f"For {where}, the shipped checkpoint **{suggested.name}** ({suggested.training_data['name']}) suits better.")
 
 
-def run_label(v: RunView) -> str:
+def run_label(v: jobs.RunView) -> str:
     tag = "shipped" if v.info.shipped else v.state
     return f"{v.info.name} · {v.info.model} · {tag}"
 
@@ -618,15 +480,6 @@ def freeze(d: dict) -> tuple:
 
 
 # -- evaluation results (Compare) -----------------------------------------------------------------------
-def eval_dir(v: RunView) -> Path:
-    """Where a run's evaluation lives; shipped checkpoints evaluated here go under runs/ (the app never
-    writes into the repository's checkpoints folder)."""
-    own = v.path / "eval"
-    if v.info.shipped and not (own / "metrics.json").is_file():
-        return paths.runs_dir() / "shipped-eval" / v.info.name / "eval"
-    return own
-
-
 def _stamp(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -636,65 +489,16 @@ def _stamp(path: Path) -> float:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _read_eval(folder: str, stamp: float) -> dict | None:
-    import pandas as pd
+    from uad import report
 
-    f = Path(folder)
-    try:
-        metrics = fileio.read_json(f / "metrics.json")
-        curves = fileio.read_json(f / "curves.json")
-        slices = pd.read_csv(f / "slices.csv")
-    except (OSError, ValueError) as exc:
-        return {"error": f"{folder}: unreadable evaluation ({exc})"}
-    if not isinstance(metrics, dict) or not isinstance(curves, dict) or not {"label", "score"} <= set(slices.columns):
-        return {"error": f"{folder}: not a uad evaluation (metrics.json, curves.json or slices.csv has the wrong shape)"}
-    slices = slices[pd.to_numeric(slices["label"], errors="coerce").notna()].copy()  # unlabelled cases have no label
-    slices["label"] = slices["label"].astype(int)
-    slices["score"] = pd.to_numeric(slices["score"], errors="coerce")
-    slices = slices[np.isfinite(slices["score"])]
-    if slices.empty or slices.label.nunique() < 2:
-        return {"error": f"{folder}: the evaluation has no labelled slices of both kinds (healthy and tumour) to compare"}
-    return {"metrics": metrics, "curves": curves, "slices": slices}
+    return report.load_evaluation(folder)
 
 
-def read_eval(v: RunView) -> dict | None:
-    folder = eval_dir(v)
+def read_eval(v: jobs.RunView) -> dict | None:
+    folder = jobs.eval_dir(v)
     if not (folder / "metrics.json").is_file():
         return None
     return _read_eval(str(folder), _stamp(folder / "metrics.json"))
-
-
-def eval_metrics(v: RunView) -> dict:
-    """The run's evaluation summary (metrics.json), {} when missing or unreadable."""
-    try:
-        m = fileio.read_json(eval_dir(v) / "metrics.json")
-    except (OSError, ValueError):
-        return {}
-    return m if isinstance(m, dict) else {}
-
-
-def eval_launch_path(v: RunView) -> Path:
-    return eval_dir(v).parent / "eval-launch.json"
-
-
-def launch_eval(v: RunView) -> None:
-    out = eval_dir(v)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["evaluate", "--run", str(v.path), "--out", str(out)]
-    start_process(f"eval:{v.path}", argv, out.parent / "eval.log", eval_launch_path(v))
-
-
-def eval_state(v: RunView) -> tuple[str, str]:
-    """('done' | 'running' | 'failed' | 'none', log tail) for a run's evaluation."""
-    reap()
-    launch = launch_info(eval_launch_path(v))
-    done = (eval_dir(v) / "metrics.json").is_file()
-    if launch and runs.pid_alive(launch.get("pid")):
-        return "running", tail(eval_dir(v).parent / "eval.log", 3)
-    if done and (not launch or _stamp(eval_dir(v) / "metrics.json") >= launch.get("started", 0)):
-        return "done", ""
-    if launch:
-        return "failed", tail(eval_dir(v).parent / "eval.log")
-    return "none", ""
 
 
 # -- small formatting helpers ----------------------------------------------------------------------------
@@ -714,13 +518,6 @@ def fmt_ci(v, ci: dict | None) -> str:
     if ci and ci.get("low") is not None and ci.get("high") is not None:
         return f"{fmt(v)} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
     return fmt(v)
-
-
-def at_fpr(m: dict, rate: float) -> dict:
-    for t in m.get("healthy_fpr_thresholds") or []:
-        if isinstance(t, dict) and isinstance(t.get("healthy_fpr"), (int, float)) and abs(t["healthy_fpr"] - rate) < 1e-9:
-            return t
-    return {}
 
 
 class timed:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 ORACLE_FOOTNOTE = "* best Dice is an oracle: its threshold was chosen on the evaluated labels."
 
 
-def _at_fpr(m: dict[str, Any], rate: float) -> dict[str, Any]:
-    return next((t for t in m.get("healthy_fpr_thresholds", []) if abs(t["healthy_fpr"] - rate) < 1e-9), {})
+def at_fpr(m: dict[str, Any], rate: float) -> dict[str, Any]:
+    """The operating point calibrated at a healthy false-positive rate ({} when the evaluation has none)."""
+    for t in m.get("healthy_fpr_thresholds") or []:
+        if isinstance(t, dict) and isinstance(t.get("healthy_fpr"), (int, float)) and abs(t["healthy_fpr"] - rate) < 1e-9:
+            return t
+    return {}
 
 
 def summary_row(name: str, m: dict[str, Any]) -> dict[str, Any]:
@@ -19,7 +24,7 @@ def summary_row(name: str, m: dict[str, Any]) -> dict[str, Any]:
         "slice_auroc_high": ci("slice_auroc_ci").get("high"), "slice_ap": m.get("slice_ap"),
         "pixel_ap": m.get("pixel_ap"), "pixel_ap_low": ci("pixel_ap_ci").get("low"), "pixel_ap_high": ci("pixel_ap_ci").get("high"),
         "pixel_auroc": m.get("pixel_auroc"), "best_dice": (m.get("best_dice") or {}).get("dice"),
-        "dice_at_1pct_fpr": _at_fpr(m, 0.01).get("dice"), "dice_at_5pct_fpr": _at_fpr(m, 0.05).get("dice"),
+        "dice_at_1pct_fpr": at_fpr(m, 0.01).get("dice"), "dice_at_5pct_fpr": at_fpr(m, 0.05).get("dice"),
     }
 
 
@@ -65,3 +70,29 @@ def markdown_table(rows: list[dict[str, Any]], extra: dict[str, list[str]] | Non
     for i, r in enumerate(rows):
         out.append("| " + " | ".join(_cells(r) + [cells[i] for cells in extra.values()]) + " |")
     return "\n".join(out)
+
+
+def load_evaluation(folder: str | Path) -> dict[str, Any]:
+    """An evaluation folder written by ``uad evaluate``: {"metrics", "curves", "slices" (labelled slices,
+    a DataFrame)}, or {"error": why} when it cannot be read or holds nothing to compare."""
+    import numpy as np
+    import pandas as pd
+
+    from uad import fileio
+
+    f = Path(folder)
+    try:
+        metrics = fileio.read_json(f / "metrics.json")
+        curves = fileio.read_json(f / "curves.json")
+        slices = pd.read_csv(f / "slices.csv")
+    except (OSError, ValueError) as exc:
+        return {"error": f"{folder}: unreadable evaluation ({exc})"}
+    if not isinstance(metrics, dict) or not isinstance(curves, dict) or not {"label", "score"} <= set(slices.columns):
+        return {"error": f"{folder}: not a uad evaluation (metrics.json, curves.json or slices.csv has the wrong shape)"}
+    slices = slices[pd.to_numeric(slices["label"], errors="coerce").notna()].copy()  # unlabelled cases have no label
+    slices["label"] = slices["label"].astype(int)
+    slices["score"] = pd.to_numeric(slices["score"], errors="coerce")
+    slices = slices[np.isfinite(slices["score"])]
+    if slices.empty or slices.label.nunique() < 2:
+        return {"error": f"{folder}: the evaluation has no labelled slices of both kinds (healthy and tumour) to compare"}
+    return {"metrics": metrics, "curves": curves, "slices": slices}

@@ -8,16 +8,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from uad import metrics
+from uad import jobs, metrics, report
 
 MAX_DEFAULT = 3
 
 
-def _evaluation_panel(pending: list[ui.RunView]) -> None:
+def _evaluation_panel(pending: list[jobs.RunView]) -> None:
     """Runs without an evaluation: start `python -m uad evaluate` for them and follow it (never blocks the page)."""
     any_running = False
     for v in pending:
-        state, log = ui.eval_state(v)
+        state, log = jobs.eval_state(v)
         any_running |= state == "running"
         cols = st.columns([4, 2], vertical_alignment="center")
         cols[0].markdown(f"**{v.info.name}** · {v.info.model} · {v.state}")
@@ -33,9 +33,9 @@ def _evaluation_panel(pending: list[ui.RunView]) -> None:
                 st.code(log or "(no output)", language=None)
             if cols[1].button("Evaluate", key=f"eval::{v.info.name}", disabled=v.active,
                               help="Runs `python -m uad evaluate` in the background: slice and pixel metrics on the test split"):
-                ui.launch_eval(v)
+                jobs.launch_eval(v)
                 st.rerun()
-    done_now = [v for v in pending if ui.eval_state(v)[0] == "done"]
+    done_now = [v for v in pending if jobs.eval_state(v)[0] == "done"]
     if done_now:
         # Whole page: the new evaluation joins the comparison, selected.
         chosen = st.session_state.get("compare_runs")
@@ -47,11 +47,11 @@ def _evaluation_panel(pending: list[ui.RunView]) -> None:
         st.rerun()
 
 
-def _label(v: ui.RunView) -> str:
+def _label(v: jobs.RunView) -> str:
     return f"{v.info.model} · {v.info.name}"
 
 
-def _metrics_table(chosen: list[tuple[ui.RunView, dict]]) -> None:
+def _metrics_table(chosen: list[tuple[jobs.RunView, dict]]) -> None:
     rows = []
 
     def row(name: str, m: dict) -> dict:
@@ -62,7 +62,7 @@ def _metrics_table(chosen: list[tuple[ui.RunView, dict]]) -> None:
             "pixel AP [95% CI]": ui.fmt_ci(m.get("pixel_ap"), m.get("pixel_ap_ci")),
             "pixel AUROC": ui.fmt(m.get("pixel_auroc")),
             "best Dice*": ui.fmt((m.get("best_dice") or {}).get("dice")),
-            **{f"Dice @{r:.0%} FPR": ui.fmt(ui.at_fpr(m, r).get("dice")) for r in (0.01, 0.05, 0.10)},
+            **{f"Dice @{r:.0%} FPR": ui.fmt(report.at_fpr(m, r).get("dice")) for r in (0.01, 0.05, 0.10)},
         }
 
     for v, e in chosen:
@@ -118,7 +118,7 @@ def _distribution_fig(slices: pd.DataFrame, thr: float, colour: str) -> go.Figur
                                                  xaxis=dict(title=dict(text="slice score")), yaxis=dict(title=dict(text="slices"))))
 
 
-def _operating_panel(v: ui.RunView, e: dict, i: int) -> dict:
+def _operating_panel(v: jobs.RunView, e: dict, i: int) -> dict:
     slices = e["slices"]
     labels, scores = slices.label.to_numpy(), slices.score.to_numpy()
     lo, hi = float(scores.min()), float(scores.max())
@@ -143,13 +143,13 @@ def _operating_panel(v: ui.RunView, e: dict, i: int) -> dict:
 
 
 @st.fragment
-def _interactive(chosen: list[tuple[ui.RunView, dict]]) -> None:
+def _interactive(chosen: list[tuple[jobs.RunView, dict]]) -> None:
     # A fragment: moving a threshold reruns only the slice-level curves and the operating points.
     with ui.timed("compare_interactive"):
         _interactive_body(chosen)
 
 
-def _interactive_body(chosen: list[tuple[ui.RunView, dict]]) -> None:
+def _interactive_body(chosen: list[tuple[jobs.RunView, dict]]) -> None:
     curves = st.container()  # first on screen, drawn last: it shows the points the sliders below set
     st.markdown("##### Operating points")
     points = {}
@@ -164,7 +164,7 @@ def _interactive_body(chosen: list[tuple[ui.RunView, dict]]) -> None:
         st.caption("Dots: each model's operating point at its threshold below. Dashed/dotted: baselines.")
 
 
-def _curves(chosen: list[tuple[ui.RunView, dict]]) -> None:
+def _curves(chosen: list[tuple[jobs.RunView, dict]]) -> None:
     st.subheader("Curves")
     slice_tab, pixel_tab = st.tabs(["Slice level (with operating points)", "Pixel level"])
     with pixel_tab:
@@ -194,7 +194,7 @@ def _page() -> None:
         st.error(msg)
     if pending:
         with st.expander(f"{len(pending)} run(s) not evaluated yet", expanded=not evaluated):
-            fast = any(ui.eval_state(v)[0] == "running" for v in pending)
+            fast = any(jobs.eval_state(v)[0] == "running" for v in pending)
             st.session_state["compare_eval_fast"] = fast
             st.fragment(run_every=2 if fast else None)(_evaluation_panel)(pending)
     if not evaluated:

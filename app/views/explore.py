@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 import ui
-from uad import metrics, runs
+from uad import jobs, metrics, runs
 from uad.data.demo import demo_ready
 from uad.data.preprocess import WorkingCase
 from uad.score import nifti_bytes, threshold_maps
@@ -14,9 +14,9 @@ from uad.score import nifti_bytes, threshold_maps
 DISPLAY_PX = 256  # working-size slices are enlarged to about this many pixels (crisp contours, cheap PNGs)
 
 
-def _presets(v: ui.RunView) -> list[tuple[float, float]]:
+def _presets(v: jobs.RunView) -> list[tuple[float, float]]:
     """(healthy FPR, threshold) pairs calibrated on healthy validation slices by the run's evaluation."""
-    m = ui.eval_metrics(v)
+    m = jobs.eval_metrics(v)
     out = []
     for t in m.get("healthy_fpr_thresholds") or []:
         try:
@@ -118,7 +118,7 @@ def _viewer_body(prep: WorkingCase, vs, presets: list[tuple[float, float]], vmax
     st.plotly_chart(fig, width="stretch", key=f"strip::{key}", config={"displayModeBar": False})
 
 
-def _download(v: ui.RunView, prep: WorkingCase, vs, case_id: str) -> None:
+def _download(v: jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
     # Built only when clicked: the inverse resampling to the source grid takes a fraction of a second.
     st.download_button("Download this volume's anomaly map (NIfTI, source grid)", data=lambda: nifti_bytes(vs.maps, prep.geometry),
                        file_name=f"{case_id}_{v.info.model}_anomaly.nii.gz", mime="application/gzip", key="explore_download",

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from uad import paths
+from uad import jobs, paths, report
 from uad.data.demo import demo_ready
 
 SYNTH_LAUNCH = "synth-launch.json"  # in the data folder: the generator the app started
@@ -23,8 +23,8 @@ def _demo_cases_done() -> int:
 
 
 def _synth_running() -> bool:
-    ui.reap()
-    launch = ui.launch_info(paths.data_dir() / SYNTH_LAUNCH)
+    jobs.reap()
+    launch = jobs.launch_info(paths.data_dir() / SYNTH_LAUNCH)
     from uad import runs
 
     return bool(launch) and runs.pid_alive(launch.get("pid"))
@@ -42,7 +42,7 @@ def _synth_progress() -> None:
     if _synth_running():
         st.progress(min(done / DEFAULT_CASES, 1.0), text=f"Generating the demo cohort: {done} / {DEFAULT_CASES} cases")
     else:
-        log = ui.tail(paths.data_dir() / SYNTH_LOG)
+        log = jobs.tail(paths.data_dir() / SYNTH_LOG)
         st.error("The demo generator stopped before finishing." + (f"\n\n```\n{log}\n```" if log else ""))
 
 
@@ -58,7 +58,7 @@ def _dataset_section() -> None:
             _synth_progress()
         elif st.button("Generate the demo cohort", type="primary", key="gen_demo"):
             paths.data_dir().mkdir(parents=True, exist_ok=True)
-            ui.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
+            jobs.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
             st.session_state["synth_started"] = time.time()
             st.rerun()
         return
@@ -85,9 +85,9 @@ def _runs_table() -> None:
         return
     rows = []
     for v in views:
-        m = ui.eval_metrics(v)
+        m = jobs.eval_metrics(v)
         m = m if isinstance(m, dict) else {}
-        at5 = ui.at_fpr(m, 0.05)
+        at5 = report.at_fpr(m, 0.05)
         cfg = v.info.config
         rows.append({
             "run": v.info.name,

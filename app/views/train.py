@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 import ui
-from uad import runs
+from uad import jobs, runs
 from uad.data.cases import MODALITIES
 from uad.data.demo import demo_ready
 from uad.models import list_models, model_options
@@ -94,7 +94,7 @@ def _form() -> None:
         if value != default:  # pass only what the user changed: the CLI's defaults are the model's
             args += [f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     try:
-        run_dir = ui.launch_train(args, model)
+        run_dir = jobs.launch_train(args, model)
     except OSError as exc:
         st.error(f"Could not start the training process: {exc}")
         return
@@ -102,7 +102,7 @@ def _form() -> None:
     st.toast(f"Started {run_dir.name}")
 
 
-def _run_card(v: ui.RunView) -> None:
+def _run_card(v: jobs.RunView) -> None:
     name = v.info.name
     with st.container(border=True):
         head, bar, buttons = st.columns([3, 3, 2], vertical_alignment="center")
@@ -121,14 +121,14 @@ def _run_card(v: ui.RunView) -> None:
             bar.progress(0.0, text="starting (preparing data)…")
         if v.active:
             if buttons.button("Cancel", key=f"cancel::{name}"):
-                st.toast(ui.cancel_run(v.path))
+                st.toast(jobs.cancel_run(v.path))
         elif v.resumable:
             with buttons.popover("Resume"):
                 total = st.number_input("Total epochs", min_value=max(v.epoch, 1), value=max(v.epochs, v.epoch, 1),
                                         key=f"resume_epochs::{name}")
                 if st.button("Resume training", key=f"resume::{name}", type="primary"):
                     try:
-                        ui.resume_run(v.path, int(total) if int(total) != v.epochs else None)
+                        jobs.resume_run(v.path, int(total) if int(total) != v.epochs else None)
                         st.toast(f"Resumed {name}")
                     except OSError as exc:
                         st.error(f"Could not resume: {exc}")
