@@ -292,3 +292,10 @@ def test_vit_msc_configuration_builds():
             model.hparams["num_heads"], model.hparams["dropout"], model.hparams["context_dropout"]) == (16, 256, 4, 8, 0.1, 0.2)
     model.eval()
     assert model.reconstruct(brain_batch(1, 1, 128)).shape == (1, 1, 128, 128)
+
+
+def test_every_model_scores_the_positive_residual_by_default_and_keeps_abs_reachable():
+    # Measured on real scans (README): hyperintense lesions are what FLAIR shows, dark misses are noise.
+    for name in list_models():
+        assert create_model(name, image_size=32).hparams["residual"] == "positive", name
+        assert create_model(name, image_size=32, residual="abs").hparams["residual"] == "abs", name

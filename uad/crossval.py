@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,12 @@ class MethodSpec:
     def __post_init__(self) -> None:
         self.model = canonical_name(self.model)
         self.label = self.label or self.model
+
+    def scoring(self, post: PostprocessConfig) -> tuple[dict[str, Any], PostprocessConfig]:
+        """``score_options`` split into model options and post-processing (e.g. ``slice_score=model``)."""
+        fields = PostprocessConfig.__dataclass_fields__
+        model_opts = {k: v for k, v in self.score_options.items() if k not in fields}
+        return model_opts, replace(post, **{k: v for k, v in self.score_options.items() if k in fields})
 
     @property
     def run_name(self) -> str:
@@ -137,9 +143,10 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
             t_method = time.perf_counter()
             ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k + 1}", progress)
             ckpt = checkpoints.load(ckpt_dir, device=device)
-            ckpt.model.hparams.update(spec.score_options)
+            model_opts, post = spec.scoring(config.post)
+            ckpt.model.hparams.update(model_opts)
             scorer = ModelScorer(ckpt.model, device=device)
-            tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], config.post)
+            tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], post)
             per_fold[spec.label].append(tallies[scorer.name])
             timings[spec.label] += time.perf_counter() - t_method
         for name, parts in per_fold.items():

@@ -23,7 +23,7 @@ class FAnoGAN(AnomalyModel):
     2. afterwards: encoder E only (G and D frozen, G in eval mode), izi_f loss
        ``mean((x − G(E(x)))²) + kappa · mean((f(x) − f(G(E(x))))²)``, f = the critic's last conv features.
 
-    Score = image residual + kappa · feature residual per slice; map = |x − G(E(x))| (channel mean).
+    Score = image residual + kappa · feature residual per slice; map = the residual of x against G(E(x)) (``residual``: positive by default, see ``residual_map``).
     ``validation_loss`` is izi_f, which only means something once E trains, hence ``checkpoint_selectable``.
     The loss keys differ by phase; "generator" repeats the latest generator loss (0 before the first one).
 
@@ -38,7 +38,7 @@ class FAnoGAN(AnomalyModel):
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  gan_fraction: float = 0.6, n_critic: int = 2, gp_weight: float = 10.0, kappa: float = 1.0,
-                 upsample: str = "transpose", residual: str = "abs"):
+                 upsample: str = "transpose", residual: str = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa,
                          upsample=upsample, residual=residual)

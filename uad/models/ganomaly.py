@@ -22,7 +22,7 @@ class GANomaly(AnomalyModel):
                    + w_con · mean|x − x̂| + w_enc · mean((z − ẑ)²).
     Discriminator loss = BCE(D(x), 1) / 2 + BCE(D(x̂), 0) / 2; when it collapses below ``reinit_below`` D is
     re-initialised (and its Adam state cleared), as the authors' code does, so G keeps a useful signal.
-    Score = mean((z − ẑ)²) over latent dims; map = |x − x̂| (channel mean).
+    Score = mean((z − ẑ)²) over latent dims; map = the residual of x against x̂ (``residual``: positive by default, see ``residual_map``).
     ``validation_loss`` = w_con · L1 + w_enc · latent L2 (the adversarial term depends on a moving D).
 
     Options: latent_dim (128), base_channels (16), w_adv (1), w_con (50), w_enc (1), reinit_below (1e-5),
@@ -37,7 +37,7 @@ class GANomaly(AnomalyModel):
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0, reinit_below: float = 1e-5,
-                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "abs"):
+                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, w_adv=w_adv,
                          w_con=w_con, w_enc=w_enc, reinit_below=reinit_below, noise_std=noise_std, noise_res=noise_res,
                          residual=residual)

@@ -27,7 +27,7 @@ class VAE(AnomalyModel):
     name = "vae"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 norm: str = "batch", loss: str = "mse", kl_weight: float = 0.01, residual: str = "abs"):
+                 norm: str = "batch", loss: str = "mse", kl_weight: float = 0.01, residual: str = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, norm=norm,
                          loss=loss, kl_weight=kl_weight, residual=residual)
         check_choice("norm", norm, NORMS)

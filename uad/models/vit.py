@@ -129,7 +129,7 @@ class ViTAE(AnomalyModel):
                  depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1,
                  context_dropout: float = 0.2, decoder: str = "linear", refine: bool = False, loss: str = "l1",
                  masked_weight: float = 1.0, inpaint_groups: int = 0, test_time_drops: int = 0,
-                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "abs"):
+                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "positive"):
         super().__init__(in_channels, image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, context_dropout=context_dropout,
                          decoder=decoder, refine=refine, loss=loss, masked_weight=masked_weight,
