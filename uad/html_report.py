@@ -177,8 +177,8 @@ def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | N
     picks = [("best", r) for _, r in ranked.head(n_each).iterrows()]
     picks += [("worst", r) for _, r in ranked.tail(n_each).iloc[::-1].iterrows() if r.case_id not in {p[1].case_id for p in picks}]
     ckpt_path = Path(run) if run is not None else _resolve(summary.raw.get("checkpoint", ""))
-    root = _resolve(summary.dataset.root or summary.raw.get("data_root", ""))
-    if not root.is_dir():
+    root = summary.local_root
+    if root is None or not root.is_dir():
         return f"<p class='note'>Example slices left out: the dataset folder {_e(root)} is not on this machine.</p>"
     try:
         from uad import checkpoints

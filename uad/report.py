@@ -164,6 +164,14 @@ class EvaluationSummary:
         return f"{self.dataset.label} · {SPLIT_WORDS.get(self.split, self.split)}"
 
     @property
+    def local_root(self) -> Path | None:
+        """The evaluated folder on this machine (the demo cohort is wherever this home keeps it)."""
+        if self.dataset.id == DEMO_ID:
+            return paths.demo_dir()
+        root = self.dataset.root or self.raw.get("data_root")
+        return _absolute(root) if root else None
+
+    @property
     def baselines(self) -> dict[str, dict[str, Any]]:
         b = self.raw.get("baselines")
         return b if isinstance(b, dict) else {}
