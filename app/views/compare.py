@@ -103,7 +103,7 @@ def _cases_table(chosen, root_of) -> None:
             "slice_auroc": num("slice AUROC", help="Within the case: tumour vs healthy slices (empty when it has only one kind)"),
             "slices": num("slices", "%d"), "tumour_slices": num("tumour slices", "%d"), "max_slice_score": num("max slice score", "%.4f"),
         })
-    st.caption(f"{s.where}; threshold {ui.fmt(thr, 4)} (5% healthy FPR). {s.raw.get('cases_note', '')}. "
+    st.caption(f"{s.where}; threshold {ui.fmt(thr, 4)} (5% healthy FPR). {(s.raw.get('cases_note') or '')[:1].upper()}{(s.raw.get('cases_note') or '')[1:]}. "
                "Click a column header to sort; select a row to open that case in Explore.")
     rows = (event.selection.rows if event is not None and hasattr(event, "selection") else [])
     if rows:
