@@ -23,6 +23,7 @@ pages = [
     st.Page("views/compare.py", title="Compare", icon=":material/query_stats:"),
 ]
 current = st.navigation(pages)
+ui.figure_format_control()  # which format every chart's camera button downloads (ui.plot)
 with ui.timed(f"page {current.title}"):
     current.run()
 ui.warm_up()  # after the page is drawn: preload torch for Train/Explore in the background

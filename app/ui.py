@@ -19,7 +19,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from uad import jobs, paths, runs
+from uad import jobs, paths, report, runs
 from uad.data.cases import MODALITIES, Case, discover_cases
 from uad.errors import UADError
 
@@ -479,7 +479,7 @@ def freeze(d: dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
 
 
-# -- evaluation results (Compare) -----------------------------------------------------------------------
+# -- evaluation results (Compare, Explore; read and shaped by uad.report) ----------------------------------
 def _stamp(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -488,20 +488,18 @@ def _stamp(path: Path) -> float:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _read_eval(folder: str, stamp: float) -> dict | None:
+def _read_eval(folder: str, stamp: float) -> dict:
     from uad import report
 
     return report.load_evaluation(folder)
 
 
-def read_eval(v: jobs.RunView) -> dict | None:
-    folder = jobs.eval_dir(v)
-    if not (folder / "metrics.json").is_file():
-        return None
+def read_eval(summary: report.EvaluationSummary) -> dict:
+    """An evaluation's curves and labelled slices (``uad.report.load_evaluation``), cached until it is rewritten."""
+    folder = summary.folder or Path(".")
     return _read_eval(str(folder), _stamp(folder / "metrics.json"))
 
 
-# -- small formatting helpers ----------------------------------------------------------------------------
 def fmt(v, digits: int = 3) -> str:
     if v is None:
         return "–"
@@ -518,6 +516,39 @@ def fmt_ci(v, ci: dict | None) -> str:
     if ci and ci.get("low") is not None and ci.get("high") is not None:
         return f"{fmt(v)} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
     return fmt(v)
+
+
+def run_colours(names: list[str]) -> dict[str, str]:
+    """A colour per run that does not depend on which runs are selected or in what order: by the run's
+    place among all runs sorted by name (timestamped names sort by creation, so a new run takes the next
+    colour and leaves the others alone)."""
+    return {n: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, n in enumerate(sorted(set(names)))}
+
+
+# -- plotly figures on the page: every one downloadable ----------------------------------------------------
+FIGURE_FORMATS = ("png", "svg")
+
+
+def plot_config(name: str) -> dict:
+    """Plotly config for a figure: its toolbar's camera button downloads it, client-side (works offline), as
+    PNG (2x) or SVG, whichever is chosen in the sidebar (``figure_format_control``)."""
+    fmt_ = st.session_state.get("figure_format") or "png"
+    return {"displaylogo": False, "toImageButtonOptions": {"format": fmt_, "filename": name.replace("::", "-"),
+                                                           "scale": 2 if fmt_ == "png" else 1}}
+
+
+def plot(fig: go.Figure, key: str, **kwargs):
+    """``st.plotly_chart`` for every figure in the app: full width, with the download button configured.
+    Extra keyword arguments (e.g. ``on_select``) go to st.plotly_chart."""
+    kwargs.setdefault("width", "stretch")
+    return st.plotly_chart(fig, key=key, config=plot_config(key), **kwargs)
+
+
+def figure_format_control() -> None:
+    """The sidebar choice of the format the figures' camera buttons download."""
+    st.sidebar.segmented_control("Figure downloads", FIGURE_FORMATS, key="figure_format", default="png",
+                                 format_func=str.upper, help="The camera button in each chart's toolbar (top right, on "
+                                 "hover) downloads the chart in this format. Made in the browser: works offline.")
 
 
 class timed:

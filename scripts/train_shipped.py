@@ -98,7 +98,7 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
         if real:  # every patient trained or validated: the cross-validation is its evaluation
             print(f"{model} (real): trained {train_s / 60:.1f} min, float16 drift {drift:.2e}")
             return dest
-        metrics = evaluate(dest)
+        metrics = evaluate(dest, out=dest / "eval")  # shipped in the single-evaluation layout uad.report reads
         fileio.write_json(dest / "eval" / "shipped.json", {"train_seconds": train_s, "float16_drift": drift})
         print(f"{model}: trained {train_s / 60:.1f} min, float16 drift {drift:.2e}, "
               f"slice AUROC {metrics['slice_auroc']:.3f}, pixel AP {metrics['pixel_ap']:.3f}")

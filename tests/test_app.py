@@ -366,7 +366,7 @@ def test_explore_slider_latency(home):
 def home_metrics(home: Path) -> dict:
     import json
 
-    return json.loads((home / "runs" / RUN / "eval" / "metrics.json").read_text())
+    return json.loads((home / "runs" / RUN / "eval" / "demo" / "test" / "metrics.json").read_text())
 
 
 def test_explore_shipped_checkpoint(home):
@@ -444,15 +444,20 @@ def test_compare_evaluates_a_run_in_the_background(home):
     from uad import runs
 
     pending = copy_run(home, "zz-needs-eval", with_eval=False)
+    out = pending / "eval" / "demo" / "test"
     try:
         at = page(new_app(), "compare")
-        at.button(key="eval::zz-needs-eval").click().run()
+        assert "not evaluated on the active dataset, demo cohort" in "\n".join(e.proto.label for e in at.expander)
+        at.button(key="evaluate::compare::zz-needs-eval").click().run()
         assert not at.exception
-        launch = json.loads((pending / "eval-launch.json").read_text())
+        launch = json.loads((out / "launch.json").read_text())
+        assert launch["argv"][launch["argv"].index("--data") + 1] == str(home / "data" / "demo")
+        assert at.progress and "Evaluating zz-needs-eval on demo cohort" in at.progress[0].proto.text
         deadline = time.time() + 180
         while time.time() < deadline and runs.pid_alive(launch["pid"]):
             time.sleep(1)
-        assert (pending / "eval" / "metrics.json").is_file(), (pending / "eval.log").read_text()
+        assert (out / "metrics.json").is_file(), (out / "eval.log").read_text()
+        assert json.loads((out / "progress.json").read_text())["phase"] == "done"
         at = page(new_app(), "compare")
         assert any(o.endswith("zz-needs-eval") for o in at.multiselect(key="compare_runs").options)
     finally:
@@ -495,3 +500,117 @@ def test_explore_suggests_the_real_trained_checkpoint_on_real_data(home, tmp_pat
     assert "stand-in real set" in texts(at) and "A et al. 2015" in texts(at)
     at.selectbox(key="explore_run").set_value(SHIPPED).run()
     assert f"real/{SHIPPED}" in "\n".join(str(i.value) for i in at.info)  # the real set is suggested
+
+
+# -- evaluation per dataset, baselines, colours, per-case table, report, config diff --------------------------
+def _variant(home: Path, name: str, size: int, intensity_auroc: float) -> Path:
+    """A copy of the fixture run whose evaluation claims another working size (and so other baseline numbers)."""
+    import json
+
+    run = copy_run(home, name)
+    path = run / "eval" / "demo" / "test" / "metrics.json"
+    m = json.loads(path.read_text())
+    m["preprocess"]["image_size"] = size
+    m["baselines"]["intensity"]["slice_auroc"] = intensity_auroc
+    m["evaluated"] = "2000-01-01T00:00:00"
+    path.write_text(json.dumps(m))
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["preprocess"]["image_size"] = size
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+def _baseline_auroc(at, label: str) -> str:
+    table = at.dataframe[0].value
+    return table.set_index("method").loc[label, "slice AUROC [95% CI]"].split(" ")[0]
+
+
+def _dot_colour(at, run: str) -> str:
+    import re
+
+    md = next(str(m.value) for m in at.markdown if f"· {run}**" in str(m.value))
+    return re.search(r"color:(#[0-9A-Fa-f]{6})", md).group(1)
+
+
+def test_compare_baselines_and_colours_do_not_depend_on_the_selection(home):
+    variant = _variant(home, "zz-small-size", 32, 0.111)
+    try:
+        own = f"{home_metrics(home)['baselines']['intensity']['slice_auroc']:.3f}"
+        at = page(new_app(), "compare")
+        at.multiselect(key="compare_runs").set_value([RUN]).run()
+        assert _baseline_auroc(at, "intensity baseline") == own
+        colour = _dot_colour(at, RUN)
+        for order in ([variant.name, RUN], [RUN, variant.name]):  # the other run first, then second
+            at.multiselect(key="compare_runs").set_value(order).run()
+            assert not at.exception
+            # each group of identical slices keeps its own baselines, labelled by what differs
+            assert _baseline_auroc(at, "intensity baseline (64 px, flair)") == own
+            assert _baseline_auroc(at, "intensity baseline (32 px, flair)") == "0.111"
+            assert _dot_colour(at, RUN) == colour  # adding a run recolours nothing
+        assert _dot_colour(at, variant.name) != colour
+        assert "Metrics on demo cohort · test split" in [h.value for h in at.subheader]
+    finally:
+        shutil.rmtree(variant, ignore_errors=True)
+
+
+def test_compare_per_case_table_report_and_config_diff(home):
+    variant = _variant(home, "zz-diff-me", 32, 0.5)
+    try:
+        at = page(new_app(), "compare")
+        at.multiselect(key="compare_runs").set_value([RUN]).run()
+        cases = next(d.value for d in at.dataframe if "case_id" in d.value.columns)
+        evaluated = home_metrics(home)["eval_cases"]
+        assert list(cases.case_id) == evaluated and {"dice", "tumour_ml", "detected_ml", "slice_auroc"} <= set(cases.columns)
+        assert (cases.tumour_ml > 0).any()
+        assert any(b.label == f"Report: {RUN}" for b in at.download_button)
+        at.selectbox(key="diff_a").set_value(RUN).run()
+        at.selectbox(key="diff_b").set_value(variant.name).run()
+        diff = next(d.value for d in at.dataframe if "key" in d.value.columns)
+        assert list(diff.key) == ["preprocess.image_size"] and list(diff[f"B: {variant.name}"]) == ["32"]
+    finally:
+        shutil.rmtree(variant, ignore_errors=True)
+
+
+def test_explore_opens_the_case_compare_asks_for(home, tmp_path):
+    other = tmp_path / "two-cases"
+    for c in ("BraTS2021_00001", "BraTS2021_00003"):
+        shutil.copytree(home / "data" / "demo" / c, other / c)
+    at = new_app({"explore_request": {"run": RUN, "case": "BraTS2021_00003", "root": str(other)}})
+    page(at, "explore")
+    assert at.selectbox(key="explore_run").value == RUN
+    assert at.selectbox(key="explore_case").value == "BraTS2021_00003"
+    assert at.session_state["data_root"] == str(other) and "explore_request" not in at.session_state
+
+
+def test_explore_presets_come_from_the_active_dataset(home, tmp_path):
+    """On the demo cohort the presets name it; on another folder there are none until the run is evaluated
+    there, from the page, with thresholds calibrated on that folder's own healthy slices."""
+    import json
+
+    from uad import report, runs
+
+    at = explore(new_app())
+    assert "evaluation on **demo cohort · test split**" in texts(at)
+    other = tmp_path / "one-case"
+    shutil.copytree(home / "data" / "demo" / "BraTS2021_00000", other / "BraTS2021_00000")
+    run = copy_run(home, "zz-explore-eval")
+    try:
+        at = explore(new_app({"data_root": str(other)}), run="zz-explore-eval")
+        assert "has not been evaluated on the active dataset" in texts(at)
+        assert not [b for b in at.button if b.key and b.key.startswith("preset::")]
+        at.button(key="evaluate::explore::zz-explore-eval").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        out = run / "eval" / report.dataset_ref(other).id / "all"
+        launch = json.loads((out / "launch.json").read_text())
+        deadline = time.time() + 180
+        while time.time() < deadline and runs.pid_alive(launch["pid"]):
+            time.sleep(1)
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["split"] == "all" and m["split_source"] == "external" and m["dataset"]["root"] == str(other.resolve())
+        at = explore(new_app({"data_root": str(other)}), run="zz-explore-eval")
+        assert f"evaluation on **{other.name} · all cases**" in texts(at)
+        presets = [b for b in at.button if b.key and b.key.startswith("preset::")]
+        assert [b.label.split(" ·")[0] for b in presets] == ["1%", "5%", "10%"]
+        assert presets[1].label.endswith(f"{report.EvaluationSummary.from_metrics(m).presets()[1][1]:.3f}")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

@@ -235,13 +235,14 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
         shot(page, "06-train-completed")
 
         goto(page, "Compare")
-        page.get_by_text("not evaluated yet").first.click()
-        row = page.get_by_role("button", name="Evaluate")
+        page.get_by_text("not evaluated on the active dataset").first.click()
+        row = page.get_by_role("button", name=re.compile(f"^Evaluate: {re.escape(run_dir.name)} on demo cohort"))
         row.first.click()
+        out = run_dir / "eval" / "demo" / "test"
         deadline = time.time() + 240
-        while time.time() < deadline and not (run_dir / "eval" / "metrics.json").is_file():
+        while time.time() < deadline and not (out / "metrics.json").is_file():
             time.sleep(1)
-        assert (run_dir / "eval" / "metrics.json").is_file(), (run_dir / "eval.log").read_text()[-2000:]
+        assert (out / "metrics.json").is_file(), (out / "eval.log").read_text()[-2000:]
         page.locator('[data-testid="stMultiSelect"]', has_text=run_dir.name).first.wait_for(timeout=60_000)
         wait_idle(page)
         shot(page, "07-compare-with-new-run")
@@ -254,9 +255,48 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
 
 def _stop(run_dir: Path) -> None:
     """Leave no process behind if the test failed half-way."""
-    for name in ("launch.json", "eval-launch.json"):
+    for path in (run_dir / "launch.json", run_dir / "eval" / "demo" / "test" / "launch.json"):
         try:
-            pid = json.loads((run_dir / name).read_text())["pid"]
+            pid = json.loads(path.read_text())["pid"]
             os.killpg(pid, signal.SIGTERM)
         except (OSError, ValueError, KeyError):
             pass
+
+
+# -- Compare at a common laptop width -------------------------------------------------------------------------
+def test_compare_numbers_are_not_cut_off_at_1500_px(browser_page, server, home):
+    """Three runs' operating points side by side in a 1500-px window: every precision, recall, F1 and
+    specificity is drawn in full (no "0.…"), and the HTML report downloads as one self-contained file."""
+    page = browser_page
+    extra = [home / "runs" / f"zz-wide-{i}" for i in (1, 2)]
+    for dst in extra:
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(home / "runs" / "fixture-ae", dst)
+    try:
+        page.set_viewport_size({"width": 1500, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        goto(page, "Compare")
+        page.locator('[data-testid="stMultiSelect"]', has_text="zz-wide-1").first.wait_for()
+        values = page.locator('[data-testid="stMetric"] [data-testid="stMetricValue"]')
+        eventually(lambda: values.count() >= 12)
+        assert values.count() >= 12  # 3 runs x precision, recall, F1, specificity
+        for i in range(values.count()):
+            v = values.nth(i)
+            text = v.inner_text().strip()
+            assert re.fullmatch(r"\d\.\d{3}|–", text), text
+            # Drawn in full: the text is not wider than its box (an ellipsis would hide the overflow).
+            clipped = v.evaluate("e => [...e.querySelectorAll('*'), e].some(x => x.scrollWidth > x.clientWidth + 1)")
+            assert not clipped, f"metric value {text!r} is cut off at 1500 px"
+        page.set_viewport_size({"width": 1500, "height": 4000})
+        time.sleep(0.5)
+        shot(page, "08-compare-1500px")
+        with page.expect_download(timeout=120_000) as download:
+            page.get_by_role("button", name="Report: fixture-ae").click()
+        text = Path(download.value.path()).read_text()
+        assert text.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in text
+        assert not re.search(r"<script[^>]+src=[\"']?https?:", text)
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        for dst in extra:
+            shutil.rmtree(dst, ignore_errors=True)

@@ -115,14 +115,95 @@ def test_cli_score_writes_a_map_on_the_case_grid(trained, tmp_path):
 
 
 def test_cli_evaluate_and_compare(trained, tmp_path, capsys):
+    from uad import report
+
     root, run = trained
     assert cli(["evaluate", "--run", str(run), "--data", str(root), "--bootstrap", "20", "--save-maps"]) == 0
-    assert (run / "eval" / "maps").is_dir() and any((run / "eval" / "maps").iterdir())
+    folder = run / "eval" / report.dataset_ref(root).id / "test"  # per dataset and split
+    assert (folder / "maps").is_dir() and any((folder / "maps").iterdir())
+    out = capsys.readouterr().out
+    assert f"autoencoder on {root.name}" in out and str(folder) in out
     assert cli(["compare", str(run), "--csv", str(tmp_path / "cmp.csv")]) == 0
     out = capsys.readouterr().out
-    assert "baseline:intensity" in out and "baseline:brain_area" in out
-    assert (tmp_path / "cmp.csv").read_text().startswith("method,")
+    assert "intensity baseline" in out and "brain-area baseline" in out and root.name in out
+    assert (tmp_path / "cmp.csv").read_text().startswith("method,kind,")
     assert cli(["compare", str(tmp_path)]) == 2  # no evaluation there: a clear error, not a traceback
+
+
+def test_evaluate_writes_per_case_rows_and_progress(trained, tmp_path):
+    import pandas as pd
+
+    from uad import report
+    from uad.data import build_store
+    from uad.evaluate import working_voxel_ml
+
+    root, run = trained
+    m = evaluate(run, data=root, out=tmp_path / "ev", n_boot=0, progress=False)
+    assert m["dataset"] == report.dataset_ref(root).to_dict() and m["split"] == "test"
+    assert json.loads((tmp_path / "ev" / "progress.json").read_text())["phase"] == "done"
+    cases = pd.read_csv(tmp_path / "ev" / "cases.csv")
+    assert list(cases.case_id) == m["eval_cases"]
+    store = build_store(root, PreprocessConfig(image_size=64), progress=False)
+    thr = report.at_fpr(m, 0.05)["threshold"]
+    for _, r in cases.iterrows():
+        case = store.case(r.case_id)
+        ml = working_voxel_ml(case.geometry)
+        if r.case_id == "unlabelled_case":
+            assert not r.labelled and pd.isna(r.dice) and pd.isna(r.tumour_ml)
+            continue
+        # 1 mm isotropic phantoms: tumour volume = working voxels x (side / size)^2 mm^3
+        assert r.tumour_ml == pytest.approx(np.asarray(case.tumour).sum() * ml, abs=1e-3)
+        assert ml == pytest.approx((case.geometry.side / 64) ** 2 / 1000)
+        assert 0 <= r.dice <= 1 and r.threshold == pytest.approx(thr) and r.detected_ml >= 0
+        assert 0 <= r.slice_auroc <= 1 or pd.isna(r.slice_auroc)
+    assert cases[cases.labelled].detected_ml.sum() > 0  # the bright phantom tumours are flagged somewhere
+
+
+def test_working_voxel_ml_follows_the_spacing_and_orientation():
+    from types import SimpleNamespace
+
+    from uad.evaluate import working_voxel_ml
+
+    affine = np.diag([2.0, 1.0, 3.0, 1.0])
+    g = SimpleNamespace(affine=affine, ornt=np.array([[0, 1], [1, 1], [2, 1]]), side=100, image_size=50)
+    assert working_voxel_ml(g) == pytest.approx(2 * 1 * 3 * 4 / 1000)
+    # a source stored as (z, x, y): the in-plane axes are its second and third
+    g = SimpleNamespace(affine=np.diag([3.0, 2.0, 1.0, 1.0]), ornt=np.array([[2, 1], [0, 1], [1, 1]]), side=64, image_size=64)
+    assert working_voxel_ml(g) == pytest.approx(6 / 1000)
+
+
+def test_cli_report_is_self_contained_and_holds_the_metrics(trained, tmp_path, capsys):
+    import re
+
+    from uad import report
+
+    root, run = trained
+    assert cli(["evaluate", "--run", str(run), "--data", str(root), "--bootstrap", "20"]) == 0
+    out = tmp_path / "r.html"
+    assert cli(["report", "--run", str(run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)\s*=\s*[\"']?(https?:)?//", text, re.I)  # nothing fetched
+    assert "Plotly.newPlot" in text and text.count("data:image/png;base64,") >= 3  # curves and example slices
+    m = report.EvaluationSummary.read(run / "eval" / report.dataset_ref(root).id / "test")
+    row = report.cells(report.comparison_rows([("x", m)])[0])
+    for col in ("slice AUROC [95% CI]", "pixel AP [95% CI]", "best Dice*", "Dice @5% FPR"):
+        assert row[col] in text, col
+    for b in m.baselines.values():
+        assert f"{b['slice_auroc']:.3f}" in text
+    assert m.cases().case_id.iloc[0] in text
+    assert not list(tmp_path.glob(".r.html*"))  # written atomically: no temporary left behind
+    # a second dataset makes the choice explicit
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(root / "BraTS2021_00000", other / "BraTS2021_00000")
+    assert cli(["evaluate", "--run", str(run), "--data", str(other), "--split", "all", "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+    assert cli(["report", "--run", str(run), "--out", str(out)]) == 2
+    assert "choose one with --dataset" in capsys.readouterr().err
+    assert cli(["report", "--run", str(run), "--dataset", str(other), "--no-examples", "--out", str(out)]) == 0
+    assert "other" in out.read_text()
+    assert cli(["compare", str(run), "--dataset", str(other), "--csv", str(tmp_path / "c.csv")]) == 0
 
 
 SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "checkpoints").iterdir() if (p / "best").is_dir())

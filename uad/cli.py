@@ -282,9 +282,55 @@ def cmd_evaluate(args) -> int:
 
     m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
                  post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
-    out = args.out or Path(args.run) / "eval"
-    print(f"{m['model']} on {m['split']} ({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
-    print(report.format_table(report.compare_rows([m], include_baselines=True)))
+    s = report.EvaluationSummary.from_metrics(m)
+    out = args.out or report.eval_folder(report.write_base(args.run), s.dataset, args.split)
+    print(f"{m['model']} on {s.dataset.title}, {report.SPLIT_WORDS.get(args.split, args.split)} "
+          f"({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
+    print(report.format_table(report.comparison_rows([(m["model"], s)])))
+    return 0
+
+
+def _dataset_filter(value: str | None) -> str | None:
+    """``--dataset``: a dataset id as listed by ``uad compare`` errors, or a folder (turned into its id)."""
+    if value is None:
+        return None
+    return report.dataset_ref(value).id if Path(value).expanduser().exists() else value
+
+
+def _pick_evaluations(run_paths: list[Path], dataset: str | None, split: str | None) -> list[tuple[Path, "report.EvaluationSummary"]]:
+    """Each run's evaluation on one common (dataset, split): the one asked for, else the only one they share.
+    ConfigError naming the runs and what they have otherwise."""
+    from uad.errors import ConfigError
+
+    found = {run: report.find_evaluations(report.eval_bases(run)) for run in run_paths}
+    for run, evals in found.items():
+        if not evals:
+            raise ConfigError(f"{Path(run) / 'eval'}: no evaluation found; run `python -m uad evaluate --run {run}` first")
+    wanted = _dataset_filter(dataset)
+    keys = [{s.key for s in evals if (wanted is None or s.dataset.id == wanted) and (split is None or s.split == split)}
+            for evals in found.values()]
+    common = set.intersection(*keys)
+
+    def listing() -> str:
+        return "; ".join(f"{run}: " + ", ".join(f"{s.dataset.id} ({s.dataset.label}) {s.split}" for s in evals)
+                         for run, evals in found.items())
+
+    if not common:
+        raise ConfigError(f"no dataset and split evaluated for every run{' as asked' if wanted or split else ''}: {listing()}")
+    if len(common) > 1:
+        raise ConfigError(f"the runs share several evaluations ({', '.join(f'{d} {sp}' for d, sp in sorted(common))}); "
+                          f"choose one with --dataset ID and/or --split")
+    (key,) = common
+    return [(run, next(s for s in evals if s.key == key)) for run, evals in found.items()]
+
+
+def cmd_report(args) -> int:
+    from uad import html_report
+
+    _check_out(args.out, "--out", folder=False)
+    ((_, summary),) = _pick_evaluations([args.run], args.dataset, args.split)
+    path = html_report.write_report(summary, args.out, run=args.run, examples=not args.no_examples)
+    print(f"wrote {path} ({summary.model} on {summary.where}, {path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -316,27 +362,15 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import csv
-    import io
-
     from uad import fileio
-    from uad.errors import ConfigError
 
     _check_out(args.csv, "--csv", folder=False)
-    summaries = []
-    for run in args.runs:
-        path = Path(run) / "eval" / "metrics.json"
-        try:
-            summaries.append(fileio.read_json(path))
-        except (FileNotFoundError, ValueError):
-            raise ConfigError(f"{path}: no evaluation found; run `python -m uad evaluate --run {run}` first") from None
-    rows = report.compare_rows(summaries)
+    chosen = _pick_evaluations(list(args.runs), args.dataset, args.split)
+    first = chosen[0][1]
+    print(f"dataset {first.dataset.title}, {report.SPLIT_WORDS.get(first.split, first.split)}")
+    rows = report.comparison_rows([(Path(run).name or str(run), s) for run, s in chosen])
     print(report.format_table(rows))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    fileio.write_text(args.csv, buf.getvalue())
+    fileio.write_text(args.csv, report.csv_text(rows))
     print(f"wrote {args.csv}")
     return 0
 
@@ -404,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run or checkpoint folder")
     p.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run was trained on)")
     p.add_argument("--split", choices=SPLIT_CHOICES, default="test")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval/<dataset-id>/<split>)")
     p.add_argument("--save-maps", action="store_true", help="also write maps/<case>_anomaly.nii.gz per case")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (default 1000)")
     p.add_argument("--device", default=None)
@@ -427,7 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines")
     p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (evaluated)")
     p.add_argument("--csv", type=Path, default=Path("compare.csv"), help="where to write the table (default compare.csv)")
+    p.add_argument("--dataset", default=None, help="dataset id or folder (default: the one every run was evaluated on)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default=None, help="split (default: the one every run was evaluated on)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run's evaluation (works offline)")
+    p.add_argument("--run", type=Path, required=True, help="run or checkpoint folder (evaluated)")
+    p.add_argument("--dataset", default=None, help="dataset id or folder (default: the run's only evaluated dataset)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default=None)
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write (default report.html)")
+    p.add_argument("--no-examples", action="store_true", help="leave out the example slices (no model scoring)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

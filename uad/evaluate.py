@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from uad import checkpoints, fileio, metrics, paths
+from uad import checkpoints, fileio, metrics, report
 from uad.data.demo import resolve_data_root
 from uad.data.splits import split_cases
 from uad.data.store import SliceStore, build_store
@@ -44,15 +44,12 @@ def data_root_for(info: dict[str, Any], data: str | Path | None) -> Path:
     """The dataset to evaluate on: the one given, else the one the checkpoint was trained on."""
     if data is not None:
         return Path(data)
-    trained = info.get("data", {})
-    if trained.get("demo", False) or not trained.get("root"):
+    trained = report.trained_data_root(info)
+    if trained is None or info.get("data", {}).get("demo", False):
         return resolve_data_root(None)
-    root = Path(trained["root"])
-    if not root.is_absolute():  # shipped checkpoints record their data relative to the repository
-        root = paths.REPO_ROOT / root
-    if not root.is_dir():
-        raise ConfigError(f"the checkpoint's training data {root} is not here; pass --data DIR")
-    return root
+    if not trained.is_dir():
+        raise ConfigError(f"the checkpoint's training data {trained} is not here; pass --data DIR")
+    return trained
 
 
 @dataclass
@@ -82,15 +79,8 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
     unlabelled = [c for c in store.case_ids if c not in set(labelled)]
     recipe = info.get("split", {})
     recorded = recipe.get("cases")
-    trained_root = info.get("data", {}).get("root")
-    if root is None:
-        same_data = True
-    else:
-        if info.get("data", {}).get("demo", False):
-            trained_root = str(paths.demo_dir())
-        elif trained_root is not None and not Path(trained_root).is_absolute():
-            trained_root = str(paths.REPO_ROOT / trained_root)
-        same_data = trained_root is not None and Path(trained_root).resolve() == Path(root).resolve()
+    trained_root = report.trained_data_root(info)
+    same_data = root is None or (trained_root is not None and trained_root.resolve() == Path(root).resolve())
     if recorded:
         parts = {k: list(recorded.get(k, [])) for k in ("train", "val", "test")}
         source = "recorded"
@@ -133,20 +123,31 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a run or checkpoint folder; writes metrics.json, slices.csv and curves.json; returns the metrics."""
+    """Evaluate a run or checkpoint folder on a dataset and split; returns the metrics.
+
+    Writes, in ``out`` (default ``<run>/eval/<dataset-id>/<split>/``, see ``uad.report.write_base``): curves.json,
+    slices.csv (one row per slice), cases.csv (one row per case), progress.json while it works, and
+    metrics.json last (its presence marks a complete evaluation).
+    """
     ckpt = checkpoints.load(run, device=device)
     root = data_root_for(ckpt.info, data)
+    dataset = report.dataset_ref(root)
+    out_dir = Path(out) if out else report.eval_folder(report.write_base(run), dataset, split)
+    progress_file = ProgressFile(out_dir / PROGRESS)
+    progress_file.update("preparing", 0, 0)  # the slice cache of a new dataset takes a while to build
     store = build_store(root, ckpt.preprocess, progress=progress)
     plan = split_for(store, ckpt.info, split, root if data is not None else None)
     if not plan.eval_cases:
         missing = f" (recorded but missing here: {', '.join(plan.missing)})" if plan.missing else ""
         raise ConfigError(f"no case of the {split} split is in {root}{missing}")
-    out_dir = Path(out) if out else Path(run) / "eval"
     scorers = [ModelScorer(ckpt.model, device=device)] + [baseline(b) for b in BASELINES]
+    case_rows: list[dict[str, Any]] = []
     tallies, rows = score_cohort(store, scorers, plan.eval_cases, plan.calibration_cases, post,
-                                 maps_dir=out_dir / "maps" if save_maps else None, progress=progress)
+                                 maps_dir=out_dir / "maps" if save_maps else None, progress=progress,
+                                 case_rows=case_rows, on_progress=progress_file.update)
 
     # Metrics, with patient-level bootstrap intervals.
+    progress_file.update("summarising", 0, 1)
     results: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     for name, tally in tallies.items():
@@ -155,7 +156,9 @@ def evaluate(
     summary = {
         "model": model_name,
         "checkpoint": str(ckpt.path),
+        "run": Path(run).name,
         "data_root": str(root),
+        "dataset": dataset.to_dict(),
         "split": split,
         "split_source": plan.source,
         "eval_cases": plan.eval_cases,
@@ -169,31 +172,96 @@ def evaluate(
         "postprocess": post.to_dict(),
         "pixel_metrics_note": "exact up to 10,000 score bins on [0, 1]; pixels inside the eroded brain mask",
         "best_dice_note": metrics.ORACLE_NOTE,
+        "cases_note": CASES_NOTE,
         "bootstrap": {"n_boot": n_boot, "seed": seed, "unit": "patient"},
         **results[model_name],
         "baselines": {b: results[b] for b in BASELINES},
         "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    fileio.write_json(out_dir / "metrics.json", summary)
     fileio.write_json(out_dir / "curves.json", curves)
     _write_csv(out_dir / "slices.csv", rows)
+    _write_csv(out_dir / "cases.csv", case_rows)
+    fileio.write_json(out_dir / "metrics.json", summary)  # last: its presence marks the evaluation complete
+    progress_file.update("done", 1, 1)
     return summary
 
 
+PROGRESS = "progress.json"
+CASES_NOTE = ("per case, at the threshold where 5% of healthy calibration pixels are flagged; Dice, precision and "
+              "recall inside the eroded brain mask; volumes at working resolution from the voxel spacing "
+              "(tumour: every labelled voxel of the kept slices; detected: flagged voxels inside the brain mask)")
+
+
+class ProgressFile:
+    """``progress.json`` in the output folder: {phase, done, total, updated}, replaced atomically at most
+    twice a second, so the app can draw a progress bar for a background evaluation."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last = 0.0
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        now = time.time()
+        if phase not in ("done", "summarising") and done not in (0, total) and now - self._last < 0.5:
+            return
+        self._last = now
+        fileio.write_json(self.path, {"phase": phase, "done": int(done), "total": int(total), "updated": now})
+
+
+def working_voxel_ml(geometry) -> float:
+    """Volume of one working-size voxel in mL: the source voxel spacing (mm), in-plane enlarged by the
+    square crop's resize (``side`` source pixels become ``image_size`` pixels)."""
+    zooms = np.sqrt((np.asarray(geometry.affine, float)[:3, :3] ** 2).sum(axis=0))  # per source axis
+    canonical = np.empty(3)
+    for src_axis, (target, _flip) in enumerate(np.asarray(geometry.ornt)):
+        canonical[int(target)] = zooms[src_axis]  # the RAS+ axis this source axis became
+    in_plane = canonical[0] * canonical[1] * (geometry.side / geometry.image_size) ** 2
+    return float(in_plane * canonical[2] / 1000.0)
+
+
+def _case_row(cid: str, case, vs, thr: float | None, post: PostprocessConfig) -> dict[str, Any]:
+    """One row of cases.csv for the evaluated model (see CASES_NOTE)."""
+    ml = working_voxel_ml(case.geometry)
+    ok = thr is not None and np.isfinite(thr)
+    pred = (threshold_maps(vs.maps, thr, post.min_component) & vs.mask) if ok else None
+    row: dict[str, Any] = {"case_id": cid, "labelled": bool(case.labelled), "slices": int(len(vs.scores)),
+                           "tumour_slices": "", "tumour_ml": "", "detected_ml": round(float(pred.sum()) * ml, 3) if ok else "",
+                           "dice": "", "precision": "", "recall": "", "slice_auroc": "",
+                           "max_slice_score": float(np.max(vs.scores)) if len(vs.scores) else "", "threshold": thr if ok else ""}
+    if case.labelled:
+        tumour = np.asarray(case.tumour)
+        labels = np.asarray(case.label).astype(np.int64)
+        row["tumour_slices"] = int(labels.sum())
+        row["tumour_ml"] = round(float(tumour.sum()) * ml, 3)
+        if ok:
+            gt = tumour & vs.mask
+            tp, fp, fn = int((pred & gt).sum()), int((pred & ~gt).sum()), int((~pred & gt).sum())
+            row.update(dice=_safe_div(2 * tp, 2 * tp + fp + fn), precision=_safe_div(tp, tp + fp), recall=_safe_div(tp, tp + fn))
+        if 0 < labels.sum() < len(labels):
+            row["slice_auroc"] = metrics.slice_metrics(labels, np.asarray(vs.scores))["auroc"]
+    return {k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+
+
 def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_cases: list[str],
-                 post: PostprocessConfig, maps_dir: Path | None = None, progress: bool = False) -> tuple[dict[str, "_Tally"], list[dict]]:
+                 post: PostprocessConfig, maps_dir: Path | None = None, progress: bool = False,
+                 case_rows: list[dict] | None = None, on_progress=None) -> tuple[dict[str, "_Tally"], list[dict]]:
     """Score ``eval_cases`` with every scorer; thresholds calibrated on the healthy slices of ``calib_cases``.
 
     The first scorer's maps go to ``maps_dir`` and its slice score fills the rows' ``score`` column; the
-    others (the baselines) get ``score_<name>`` columns.
+    others (the baselines) get ``score_<name>`` columns. ``case_rows``, when given, receives one row per
+    case for the first scorer (``_case_row``); ``on_progress(phase, done, total)`` is called as cases finish.
     """
+    report_progress = on_progress or (lambda phase, done, total: None)
     from tqdm.auto import tqdm
 
     # 1. Label-free thresholds from healthy validation pixels only.
     tallies: dict[str, _Tally] = {}
+    steps, step = len(scorers) * len(calib_cases), 0
     for scorer in scorers:
         healthy = metrics.PixelAccumulator()
         for cid in calib_cases:
+            report_progress("calibrating", step, steps)
+            step += 1
             case = store.case(cid)
             ok = ~case.label
             if ok.any():
@@ -204,15 +272,20 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
 
     # 2. Score every evaluated slice with every scorer.
     rows: list[dict[str, Any]] = []
-    for cid in tqdm(eval_cases, desc="evaluating", unit="case", disable=not progress):
+    first_thr = (at_rate(tallies[scorers[0].name].thresholds, report.CASE_RATE) or {}).get("threshold") if scorers else None
+    for done, cid in enumerate(tqdm(eval_cases, desc="evaluating", unit="case", disable=not progress)):
+        report_progress("scoring", done, len(eval_cases))
         case = store.case(cid)
         table = case.table
         per_case_scores = {}
         for scorer in scorers:
             vs = score_case(scorer, case, post)
             per_case_scores[scorer.name] = vs.scores
-            if maps_dir is not None and scorer is scorers[0]:
-                write_nifti(vs.maps, case.geometry, maps_dir / f"{cid}_anomaly.nii.gz")
+            if scorer is scorers[0]:
+                if maps_dir is not None:
+                    write_nifti(vs.maps, case.geometry, maps_dir / f"{cid}_anomaly.nii.gz")
+                if case_rows is not None:
+                    case_rows.append(_case_row(cid, case, vs, first_thr, post))
             if case.labelled:
                 _tally_case(tallies[scorer.name], cid, case.label, vs, np.asarray(case.tumour), post)
         for i, r in enumerate(table.itertuples()):
@@ -223,7 +296,12 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
                 **{f"score_{s.name}": float(per_case_scores[s.name][i]) for s in scorers[1:]},
             })
         store.release(cid)
+    report_progress("scoring", len(eval_cases), len(eval_cases))
     return tallies, rows
+
+
+def at_rate(thresholds: list[dict], rate: float) -> dict | None:
+    return next((t for t in thresholds if abs(t["rate"] - rate) < 1e-9), None)
 
 
 def merge_tallies(parts: list["_Tally"]) -> "_Tally":

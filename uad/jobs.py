@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uad import fileio, paths, runs
+from uad import fileio, paths, report, runs
 
 LAUNCH = "launch.json"  # beside status.json: pid of the process started here, its command line and log
 STDOUT = "stdout.log"
@@ -173,25 +173,102 @@ def list_run_views(include_shipped: bool = True) -> list[RunView]:
 
 
 # -- evaluations -----------------------------------------------------------------------------------------
-def eval_dir(v: RunView) -> Path:
-    """Where a run's evaluation lives; shipped checkpoints evaluated here go under runs/ (nothing is ever
-    written into the repository's checkpoints folder)."""
-    own = v.path / "eval"
-    if v.info.shipped and not (own / "metrics.json").is_file():
-        return paths.runs_dir() / "shipped-eval" / v.info.name / "eval"
-    return own
+# One evaluation = one run on one dataset and split, in <eval base>/<dataset-id>/<split>/ (uad.report).
+# A background evaluation keeps launch.json, eval.log and progress.json in that same folder.
+EVAL_LAUNCH = "launch.json"
+EVAL_LOG = "eval.log"
 
 
-def eval_launch_path(v: RunView) -> Path:
-    return eval_dir(v).parent / "eval-launch.json"
+def evaluations(v: RunView) -> list[report.EvaluationSummary]:
+    """Every readable evaluation of the run, newest first."""
+    return report.find_evaluations(report.eval_bases(v.path))
 
 
-def launch_eval(v: RunView) -> None:
-    """Start ``uad evaluate`` for the run in the background."""
-    out = eval_dir(v)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["evaluate", "--run", str(v.path), "--out", str(out)]
-    start_process(f"eval:{v.path}", argv, out.parent / "eval.log", eval_launch_path(v))
+def evaluation_on(v: RunView, root: str | Path, split: str | None = None) -> report.EvaluationSummary | None:
+    """The run's newest evaluation on the dataset at ``root`` (any split unless given), None when none."""
+    return report.pick(evaluations(v), report.dataset_ref(root).id, split)
+
+
+def trained_root(v: RunView) -> Path | None:
+    """The folder the run's checkpoint was trained on (checkpoint.json, read without torch)."""
+    for sub in ("best", "last", "."):
+        info = launch_info(v.path / sub / CKPT_META)
+        if info:
+            return report.trained_data_root(info)
+    return None
+
+
+def eval_split(v: RunView, root: str | Path) -> str:
+    """The split an evaluation on ``root`` uses: the recorded test patients on the run's own training data,
+    every case ("all", thresholds calibrated on that cohort's own healthy slices) on any other folder."""
+    trained = trained_root(v)
+    return "test" if trained is not None and trained.resolve() == Path(root).resolve() else "all"
+
+
+def eval_out(v: RunView, root: str | Path, split: str | None = None) -> Path:
+    """Where an evaluation of the run on ``root`` is (or will be) written."""
+    return report.eval_folder(report.write_base(v.path), report.dataset_ref(root), split or eval_split(v, root))
+
+
+def launch_eval(v: RunView, root: str | Path | None = None, split: str | None = None) -> Path:
+    """Start ``uad evaluate --run <run> --data <root> --split <split> --out <folder>`` in the background;
+    returns the output folder (progress.json, eval.log, then metrics.json appear there)."""
+    root = Path(root) if root is not None else (trained_root(v) or paths.demo_dir())
+    split = split or eval_split(v, root)
+    out = eval_out(v, root, split)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "progress.json").unlink(missing_ok=True)  # a previous run's "done" must not read as this one's
+    argv = ["evaluate", "--run", str(v.path), "--data", str(root), "--split", split, "--out", str(out)]
+    start_process(f"eval:{out}", argv, out / EVAL_LOG, out / EVAL_LAUNCH)
+    return out
+
+
+@dataclass
+class EvalJob:
+    """An evaluation of a run on one dataset as seen from its folder: 'done', 'running', 'failed' or 'none',
+    with progress (cases done / total in the current phase) and the log's tail."""
+
+    state: str
+    out: Path
+    phase: str = ""
+    done: int = 0
+    total: int = 0
+    log: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
+
+    @property
+    def text(self) -> str:
+        if self.phase == "preparing":
+            return "preparing the slice cache…"
+        if self.phase == "calibrating":
+            return f"calibrating thresholds on healthy slices: {self.done} / {self.total}"
+        if self.phase == "scoring":
+            return f"scoring cases: {self.done} / {self.total}"
+        if self.phase == "summarising":
+            return "computing metrics and bootstrap intervals…"
+        return "starting…"
+
+
+def eval_job(v: RunView, root: str | Path, split: str | None = None) -> EvalJob:
+    """The state of the run's evaluation on ``root`` (see EvalJob)."""
+    reap()
+    out = eval_out(v, root, split)
+    launch = launch_info(out / EVAL_LAUNCH)
+    metrics = out / "metrics.json"
+    if launch and runs.pid_alive(launch.get("pid")):
+        prog = launch_info(out / "progress.json")
+        return EvalJob("running", out, str(prog.get("phase") or ""), int(prog.get("done") or 0), int(prog.get("total") or 0),
+                       tail(out / EVAL_LOG, 3))
+    if metrics.is_file() and (not launch or _mtime(metrics) >= launch.get("started", 0)):
+        return EvalJob("done", out)
+    if launch:
+        return EvalJob("failed", out, log=tail(out / EVAL_LOG))
+    if evaluation_on(v, root, split) is not None:  # e.g. an older layout, or written by the CLI elsewhere
+        return EvalJob("done", out)
+    return EvalJob("none", out)
 
 
 def _mtime(path: Path) -> float:
@@ -201,24 +278,15 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def eval_state(v: RunView) -> tuple[str, str]:
-    """('done' | 'running' | 'failed' | 'none', log tail) for a run's evaluation."""
-    reap()
-    launch = launch_info(eval_launch_path(v))
-    metrics = eval_dir(v) / "metrics.json"
-    if launch and runs.pid_alive(launch.get("pid")):
-        return "running", tail(eval_dir(v).parent / "eval.log", 3)
-    if metrics.is_file() and (not launch or _mtime(metrics) >= launch.get("started", 0)):
-        return "done", ""
-    if launch:
-        return "failed", tail(eval_dir(v).parent / "eval.log")
-    return "none", ""
+def home_evaluation(v: RunView) -> report.EvaluationSummary | None:
+    """The evaluation on the run's own training data if there is one, else its newest."""
+    found = evaluations(v)
+    trained = trained_root(v)
+    own = report.pick(found, report.dataset_ref(trained).id) if trained is not None else None
+    return own or (found[0] if found else None)
 
 
 def eval_metrics(v: RunView) -> dict[str, Any]:
-    """The run's evaluation summary (metrics.json), {} when missing or unreadable."""
-    try:
-        m = fileio.read_json(eval_dir(v) / "metrics.json")
-    except (OSError, ValueError):
-        return {}
-    return m if isinstance(m, dict) else {}
+    """metrics.json of ``home_evaluation`` ({} when the run has none)."""
+    s = home_evaluation(v)
+    return s.raw if s is not None else {}

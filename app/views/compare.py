@@ -1,4 +1,6 @@
-"""Compare: ROC / PR curves of evaluated runs against the two baselines, and an operating point per model."""
+"""Compare: evaluated runs on one dataset and split, against the baselines computed on the same slices;
+ROC / PR curves, an operating point per model, the per-case table (a click opens the case in Explore),
+the HTML report and a configuration diff."""
 
 from __future__ import annotations
 
@@ -7,95 +9,165 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+import evals
 import ui
 from uad import jobs, metrics, report
 
 MAX_DEFAULT = 3
 
 
-def _evaluation_panel(pending: list[jobs.RunView]) -> None:
-    """Runs without an evaluation: start `python -m uad evaluate` for them and follow it (never blocks the page)."""
-    any_running = False
-    for v in pending:
-        state, log = jobs.eval_state(v)
-        any_running |= state == "running"
-        cols = st.columns([4, 2], vertical_alignment="center")
-        cols[0].markdown(f"**{v.info.name}** · {v.info.model} · {v.state}")
-        if state == "running":
-            cols[1].progress(0.5, text="evaluating…")
-            if log:
-                st.caption(log.splitlines()[-1][-160:])
-        elif state == "done":
-            cols[1].success("evaluated")
-        else:
-            if state == "failed":
-                st.error("The evaluation failed:")
-                st.code(log or "(no output)", language=None)
-            if cols[1].button("Evaluate", key=f"eval::{v.info.name}", disabled=v.active,
-                              help="Runs `python -m uad evaluate` in the background: slice and pixel metrics on the test split"):
-                jobs.launch_eval(v)
-                st.rerun()
-    done_now = [v for v in pending if jobs.eval_state(v)[0] == "done"]
-    if done_now:
-        # Whole page: the new evaluation joins the comparison, selected.
-        chosen = st.session_state.get("compare_runs")
-        if chosen is not None:
-            st.session_state["compare_runs"] = [v.info.name for v in done_now] + list(chosen)
-        st.rerun()
-    if any_running != st.session_state.get("compare_eval_fast"):
-        st.session_state["compare_eval_fast"] = any_running
-        st.rerun()
-
-
 def _label(v: jobs.RunView) -> str:
     return f"{v.info.model} · {v.info.name}"
 
 
-def _metrics_table(chosen: list[tuple[jobs.RunView, dict]]) -> None:
-    rows = []
+# -- which dataset --------------------------------------------------------------------------------------------
+def _choose_dataset(found: dict[str, list[report.EvaluationSummary]], root) -> tuple[str, str] | None:
+    """The (dataset id, split) to compare on: the user's choice, else the active dataset's, else the most
+    evaluated one. Every number below comes from this one dataset and split."""
+    counts: dict[tuple[str, str], int] = {}
+    labels: dict[tuple[str, str], str] = {}
+    for evals_ in found.values():
+        for s in {s.key: s for s in evals_}.values():
+            counts[s.key] = counts.get(s.key, 0) + 1
+            labels[s.key] = s.where
+    if not counts:
+        return None
+    active = report.dataset_ref(root).id
+    keys = sorted(counts, key=lambda k: (k[0] != active, -counts[k], labels[k]))
+    if st.session_state.get("compare_dataset") not in keys:
+        st.session_state["compare_dataset"] = keys[0]
+    return st.selectbox("Evaluated on", keys, key="compare_dataset",
+                        format_func=lambda k: f"{labels[k]} · {counts[k]} run{'s' if counts[k] != 1 else ''}"
+                                              + ("  (active dataset)" if k[0] == active else ""),
+                        help="Metrics, curves, baselines and the per-case table all come from this dataset and split.")
 
-    def row(name: str, m: dict) -> dict:
-        return {
-            "method": name,
-            "slice AUROC [95% CI]": ui.fmt_ci(m.get("slice_auroc"), m.get("slice_auroc_ci")),
-            "slice AP": ui.fmt(m.get("slice_ap")),
-            "pixel AP [95% CI]": ui.fmt_ci(m.get("pixel_ap"), m.get("pixel_ap_ci")),
-            "pixel AUROC": ui.fmt(m.get("pixel_auroc")),
-            "best Dice*": ui.fmt((m.get("best_dice") or {}).get("dice")),
-            **{f"Dice @{r:.0%} FPR": ui.fmt(report.at_fpr(m, r).get("dice")) for r in (0.01, 0.05, 0.10)},
-        }
 
-    for v, e in chosen:
-        rows.append(row(_label(v), e["metrics"]))
-    first = chosen[0][1]["metrics"]
-    for b, m in (first.get("baselines") or {}).items():
-        rows.append(row(ui.BASELINE_STYLE.get(b, (b,))[0], m))
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    notes = ["95% intervals: patient-level bootstrap.",
-             "*best Dice picks its threshold on the test labels (an oracle upper bound).",
-             "Dice @x% FPR: threshold set where x% of healthy validation pixels are flagged (what a user would deploy)."]
-    splits = {tuple(e["metrics"].get("eval_cases") or []) for _, e in chosen}
-    if len(splits) > 1:
-        notes.append("⚠ The selected runs were evaluated on different test cases; baselines shown are those of the first run.")
+def _evaluate_panel(views: list[jobs.RunView], found, root) -> None:
+    """Runs not evaluated on the active folder: evaluate them there in the background, with progress."""
+    active = report.dataset_ref(root)
+    pending = [v for v in views if report.pick(found[v.info.name], active.id) is None]
+    if not pending:
+        return
+    with st.expander(f"{len(pending)} run(s) not evaluated on the active dataset, {active.label}",
+                     expanded=not any(found.values())):
+        st.caption(f"Active dataset (Data page): `{active.root}`. On a run's own training data the evaluation scores its "
+                   "recorded test patients; on any other folder it scores every case, with thresholds calibrated on "
+                   "that folder's own healthy slices.")
+        for v in pending:
+            st.markdown(f"**{_label(v)}** · {v.state}")
+            evals.evaluate_control(v, root, "compare")
+
+
+# -- tables ---------------------------------------------------------------------------------------------------
+def _metrics_table(chosen) -> None:
+    rows = report.comparison_rows([(_label(v), s) for v, s, _ in chosen])
+    st.dataframe(pd.DataFrame([report.cells(r) for r in rows]), hide_index=True, width="stretch")
+    groups = {r["group"] for r in rows if r.get("kind") == "baseline"}
+    notes = [report.TABLE_NOTES,
+             "Baselines are computed on the same slices and pixels as each model; they depend on the dataset, split, "
+             "evaluated cases, image size and channels, so runs that differ in these get their own baseline rows, "
+             "labelled by what differs."]
+    if len(groups) > 1:
+        notes.append("⚠ The selected runs were not evaluated on identical slices: compare each to its own baselines.")
     st.caption(" ".join(notes))
 
 
-def _curve_fig(kind: str, level: str, chosen, points: dict[str, dict] | None) -> go.Figure:
+def _cases_table(chosen, root_of) -> None:
+    st.subheader("Per case")
+    names = [v.info.name for v, _, _ in chosen]
+    if st.session_state.get("compare_cases_run") not in names:
+        st.session_state["compare_cases_run"] = names[0]
+    name = st.selectbox("Run", names, key="compare_cases_run", format_func=lambda n: _label(next(v for v, _, _ in chosen if v.info.name == n)))
+    v, s, _ = next(c for c in chosen if c[0].info.name == name)
+    try:
+        df = s.cases()
+    except ValueError as exc:
+        st.error(str(exc))
+        return
+    if df is None:
+        st.info(f"This evaluation of {name} predates per-case tables: evaluate it again to get one.")
+        return
+    thr = s.at_fpr(report.CASE_RATE).get("threshold")
+    cols = [c for c in ("case_id", "labelled", "dice", "precision", "recall", "tumour_ml", "detected_ml", "slice_auroc",
+                        "slices", "tumour_slices", "max_slice_score") if c in df.columns]
+    num = lambda label, fmt="%.3f", help=None: st.column_config.NumberColumn(label, format=fmt, help=help)  # noqa: E731
+    event = st.dataframe(
+        df[cols], hide_index=True, width="stretch", key=f"cases::{s.key}::{name}", on_select="rerun",
+        selection_mode="single-row",
+        column_config={
+            "case_id": st.column_config.TextColumn("case"), "labelled": st.column_config.CheckboxColumn("labelled"),
+            "dice": num("Dice @5% FPR", help="Dice at the threshold where 5% of healthy calibration pixels are flagged"),
+            "precision": num("precision"), "recall": num("recall"),
+            "tumour_ml": num("tumour mL", "%.2f", "Labelled tumour volume in the kept slices, from the voxel spacing"),
+            "detected_ml": num("detected mL", "%.2f", "Volume flagged inside the brain mask at the threshold"),
+            "slice_auroc": num("slice AUROC", help="Within the case: tumour vs healthy slices (empty when it has only one kind)"),
+            "slices": num("slices", "%d"), "tumour_slices": num("tumour slices", "%d"), "max_slice_score": num("max slice score", "%.4f"),
+        })
+    st.caption(f"{s.where}; threshold {ui.fmt(thr, 4)} (5% healthy FPR). {(s.raw.get('cases_note') or '')[:1].upper()}{(s.raw.get('cases_note') or '')[1:]}. "
+               "Click a column header to sort; select a row to open that case in Explore.")
+    rows = (event.selection.rows if event is not None and hasattr(event, "selection") else [])
+    if rows:
+        evals.open_in_explore(name, str(df.iloc[rows[0]]["case_id"]), root_of(s))
+
+
+def _report_buttons(chosen) -> None:
+    from uad import html_report
+
+    st.subheader("HTML report")
+    st.caption("One self-contained file per run (works offline): metrics with intervals and baselines, curves, the per-case "
+               "table and example slices of the best and worst cases. Built when clicked (a few seconds: the examples "
+               "are scored again).")
+    cols = st.columns(min(len(chosen), 3))
+    for i, (v, s, _) in enumerate(chosen):
+        cols[i % len(cols)].download_button(
+            f"Report: {v.info.name}", data=lambda v=v, s=s: html_report.build_report(s, run=v.path).encode("utf-8"),
+            file_name=f"uad-report-{v.info.name.replace('/', '-')}-{s.dataset.id}-{s.split}.html", mime="text/html",
+            key=f"report::{v.info.name}", icon=":material/description:", width="stretch")
+
+
+def _config_diff(views: list[jobs.RunView], chosen) -> None:
+    st.subheader("Configuration diff")
+    names = [v.info.name for v in views]
+    if len(names) < 2:
+        st.caption("Needs two runs.")
+        return
+    picked = [v.info.name for v, _, _ in chosen][:2]
+    defaults = picked + [n for n in names if n not in picked][: 2 - len(picked)]
+    a_col, b_col = st.columns(2)
+    a = a_col.selectbox("Run A", names, index=names.index(defaults[0]), key="diff_a")
+    b = b_col.selectbox("Run B", names, index=names.index(defaults[1]), key="diff_b")
+    va, vb = (next(v for v in views if v.info.name == n) for n in (a, b))
+    rows = report.config_diff(va.info.config, vb.info.config)
+    if a == b:
+        st.caption("Choose two different runs.")
+    elif not rows:
+        st.success("Same configuration (config.json).")
+    else:
+        st.dataframe(pd.DataFrame(rows).rename(columns={"a": f"A: {a}", "b": f"B: {b}"}), hide_index=True, width="stretch")
+        st.caption(f"{len(rows)} differing keys of config.json (nested keys joined by dots).")
+
+
+# -- curves and operating points -------------------------------------------------------------------------------
+def _curve_fig(kind: str, level: str, chosen, colours: dict[str, str], points: dict[str, dict] | None) -> go.Figure:
     """ROC (kind='roc') or PR (kind='pr') curves at slice or pixel level, baselines dashed, operating points as dots."""
     key = f"{level}_{kind}"
     xk, yk = ("fpr", "tpr") if kind == "roc" else ("recall", "precision")
     data = []
     if kind == "roc":
         data.append(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#555555", width=1), showlegend=False, hoverinfo="skip"))
-    first = chosen[0][1]["curves"]
-    for b, (name, colour, dash) in ui.BASELINE_STYLE.items():
-        c = (first.get(b) or {}).get(key)
-        if c:
-            data.append(go.Scatter(x=c[xk], y=c[yk], name=name, mode="lines", line=dict(color=colour, dash=dash, width=1.5)))
-    for i, (v, e) in enumerate(chosen):
-        colour = ui.MODEL_COLOURS[i % len(ui.MODEL_COLOURS)]
-        model_curves = e["curves"].get(e["metrics"].get("model", v.info.model)) or {}
-        c = model_curves.get(key)
+    # Baseline curves once per group of identical slices (see report.comparison_rows), never "the first run's".
+    groups: dict[tuple, tuple[str, dict]] = {}
+    for v, s, e in chosen:
+        groups.setdefault(s.baseline_group, (f"{s.image_size} px", e["curves"]))
+    for g, (words, curves) in sorted(groups.items(), key=lambda t: t[1][0]):
+        for b, (name, colour, dash) in ui.BASELINE_STYLE.items():
+            c = (curves.get(b) or {}).get(key)
+            if c:
+                data.append(go.Scatter(x=c[xk], y=c[yk], name=name + (f" ({words})" if len(groups) > 1 else ""), mode="lines",
+                                       line=dict(color=colour, dash=dash, width=1.5)))
+    for v, s, e in chosen:
+        colour = colours[v.info.name]
+        c = (e["curves"].get(s.model) or {}).get(key)
         if c:
             data.append(go.Scatter(x=c[xk], y=c[yk], name=_label(v), mode="lines", line=dict(color=colour, width=2.5)))
         p = (points or {}).get(v.info.name)
@@ -118,106 +190,117 @@ def _distribution_fig(slices: pd.DataFrame, thr: float, colour: str) -> go.Figur
                                                  xaxis=dict(title=dict(text="slice score")), yaxis=dict(title=dict(text="slices"))))
 
 
-def _operating_panel(v: jobs.RunView, e: dict, i: int) -> dict:
+def _operating_panel(v: jobs.RunView, s: report.EvaluationSummary, e: dict, colour: str) -> dict:
     slices = e["slices"]
     labels, scores = slices.label.to_numpy(), slices.score.to_numpy()
     lo, hi = float(scores.min()), float(scores.max())
     key = f"cmp_thr::{v.info.name}"
     if key not in st.session_state:
-        youden = (e["metrics"].get("slice_youden") or {}).get("threshold")
+        youden = (s.raw.get("slice_youden") or {}).get("threshold")
         st.session_state[key] = float(np.clip(youden if youden is not None else np.median(scores), lo, hi))
-    colour = ui.MODEL_COLOURS[i % len(ui.MODEL_COLOURS)]
     st.markdown(f"<span style='color:{colour};font-size:1.3em'>●</span> **{_label(v)}**", unsafe_allow_html=True)
     thr = st.slider("Slice-score threshold", lo, hi if hi > lo else lo + 1e-6, step=max((hi - lo) / 500, 1e-9), format="%.4f", key=key,
                     help="A slice is called anomalous when its score is at or above this value. Starts at Youden's J.")
     p = metrics.operating_point(labels, scores, thr)
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Precision", ui.fmt(p["precision"]))
-    c2.metric("Recall", ui.fmt(p["recall"]))
-    c3.metric("F1", ui.fmt(p["f1"]))
-    c4.metric("Specificity", ui.fmt(p["specificity"]))
+    # Two metrics per row: four in a third of a 1500-px window cut the numbers to "0.…".
+    for pair in (("Precision", "precision"), ("Recall", "recall")), (("F1", "f1"), ("Specificity", "specificity")):
+        c1, c2 = st.columns(2)
+        for col, (label, k) in zip((c1, c2), pair):
+            col.metric(label, ui.fmt(p[k]))
     st.dataframe(pd.DataFrame({"predicted tumour": [p["tp"], p["fp"]], "predicted healthy": [p["fn"], p["tn"]]},
                               index=["tumour slices", "healthy slices"]), width="stretch")
-    st.plotly_chart(_distribution_fig(slices, thr, colour), width="stretch", key=f"dist::{v.info.name}", config={"displayModeBar": False})
+    ui.plot(_distribution_fig(slices, thr, colour), key=f"dist::{v.info.name}")
     return p
 
 
 @st.fragment
-def _interactive(chosen: list[tuple[jobs.RunView, dict]]) -> None:
+def _interactive(chosen, colours) -> None:
     # A fragment: moving a threshold reruns only the slice-level curves and the operating points.
     with ui.timed("compare_interactive"):
-        _interactive_body(chosen)
+        _interactive_body(chosen, colours)
 
 
-def _interactive_body(chosen: list[tuple[jobs.RunView, dict]]) -> None:
+def _interactive_body(chosen, colours) -> None:
     curves = st.container()  # first on screen, drawn last: it shows the points the sliders below set
     st.markdown("##### Operating points")
     points = {}
     cols = st.columns(max(2, min(len(chosen), 3)))  # one model: half width, not stretched across the page
-    for i, (v, e) in enumerate(chosen):
+    for i, (v, s, e) in enumerate(chosen):
         with cols[i % len(cols)]:
-            points[v.info.name] = _operating_panel(v, e, i)
+            points[v.info.name] = _operating_panel(v, s, e, colours[v.info.name])
     with curves:
         a, b = st.columns(2)
-        a.plotly_chart(_curve_fig("roc", "slice", chosen, points), width="stretch", key="slice_roc")
-        b.plotly_chart(_curve_fig("pr", "slice", chosen, points), width="stretch", key="slice_pr")
+        with a:
+            ui.plot(_curve_fig("roc", "slice", chosen, colours, points), key="slice_roc")
+        with b:
+            ui.plot(_curve_fig("pr", "slice", chosen, colours, points), key="slice_pr")
         st.caption("Dots: each model's operating point at its threshold below. Dashed/dotted: baselines.")
 
 
-def _curves(chosen: list[tuple[jobs.RunView, dict]]) -> None:
+def _curves(chosen, colours) -> None:
     st.subheader("Curves")
     slice_tab, pixel_tab = st.tabs(["Slice level (with operating points)", "Pixel level"])
     with pixel_tab:
         a, b = st.columns(2)
-        a.plotly_chart(_curve_fig("roc", "pixel", chosen, None), width="stretch", key="pixel_roc")
-        b.plotly_chart(_curve_fig("pr", "pixel", chosen, None), width="stretch", key="pixel_pr")
-        st.caption("Pixel level: every pixel inside the eroded brain mask of the test cases. Dashed/dotted: baselines.")
+        with a:
+            ui.plot(_curve_fig("roc", "pixel", chosen, colours, None), key="pixel_roc")
+        with b:
+            ui.plot(_curve_fig("pr", "pixel", chosen, colours, None), key="pixel_pr")
+        st.caption("Pixel level: every pixel inside the eroded brain mask of the evaluated cases. Dashed/dotted: baselines.")
     with slice_tab:
-        _interactive(chosen)
+        _interactive(chosen, colours)
 
 
+# -- the page ---------------------------------------------------------------------------------------------------
 def _page() -> None:
     views = [v for v in ui.list_run_views() if v.has_checkpoint]
     if not views:
         st.info("No run with a checkpoint yet: train one on the **Train** page.")
         return
-    evaluated, pending, broken = [], [], []
-    for v in views:
-        e = ui.read_eval(v)
-        if e is None:
-            pending.append(v)
-        elif e.get("error"):
-            broken.append((v, e["error"]))
-        else:
-            evaluated.append((v, e))
-    for v, msg in broken:
-        st.error(msg)
-    if pending:
-        with st.expander(f"{len(pending)} run(s) not evaluated yet", expanded=not evaluated):
-            fast = any(jobs.eval_state(v)[0] == "running" for v in pending)
-            st.session_state["compare_eval_fast"] = fast
-            st.fragment(run_every=2 if fast else None)(_evaluation_panel)(pending)
-    if not evaluated:
-        st.info("Evaluate a run above to compare it.")
+    root = ui.active_root()
+    found = {v.info.name: jobs.evaluations(v) for v in views}
+    colours = ui.run_colours([v.info.name for v in views])
+    _evaluate_panel(views, found, root)
+    key = _choose_dataset(found, root)
+    if key is None:
+        st.info("No run is evaluated yet: evaluate one above to compare it.")
         return
-    names = [v.info.name for v, _ in evaluated]
+    in_key = [(v, report.pick(found[v.info.name], *key)) for v in views]
+    in_key = [(v, s) for v, s in in_key if s is not None]
+    first = in_key[0][1]
+    st.caption(f"Dataset folder: `{first.dataset.root or '(not recorded)'}` · {report.SPLIT_WORDS.get(key[1], key[1])}"
+               + ("" if key[0] == report.dataset_ref(root).id else f" · the active dataset is another folder: `{root}`"))
+    evaluated, broken = [], []
+    for v, s in in_key:
+        e = ui.read_eval(s)
+        (broken if e.get("error") else evaluated).append((v, s, e))
+    for _, _, e in broken:
+        st.error(e["error"])
+    names = [v.info.name for v, _, _ in evaluated]
+    if not names:
+        return
+    if st.session_state.get("compare_runs_for") != key:  # another dataset: its own selection
+        st.session_state["compare_runs_for"] = key
+        st.session_state["compare_runs"] = names[:MAX_DEFAULT]
     kept = st.session_state.get("compare_runs")
     if kept and any(n not in names for n in kept):
         st.warning("No longer available (deleted, moved or its evaluation unreadable): "
                    + ", ".join(n for n in kept if n not in names))
         st.session_state["compare_runs"] = [n for n in kept if n in names]
-    if "compare_runs" not in st.session_state:
-        st.session_state["compare_runs"] = names[:MAX_DEFAULT]  # (state, not default=: the page also edits it)
     picked = st.multiselect("Runs to compare", names, key="compare_runs",
-                            format_func=lambda n: _label(next(v for v, _ in evaluated if v.info.name == n)))
-    chosen = [(v, e) for v, e in evaluated if v.info.name in picked]
+                            format_func=lambda n: _label(next(v for v, _, _ in evaluated if v.info.name == n)))
+    chosen = [c for c in evaluated if c[0].info.name in picked]
     if not chosen:
         st.info("Choose at least one run.")
         return
-    st.subheader("Metrics on the test split")
+    st.subheader(f"Metrics on {first.where}")
     _metrics_table(chosen)
-    _curves(chosen)
+    _curves(chosen, colours)
+    _cases_table(chosen, lambda s: str(s.local_root or root))
+    _report_buttons(chosen)
+    _config_diff(views, chosen)
 
 
-ui.page_header("Compare", "Models against the intensity and brain-area baselines; move a threshold to see its trade-off.")
+ui.page_header("Compare", "Models against the intensity and brain-area baselines on one dataset; move a threshold to see "
+                          "its trade-off, open a case in Explore, download a report.")
 _page()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+import evals
 import ui
 from uad import jobs, metrics, runs
 from uad.data.demo import demo_ready
@@ -14,16 +15,13 @@ from uad.score import nifti_bytes, threshold_maps
 DISPLAY_PX = 256  # working-size slices are enlarged to about this many pixels (crisp contours, cheap PNGs)
 
 
-def _presets(v: jobs.RunView) -> list[tuple[float, float]]:
-    """(healthy FPR, threshold) pairs calibrated on healthy validation slices by the run's evaluation."""
-    m = jobs.eval_metrics(v)
-    out = []
-    for t in m.get("healthy_fpr_thresholds") or []:
-        try:
-            out.append((float(t["healthy_fpr"]), float(t["threshold"])))
-        except (KeyError, TypeError, ValueError):
-            continue  # an undefined threshold (no healthy pixels) is stored as null
-    return [(r, t) for r, t in out if np.isfinite(t)]
+def _presets(v: jobs.RunView, root) -> list[tuple[float, float]]:
+    """(healthy FPR, threshold) pairs calibrated on the healthy slices of the ACTIVE dataset by the run's
+    evaluation there ([] when it was never evaluated there); says on the page which evaluation they come
+    from, or offers to evaluate the run on the active folder (app/evals.py)."""
+    presets, summary = evals.presets(v, root)
+    evals.presets_notice(v, root, summary)
+    return presets
 
 
 def _set(key: str, value) -> None:
@@ -126,6 +124,13 @@ def _download(v: jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
 
 
 def _page() -> None:
+    # -- evaluation hand-off (owned by the evaluation/report work: keep these lines first in the page body) ----
+    # Compare's per-case table opens a case here: it sets st.session_state["explore_request"] = {"run": <run name
+    # as listed here>, "case": <case id>, "root": <dataset folder>} and calls st.switch_page("views/explore.py").
+    # take_explore_request() pops it before anything is drawn: that folder becomes the active dataset and the
+    # selectors keyed "explore_run" / "explore_case" start on that run and case (they must honour session state).
+    evals.take_explore_request()
+    # ------------------------------------------------------------------------------------------------------------
     views = [v for v in ui.list_run_views() if v.has_checkpoint]
     if not views:
         st.info("No run with a checkpoint yet: train one on the **Train** page (or ship checkpoints in `checkpoints/`).")
@@ -177,7 +182,7 @@ def _page() -> None:
         st.caption(f"{name} is still training: showing its current best checkpoint.")
     inside = vs.maps[vs.mask]
     vmax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
-    presets = _presets(v)
+    presets = _presets(v, root)
     hi = max([vmax * 1.5, float(vs.maps.max())] + [t * 1.2 for _, t in presets] + [1e-3])
     key = f"{name}::{case_id}"
     _viewer(prep, vs, presets, max(vmax, 1e-6), float(f"{hi * 1.01:.3g}"), modalities, key)
