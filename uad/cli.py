@@ -364,14 +364,16 @@ def cmd_score(args) -> int:
 def cmd_compare(args) -> int:
     from uad import fileio
 
-    _check_out(args.csv, "--csv", folder=False)
+    if args.csv is not None:
+        _check_out(args.csv, "--csv", folder=False)
     chosen = _pick_evaluations(list(args.runs), args.dataset, args.split)
     first = chosen[0][1]
     print(f"dataset {first.dataset.title}, {report.SPLIT_WORDS.get(first.split, first.split)}")
     rows = report.comparison_rows([(Path(run).name or str(run), s) for run, s in chosen])
     print(report.format_table(rows))
-    fileio.write_text(args.csv, report.csv_text(rows))
-    print(f"wrote {args.csv}")
+    if args.csv is not None:  # only when asked: never a file the user did not name
+        fileio.write_text(args.csv, report.csv_text(rows))
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -460,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines")
     p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (evaluated)")
-    p.add_argument("--csv", type=Path, default=Path("compare.csv"), help="where to write the table (default compare.csv)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV to this file")
     p.add_argument("--dataset", default=None, help="dataset id or folder (default: the one every run was evaluated on)")
     p.add_argument("--split", choices=SPLIT_CHOICES, default=None, help="split (default: the one every run was evaluated on)")
     p.set_defaults(func=cmd_compare)
