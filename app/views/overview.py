@@ -43,6 +43,7 @@ def _synth_progress() -> None:
         st.progress(min(done / DEFAULT_CASES, 1.0), text=f"Generating the demo cohort: {done} / {DEFAULT_CASES} cases")
     else:
         log = jobs.tail(paths.data_dir() / SYNTH_LOG)
+        st.session_state.pop("synth_started", None)  # the next page visit offers to generate it again
         st.error("The demo generator stopped before finishing." + (f"\n\n```\n{log}\n```" if log else ""))
 
 
@@ -52,11 +53,12 @@ def _dataset_section() -> None:
     if ui.is_demo(root) and not demo_ready():
         from uad.data.synth import DEFAULT_CASES
 
+        if _synth_running() or st.session_state.get("synth_started"):
+            _synth_progress()  # the progress replaces the "not generated yet" notice
+            return
         st.info(f"The demo cohort ({DEFAULT_CASES} synthetic cases in BraTS 2021 layout, built from the MNI152 template) "
                 f"is not generated yet. It takes one to two minutes; the app stays usable meanwhile.")
-        if _synth_running() or st.session_state.get("synth_started"):
-            _synth_progress()
-        elif st.button("Generate the demo cohort", type="primary", key="gen_demo"):
+        if st.button("Generate the demo cohort", type="primary", key="gen_demo"):
             paths.data_dir().mkdir(parents=True, exist_ok=True)
             jobs.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
             st.session_state["synth_started"] = time.time()
@@ -88,17 +90,18 @@ def _runs_table() -> None:
         m = jobs.eval_metrics(v)
         m = m if isinstance(m, dict) else {}
         at5 = report.at_fpr(m, 0.05)
-        cfg = v.info.config
+        pre = v.info.config.get("preprocess") or {}
         rows.append({
-            "run": v.info.name,
+            "run": v.name,
+            "folder": v.info.name,
             "model": v.info.model,
+            "tags": " ".join(v.tags),
             "source": "shipped" if v.info.shipped else "run",
+            "status": v.label,
+            "progress": v.progress,
+            "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
+            "input": " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else ""),
             "trained on": v.info.training_data["name"],
-            "status": v.state,
-            "progress": v.progress if v.epochs else None,
-            "epochs": f"{v.epoch}/{v.epochs}" if v.epochs else "",
-            "modalities": " ".join((cfg.get("preprocess") or {}).get("modalities", [])),
-            "size": (cfg.get("preprocess") or {}).get("image_size"),
             "slice AUROC": m.get("slice_auroc"),
             "slice AP": m.get("slice_ap"),
             "pixel AP": m.get("pixel_ap"),
@@ -106,12 +109,21 @@ def _runs_table() -> None:
             "Dice @5% FPR": at5.get("dice"),
         })
     df = pd.DataFrame(rows)
-    num = st.column_config.NumberColumn(format="%.3f")
-    st.dataframe(df, hide_index=True, width="stretch", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    num = st.column_config.NumberColumn(format="%.3f", width="small")
+    small = st.column_config.TextColumn(width="small")
+    st.dataframe(df, hide_index=True, width="stretch", placeholder="–", column_config={
+        "run": st.column_config.TextColumn("run", width="medium", pinned=True, help="the run's name, else its folder"),
+        "folder": st.column_config.TextColumn("folder", width="medium"),
+        "model": small, "tags": small, "source": small, "epochs": small, "input": small,
+        "status": st.column_config.TextColumn("status", width="small",
+                                              help="completed, time budget (stopped by its time budget), cancelled, failed, running, queued"),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width="small"),
+        "trained on": st.column_config.TextColumn("trained on", width="medium"),
         "slice AUROC": num, "slice AP": num, "pixel AP": num, "best Dice*": num, "Dice @5% FPR": num,
     })
-    st.caption("Metrics come from each run's evaluation (test split); empty = not evaluated yet (Compare page). "
+    st.caption("Metrics come from each run's evaluation (test split); – = not evaluated yet (Compare page). "
+               "Progress is 100 % for a run that ended as asked: all its epochs, or its whole time budget (status "
+               "'time budget'; the epochs column says how far it got). "
                "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
                "Dice @5% FPR uses a threshold set on healthy validation slices only. "
                "Shipped checkpoints come in two sets: trained on the synthetic demo cohort (`checkpoints/<model>`) "
