@@ -341,6 +341,8 @@ class _Monitor:
         self.epochs_done = epochs_done
         if self.is_main:
             self._flush_steps(step)
+            # Validation and checkpoints took time too: a fresh estimate, not the last one within the epoch.
+            runs.write_status(self.run_dir, "running", eta=self.eta(), elapsed=time.perf_counter() - self._t0)
 
     def end(self, kind: str, reason: str | None = None) -> dict[str, Any]:
         """The end state recorded in status.json: what ended the run, and where (epoch and batch)."""

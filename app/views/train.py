@@ -221,8 +221,6 @@ def _run_card(v: jobs.RunView) -> None:
             st.error(f"Run {v.outcome}")
             if v.log:
                 st.code(v.log, language=None)
-        elif v.end_kind in ("cancelled", "time_budget"):
-            st.caption(v.outcome[:1].upper() + v.outcome[1:] + ".")
         records = runs.read_metrics(v.path)
         steps = runs.read_steps(v.path)
         if not (records or steps):
