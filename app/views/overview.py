@@ -92,34 +92,37 @@ def _runs_table() -> None:
         at5 = report.at_fpr(m, 0.05)
         pre = v.info.config.get("preprocess") or {}
         rows.append({
-            "run": v.name,
-            "folder": v.info.name,
+            # The name the user gave the run, with its folder; the folder alone otherwise.
+            "run": f"{v.name} ({v.info.name})" if v.name != v.info.name else v.info.name,
             "model": v.info.model,
-            "tags": " ".join(v.tags),
-            "source": "shipped" if v.info.shipped else "run",
             "status": v.label,
             "progress": v.progress,
-            "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
-            "input": " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else ""),
-            "trained on": v.info.training_data["name"],
             "slice AUROC": m.get("slice_auroc"),
             "slice AP": m.get("slice_ap"),
             "pixel AP": m.get("pixel_ap"),
             "best Dice*": (m.get("best_dice") or {}).get("dice"),
             "Dice @5% FPR": at5.get("dice"),
+            "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
+            "input": " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else ""),
+            "trained on": v.info.training_data["name"],
+            "tags": " ".join(v.tags),
+            "source": "shipped" if v.info.shipped else "run",
         })
     df = pd.DataFrame(rows)
-    num = st.column_config.NumberColumn(format="%.3f", width="small")
-    small = st.column_config.TextColumn(width="small")
-    st.dataframe(df, hide_index=True, width="stretch", placeholder="–", column_config={
-        "run": st.column_config.TextColumn("run", width="medium", pinned=True, help="the run's name, else its folder"),
-        "folder": st.column_config.TextColumn("folder", width="medium"),
-        "model": small, "tags": small, "source": small, "epochs": small, "input": small,
-        "status": st.column_config.TextColumn("status", width="small",
-                                              help="completed, time budget (stopped by its time budget), cancelled, failed, running, queued"),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width="small"),
-        "trained on": st.column_config.TextColumn("trained on", width="medium"),
+    # Widths in pixels, so names and numbers are not cut; the key columns first, the run's name pinned.
+    num = st.column_config.NumberColumn(format="%.3f", width=95)
+    st.dataframe(df, hide_index=True, width="stretch", placeholder="–", height=min(38 + 35 * len(df), 600), column_config={
+        "run": st.column_config.TextColumn("run", width=230, pinned=True, help="the run's name (its folder), or its folder"),
+        "model": st.column_config.TextColumn("model", width=100),
+        "status": st.column_config.TextColumn("status", width=100, help="completed, time budget (stopped by its time "
+                                              "budget), cancelled, failed, running, queued"),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width=95),
         "slice AUROC": num, "slice AP": num, "pixel AP": num, "best Dice*": num, "Dice @5% FPR": num,
+        "epochs": st.column_config.TextColumn("epochs", width=85),
+        "input": st.column_config.TextColumn("input", width=120),
+        "trained on": st.column_config.TextColumn("trained on", width=330),
+        "tags": st.column_config.TextColumn("tags", width=120),
+        "source": st.column_config.TextColumn("source", width=80),
     })
     st.caption("Metrics come from each run's evaluation (test split); – = not evaluated yet (Compare page). "
                "Progress is 100 % for a run that ended as asked: all its epochs, or its whole time budget (status "

@@ -77,7 +77,7 @@ def _form() -> None:
     model_key = _kept("train_model", models[0])
     if st.session_state[model_key] not in models:
         st.session_state[model_key] = models[0]
-    model = st.columns([1, 2])[0].selectbox("Model", models, key=model_key,
+    model = st.columns([2, 1])[0].selectbox("Model", models, key=model_key,
                                             format_func=lambda m: f"{m} — {model_description(m)}")
     _keep(model_key)
     with st.container(border=True):
