@@ -375,15 +375,45 @@ def hline(y: float, colour: str, dash: str = "dot") -> dict:
     return dict(type="line", x0=0, x1=1, xref="paper", y0=y, y1=y, line=dict(color=colour, width=1, dash=dash))
 
 
-def loss_figure(records: list[dict]) -> go.Figure:
+def loss_figure(records: list[dict], steps: list[dict] | None = None) -> go.Figure:
+    """Training losses every few steps (thin lines) and per epoch (markers), and the validation loss per epoch,
+    on one epoch axis (a step's position is its fraction of the way through training)."""
     epochs = [r["epoch"] for r in records]
-    keys = sorted({k for r in records for k in (r.get("train") or {})})
-    data = [go.Scatter(x=epochs, y=[(r.get("train") or {}).get(k) for r in records], name=f"train {k}", mode="lines+markers",
-                       line=dict(color=MODEL_COLOURS[i % len(MODEL_COLOURS)])) for i, k in enumerate(keys)]
+    keys = sorted({k for r in records for k in (r.get("train") or {})} | {k for r in steps or [] for k in (r.get("train") or {})})
+    data = []
+    for i, k in enumerate(keys):
+        colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
+        if steps:
+            data.append(go.Scatter(x=[r["epoch"] for r in steps], y=[(r.get("train") or {}).get(k) for r in steps],
+                                   name=f"train {k} (steps)", mode="lines", line=dict(color=colour, width=1), opacity=0.6))
+        data.append(go.Scatter(x=epochs, y=[(r.get("train") or {}).get(k) for r in records], name=f"train {k} (epoch)",
+                               mode="markers" if steps else "lines+markers", marker=dict(color=colour, size=8),
+                               line=dict(color=colour)))
     data.append(go.Scatter(x=epochs, y=[r.get("val_loss") for r in records], name="validation loss", mode="lines+markers",
                            line=dict(color="#DDDDDD", dash="dash")))
-    return go.Figure(data=data, layout=layout(240, xaxis=dict(title=dict(text="epoch"), dtick=1 if len(epochs) < 15 else None),
+    return go.Figure(data=data, layout=layout(260, xaxis=dict(title=dict(text="epoch"), dtick=1 if 1 < len(epochs) < 15 else None),
                                               yaxis=dict(title=dict(text="loss"))))
+
+
+def overlay_figure(series: list[tuple[str, list[dict], list[dict]]], curve: str = "validation") -> go.Figure:
+    """Several runs' loss curves on one figure: ``series`` is (label, epoch records, step records) per run.
+
+    ``curve="validation"``: the validation loss per epoch; ``"training"``: each run's main training loss
+    ("loss", else its first) every few steps where recorded, else per epoch."""
+    data = []
+    for i, (label, records, steps) in enumerate(series):
+        colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
+        if curve == "validation":
+            data.append(go.Scatter(x=[r["epoch"] for r in records], y=[r.get("val_loss") for r in records], name=label,
+                                   mode="lines+markers", line=dict(color=colour)))
+            continue
+        source = steps or records
+        keys = [k for r in source for k in (r.get("train") or {})]
+        key = "loss" if "loss" in keys else (keys[0] if keys else None)
+        data.append(go.Scatter(x=[r["epoch"] for r in source], y=[(r.get("train") or {}).get(key) for r in source],
+                               name=f"{label} ({key})", mode="lines", line=dict(color=colour)))
+    title = "validation loss" if curve == "validation" else "training loss"
+    return go.Figure(data=data, layout=layout(320, xaxis=dict(title=dict(text="epoch")), yaxis=dict(title=dict(text=title))))
 
 
 def slice_strip(x: np.ndarray, bars: dict[str, tuple[np.ndarray, tuple]], current: int, line: tuple[np.ndarray, str] | None = None,
@@ -405,9 +435,9 @@ def slice_strip(x: np.ndarray, bars: dict[str, tuple[np.ndarray, tuple]], curren
 
 
 # -- runs (state and processes live in uad.jobs) ---------------------------------------------------------
-def list_run_views(include_shipped: bool = True) -> list[jobs.RunView]:
+def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[jobs.RunView]:
     try:
-        return jobs.list_run_views(include_shipped=include_shipped)
+        return jobs.list_run_views(include_shipped=include_shipped, archived=archived)
     except APP_ERRORS as exc:  # e.g. a run folder whose config.json is valid JSON but not an object
         st.error(f"Cannot list the runs in {paths.runs_dir()}: {exc}")
         return []
@@ -426,8 +456,11 @@ def training_data_caption(info: runs.RunInfo, root: Path, infos: list[runs.RunIn
 
 
 def run_label(v: jobs.RunView) -> str:
-    tag = "shipped" if v.info.shipped else v.state
-    return f"{v.info.name} · {v.info.model} · {tag}"
+    """'<name> · <model> · <state>', the name the user gave the run (with its folder) when it has one, and its tags."""
+    tag = "shipped" if v.info.shipped else v.label
+    name = f"{v.name} ({v.info.name})" if v.name != v.info.name else v.info.name
+    tags = f" · #{' #'.join(v.tags)}" if v.tags else ""
+    return f"{name} · {v.info.model} · {tag}{tags}"
 
 
 # -- checkpoints and scoring (Explore) ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -138,6 +139,7 @@ def test_overview_generates_the_demo_cohort_when_missing(tmp_path, monkeypatch):
     pid = json.loads((home / "data" / "synth-launch.json").read_text())["pid"]
     try:
         assert at.progress and "Generating the demo cohort" in at.progress[0].proto.text
+        assert "not generated yet" not in texts(at)  # the progress replaces the notice
         # The Data page points to the Overview meanwhile instead of failing on the missing folder.
         assert "not generated yet" in texts(page(at, "data"))
     finally:
@@ -614,3 +616,220 @@ def test_explore_presets_come_from_the_active_dataset(home, tmp_path):
         assert presets[1].label.endswith(f"{report.EvaluationSummary.from_metrics(m).presets()[1][1]:.3f}")
     finally:
         shutil.rmtree(run, ignore_errors=True)
+
+# -- Train: watching runs, the form, run management ------------------------------------------------------------
+def _status_run(home: Path, name: str, state: str, **status) -> Path:
+    from uad import runs
+
+    run = copy_run(home, name, with_eval=False)
+    (run / "status.json").unlink()
+    runs.write_status(run, state, **status)
+    return run
+
+
+def _bar_texts(at) -> list[str]:
+    return [p.proto.text for p in at.progress]
+
+
+def test_train_shows_progress_within_the_epoch_with_an_eta(home):
+    import re
+
+    run = _status_run(home, "zz-running", "running", pid=os.getpid(), epoch=0, epochs=2, current_epoch=1, batch=40,
+                      batches=120, eta=75.4, elapsed=30.0)
+    try:
+        at = page(new_app(), "train")
+        (text,) = [t for t in _bar_texts(at) if t.startswith("epoch 1/2")]
+        match = re.fullmatch(r"epoch 1/2 · batch 40/120 · ETA 1 min (\d+) s", text)
+        assert match and int(match.group(1)) <= 15, text  # the trainer's 75 s, less the seconds since it wrote them
+        bar = next(p for p in at.progress if p.proto.text == text)
+        assert bar.proto.value == 16  # (40/120 of epoch 1) / 2 epochs, in percent
+        assert at.button(key="cancel::zz-running") and at.button(key="delete::zz-running").disabled
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_train_says_how_each_run_ended(home):
+    made = [
+        _status_run(home, "zz-end-budget", "completed", epoch=1, epochs=2, reason="time budget",
+                    end={"kind": "time_budget", "epoch": 2, "batch": 3, "batches": 10, "epochs": 2, "epochs_done": 1,
+                         "max_minutes": 0.5}),
+        _status_run(home, "zz-end-cancel", "cancelled", epoch=0, epochs=2, reason="received SIGTERM",
+                    end={"kind": "cancelled", "epoch": 1, "batch": 5, "batches": 10, "epochs": 2, "epochs_done": 0,
+                         "reason": "received SIGTERM"}),
+        _status_run(home, "zz-end-failed", "failed", epoch=1, epochs=2, error="training diverged (loss became nan)",
+                    end={"kind": "failed", "epoch": 2, "batch": 7, "batches": 10, "epochs": 2, "epochs_done": 1}),
+    ]
+    try:
+        at = page(new_app(), "train")
+        bars = _bar_texts(at)
+        assert "stopped by its 0.5-min time budget in epoch 2/2 at batch 3/10" in bars
+        assert "cancelled in epoch 1/2 at batch 5/10 (received SIGTERM)" in bars
+        assert any("failed in epoch 2/2 at batch 7/10: training diverged (loss became nan)" in e.value for e in at.error)
+        budget = next(p for p in at.progress if p.proto.text.startswith("stopped by"))
+        assert budget.proto.value == 100  # it ran its whole budget: done, not "1 of 2 epochs"
+        assert "completed 1/1 epochs" in bars  # the fixture run
+    finally:
+        for run in made:
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def test_train_shows_step_losses_and_sample_reconstructions(home):
+    import json
+
+    at = page(new_app(), "train")
+    captions = [i.caption for im in at.image for i in im.proto.imgs]
+    assert "After epoch 1: input, reconstruction and |difference| of 4 fixed validation slices" in captions
+    (chart,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"loss::{RUN}")]
+    names = [t["name"] for t in json.loads(chart.proto.spec)["data"]]
+    assert names == ["train loss (steps)", "train loss (epoch)", "validation loss"]  # per step and per epoch
+
+
+def test_train_overlays_several_runs(home):
+    import json
+
+    def traces(at) -> list[str]:
+        (chart,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith("train_overlay_chart")]
+        return [t["name"] for t in json.loads(chart.proto.spec)["data"]]
+
+    other = copy_run(home, "zz-overlay")
+    try:
+        at = page(new_app(), "train")
+        pick = at.multiselect(key="train_overlay")
+        assert pick.value == ["zz-overlay", RUN] and traces(at) == ["zz-overlay", RUN]  # the newest two by default
+        at.segmented_control(key="train_overlay_curve").set_value("training").run()
+        assert traces(at) == ["zz-overlay (loss)", f"{RUN} (loss)"]
+        at.multiselect(key="train_overlay").set_value([RUN]).run()
+        assert not at.exception and traces(at) == [f"{RUN} (loss)"]
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_train_form_offers_choices_and_describes_models_from_uad(home):
+    from uad.models import AnomalyModel, model_description
+    from uad.models import registry
+
+    class Toy(AnomalyModel):
+        """A toy model registered by this test."""
+
+        name = "zz_toy"
+
+        def __init__(self, in_channels: int = 1, image_size: int = 128, flavour: Literal["plain", "fancy"] = "plain"):
+            super().__init__(in_channels, image_size, flavour=flavour)
+
+    registry.register_model()(Toy)
+    try:
+        at = page(new_app(), "train")
+        labels = at.selectbox(key="train_model").options
+        assert f"vit — {model_description('vit')}" in labels
+        assert "zz_toy — A toy model registered by this test." in labels  # no app change for a new model
+        at.selectbox(key="train_model").set_value("autoencoder").run()
+        bottleneck = at.selectbox(key="opt::autoencoder::bottleneck")
+        assert bottleneck.options == ["spatial", "dense", "unet"] and bottleneck.value == "unet"
+        assert at.selectbox(key="opt::autoencoder::norm").options == ["batch", "group", "layer", "none"]
+        at.selectbox(key="train_model").set_value("zz_toy").run()
+        assert at.selectbox(key="opt::zz_toy::flavour").options == ["plain", "fancy"]
+    finally:
+        registry._REGISTRY.pop("zz_toy", None)
+
+
+def test_train_form_keeps_its_values_across_pages(home):
+    at = page(new_app(), "train")
+    at.selectbox(key="train_model").set_value("autoencoder").run()
+    at.selectbox(key="opt::autoencoder::bottleneck").set_value("dense").run()
+    at.number_input(key="train_epochs").set_value(3).run()
+    at.select_slider(key="train_size").set_value(96).run()
+    at.text_input(key="train_name").input("keep me").run()
+    page(at, "overview")
+    assert "train_epochs" not in at.session_state  # Streamlit dropped the widget's own state off-page
+    page(at, "train")
+    assert at.selectbox(key="train_model").value == "autoencoder"
+    assert at.selectbox(key="opt::autoencoder::bottleneck").value == "dense"
+    assert at.number_input(key="train_epochs").value == 3 and at.select_slider(key="train_size").value == 96
+    assert at.text_input(key="train_name").value == "keep me"
+
+
+@pytest.mark.parametrize(
+    "model, key, value, expected",
+    [
+        ("vit", "opt::vit::patch_size", 24, "patch_size 24 must divide image_size 128"),
+        ("autoencoder", "opt::autoencoder::base_channels", 100_000, "base_channels = 100000 is outside the sane range"),
+        ("autoencoder", "train_tags", "a,b", "without spaces or commas"),
+    ],
+    ids=["model-check", "bounds", "tag"],
+)
+def test_train_rejects_a_bad_value_before_anything_starts(home, model, key, value, expected):
+    before = sorted(p.name for p in (home / "runs").iterdir())
+    at = page(new_app(), "train")
+    at.selectbox(key="train_model").set_value(model).run()
+    widget = at.text_input(key=key) if key == "train_tags" else at.number_input(key=key)
+    widget.set_value(value).run()
+    click(at, "Start training")
+    assert not at.exception
+    assert any(e.value.startswith("Cannot start: ") and expected in e.value for e in at.error), [e.value for e in at.error]
+    assert sorted(p.name for p in (home / "runs").iterdir()) == before  # no run folder left behind
+
+
+def test_train_name_tag_note_archive_restore_and_delete_a_run(home):
+    from uad import runs
+
+    run = copy_run(home, "zz-manage", with_eval=False)
+    archived = home / "runs" / ".archive" / "zz-manage"
+    try:
+        at = page(new_app(), "train")
+        at.text_input(key="meta_name::zz-manage").input("Baseline AE")
+        at.text_input(key="meta_tags::zz-manage").input("flair small")
+        at.text_area(key="meta_note::zz-manage").input("lr 1e-3, one epoch")
+        at.button(key="meta_save::zz-manage").click().run()
+        assert not at.exception
+        assert runs.read_meta(run) == {"name": "Baseline AE", "tags": ["flair", "small"], "note": "lr 1e-3, one epoch"}
+        shown = texts(at)
+        assert "**Baseline AE** `zz-manage`" in shown and ":violet-badge[flair]" in shown and "lr 1e-3, one epoch" in shown
+
+        at.button(key="archive::zz-manage").click().run()
+        assert not run.exists() and archived.is_dir()
+        assert "Archived runs (1)" in [e.label for e in at.expander]
+        at.button(key="restore::zz-manage").click().run()
+        assert run.is_dir() and not archived.exists()
+
+        at.button(key="delete::zz-manage").click().run()
+        assert run.is_dir() and any("for good?" in w.value for w in at.warning)  # asks first
+        at.button(key="delete_no::zz-manage").click().run()
+        assert run.is_dir()
+        at.button(key="delete::zz-manage").click().run()
+        at.button(key="delete_yes::zz-manage").click().run()
+        assert not at.exception and not run.exists()
+        assert "zz-manage" not in texts(at)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(archived, ignore_errors=True)
+
+
+# -- Overview ------------------------------------------------------------------------------------------------
+def test_overview_progress_status_and_unevaluated_runs(home, tmp_path, monkeypatch):
+    import json
+
+    from uad import paths, runs
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(home / "shipped" / SHIPPED, shipped / "gan")
+    # As the shipped f-AnoGAN: trained for its whole 3.8-min budget, 87 of an upper bound of 5000 epochs.
+    runs.write_status(shipped / "gan", "completed", epoch=87, epochs=5000, reason="time budget")
+    monkeypatch.setattr(paths, "checkpoints_dir", lambda: shipped)
+    pending = copy_run(home, "zz-not-evaluated", with_eval=False)
+    try:
+        at = new_app()
+        table = at.dataframe[0]
+        df = table.value
+        gan = df[df.run == "gan"].iloc[0]
+        assert gan.progress == 1.0 and gan.status == "time budget" and gan.epochs == "87/5000"
+        row = df[df.run == "zz-not-evaluated"].iloc[0]
+        assert row.status == "completed" and row.progress == 1.0
+        assert np.isnan(row["slice AUROC"]) and table.proto.placeholder == "–"  # shown as "–", not "None"
+        assert "– = not evaluated yet" in texts(at)
+        columns = json.loads(table.proto.columns)
+        assert all(isinstance(columns[c].get("width"), int) for c in df.columns)  # every column sized, none cut
+        assert columns["run"]["width"] >= 8 * max(len(r) for r in df.run)  # the longest name fits
+        assert columns["run"].get("pinned") is True
+        assert list(df.columns[:5]) == ["run", "model", "status", "progress", "slice AUROC"]  # metrics without scrolling
+    finally:
+        shutil.rmtree(pending, ignore_errors=True)

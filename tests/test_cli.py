@@ -112,3 +112,101 @@ def test_app_launcher_is_local_unless_told_otherwise(monkeypatch, given, expecte
     (argv,) = calls
     assert argv[:4] == [sys.executable, "-m", "streamlit", "run"] and argv[4].endswith("app/Home.py")
     assert argv[5:] == expected
+
+
+# -- uad runs ----------------------------------------------------------------------------------------------
+def _fake_run(name: str, state: str = "completed", **status) -> Path:
+    from uad import paths, runs
+
+    run = paths.runs_dir() / name
+    run.mkdir(parents=True)
+    fileio.write_json(run / "config.json", {"model": "autoencoder", "train": {"epochs": 2}})
+    runs.write_status(run, state, epoch=2, epochs=2, **status)
+    return run
+
+
+def test_runs_name_tag_note_archive_restore_delete(capsys):
+    from uad import paths, runs
+
+    run = _fake_run("20250101-000000-autoencoder", end={"kind": "completed", "epochs_done": 2, "epochs": 2})
+    assert cli.main(["runs", "rename", run.name, "baseline AE"]) == 0
+    assert cli.main(["runs", "tag", "baseline AE", "flair", "64px"]) == 0  # found by the name it was given
+    assert cli.main(["runs", "tag", str(run), "64px", "--remove"]) == 0
+    assert cli.main(["runs", "note", run.name, "first try, lr 1e-3"]) == 0
+    assert runs.read_meta(run) == {"name": "baseline AE", "tags": ["flair"], "note": "first try, lr 1e-3"}
+    capsys.readouterr()
+    assert cli.main(["runs", "list"]) == 0
+    out = capsys.readouterr().out
+    assert run.name in out and "baseline AE" in out and "flair" in out and "completed 2/2 epochs" in out
+
+    _fails_cleanly(["runs", "tag", run.name, "a,b"], capsys, "without spaces or commas")
+    _fails_cleanly(["runs", "delete", run.name], capsys, "pass --yes to confirm")  # stdin is not a terminal here
+    assert run.is_dir()
+
+    assert cli.main(["runs", "archive", run.name]) == 0
+    archived = paths.runs_dir() / ".archive" / run.name
+    assert archived.is_dir() and not run.exists()
+    capsys.readouterr()
+    cli.main(["runs", "list"])
+    assert run.name not in capsys.readouterr().out
+    cli.main(["runs", "list", "--archived"])
+    assert "baseline AE" in capsys.readouterr().out
+    assert cli.main(["runs", "restore", run.name]) == 0 and run.is_dir() and runs.read_meta(run)["name"] == "baseline AE"
+    assert cli.main(["runs", "delete", run.name, "--yes"]) == 0
+    assert not run.exists() and [p.name for p in paths.runs_dir().iterdir()] == [".archive"]  # nothing else left
+    _fails_cleanly(["runs", "delete", run.name, "--yes"], capsys, f"no run '{run.name}'")
+
+
+def test_runs_refuses_active_runs_and_shipped_checkpoints(capsys, tmp_path, monkeypatch):
+    import os
+
+    from uad import paths
+
+    live = _fake_run("20250101-000001-autoencoder", "running", pid=os.getpid())  # this process: alive
+    for action in (["archive"], ["delete", "--yes"]):
+        _fails_cleanly(["runs", action[0], live.name, *action[1:]], capsys, "is running; cancel it first")
+    assert live.is_dir()
+
+    shipped = tmp_path / "ckpts" / "autoencoder"
+    shipped.mkdir(parents=True)
+    fileio.write_json(shipped / "config.json", {"model": "autoencoder"})
+    monkeypatch.setattr(paths, "checkpoints_dir", lambda: tmp_path / "ckpts")
+    _fails_cleanly(["runs", "delete", str(shipped), "--yes"], capsys, "shipped checkpoint", "never deleted")
+    _fails_cleanly(["runs", "archive", str(shipped)], capsys, "never archived")
+    assert (shipped / "config.json").is_file()
+
+    elsewhere = tmp_path / "my-run"  # a run folder the user keeps outside runs/: never deleted by uad
+    elsewhere.mkdir()
+    fileio.write_json(elsewhere / "config.json", {"model": "autoencoder"})
+    _fails_cleanly(["runs", "delete", str(elsewhere), "--yes"], capsys, "not a run in")
+    assert elsewhere.is_dir()
+
+
+def test_runs_resume_in_the_background_refuses_what_it_cannot_resume(capsys):
+    run = _fake_run("20250101-000002-autoencoder", "cancelled")
+    _fails_cleanly(["runs", "resume", run.name], capsys, "cannot be resumed", "no last/ checkpoint")
+    _fails_cleanly(["runs", "cancel", "nonexistent"], capsys, "no run 'nonexistent'")
+    assert cli.main(["runs", "cancel", run.name]) == 0
+    assert "not running" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--bottleneck", "nope"], "invalid choice: 'nope'"),
+        (["--base-channels", "100000"], "model option base_channels = 100000 is outside the sane range"),
+        (["--noise-res", "0"], "noise_res"),
+    ],
+    ids=["choice", "bounds", "model-check"],
+)
+def test_bad_model_options_leave_no_run_folder(make_cohort, tmp_path, capsys, extra, expected):
+    root = make_cohort(2)
+    argv = ["train", "--model", "autoencoder", "--data", str(root), "--image-size", "64", "--epochs", "1",
+            "--out", str(tmp_path / "run"), "--no-progress", *extra]
+    if extra[0] == "--bottleneck":  # argparse's own message (exit 2, usage first)
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2 and expected in capsys.readouterr().err
+    else:
+        _fails_cleanly(argv, capsys, expected)
+    assert not (tmp_path / "run").exists()

@@ -71,6 +71,7 @@ def test_failed_run_records_the_error(tmp_path):
         train(TrainConfig(model="ae", data=str(empty), **TINY), run_dir=tmp_path / "run", progress=False)
     status = runs.read_status(tmp_path / "run")
     assert status["state"] == "failed" and "no usable case" in status["error"]
+    assert status["end"]["kind"] == "failed" and "no usable case" in status["end"]["reason"]
 
 
 def test_resume_continues_at_the_saved_epoch(cohort, tmp_path):
@@ -102,8 +103,9 @@ def test_sigterm_cancels_with_a_loadable_checkpoint(cohort, tmp_path):
             proc.kill()
     status = runs.read_status(run)
     assert status["state"] == "cancelled" and "SIGTERM" in status["reason"]
+    assert status["end"]["kind"] == "cancelled" and status["end"]["epoch"] >= 2 and status["end"]["batches"] > 0
     ckpt = checkpoints.load(run / "last")
-    assert ckpt.info["epoch"] >= 1
+    assert ckpt.info["epoch"] >= 1 and ckpt.info["epoch"] == status["end"]["epochs_done"]
 
 
 def test_checkpoint_roundtrip_gives_identical_outputs(cohort, tmp_path):
@@ -306,3 +308,70 @@ def test_a_nan_loss_keeps_the_good_checkpoints(cohort, tmp_path, monkeypatch):
         ckpt = checkpoints.load(run / sub)
         assert ckpt.info["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt.model.state_dict().values())
     assert [r.get("diverged", False) for r in runs.read_metrics(run)] == [False, True]
+
+
+# -- a run you can watch -------------------------------------------------------------------------------------
+def test_a_run_records_progress_step_losses_samples_and_its_end(cohort, tmp_path, monkeypatch):
+    import cv2
+
+    from uad import train as train_mod
+    from uad.models import model_class
+
+    monkeypatch.setattr(train_mod, "STATUS_EVERY_S", 0.0)  # every batch, so the test sees in-epoch progress
+    seen = []
+    cls = model_class("autoencoder")
+    real_step = cls.training_step
+
+    def watched(self, x, optimizers, progress):
+        seen.append(dict(runs.read_status(tmp_path / "run")))
+        return real_step(self, x, optimizers, progress)
+
+    monkeypatch.setattr(cls, "training_step", watched)
+    run = train(_config(cohort, epochs=2, batch_size=4), run_dir=tmp_path / "run", progress=False)
+    mid = [s for s in seen if s.get("batch")]
+    assert mid, seen
+    batches = mid[0]["batches"]
+    assert batches > 2 and all(s["current_epoch"] in (1, 2) and 0 < s["batch"] <= batches for s in mid)
+    assert all(s["eta"] is not None and s["eta"] >= 0 and s["elapsed"] >= 0 for s in mid)
+    assert mid[-1]["step"] > mid[0]["step"]
+
+    steps = runs.read_steps(run)
+    assert len(steps) >= 2 and [r["step"] for r in steps] == sorted(r["step"] for r in steps)
+    assert steps[-1]["step"] == runs.read_metrics(run)[-1]["step"]
+    assert 0 < steps[0]["epoch"] <= 1 and steps[-1]["epoch"] == pytest.approx(2.0)
+    assert all(r["train"]["loss"] > 0 for r in steps)
+
+    grid = cv2.imread(str(run / runs.SAMPLES), cv2.IMREAD_GRAYSCALE)
+    assert grid.shape == (3 * 64 + 2 * 2, 4 * 64 + 3 * 2)  # input / reconstruction / difference × 4 slices
+    assert json.loads((run / runs.SAMPLES_INFO).read_text())["epoch"] == 2
+
+    status = runs.read_status(run)
+    assert status["state"] == "completed" and status["end"]["kind"] == "completed"
+    assert status["end"]["epochs_done"] == 2 and status["end"]["batch"] == status["end"]["batches"] == batches
+
+
+def test_a_time_budget_mid_epoch_is_recorded_as_such(cohort, tmp_path, monkeypatch):
+    from uad import jobs
+    from uad.models import model_class
+
+    cls = model_class("autoencoder")
+    real_step = cls.training_step
+
+    def slow(self, x, optimizers, progress):
+        time.sleep(0.05)
+        return real_step(self, x, optimizers, progress)
+
+    monkeypatch.setattr(cls, "training_step", slow)
+    run = train(_config(cohort, epochs=3, batch_size=2, max_minutes=0.01), run_dir=tmp_path / "run", progress=False)
+    status = runs.read_status(run)
+    end = status["end"]
+    assert status["state"] == "completed" and end["kind"] == "time_budget"
+    assert end["epoch"] == 1 and 0 < end["batch"] < end["batches"] and end["epochs_done"] == 0
+    assert status["epoch"] == 0  # the partial epoch is not counted as done (it used to read "completed 1/1")
+    last = runs.read_metrics(run)[-1]
+    assert last["partial"] is True and last["batches"] == [end["batch"], end["batches"]]
+    assert checkpoints.read_info(run / "last")["epoch"] == 0  # a resume trains epoch 1 again, in full
+    (info,) = runs.list_runs(include_shipped=False, root=tmp_path)
+    view = jobs.run_view(info)
+    assert view.label == "time budget" and view.progress == 1.0
+    assert view.outcome == f"stopped by its 0.01-min time budget in epoch 1/3 at batch {end['batch']}/{end['batches']}"

@@ -156,14 +156,17 @@ def cmd_info(args) -> int:
 # -- train ----------------------------------------------------------------------------------------------
 
 
-def _model_options() -> dict[str, tuple[type, object, list[str]]]:
-    """Every option of every registered model: name → (type, default, models that take it)."""
+def _model_options() -> dict[str, tuple[type, object, list[str], tuple | None]]:
+    """Every option of every registered model: name → (type, default, models that take it, choices or None)."""
     from uad.models import list_models, model_options
 
-    options: dict[str, tuple[type, object, list[str]]] = {}
+    options: dict[str, tuple[type, object, list[str], tuple | None]] = {}
     for name in list_models():
-        for opt, (typ, default) in model_options(name).items():
-            options.setdefault(opt, (typ, default, []))[2].append(name)
+        for opt, spec in model_options(name).items():
+            entry = options.setdefault(opt, (spec.type, spec.default, [], spec.choices))
+            entry[2].append(name)
+            if entry[3] != spec.choices:  # same name, other choices in another model: accept the union
+                options[opt] = (entry[0], entry[1], entry[2], tuple(dict.fromkeys((entry[3] or ()) + (spec.choices or ()))) or None)
     return options
 
 
@@ -195,16 +198,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="if --out already holds a run, move it aside to OUT.old-<time> and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = p.add_argument_group("model options (only for the models named)")
-    for opt, (typ, default, models) in sorted(_model_options().items()):
+    for opt, (typ, default, models, choices) in sorted(_model_options().items()):
         group.add_argument(f"--{opt.replace('_', '-')}", dest=f"model_opt_{opt}", default=None,
-                           type=_parse_bool if typ is bool else typ, metavar=typ.__name__.upper(),
+                           type=_parse_bool if typ is bool else typ, choices=choices,
+                           metavar="{" + ",".join(map(str, choices)) + "}" if choices else typ.__name__.upper(),
                            help=f"{', '.join(models)} (default {default})")
 
 
 def cmd_train(args) -> int:
     from uad import fileio
     from uad.errors import ConfigError
-    from uad.train import TrainConfig, train
+    from uad.train import TrainConfig, check_config, train
 
     # Checked here, before any work, so a bad value is one line rather than a traceback from deep inside.
     if not 0 <= args.seed < 2**63:  # torch.manual_seed overflows above that
@@ -246,8 +250,71 @@ def cmd_train(args) -> int:
         max_minutes=args.max_minutes, split_ratios=args.split_ratios, seed=args.seed, device=args.device,
         num_workers=args.num_workers, model_options=given,
     )
+    check_config(config)  # the model's own checks too, before a run folder exists
     run_dir = train(config, run_dir=args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"run folder: {run_dir}")
+    return 0
+
+
+# -- runs -----------------------------------------------------------------------------------------------
+def _runs_table(views) -> str:
+    rows = [("RUN", "MODEL", "STATE", "DONE", "NAME", "TAGS", "DETAIL")]
+    for v in views:
+        rows.append((v.info.name, v.info.model, v.label, f"{v.progress:.0%}", v.info.meta.get("name") or "",
+                     ",".join(v.tags), v.outcome))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
+
+
+def cmd_runs(args) -> int:
+    from uad import jobs, paths, runs
+    from uad.errors import ConfigError
+
+    command = args.runs_command or "list"
+    if command == "list":
+        views = jobs.list_run_views(include_shipped=args.shipped, archived=args.archived)
+        where = runs.archive_dir() if args.archived else paths.runs_dir()
+        if not views:
+            print(f"no runs in {where}")
+            return 0
+        print(_runs_table(views))
+        return 0
+
+    v = jobs.find_run(args.run, archived=True if command == "restore" else None)
+    if command == "cancel":
+        print(jobs.cancel_run(v.path))
+    elif command == "resume":
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        jobs.resume_run(v.path, args.epochs)
+        print(f"resuming {v.path} in the background; output in {v.path / jobs.STDOUT} (`uad train --resume` "
+              "runs it in the foreground)")
+    elif command == "rename":
+        meta = runs.update_meta(v.path, name=args.name)
+        print(f"{v.info.name}: named {meta['name']!r}" if meta["name"] else f"{v.info.name}: name cleared")
+    elif command == "tag":
+        if args.remove:
+            meta = runs.update_meta(v.path, remove_tags=args.tags)
+        else:
+            meta = runs.update_meta(v.path, add_tags=args.tags)
+        print(f"{v.info.name}: tags {', '.join(meta['tags']) or '(none)'}")
+    elif command == "note":
+        runs.update_meta(v.path, note=args.text)
+        print(f"{v.info.name}: note {'saved' if args.text.strip() else 'cleared'}")
+    elif command == "archive":
+        print(f"archived {v.info.name} to {jobs.archive_run(v.path)}")
+    elif command == "restore":
+        print(f"restored {v.info.name} to {jobs.restore_run(v.path)}")
+    elif command == "delete":
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise ConfigError(f"deleting {v.path} cannot be undone: pass --yes to confirm")
+            answer = input(f"Delete {v.path} and everything in it for good? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not deleted")
+                return 1
+        jobs.delete_run(v.path)
+        print(f"deleted {v.path}")
     return 0
 
 
@@ -433,6 +500,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on the healthy slices of the training patients")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    text = ("list training runs (default) and manage them: cancel, resume in the background, name, tag, note, "
+            "archive, restore, delete")
+    p = sub.add_parser("runs", help=text, description=text + ". RUN is a run folder, its folder name under runs/, "
+                       "or the name given with `runs rename`.")
+    p.set_defaults(func=cmd_runs, runs_command=None, shipped=False, archived=False)
+    rsub = p.add_subparsers(dest="runs_command")
+    q = rsub.add_parser("list", help="each run: state (where it is or where it stopped), progress, name, tags")
+    q.add_argument("--archived", action="store_true", help="list the archived runs instead")
+    q.add_argument("--shipped", action="store_true", help="include the shipped checkpoints")
+    rsub.add_parser("cancel", help="stop a running run (it saves a checkpoint and records 'cancelled')").add_argument("run")
+    q = rsub.add_parser("resume", help="continue a stopped run from its last checkpoint, in the background")
+    q.add_argument("run")
+    q.add_argument("--epochs", type=int, default=None, help="new total number of epochs")
+    q = rsub.add_parser("rename", help="give a run a name (the folder keeps its own; '' clears it)")
+    q.add_argument("run")
+    q.add_argument("name")
+    q = rsub.add_parser("tag", help="add tags to a run (or --remove them)")
+    q.add_argument("run")
+    q.add_argument("tags", nargs="+", metavar="TAG")
+    q.add_argument("--remove", action="store_true")
+    q = rsub.add_parser("note", help="set a run's note ('' clears it)")
+    q.add_argument("run")
+    q.add_argument("text")
+    rsub.add_parser("archive", help="move a finished run to runs/.archive/ (listed with --archived)").add_argument("run")
+    rsub.add_parser("restore", help="move an archived run back to runs/").add_argument("run")
+    q = rsub.add_parser("delete", help="delete a finished run for good (asks first, unless --yes)")
+    q.add_argument("run")
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     from uad.evaluate import SPLIT_CHOICES
 

@@ -5,9 +5,20 @@
         status.json      queued | running | completed | failed | cancelled (+ pid, error, times); replaced atomically
         run.lock         locked (flock) by the training process for as long as it writes here
         metrics.jsonl    one line per epoch, append-only
+        steps.jsonl      the mean training losses every few steps (``uad.train.log_every``), append-only
+        samples.png      input / reconstruction / |difference| of 4 fixed validation slices, after each epoch
+        meta.json        what the user calls the run: a name, tags and a note (``update_meta``)
         train.log        the trainer's log
         last/, best/     checkpoints (model.safetensors + checkpoint.json)
         eval/            evaluation results (metrics.json, slices.csv, curves)
+
+status.json's ``end`` says how a finished run ended and where: ``{"kind": "completed" | "time_budget" |
+"cancelled" | "failed", "epoch": E, "batch": B, "batches": N, ...}``. While it runs, status.json also holds
+the batch within the epoch, the elapsed time and an ETA (rewritten at most every 2 s).
+
+Runs the user no longer wants listed are archived into ``runs/.archive/`` (restorable) or deleted; neither
+touches a run a process is writing (its lock is taken first) nor anything outside the runs folder, such as
+the shipped checkpoints.
 
 Every reader (CLI, app, other browser tabs, a restarted app) sees the same state because it lives on disk.
 Only one process trains into a folder at a time (``claim``), and a folder that already holds a run is
@@ -17,8 +28,9 @@ continued (resume) or moved aside (overwrite), never written over.
 from __future__ import annotations
 
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +40,12 @@ from uad.errors import ConfigError
 STATES = ("queued", "running", "completed", "failed", "cancelled")
 FINAL_STATES = ("completed", "failed", "cancelled")
 LOCK = "run.lock"
+STEPS = "steps.jsonl"
+SAMPLES = "samples.png"
+SAMPLES_INFO = "samples.json"
+META = "meta.json"
+ARCHIVE = ".archive"  # under the runs folder: archived runs, listed separately and restorable
+MAX_NAME, MAX_TAG, MAX_NOTE = 120, 40, 5000
 # What makes a folder a run that training would write over. A status.json that only says "queued" is
 # the app reserving the folder for the process it is about to start.
 RUN_FILES = ("config.json", "metrics.jsonl", "best", "last")
@@ -185,6 +203,117 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return fileio.read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
+def read_steps(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-step loss records (steps.jsonl); [] for runs trained before it existed."""
+    return fileio.read_jsonl(Path(run_dir) / STEPS)
+
+
+# -- what the user calls a run: name, tags, note ---------------------------------------------------------
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """meta.json as {"name": str | None, "tags": [str], "note": str}; defaults when missing or unreadable."""
+    raw = _read_object(Path(run_dir) / META) or {}
+    name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else None
+    tags = [t for t in raw.get("tags", []) if isinstance(t, str)] if isinstance(raw.get("tags"), list) else []
+    note = raw.get("note") if isinstance(raw.get("note"), str) else ""
+    return {"name": name, "tags": tags, "note": note}
+
+
+def check_tag(tag: str) -> str:
+    tag = str(tag).strip()
+    if not tag or len(tag) > MAX_TAG or any(c.isspace() or c == "," for c in tag):
+        raise ConfigError(f"tag {tag!r}: one word of 1 to {MAX_TAG} characters, without spaces or commas")
+    return tag
+
+
+_UNCHANGED: Any = object()
+
+
+def update_meta(run_dir: str | Path, *, name: str | None = _UNCHANGED, tags: list[str] | None = None,
+                add_tags: list[str] = (), remove_tags: list[str] = (), note: str | None = None) -> dict[str, Any]:
+    """Change a run's name (None or "" clears it), its tags (replace, add or remove) or its note; written atomically."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder")
+    meta = read_meta(run_dir)
+    if name is not _UNCHANGED:
+        name = (name or "").strip()
+        if len(name) > MAX_NAME or "\n" in name:
+            raise ConfigError(f"run name: one line of at most {MAX_NAME} characters")
+        meta["name"] = name or None
+    if tags is not None:
+        meta["tags"] = []
+    for tag in [*(tags or []), *add_tags]:
+        tag = check_tag(tag)
+        if tag not in meta["tags"]:
+            meta["tags"].append(tag)
+    drop = {str(t).strip() for t in remove_tags}
+    meta["tags"] = [t for t in meta["tags"] if t not in drop]
+    if note is not None:
+        if len(note) > MAX_NOTE:
+            raise ConfigError(f"run note: at most {MAX_NOTE} characters, got {len(note)}")
+        meta["note"] = note.strip()
+    fileio.write_json(run_dir / META, meta)
+    return meta
+
+
+# -- archive, restore, delete ---------------------------------------------------------------------------
+def archive_dir(root: str | Path | None = None) -> Path:
+    return Path(root or paths.runs_dir()) / ARCHIVE
+
+
+def _own_run(run_dir: str | Path, archived: bool, root: str | Path | None = None) -> Path:
+    """``run_dir`` if it is a run folder directly under the runs folder (or its archive); else a ConfigError.
+
+    This is what keeps archive and delete away from shipped checkpoints and any folder the user keeps elsewhere.
+    """
+    run_dir = Path(run_dir)
+    parent = (archive_dir(root) if archived else Path(root or paths.runs_dir())).resolve()
+    where = "the archive " + str(parent) if archived else str(parent)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run folder")
+    if run_dir.resolve().parent != parent or run_dir.name.startswith("."):
+        raise ConfigError(f"{run_dir}: not a run in {where}; only runs there are archived, restored or deleted "
+                          "(shipped checkpoints never are)")
+    if read_status(run_dir) is None and not (run_dir / "config.json").is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no status.json or config.json)")
+    return run_dir
+
+
+def _move_locked(run_dir: Path, dest: Path) -> Path:
+    """Move a run folder while holding its lock, so no trainer can start writing it meanwhile."""
+    if dest.exists():
+        raise ConfigError(f"{dest} already exists; rename or delete it first")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir).acquire()  # ConfigError while a trainer holds it
+    try:
+        os.replace(run_dir, dest)
+    finally:
+        lock.release()
+    fileio.fsync_dir(dest.parent)
+    return dest
+
+
+def archive(run_dir: str | Path, root: str | Path | None = None) -> Path:
+    """Move a run into ``runs/.archive/`` (listed separately, restorable); returns its new folder."""
+    run_dir = _own_run(run_dir, archived=False, root=root)
+    return _move_locked(run_dir, archive_dir(root) / run_dir.name)
+
+
+def restore(run_dir: str | Path, root: str | Path | None = None) -> Path:
+    """Move an archived run back into the runs folder; returns its folder there."""
+    run_dir = _own_run(run_dir, archived=True, root=root)
+    return _move_locked(run_dir, Path(root or paths.runs_dir()) / run_dir.name)
+
+
+def delete(run_dir: str | Path, root: str | Path | None = None) -> None:
+    """Delete a run (or an archived run) for good: renamed out of sight under its lock, then removed."""
+    run_dir = Path(run_dir)
+    archived = run_dir.resolve().parent == archive_dir(root).resolve()
+    run_dir = _own_run(run_dir, archived=archived, root=root)
+    doomed = _move_locked(run_dir, run_dir.parent / f".deleting-{run_dir.name}-{os.getpid()}")
+    shutil.rmtree(doomed)
+
+
 def pid_alive(pid: int | None) -> bool:
     """True if the process exists and is not a zombie (a finished child not yet reaped looks alive to kill(0))."""
     if not pid:
@@ -219,6 +348,13 @@ class RunInfo:
     shipped: bool  # a pretrained checkpoint shipped with the repository
     status: dict[str, Any]
     config: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=lambda: {"name": None, "tags": [], "note": ""})
+    archived: bool = False
+
+    @property
+    def display_name(self) -> str:
+        """The name the user gave the run, else its folder name."""
+        return self.meta.get("name") or self.name
 
     @property
     def eval_metrics(self) -> dict[str, Any] | None:
@@ -242,10 +378,12 @@ class RunInfo:
 REAL_SET = "real"  # checkpoints/real/<model>: the shipped set trained on real scans
 
 
-def list_runs(include_shipped: bool = True, root: str | Path | None = None) -> list[RunInfo]:
-    """Runs under the runs folder (newest first), then the shipped checkpoints."""
+def list_runs(include_shipped: bool = True, root: str | Path | None = None, archived: bool = False) -> list[RunInfo]:
+    """Runs under the runs folder (newest first), then the shipped checkpoints; ``archived``: the archive's runs instead."""
     out: list[RunInfo] = []
-    sources = [(Path(root or paths.runs_dir()), False)]
+    if archived:
+        include_shipped = False
+    sources = [(archive_dir(root) if archived else Path(root or paths.runs_dir()), False)]
     if include_shipped:
         # The demo-trained set (checkpoints/<model>) and the real-data set (checkpoints/real/<model>).
         sources.append((paths.checkpoints_dir(), True))
@@ -262,7 +400,8 @@ def list_runs(include_shipped: bool = True, root: str | Path | None = None) -> l
             if not config and not status:
                 continue  # not a run folder
             model = config.get("model") or (status or {}).get("model", "?")
-            out.append(RunInfo(path, prefix + path.name, model, effective_state(status), shipped, status or {}, config))
+            out.append(RunInfo(path, prefix + path.name, model, effective_state(status), shipped, status or {}, config,
+                               read_meta(path), archived))
     return out
 
 

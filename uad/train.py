@@ -31,7 +31,7 @@ from uad.data.dataset import SliceDataset
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios, split_cases
 from uad.errors import ConfigError, TrainingDiverged, UADError
-from uad.models import canonical_name, create_model
+from uad.models import canonical_name, check_model_options, create_model
 
 log = logging.getLogger("uad.train")
 
@@ -69,6 +69,13 @@ class TrainConfig:
             raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
         if self.cases is not None:
             self.cases = check_case_lists(self.cases)
+        if not 0 <= self.seed < 2**63:  # torch.manual_seed overflows above that
+            raise ConfigError(f"seed must be >= 0 and < 2**63, got {self.seed}")
+        if self.num_workers < 0:
+            raise ConfigError(f"number of data-loader workers must be >= 0, got {self.num_workers}")
+        if not self.modalities:
+            raise ConfigError("choose at least one modality")
+        self.model_options = check_model_options(self.model, dict(self.model_options))
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -83,6 +90,29 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise a ConfigError for what the trainer would refuse, short of the data: everything ``TrainConfig``
+    checks (run when it is built), the model hyper-parameters against the checkpoint bounds, and the model
+    built from them on the meta device (so its own checks run, and no memory is allocated).
+
+    The app and ``uad train`` call this before a run folder exists, so a bad value leaves nothing behind."""
+    from uad.errors import CheckpointError
+
+    config = TrainConfig.from_dict(config.to_dict())  # re-run __post_init__: the fields may have been set since
+    hparams = {"in_channels": len(config.modalities), "image_size": config.image_size, **config.model_options}
+    try:
+        checkpoints.check_hparams(hparams)
+    except CheckpointError as exc:
+        raise ConfigError(exc.reason.replace("hparams ", "model option ", 1)) from None
+    try:
+        with torch.device("meta"):
+            create_model(config.model, **hparams)
+    except UADError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"model {config.model}: {exc}") from None
 
 
 def data_identity(root: Path, manifest_cases: dict[str, Any], demo: bool) -> dict[str, Any]:
@@ -195,20 +225,24 @@ def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progr
         log.warning("moved the run that was in %s to %s", run_dir, lock.moved_to)
     stop = _StopFlag()
     stop.install()
+    monitor = _Monitor(run_dir, config, is_main)
     try:
         if is_main:
-            runs.write_status(run_dir, "running", pid=os.getpid(), started=time.time(), error=None,
+            runs.write_status(run_dir, "running", pid=os.getpid(), started=time.time(), error=None, end=None, reason=None,
                               epoch=0, epochs=config.epochs, world_size=world, device=str(device))
-        _train_loop(config, run_dir, resume, progress, device, rank, world, stop)
+        _train_loop(config, run_dir, resume, progress, device, rank, world, stop, monitor)
     except BaseException as exc:
         if is_main:
             if isinstance(exc, KeyboardInterrupt):
-                runs.write_status(run_dir, "cancelled", finished=time.time(), reason=f"received {stop.reason or 'SIGINT'}")
+                reason = f"received {stop.reason or 'SIGINT'}"
+                runs.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
+                                  end=monitor.end("cancelled", reason=reason))
             else:
                 message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
                 log.error("run failed: %s\n%s", message, traceback.format_exc())
                 extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
-                runs.write_status(run_dir, "failed", finished=time.time(), error=message, **extra)
+                runs.write_status(run_dir, "failed", finished=time.time(), error=message,
+                                  end=monitor.end("failed", reason=message), **extra)
         raise
     finally:
         if handler is not None:  # a later run in this process must not log into this run's train.log
@@ -224,14 +258,263 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, device, rank: int, world: int, stop: _StopFlag) -> None:
-    from tqdm.auto import tqdm
+# -- watching a run: progress within the epoch, loss every few steps, sample reconstructions ----------------
+STATUS_EVERY_S = 2.0  # at most one status.json rewrite per this many seconds within an epoch
+STEP_POINTS_PER_EPOCH = 20  # about this many steps.jsonl lines per epoch ...
+STEP_LOG_MAX = 50  # ... but at least one every this many steps
+N_SAMPLES = 4  # fixed validation slices reconstructed into samples.png after every epoch
 
+
+def log_every(batches: int) -> int:
+    """How many steps one ``steps.jsonl`` line averages over, for an epoch of ``batches`` batches."""
+    return max(1, min(STEP_LOG_MAX, batches // STEP_POINTS_PER_EPOCH))
+
+
+class _Monitor:
+    """What a watcher of the run sees while it trains (rank 0 writes, other ranks only track position).
+
+    * ``status.json``: the batch within the epoch, steps, elapsed time and an ETA, at most every
+      ``STATUS_EVERY_S`` seconds (the file is replaced atomically, see ``runs.write_status``);
+    * ``steps.jsonl``: the mean training losses over every ``log_every(batches)`` steps, append-only;
+    * where the run stands (epoch, batch), so its end state can say where it stopped.
+    """
+
+    def __init__(self, run_dir: Path, config: TrainConfig, is_main: bool):
+        self.run_dir, self.config, self.is_main = run_dir, config, is_main
+        self.epoch = 0  # 0-based epoch in progress
+        self.batch = 0  # batches done in it
+        self.batches = 0  # batches per epoch
+        self.epochs_done = 0
+        self.every = 1
+        self._window: dict[str, list[float]] = {}
+        self._last_write = -math.inf
+        self._t0 = time.perf_counter()
+        self._steps_here = 0  # steps taken by this process (a resumed run's earlier steps took other time)
+
+    def begin(self, start_epoch: int, batches: int, budget_s: float) -> None:
+        self.epoch, self.epochs_done, self.batches, self.budget_s = start_epoch, start_epoch, batches, budget_s
+        self.every = log_every(batches)
+        self._t0 = time.perf_counter()
+        if self.is_main:
+            runs.write_status(self.run_dir, "running", current_epoch=start_epoch + 1, batch=0, batches=batches,
+                              log_every=self.every, elapsed=0.0, eta=None)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.batch = epoch, 0
+        self._window = {}
+
+    def eta(self) -> float | None:
+        """Seconds left: the time per step so far times the steps left, capped by the time budget left."""
+        elapsed = time.perf_counter() - self._t0
+        if not self._steps_here:
+            return None
+        left = (self.config.epochs - self.epoch - 1) * self.batches + (self.batches - self.batch)
+        eta = elapsed / self._steps_here * max(left, 0)
+        return min(eta, max(self.budget_s - elapsed, 0.0))
+
+    def after_batch(self, step: int, losses: dict[str, float]) -> None:
+        self.batch += 1
+        self._steps_here += 1
+        for k, v in losses.items():
+            self._window.setdefault(k, []).append(float(v))
+        if not self.is_main:
+            return
+        if step % self.every == 0 or self.batch == self.batches:
+            self._flush_steps(step)
+        now = time.perf_counter()
+        if now - self._last_write >= STATUS_EVERY_S:
+            self._last_write = now
+            runs.write_status(self.run_dir, "running", current_epoch=self.epoch + 1, batch=self.batch, batches=self.batches,
+                              step=step, elapsed=now - self._t0, eta=self.eta())
+
+    def _flush_steps(self, step: int) -> None:
+        if not self._window:
+            return
+        means = {k: (sum(v) / len(v) if all(math.isfinite(x) for x in v) else None) for k, v in self._window.items()}
+        n = max(len(v) for v in self._window.values())
+        fileio.append_jsonl(self.run_dir / runs.STEPS, {
+            "step": step, "epoch": self.epoch + self.batch / max(self.batches, 1), "steps": n, "train": means,
+            "elapsed": time.perf_counter() - self._t0})
+        self._window = {}
+
+    def end_epoch(self, epochs_done: int, step: int) -> None:
+        self.epochs_done = epochs_done
+        if self.is_main:
+            self._flush_steps(step)
+            # Validation and checkpoints took time too: a fresh estimate, not the last one within the epoch.
+            runs.write_status(self.run_dir, "running", eta=self.eta(), elapsed=time.perf_counter() - self._t0)
+
+    def end(self, kind: str, reason: str | None = None) -> dict[str, Any]:
+        """The end state recorded in status.json: what ended the run, and where (epoch and batch)."""
+        out: dict[str, Any] = {"kind": kind, "epoch": self.epoch + 1, "batch": self.batch, "batches": self.batches,
+                               "epochs": self.config.epochs, "epochs_done": self.epochs_done,
+                               "elapsed": time.perf_counter() - self._t0}
+        if kind == "time_budget":
+            out["max_minutes"] = self.config.max_minutes
+        if reason:
+            out["reason"] = reason
+        return out
+
+
+def _save_samples(model, x: torch.Tensor, run_dir: Path, epoch: int) -> None:
+    """Input, reconstruction and |difference| of the fixed sample slices, as one grey PNG (rows) in the run folder."""
+    import cv2
+
+    model.eval()
+    with torch.no_grad():
+        recon = model.reconstruct(x).float()
+    model.train()
+    first = lambda t: t[:, 0].clamp(0, 1).cpu().numpy()  # noqa: E731 - the first input channel
+    rows = [first(x.float()), first(recon), first((x.float() - recon).abs())]
+    gap = 2
+    tiles = [np.concatenate([np.pad(t, ((0, 0), (0, gap))) for t in row], axis=1)[:, :-gap] for row in rows]
+    grid = np.concatenate([np.pad(r, ((0, gap), (0, 0))) for r in tiles], axis=0)[:-gap]
+    ok, buf = cv2.imencode(".png", (grid * 255).astype(np.uint8))
+    if ok:
+        fileio.write_bytes(run_dir / runs.SAMPLES, buf.tobytes())
+        fileio.write_json(run_dir / runs.SAMPLES_INFO, {"epoch": epoch, "slices": int(x.shape[0]),
+                                                        "rows": ["input", "reconstruction", "|difference|"]})
+
+
+# -- the loop, in pieces ------------------------------------------------------------------------------------
+@dataclass
+class _Session:
+    """What one training process works with, set up once by ``_setup``."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    progress: bool
+    data_root: Path
+    model: Any
+    optimizers: dict[str, torch.optim.Optimizer]
+    train_ds: SliceDataset
+    val_ds: SliceDataset
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    val_loader: DataLoader
+    amp: Any
+    info_base: dict[str, Any]
+    sample_x: torch.Tensor | None
+    start_epoch: int = 0
+    step: int = 0
+    best: float = math.inf
+    budget_s: float = math.inf
+    t_start: float = 0.0
+    progress_frac: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def no_val(self) -> bool:
+        # Without validation slices there is no loss to choose by, so best/ follows the latest epoch
+        # (rather than staying at the first one forever).
+        return len(self.val_ds) == 0
+
+    @property
+    def best_selection(self) -> str:
+        return "latest epoch (no validation slices)" if self.no_val else "lowest validation loss"
+
+
+@dataclass
+class _EpochResult:
+    sums: dict[str, float]
+    counts: dict[str, int]  # per loss: f-AnoGAN's keys change when its phase does, mid-epoch
+    n_slices: int
+    batches: int  # batches done (fewer than the loader's when stopped mid-epoch)
+    seconds: float
+    stop: str | None  # "cancelled" | "time budget" | None
+    diverged: str | None  # what first became non-finite
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
+
+
+def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, device, rank: int, world: int,
+                stop: _StopFlag, monitor: _Monitor) -> None:
+    s = _setup(config, run_dir, resume, progress, device, rank, world)
+    monitor.begin(s.start_epoch, len(s.loader), s.budget_s)
+    end_kind = "completed"
+    stop.in_loop = True
+    for epoch in range(s.start_epoch, config.epochs):
+        result = _train_epoch(s, epoch, stop, monitor)
+        if distributed.any_rank(result.diverged is not None, world, device):
+            _record_diverged(s, epoch, result)
+        partial = result.batches < len(s.loader)
+        epochs_done = epoch if partial else epoch + 1
+        if result.stop == "cancelled" or stop.reason:
+            end_kind = "cancelled"
+        elif epochs_done < config.epochs and (result.stop == "time budget" or time.perf_counter() - s.t_start >= s.budget_s):
+            end_kind = "time_budget"  # mid-epoch, or between epochs with epochs still to go
+        _finish_epoch(s, epoch, epochs_done, result, partial)
+        monitor.end_epoch(epochs_done, s.step)
+        if end_kind != "completed":
+            break
+    _record_end(s, end_kind, stop, monitor)
+
+
+def _setup(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, device, rank: int, world: int) -> _Session:
+    """Data (slice cache, patient split, datasets), model and optimisers (restored when resuming), config.json, loaders."""
+    is_main = rank == 0
+    seed_everything(config.seed)
+    data_root, store, split, train_ds, val_ds = _load_data(config, progress, rank, world)
+    model = create_model(config.model, in_channels=len(config.modalities), image_size=config.image_size, **config.model_options)
+    model.to(device)
+    optimizers = model.configure_optimizers(config.lr)
+    if world > 1:
+        distributed.broadcast_params(model)
+        distributed.wrap_data_parallel(model, optimizers)
+
+    start_epoch, step, best = 0, 0, math.inf
+    if resume:
+        last = run_dir / "last"
+        ckpt = checkpoints.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
+        model.load_state_dict(ckpt.model.state_dict())
+        state = checkpoints.load_training_state(last, optimizers)
+        start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
+        log.info("resumed from epoch %d", start_epoch)
+
+    split_info = {"ratios": None if config.cases else list(config.split_ratios), "seed": config.seed, "cases": split}
+    if is_main and not resume:
+        fileio.write_json(run_dir / "config.json", {
+            "model": config.model, "train": config.to_dict(), "hparams": model.hparams,
+            "data_root": str(data_root), "preprocess": config.preprocess.to_dict(), "split": split_info,
+            "store": str(store.root), "world_size": world, "device": str(device),
+        })
+
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
+    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, num_workers=config.num_workers, drop_last=len(train_ds) > config.batch_size * world,
+                        pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0)
+    val_loader = DataLoader(val_ds, batch_size=max(config.batch_size, 64), shuffle=False, num_workers=0)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    info_base = {
+        "preprocess": config.preprocess.to_dict(), "train": config.to_dict(), "split": split_info,
+        "data": data_identity(data_root, store.manifest["cases"], demo=config.data is None),
+    }
+    s = _Session(config, run_dir, device, rank, world, progress, data_root, model, optimizers, train_ds, val_ds, loader,
+                 sampler, val_loader, amp, info_base, _sample_slices(val_ds, train_ds, device) if is_main else None,
+                 start_epoch=start_epoch, step=step, best=best,
+                 budget_s=config.max_minutes * 60 if config.max_minutes else math.inf, t_start=time.perf_counter(),
+                 progress_frac=start_epoch / config.epochs)
+    log.info("training %s on %s: %d healthy train slices, %d val slices, device %s, world %d",
+             config.model, data_root, len(train_ds), len(val_ds), device, world)
+    if s.no_val:
+        log.warning("no validation slices (split ratios %s): best/ follows the latest epoch", list(config.split_ratios))
+    return s
+
+
+def _load_data(config: TrainConfig, progress: bool, rank: int, world: int):
+    """The slice cache (built by rank 0), the patient split and the healthy-slice datasets of train and val."""
     from uad.data.demo import resolve_data_root
     from uad.data.store import SliceStore, build_store, store_dir
 
     is_main = rank == 0
-    seed_everything(config.seed)
     data_root = resolve_data_root(config.data, progress=progress and is_main) if is_main else None
     if is_main:
         store = build_store(data_root, config.preprocess, progress=progress)
@@ -252,148 +535,124 @@ def _train_loop(config: TrainConfig, run_dir: Path, resume: bool, progress: bool
     val_ds = SliceDataset(store, split["val"], healthy_only=True)
     if len(train_ds) == 0:
         raise ConfigError(f"no healthy training slices in {data_root} (train cases: {len(split['train'])})")
+    return data_root, store, split, train_ds, val_ds
 
-    model = create_model(config.model, in_channels=len(config.modalities), image_size=config.image_size, **config.model_options)
-    model.to(device)
-    optimizers = model.configure_optimizers(config.lr)
-    if world > 1:
-        distributed.broadcast_params(model)
-        distributed.wrap_data_parallel(model, optimizers)
 
-    start_epoch, step, best = 0, 0, math.inf
-    if resume:
-        last = run_dir / "last"
-        ckpt = checkpoints.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
-        model.load_state_dict(ckpt.model.state_dict())
-        state = checkpoints.load_training_state(last, optimizers)
-        start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
-        log.info("resumed from epoch %d", start_epoch)
+def _sample_slices(val_ds: SliceDataset, train_ds: SliceDataset, device) -> torch.Tensor:
+    """``N_SAMPLES`` fixed slices spread over the validation set (the training set when there is none)."""
+    ds = val_ds if len(val_ds) else train_ds
+    idx = sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(N_SAMPLES, len(ds)))})
+    return torch.stack([torch.as_tensor(ds[i]) for i in idx]).to(device)
 
-    run_config = {
-        "model": config.model, "train": config.to_dict(), "hparams": model.hparams,
-        "data_root": str(data_root), "preprocess": config.preprocess.to_dict(),
-        "split": {"ratios": None if config.cases else list(config.split_ratios), "seed": config.seed, "cases": split},
-        "store": str(store.root), "world_size": world, "device": str(device),
-    }
-    if is_main and not resume:
-        fileio.write_json(run_dir / "config.json", run_config)
 
-    generator = torch.Generator().manual_seed(config.seed)
-    sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
-    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=generator, num_workers=config.num_workers, drop_last=len(train_ds) > config.batch_size * world,
-                        pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0)
-    val_loader = DataLoader(val_ds, batch_size=max(config.batch_size, 64), shuffle=False, num_workers=0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
-    t_start = time.perf_counter()
-    info_base = {
-        "preprocess": config.preprocess.to_dict(), "train": config.to_dict(), "split": run_config["split"],
-        "data": data_identity(data_root, store.manifest["cases"], demo=config.data is None),
-    }
-    log.info("training %s on %s: %d healthy train slices, %d val slices, device %s, world %d",
-             config.model, data_root, len(train_ds), len(val_ds), device, world)
+def _train_epoch(s: _Session, epoch: int, stop: _StopFlag, monitor: _Monitor) -> _EpochResult:
+    """One pass over the training slices; stops early (between batches) on a cancel, the time budget or divergence."""
+    from tqdm.auto import tqdm
 
-    # Without validation slices there is no loss to choose by, so best/ follows the latest epoch
-    # (rather than staying at the first one forever).
-    no_val = len(val_ds) == 0
-    best_selection = "latest epoch (no validation slices)" if no_val else "lowest validation loss"
-    if no_val:
-        log.warning("no validation slices (split ratios %s): best/ follows the latest epoch", list(config.split_ratios))
-    end_reason = "completed"
-    diverged: str | None = None  # what first became non-finite
-    completed_epochs = start_epoch
-    progress_frac = start_epoch / config.epochs
-    last_status = time.perf_counter()
-    stop.in_loop = True
-    for epoch in range(start_epoch, config.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}  # per loss: f-AnoGAN's keys change when its phase does, mid-epoch
-        n_slices = 0
-        t_epoch = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and is_main), leave=False)
-        for i, x in enumerate(bar):
-            # Progress is the larger of epochs done and time budget used, so multi-phase models
-            # (f-AnoGAN) reach every phase under --max-minutes too. Ranks agree on both decisions.
-            time_frac = min((time.perf_counter() - t_start) / budget_s, 1.0)
-            stop_now = bool(stop.reason) or time_frac >= 1.0 or diverged is not None
-            stop_now, time_frac = distributed.agree(stop_now, time_frac, world, device)
-            if stop_now:
-                break
-            progress_frac = max((epoch + i / len(loader)) / config.epochs, time_frac)
-            x = x.to(device, non_blocking=True)
-            with amp:
-                losses = model.training_step(x, optimizers, progress_frac)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-                counts[k] = counts.get(k, 0) + 1
-                if diverged is None and not math.isfinite(float(v)):
-                    diverged = f"training loss '{k}' became {float(v)} at step {step + 1}, epoch {epoch + 1}"
-            n_slices += x.shape[0] * world
-            step += 1
-            if is_main:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-                if time.perf_counter() - last_status > 2.0:  # smooth progress for watchers within an epoch
-                    runs.write_status(run_dir, "running", batch=i + 1, batches=len(loader), step=step)
-                    last_status = time.perf_counter()
-        bar.close()
-        train_s = time.perf_counter() - t_epoch
-        # A finite loss can still leave non-finite weights (the update after it); either way nothing from
-        # this epoch may be saved over the last good checkpoints.
-        if diverged is None and not _finite(model):
-            diverged = f"weights became non-finite in epoch {epoch + 1}"
-        if distributed.any_rank(diverged is not None, world, device):
-            if is_main:
-                fileio.append_jsonl(run_dir / "metrics.jsonl", {
-                    "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
-                    "val_loss": None, "seconds": train_s, "elapsed": time.perf_counter() - t_start,
-                    "partial": True, "diverged": True})
-            raise TrainingDiverged(run_dir, diverged or "on another rank")
-        interrupted = bool(stop.reason)
-        if stop.reason:
-            end_reason = "cancelled"
-        elif time.perf_counter() - t_start >= budget_s:
-            end_reason = "time budget"
-        completed_epochs = epoch if interrupted else epoch + 1
-
-        distributed.sync_buffers(model, world)
-        val_loss = _validate(model, val_loader, device, amp)
-        record = {
-            "epoch": epoch + 1, "step": step, "train": {k: v / counts[k] for k, v in sums.items()},
-            "val_loss": val_loss, "slices_per_s": n_slices / max(train_s, 1e-9), "seconds": train_s,
-            "elapsed": time.perf_counter() - t_start, "partial": interrupted,
-        }
-        selectable = model.checkpoint_selectable(progress_frac)
-        improved = selectable and (no_val or (math.isfinite(val_loss) and val_loss < best))
-        if improved and not no_val:
-            best = val_loss
-        if is_main:
-            fileio.append_jsonl(run_dir / "metrics.jsonl", record)
-            info = {**info_base, "epoch": completed_epochs, "step": step, "val_loss": val_loss, "best_val_loss": best,
-                    "best_selection": best_selection}
-            checkpoints.save(run_dir / "last", model, info, optimizers=optimizers,
-                             training_state={"epoch": completed_epochs, "step": step, "best_val_loss": best})
-            if improved or not (run_dir / "best").exists():
-                checkpoints.save(run_dir / "best", model, info)
-            runs.write_status(run_dir, "running", epoch=completed_epochs, step=step, val_loss=val_loss, best_val_loss=best,
-                              best_selection=best_selection)
-            log.info("epoch %d: %s val %.5f (%.0f slices/s)", epoch + 1,
-                     " ".join(f"{k} {v:.5f}" for k, v in record["train"].items()), val_loss, record["slices_per_s"])
-        if end_reason != "completed":
+    if s.sampler is not None:
+        s.sampler.set_epoch(epoch)
+    s.model.train()
+    monitor.start_epoch(epoch)
+    r = _EpochResult({}, {}, 0, 0, 0.0, None, None)
+    t_epoch = time.perf_counter()
+    bar = tqdm(s.loader, desc=f"epoch {epoch + 1}/{s.config.epochs}", disable=not (s.progress and s.is_main), leave=False)
+    for i, x in enumerate(bar):
+        # Progress is the larger of epochs done and time budget used, so multi-phase models
+        # (f-AnoGAN) reach every phase under --max-minutes too. Ranks agree on both decisions.
+        time_frac = min((time.perf_counter() - s.t_start) / s.budget_s, 1.0)
+        stop_now = bool(stop.reason) or time_frac >= 1.0 or r.diverged is not None
+        stop_now, time_frac = distributed.agree(stop_now, time_frac, s.world, s.device)
+        if stop_now:
+            if r.diverged is None:
+                r.stop = "cancelled" if stop.reason else "time budget"
             break
+        s.progress_frac = max((epoch + i / len(s.loader)) / s.config.epochs, time_frac)
+        x = x.to(s.device, non_blocking=True)
+        with s.amp:
+            losses = s.model.training_step(x, s.optimizers, s.progress_frac)
+        for k, v in losses.items():
+            r.sums[k] = r.sums.get(k, 0.0) + float(v)
+            r.counts[k] = r.counts.get(k, 0) + 1
+            if r.diverged is None and not math.isfinite(float(v)):
+                r.diverged = f"training loss '{k}' became {float(v)} at step {s.step + 1}, epoch {epoch + 1}"
+        r.n_slices += x.shape[0] * s.world
+        r.batches += 1
+        s.step += 1
+        monitor.after_batch(s.step, losses)
+        if s.is_main:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+    bar.close()
+    r.seconds = time.perf_counter() - t_epoch
+    # A finite loss can still leave non-finite weights (the update after it); either way nothing from
+    # this epoch may be saved over the last good checkpoints.
+    if r.diverged is None and not _finite(s.model):
+        r.diverged = f"weights became non-finite in epoch {epoch + 1}"
+    return r
 
-    checksums = distributed.rank_checksums(model, world)  # lets users (and the tests) see that ranks stayed in sync
-    if is_main:
-        if checksums:
-            runs.write_status(run_dir, "running", rank_weight_checksums=checksums)
-        if end_reason == "cancelled":
-            runs.write_status(run_dir, "cancelled", finished=time.time(), reason=f"received {stop.reason}", epoch=completed_epochs)
-        else:
-            runs.write_status(run_dir, "completed", finished=time.time(), reason=end_reason, epoch=completed_epochs)
-        log.info("run %s: %s", end_reason, run_dir)
+
+def _record_diverged(s: _Session, epoch: int, r: _EpochResult) -> None:
+    """Log the diverged epoch (partial, nothing saved) and fail the run."""
+    if s.is_main:
+        fileio.append_jsonl(s.run_dir / "metrics.jsonl", {
+            "epoch": epoch + 1, "step": s.step, "train": r.means(), "val_loss": None, "seconds": r.seconds,
+            "elapsed": time.perf_counter() - s.t_start, "partial": True, "diverged": True})
+    raise TrainingDiverged(s.run_dir, r.diverged or "on another rank")
+
+
+def _finish_epoch(s: _Session, epoch: int, epochs_done: int, r: _EpochResult, partial: bool) -> None:
+    """Validate, log the epoch to metrics.jsonl, save last/ (and best/ when it improved), refresh samples and status."""
+    distributed.sync_buffers(s.model, s.world)
+    val_loss = _validate(s.model, s.val_loader, s.device, s.amp)
+    record = {
+        "epoch": epoch + 1, "step": s.step, "train": r.means(), "val_loss": val_loss,
+        "slices_per_s": r.n_slices / max(r.seconds, 1e-9), "seconds": r.seconds,
+        "elapsed": time.perf_counter() - s.t_start, "partial": partial,
+    }
+    if partial:
+        record["batches"] = [r.batches, len(s.loader)]
+    selectable = s.model.checkpoint_selectable(s.progress_frac)
+    improved = selectable and (s.no_val or (math.isfinite(val_loss) and val_loss < s.best))
+    if improved and not s.no_val:
+        s.best = val_loss
+    if not s.is_main:
+        return
+    fileio.append_jsonl(s.run_dir / "metrics.jsonl", record)
+    info = {**s.info_base, "epoch": epochs_done, "step": s.step, "val_loss": val_loss, "best_val_loss": s.best,
+            "best_selection": s.best_selection}
+    checkpoints.save(s.run_dir / "last", s.model, info, optimizers=s.optimizers,
+                     training_state={"epoch": epochs_done, "step": s.step, "best_val_loss": s.best})
+    if improved or not (s.run_dir / "best").exists():
+        checkpoints.save(s.run_dir / "best", s.model, info)
+    if s.sample_x is not None:
+        try:
+            _save_samples(s.model, s.sample_x, s.run_dir, epoch + 1)
+        except Exception as exc:  # noqa: BLE001 - a picture for watchers must never stop training
+            log.warning("could not save sample reconstructions: %s", exc)
+    runs.write_status(s.run_dir, "running", epoch=epochs_done, step=s.step, val_loss=val_loss, best_val_loss=s.best,
+                      best_selection=s.best_selection, batch=r.batches, batches=len(s.loader),
+                      elapsed=time.perf_counter() - s.t_start)
+    log.info("epoch %d: %s val %.5f (%.0f slices/s)", epoch + 1,
+             " ".join(f"{k} {v:.5f}" for k, v in record["train"].items()), val_loss, record["slices_per_s"])
+
+
+def _record_end(s: _Session, kind: str, stop: _StopFlag, monitor: _Monitor) -> None:
+    """The end state in status.json: completed, stopped by the time budget (at epoch/batch) or cancelled."""
+    checksums = distributed.rank_checksums(s.model, s.world)  # lets users (and the tests) see that ranks stayed in sync
+    if not s.is_main:
+        return
+    if checksums:
+        runs.write_status(s.run_dir, "running", rank_weight_checksums=checksums)
+    epochs_done = monitor.epochs_done
+    if kind == "cancelled":
+        reason = f"received {stop.reason}"
+        runs.write_status(s.run_dir, "cancelled", finished=time.time(), reason=reason, epoch=epochs_done,
+                          end=monitor.end(kind, reason=reason), eta=None)
+    else:
+        # A run stopped by its time budget did what it was asked ("completed" for cross-validation and resume);
+        # its end says where it stopped, so nobody reads it as having trained every epoch.
+        runs.write_status(s.run_dir, "completed", finished=time.time(), reason="time budget" if kind == "time_budget" else "completed",
+                          epoch=epochs_done, end=monitor.end(kind), eta=None)
+    log.info("run %s: %s", kind.replace("_", " "), s.run_dir)
 
 
 def _finite(model: torch.nn.Module) -> bool:

@@ -43,6 +43,7 @@ def _synth_progress() -> None:
         st.progress(min(done / DEFAULT_CASES, 1.0), text=f"Generating the demo cohort: {done} / {DEFAULT_CASES} cases")
     else:
         log = jobs.tail(paths.data_dir() / SYNTH_LOG)
+        st.session_state.pop("synth_started", None)  # the next page visit offers to generate it again
         st.error("The demo generator stopped before finishing." + (f"\n\n```\n{log}\n```" if log else ""))
 
 
@@ -52,11 +53,12 @@ def _dataset_section() -> None:
     if ui.is_demo(root) and not demo_ready():
         from uad.data.synth import DEFAULT_CASES
 
+        if _synth_running() or st.session_state.get("synth_started"):
+            _synth_progress()  # the progress replaces the "not generated yet" notice
+            return
         st.info(f"The demo cohort ({DEFAULT_CASES} synthetic cases in BraTS 2021 layout, built from the MNI152 template) "
                 f"is not generated yet. It takes one to two minutes; the app stays usable meanwhile.")
-        if _synth_running() or st.session_state.get("synth_started"):
-            _synth_progress()
-        elif st.button("Generate the demo cohort", type="primary", key="gen_demo"):
+        if st.button("Generate the demo cohort", type="primary", key="gen_demo"):
             paths.data_dir().mkdir(parents=True, exist_ok=True)
             jobs.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
             st.session_state["synth_started"] = time.time()
@@ -88,30 +90,43 @@ def _runs_table() -> None:
         m = jobs.eval_metrics(v)
         m = m if isinstance(m, dict) else {}
         at5 = report.at_fpr(m, 0.05)
-        cfg = v.info.config
+        pre = v.info.config.get("preprocess") or {}
         rows.append({
-            "run": v.info.name,
+            # The name the user gave the run, with its folder; the folder alone otherwise.
+            "run": f"{v.name} ({v.info.name})" if v.name != v.info.name else v.info.name,
             "model": v.info.model,
-            "source": "shipped" if v.info.shipped else "run",
-            "trained on": v.info.training_data["name"],
-            "status": v.state,
-            "progress": v.progress if v.epochs else None,
-            "epochs": f"{v.epoch}/{v.epochs}" if v.epochs else "",
-            "modalities": " ".join((cfg.get("preprocess") or {}).get("modalities", [])),
-            "size": (cfg.get("preprocess") or {}).get("image_size"),
+            "status": v.label,
+            "progress": v.progress,
             "slice AUROC": m.get("slice_auroc"),
             "slice AP": m.get("slice_ap"),
             "pixel AP": m.get("pixel_ap"),
             "best Dice*": (m.get("best_dice") or {}).get("dice"),
             "Dice @5% FPR": at5.get("dice"),
+            "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
+            "input": " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else ""),
+            "trained on": v.info.training_data["name"],
+            "tags": " ".join(v.tags),
+            "source": "shipped" if v.info.shipped else "run",
         })
     df = pd.DataFrame(rows)
-    num = st.column_config.NumberColumn(format="%.3f")
-    st.dataframe(df, hide_index=True, width="stretch", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+    # Widths in pixels, so names and numbers are not cut; the key columns first, the run's name pinned.
+    num = st.column_config.NumberColumn(format="%.3f", width=95)
+    st.dataframe(df, hide_index=True, width="stretch", placeholder="–", height=min(38 + 35 * len(df), 600), column_config={
+        "run": st.column_config.TextColumn("run", width=230, pinned=True, help="the run's name (its folder), or its folder"),
+        "model": st.column_config.TextColumn("model", width=100),
+        "status": st.column_config.TextColumn("status", width=100, help="completed, time budget (stopped by its time "
+                                              "budget), cancelled, failed, running, queued"),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width=95),
         "slice AUROC": num, "slice AP": num, "pixel AP": num, "best Dice*": num, "Dice @5% FPR": num,
+        "epochs": st.column_config.TextColumn("epochs", width=85),
+        "input": st.column_config.TextColumn("input", width=120),
+        "trained on": st.column_config.TextColumn("trained on", width=330),
+        "tags": st.column_config.TextColumn("tags", width=120),
+        "source": st.column_config.TextColumn("source", width=80),
     })
-    st.caption("Metrics come from each run's evaluation (test split); empty = not evaluated yet (Compare page). "
+    st.caption("Metrics come from each run's evaluation (test split); – = not evaluated yet (Compare page). "
+               "Progress is 100 % for a run that ended as asked: all its epochs, or its whole time budget (status "
+               "'time budget'; the epochs column says how far it got). "
                "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
                "Dice @5% FPR uses a threshold set on healthy validation slices only. "
                "Shipped checkpoints come in two sets: trained on the synthetic demo cohort (`checkpoints/<model>`) "

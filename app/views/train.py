@@ -1,8 +1,10 @@
-"""Train: launch ``python -m uad train`` as a separate process and watch every run from its folder on disk."""
+"""Train: launch ``python -m uad train`` as a separate process and watch every run from its folder on disk.
+
+Everything about a run (its state, progress, ETA, end, name and tags) comes from ``uad.jobs``; the settings
+are checked by ``uad`` before anything starts. This page only draws.
+"""
 
 from __future__ import annotations
-
-import time
 
 import streamlit as st
 
@@ -10,33 +12,49 @@ import ui
 from uad import jobs, runs
 from uad.data.cases import MODALITIES
 from uad.data.demo import demo_ready
-from uad.models import list_models, model_options
+from uad.errors import UADError
+from uad.models import list_models, model_description, model_options
 
-ABOUT = {
-    "autoencoder": "convolutional autoencoder",
-    "vae": "variational autoencoder",
-    "gan": "f-AnoGAN (WGAN-GP + encoder)",
-    "ganomaly": "GANomaly",
-    "vit": "ViT autoencoder with context dropout",
-}
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+SIZES = list(range(64, 257, 16))
 # Material icons: emoji fonts are often missing on Linux desktops and headless browsers.
 STATE_ICON = {"queued": ":grey[:material/schedule:]", "running": ":blue[:material/autorenew:]",
-              "completed": ":green[:material/check_circle:]", "failed": ":red[:material/error:]",
-              "cancelled": ":orange[:material/cancel:]"}
+              "completed": ":green[:material/check_circle:]", "time budget": ":green[:material/timer:]",
+              "failed": ":red[:material/error:]", "cancelled": ":orange[:material/cancel:]"}
 SHOWN = 8  # runs listed before "show all"
+KEPT = "train_form_kept"  # the form's values, in a key no widget owns: Streamlit drops widget state off-page
+DEFAULTS = {"train_mods": ["flair"], "train_size": 128, "train_epochs": 20, "train_batch": 32, "train_lr": 1e-4,
+            "train_minutes": 0.0, "train_seed": 0, "train_name": "", "train_tags": "", "train_note": ""}
 
 
-def _option_widget(col, model: str, name: str, typ: type, default):
+# -- the form, kept across pages --------------------------------------------------------------------------
+def _kept(key: str, default):
+    """Give the widget ``key`` its value from before (or ``default``) when Streamlit has dropped it."""
+    kept = st.session_state.setdefault(KEPT, {})
+    if key not in st.session_state:
+        st.session_state[key] = kept.get(key, default)
+    return key
+
+
+def _keep(key: str):
+    st.session_state[KEPT][key] = st.session_state[key]
+    return st.session_state[key]
+
+
+def _option_widget(col, model: str, name: str, opt):
     label = name.replace("_", " ")
-    key = f"opt::{model}::{name}"
-    if typ is bool:
-        return col.checkbox(label, value=default, key=key)
-    if typ is int:
-        return col.number_input(label, value=int(default), step=1, key=key)
-    if typ is float:
-        return col.number_input(label, value=float(default), format="%g", key=key)
-    return col.text_input(label, value=str(default), key=key)
+    key = _kept(f"opt::{model}::{name}", opt.default)
+    if opt.choices:
+        col.selectbox(label, list(opt.choices), key=key)
+    elif opt.type is bool:
+        col.checkbox(label, key=key)
+    elif opt.type is int:
+        col.number_input(label, step=1, key=key)
+    elif opt.type is float:
+        col.number_input(label, format="%g", key=key)
+    else:
+        col.text_input(label, key=key)
+    return _keep(key)
 
 
 def _check_dataset(modalities: list[str]) -> str | None:
@@ -55,113 +73,221 @@ def _check_dataset(modalities: list[str]) -> str | None:
 
 
 def _form() -> None:
-    model = st.columns([1, 2])[0].selectbox("Model", list_models(), key="train_model", format_func=lambda m: f"{m} — {ABOUT.get(m, '')}")
-    options = model_options(model)
-    with st.form("train_form"):
+    models = list_models()
+    model_key = _kept("train_model", models[0])
+    if st.session_state[model_key] not in models:
+        st.session_state[model_key] = models[0]
+    model = st.columns([2, 1])[0].selectbox("Model", models, key=model_key,
+                                            format_func=lambda m: f"{m} — {model_description(m)}")
+    _keep(model_key)
+    with st.container(border=True):
         c1, c2, c3, c4 = st.columns(4)
-        modalities = c1.multiselect("Modalities (input channels)", list(MODALITIES), default=["flair"], key="train_mods")
-        size = c2.select_slider("Image size (px)", options=list(range(64, 257, 16)), value=128, key="train_size")
-        epochs = c3.number_input("Epochs", 1, 10_000, 20, key="train_epochs")
-        batch = c4.number_input("Batch size", 1, 4096, 32, key="train_batch")
+        c1.multiselect("Modalities (input channels)", list(MODALITIES), key=_kept("train_mods", DEFAULTS["train_mods"]))
+        c2.select_slider("Image size (px)", options=SIZES, key=_kept("train_size", DEFAULTS["train_size"]))
+        c3.number_input("Epochs", 1, 10_000, key=_kept("train_epochs", DEFAULTS["train_epochs"]))
+        c4.number_input("Batch size", 1, 4096, key=_kept("train_batch", DEFAULTS["train_batch"]))
         c1, c2, c3, c4 = st.columns(4)
-        lr = c1.select_slider("Learning rate", options=LEARNING_RATES, value=1e-4, format_func=lambda v: f"{v:g}", key="train_lr")
-        minutes = c2.number_input("Time budget (minutes, 0 = none)", 0.0, 10_000.0, 0.0, step=5.0, key="train_minutes")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+        c1.select_slider("Learning rate", options=LEARNING_RATES, format_func=lambda v: f"{v:g}",
+                         key=_kept("train_lr", DEFAULTS["train_lr"]))
+        c2.number_input("Time budget (minutes, 0 = none)", 0.0, 10_000.0, step=5.0, key=_kept("train_minutes", DEFAULTS["train_minutes"]))
+        c3.number_input("Seed", 0, 2**31 - 1, key=_kept("train_seed", DEFAULTS["train_seed"]))
         c4.markdown(f"**Dataset**  \n`{ui.dataset_label(ui.active_root())}`")
+        c1, c2, c3 = st.columns([1, 1, 2])
+        c1.text_input("Run name (optional)", key=_kept("train_name", ""), max_chars=runs.MAX_NAME)
+        c2.text_input("Tags (optional, space-separated)", key=_kept("train_tags", ""))
+        c3.text_input("Note (optional)", key=_kept("train_note", ""))
         values = {}
         with st.expander(f"{model} options", expanded=model == "vit"):
             cols = st.columns(4)
-            for i, (name, (typ, default)) in enumerate(options.items()):
-                values[name] = (_option_widget(cols[i % 4], model, name, typ, default), default)
-        submitted = st.form_submit_button("Start training", type="primary")
-    if not submitted:
+            for i, (name, opt) in enumerate(model_options(model).items()):
+                values[name] = (_option_widget(cols[i % 4], model, name, opt), opt.default)
+        for key in DEFAULTS:
+            _keep(key)
+        start = st.button("Start training", type="primary", key="train_start")
+    if start:
+        _start(model, values)
+
+
+def _start(model: str, values: dict) -> None:
+    from uad.train import TrainConfig
+
+    ss = st.session_state
+    root = ui.active_root()
+    try:
+        config = TrainConfig(
+            model=model, data=None if ui.is_demo(root) else str(root), modalities=tuple(ss["train_mods"]),
+            image_size=int(ss["train_size"]), epochs=int(ss["train_epochs"]), batch_size=int(ss["train_batch"]),
+            lr=float(ss["train_lr"]), max_minutes=float(ss["train_minutes"]) or None, seed=int(ss["train_seed"]),
+            # Only what the user changed: the model's defaults stay its own.
+            model_options={k: v for k, (v, default) in values.items() if v != default},
+        )
+        jobs.check_train_config(config)
+    except UADError as exc:
+        st.error(f"Cannot start: {exc}.")
         return
-    if not modalities:
-        st.error("Choose at least one modality.")
-        return
-    problem = _check_dataset(modalities)
+    problem = _check_dataset(list(config.modalities))
     if problem:
         st.error(f"Cannot train on this dataset: {problem}.")
         return
-    root = ui.active_root()
-    args = ["--model", model, "--modalities", *modalities, "--image-size", str(size), "--epochs", str(int(epochs)),
-            "--batch-size", str(int(batch)), "--lr", f"{lr:g}", "--seed", str(int(seed))]
-    if minutes > 0:
-        args += ["--max-minutes", f"{minutes:g}"]
-    if not ui.is_demo(root):
-        args += ["--data", str(root)]
-    for name, (value, default) in values.items():
-        if value != default:  # pass only what the user changed: the CLI's defaults are the model's
-            args += [f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     try:
-        run_dir = jobs.launch_train(args, model)
+        run_dir = jobs.launch_train(config, name=ss["train_name"].strip() or None, tags=ss["train_tags"].split(),
+                                    note=ss["train_note"])
+    except UADError as exc:
+        st.error(f"Cannot start: {exc}.")
+        return
     except OSError as exc:
         st.error(f"Could not start the training process: {exc}")
         return
-    st.session_state["train_last"] = run_dir.name
+    ss["train_last"] = run_dir.name
     st.toast(f"Started {run_dir.name}")
 
 
+# -- one run ------------------------------------------------------------------------------------------------
+def _heading(v: jobs.RunView) -> str:
+    folder = v.info.name
+    title = f"**{v.name}** `{folder}`" if v.name != folder else f"**{folder}**"
+    tags = " ".join(f":violet-badge[{t}]" for t in v.tags)
+    cfg = v.info.config.get("train") or {}
+    detail = " ".join(cfg.get("modalities", [])) + (f" · {cfg['image_size']} px" if cfg.get("image_size") else "")
+    return (f"{STATE_ICON.get(v.label, ':material/help:')} {title} {tags}  \n{v.info.model} · {v.label}"
+            + (f" · {detail}" if detail else ""))
+
+
+def _manage(v: jobs.RunView) -> None:
+    """Name, tags and note; archive; delete after a confirmation. Refused by uad for active runs."""
+    folder = v.info.name
+    with st.popover("Manage", width="stretch"):
+        name = st.text_input("Name", value=v.info.meta.get("name") or "", key=f"meta_name::{folder}", max_chars=runs.MAX_NAME)
+        tags = st.text_input("Tags (space-separated)", value=" ".join(v.tags), key=f"meta_tags::{folder}")
+        note = st.text_area("Note", value=v.note, key=f"meta_note::{folder}", height=80)
+        if st.button("Save", key=f"meta_save::{folder}", type="primary"):
+            _act(lambda: runs.update_meta(v.path, name=name, tags=tags.split(), note=note), f"Saved {folder}.")
+        st.divider()
+        blocked = "Cancel the run first." if v.active else None
+        c1, c2 = st.columns(2)
+        if c1.button("Archive", key=f"archive::{folder}", disabled=v.active, help=blocked or "Move to runs/.archive/ (restorable)"):
+            _act(lambda: jobs.archive_run(v.path), f"Archived {folder}.")
+        if c2.button("Delete…", key=f"delete::{folder}", disabled=v.active, help=blocked or "Delete for good (asks first)"):
+            st.session_state[f"confirm_delete::{folder}"] = True
+        if st.session_state.get(f"confirm_delete::{folder}") and not v.active:
+            st.warning(f"Delete **{folder}** and everything in it (checkpoints, evaluation) for good?")
+            d1, d2 = st.columns(2)
+            if d1.button("Yes, delete", key=f"delete_yes::{folder}", type="primary"):
+                st.session_state.pop(f"confirm_delete::{folder}", None)
+                _act(lambda: jobs.delete_run(v.path), f"Deleted {folder}.")
+            if d2.button("Keep it", key=f"delete_no::{folder}"):
+                st.session_state.pop(f"confirm_delete::{folder}", None)
+                st.rerun()
+
+
+def _act(action, done: str) -> None:
+    try:
+        action()
+    except (UADError, OSError) as exc:
+        st.error(str(exc))
+        return
+    st.toast(done)
+    st.rerun()  # the whole page: the archive list below changes too
+
+
 def _run_card(v: jobs.RunView) -> None:
-    name = v.info.name
+    folder = v.info.name
     with st.container(border=True):
         head, bar, buttons = st.columns([3, 3, 2], vertical_alignment="center")
-        cfg = v.info.config.get("train") or {}
-        detail = " ".join(cfg.get("modalities", [])) + (f" · {cfg['image_size']} px" if cfg.get("image_size") else "")
-        head.markdown(f"{STATE_ICON.get(v.state, ':material/help:')} **{name}**  \n{v.info.model} · {v.state}" + (f" · {detail}" if detail else ""))
-        if v.epochs:
-            text = f"epoch {v.epoch} / {v.epochs}"
-            started = v.info.status.get("started")
-            if v.state == "running" and started:
-                text += f" · {time.time() - started:.0f} s"
-            if v.state == "queued":
-                text = "starting (preparing data)…"
-            bar.progress(v.progress, text=text)
-        elif v.state == "queued":
-            bar.progress(0.0, text="starting (preparing data)…")
+        head.markdown(_heading(v))
+        if v.epochs or v.active:
+            bar.progress(v.progress, text=v.outcome)
+        else:
+            bar.caption(v.outcome)
+        b1, b2 = buttons.columns(2)
         if v.active:
-            if buttons.button("Cancel", key=f"cancel::{name}"):
+            if b1.button("Cancel", key=f"cancel::{folder}"):
                 st.toast(jobs.cancel_run(v.path))
         elif v.resumable:
-            with buttons.popover("Resume"):
-                total = st.number_input("Total epochs", min_value=max(v.epoch, 1), value=max(v.epochs, v.epoch, 1),
-                                        key=f"resume_epochs::{name}")
-                if st.button("Resume training", key=f"resume::{name}", type="primary"):
+            with b1.popover("Resume"):
+                total = st.number_input("Total epochs", min_value=max(v.epochs_done, 1), value=max(v.epochs, v.epochs_done, 1),
+                                        key=f"resume_epochs::{folder}")
+                if st.button("Resume training", key=f"resume::{folder}", type="primary"):
                     try:
                         jobs.resume_run(v.path, int(total) if int(total) != v.epochs else None)
-                        st.toast(f"Resumed {name}")
-                    except OSError as exc:
+                        st.toast(f"Resumed {folder}")
+                    except (UADError, OSError) as exc:
                         st.error(f"Could not resume: {exc}")
+        with b2:
+            _manage(v)
+        if v.note:
+            st.caption(v.note)
         if v.state == "failed":
-            st.error(f"Run failed: {v.error or 'no error recorded'}")
+            st.error(f"Run {v.outcome}")
             if v.log:
                 st.code(v.log, language=None)
-        elif v.state == "cancelled" and v.info.status.get("reason"):
-            st.caption(f"Cancelled ({v.info.status['reason']}).")
         records = runs.read_metrics(v.path)
+        steps = runs.read_steps(v.path)
+        if not (records or steps):
+            return
         if records:
             last = records[-1]
-            st.caption(f"last epoch: validation loss {ui.fmt(last.get('val_loss'), 4)} · "
-                       f"{last.get('slices_per_s', 0):.0f} slices/s")
-            if v.active or name == st.session_state.get("train_last"):
-                st.plotly_chart(ui.loss_figure(records), width="stretch", key=f"loss::{name}", config={"displayModeBar": False})
-            else:
-                with st.expander("Loss curves"):
-                    st.plotly_chart(ui.loss_figure(records), width="stretch", key=f"loss::{name}", config={"displayModeBar": False})
+            st.caption(f"last epoch: validation loss {ui.fmt(last.get('val_loss'), 4)} · {last.get('slices_per_s', 0):.0f} slices/s")
+        open_now = v.active or folder == st.session_state.get("train_last")
+        with st.expander("Loss curves and sample reconstructions", expanded=open_now):
+            st.plotly_chart(ui.loss_figure(records, steps), width="stretch", key=f"loss::{folder}", config={"displayModeBar": False})
+            samples = v.samples
+            if samples:
+                picture, epoch = samples
+                st.image(str(picture), width=720, output_format="PNG",
+                         caption=f"After epoch {epoch}: input, reconstruction and |difference| of 4 fixed validation slices")
 
 
 def _runs_panel() -> None:
     views = ui.list_run_views(include_shipped=False)
     if not views:
         st.info("No run yet: start one above.")
-        return
-    show_all = st.toggle(f"Show all {len(views)} runs", key="train_show_all") if len(views) > SHOWN else False
-    for v in views if show_all else views[:SHOWN]:
-        _run_card(v)
+    else:
+        show_all = st.toggle(f"Show all {len(views)} runs", key="train_show_all") if len(views) > SHOWN else False
+        for v in views if show_all else views[:SHOWN]:
+            _run_card(v)
     active = any(v.active for v in views)
     if active != st.session_state.get("train_polling_fast"):
         st.session_state["train_polling_fast"] = active
         st.rerun()  # switch polling speed (the interval is fixed when the fragment is defined)
+
+
+def _overlay() -> None:
+    """Several runs' loss curves on one figure."""
+    views = [v for v in ui.list_run_views(include_shipped=True) if (v.path / "metrics.jsonl").is_file()]
+    if not views:
+        return
+    st.subheader("Compare loss curves")
+    by_folder = {v.info.name: v for v in views}
+    c1, c2 = st.columns([3, 1])
+    chosen = c1.multiselect("Runs", list(by_folder), key="train_overlay", format_func=lambda n: ui.run_label(by_folder[n]),
+                            default=[n for n in list(by_folder)[:2] if not by_folder[n].info.shipped] or None)
+    curve = c2.segmented_control("Curve", ["validation", "training"], default="validation", key="train_overlay_curve")
+    if not chosen:
+        st.caption("Choose runs to overlay their loss curves.")
+        return
+    series = [(by_folder[n].name, runs.read_metrics(by_folder[n].path), runs.read_steps(by_folder[n].path)) for n in chosen]
+    st.plotly_chart(ui.overlay_figure(series, curve or "validation"), width="stretch", key="train_overlay_chart")
+
+
+def _archived() -> None:
+    archived = ui.list_run_views(include_shipped=False, archived=True)
+    if not archived:
+        return
+    with st.expander(f"Archived runs ({len(archived)})"):
+        for v in archived:
+            folder = v.info.name
+            c1, c2, c3 = st.columns([5, 1, 1], vertical_alignment="center")
+            c1.markdown(ui.run_label(v))
+            if c2.button("Restore", key=f"restore::{folder}"):
+                _act(lambda: jobs.restore_run(v.path), f"Restored {folder}.")
+            if c3.button("Delete…", key=f"adelete::{folder}"):
+                st.session_state[f"confirm_adelete::{folder}"] = True
+            if st.session_state.get(f"confirm_adelete::{folder}"):
+                st.warning(f"Delete the archived run **{folder}** for good?")
+                if st.button("Yes, delete", key=f"adelete_yes::{folder}", type="primary"):
+                    st.session_state.pop(f"confirm_adelete::{folder}", None)
+                    _act(lambda: jobs.delete_run(v.path), f"Deleted {folder}.")
 
 
 ui.page_header("Train", "Each run is a separate `python -m uad train` process writing to its own folder under runs/: "
@@ -172,3 +298,5 @@ st.subheader("Runs")
 fast = any(v.active for v in ui.list_run_views(include_shipped=False))
 st.session_state["train_polling_fast"] = fast
 st.fragment(run_every=2 if fast else 10)(_runs_panel)()
+_archived()
+_overlay()

@@ -2,6 +2,9 @@
 
 from uad.models import autoencoder, gan, ganomaly, vae, vit  # noqa: F401  (registration side effects)
 from uad.models.base import AnomalyModel, AnomalyOutput
-from uad.models.registry import canonical_name, create_model, list_models, model_class, model_options
+from uad.models.registry import (
+    ModelOption, canonical_name, check_model_options, create_model, list_models, model_class, model_description, model_options,
+)
 
-__all__ = ["AnomalyModel", "AnomalyOutput", "canonical_name", "create_model", "list_models", "model_class", "model_options"]
+__all__ = ["AnomalyModel", "AnomalyOutput", "ModelOption", "canonical_name", "check_model_options", "create_model", "list_models",
+           "model_class", "model_description", "model_options"]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor, nn
 
-from uad.models.base import AnomalyModel
+from uad.models.base import AnomalyModel, Residual
 from uad.models.blocks import (
-    LOSSES, NORMS, ConvDecoder, ConvEncoder, LatentDecoder, LatentEncoder, UNet, check_choice, check_noise, make_norm,
+    LOSSES, NORMS, ConvDecoder, Loss, Norm, ConvEncoder, LatentDecoder, LatentEncoder, UNet, check_choice, check_noise, make_norm,
     noisy_input, recon_loss, to_image,
 )
 from uad.models.registry import register_model
 
 
-BOTTLENECKS = ("spatial", "dense", "unet")
+Bottleneck = Literal["spatial", "dense", "unet"]
+BOTTLENECKS = get_args(Bottleneck)
 
 
 @register_model("ae")
@@ -47,10 +50,11 @@ class Autoencoder(AnomalyModel):
     """
 
     name = "autoencoder"
+    description = "convolutional autoencoder (by default a denoising U-Net; dense and spatial codes too)"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 bottleneck: str = "unet", norm: str = "batch", loss: str = "l1", noise_std: float = 0.2,
-                 noise_res: int = 16, residual: str = "positive"):
+                 bottleneck: Bottleneck = "unet", norm: Norm = "batch", loss: Loss = "l1", noise_std: float = 0.2,
+                 noise_res: int = 16, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res,
                          residual=residual)

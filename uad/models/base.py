@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,8 @@ class AnomalyModel(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    # One line for people choosing a model (the app's Train page); the docstring's first line when empty.
+    description: ClassVar[str] = ""
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, **hparams: Any):
         super().__init__()
@@ -97,7 +99,8 @@ class AnomalyModel(nn.Module):
         return AnomalyOutput(anomaly_map=amap, pred_score=amap.flatten(1).mean(dim=1), reconstruction=recon)
 
 
-RESIDUALS = ("abs", "positive")
+Residual = Literal["abs", "positive"]  # the anomaly map; see residual_map
+RESIDUALS = get_args(Residual)
 
 
 def residual_map(x: Tensor, recon: Tensor, kind: str = "abs") -> Tensor:

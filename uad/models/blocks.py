@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +19,12 @@ from torch import Tensor, nn
 from uad.errors import ConfigError
 
 STAGES = 4
-NORMS = ("batch", "group", "layer", "none")
-LOSSES = ("l1", "mse")
-UPSAMPLES = ("transpose", "resize")
+# Options with fixed choices: the Literal annotates the constructors (uad.models.model_options reads it)
+# and the tuple checks values.
+Norm = Literal["batch", "group", "layer", "none"]
+Loss = Literal["l1", "mse"]
+Upsample = Literal["transpose", "resize"]
+NORMS, LOSSES, UPSAMPLES = get_args(Norm), get_args(Loss), get_args(Upsample)
 
 
 def stage_channels(base_channels: int) -> list[int]:

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from uad.errors import ConfigError
-from uad.models.base import AnomalyModel, AnomalyOutput, residual_map
-from uad.models.blocks import Discriminator, LatentDecoder, LatentEncoder, frozen, to_image
+from uad.models.base import AnomalyModel, AnomalyOutput, Residual, residual_map
+from uad.models.blocks import Discriminator, LatentDecoder, LatentEncoder, Upsample, frozen, to_image
 from uad.models.registry import register_model
 
 
@@ -35,10 +35,11 @@ class FAnoGAN(AnomalyModel):
     """
 
     name = "gan"
+    description = "f-AnoGAN: a WGAN-GP, then an encoder trained into its latent space (izi_f)"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  gan_fraction: float = 0.6, n_critic: int = 2, gp_weight: float = 10.0, kappa: float = 1.0,
-                 upsample: str = "transpose", residual: str = "positive"):
+                 upsample: Upsample = "transpose", residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa,
                          upsample=upsample, residual=residual)

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from uad.models.base import AnomalyModel, AnomalyOutput, residual_map
+from uad.models.base import AnomalyModel, AnomalyOutput, Residual, residual_map
 from uad.models.blocks import (
     Discriminator, LatentDecoder, LatentEncoder, check_noise, dcgan_init, frozen, noisy_input, recon_loss, to_image,
 )
@@ -34,10 +34,11 @@ class GANomaly(AnomalyModel):
     """
 
     name = "ganomaly"
+    description = "GANomaly: encoder-decoder-encoder GAN, scored in latent space"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
                  w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0, reinit_below: float = 1e-5,
-                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "positive"):
+                 noise_std: float = 0.2, noise_res: int = 16, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, w_adv=w_adv,
                          w_con=w_con, w_enc=w_enc, reinit_below=reinit_below, noise_std=noise_std, noise_res=noise_res,
                          residual=residual)

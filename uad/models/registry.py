@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+import typing
+from typing import Any, Callable, Literal, NamedTuple, TypeVar
 
 from uad.errors import ConfigError
 from uad.models.base import AnomalyModel
@@ -48,20 +49,69 @@ def model_class(name: str) -> type[AnomalyModel]:
 SHARED_ARGS = ("in_channels", "image_size")
 
 
-def model_options(name: str) -> dict[str, tuple[type, Any]]:
-    """A model's own options with their types and defaults, read from its constructor: name → (type, default).
+class ModelOption(NamedTuple):
+    """One constructor option of a model: its type, default, and fixed choices (``None`` when free)."""
 
-    The CLI's ``--option`` flags and the app's Train form are both built from this, so a new constructor
-    argument shows up in both without further code.
+    type: type
+    default: Any
+    choices: tuple | None = None
+
+
+def model_options(name: str) -> dict[str, ModelOption]:
+    """A model's own options, read from its constructor: name → ModelOption(type, default, choices).
+
+    An option with fixed choices declares them in its annotation as a ``typing.Literal`` (e.g.
+    ``norm: Norm = "batch"`` with ``Norm = Literal["batch", "group", "layer", "none"]``); that one place
+    gives the CLI's ``choices=``, the app's select box and the constructor's own check. The CLI's
+    ``--option`` flags and the app's Train form are both built from this, so a new constructor argument
+    shows up in both without further code.
     """
-    out: dict[str, tuple[type, Any]] = {}
-    for p in inspect.signature(model_class(name).__init__).parameters.values():
+    cls = model_class(name)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: fall back to the defaults' types
+        hints = {}
+    out: dict[str, ModelOption] = {}
+    for p in inspect.signature(cls.__init__).parameters.values():
         if p.name == "self" or p.name in SHARED_ARGS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         if p.default is inspect.Parameter.empty:
             continue
-        out[p.name] = (type(p.default) if p.default is not None else str, p.default)
+        hint = hints.get(p.name)
+        choices = tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else None
+        typ = type(p.default) if p.default is not None else (type(choices[0]) if choices else str)
+        out[p.name] = ModelOption(typ, p.default, choices)
     return out
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options as the constructor takes them, or a ConfigError naming the first wrong one (unknown name,
+    wrong type, not one of its choices). Numbers given as int where a float is expected are accepted."""
+    known = model_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"model {canonical_name(name)!r} has no option {', '.join(unknown)}; options: {', '.join(known)}")
+    out = {}
+    for key, value in options.items():
+        opt = known[key]
+        if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if opt.type is not type(value) and not (opt.type is str and opt.choices is None and value is None):
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(opt.type, "text")
+            raise ConfigError(f"{key} must be {kind}, got {value!r}")
+        if opt.choices is not None and value not in opt.choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, opt.choices))}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def model_description(name: str) -> str:
+    """One line on what the model is: its ``description``, else the first line of its own docstring."""
+    cls = model_class(name)
+    if cls.description:
+        return cls.description
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    return doc.splitlines()[0] if doc else cls.name
 
 
 def create_model(name: str, **config: Any) -> AnomalyModel:

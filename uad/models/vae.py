@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from uad.errors import ConfigError
-from uad.models.base import AnomalyModel
-from uad.models.blocks import LOSSES, NORMS, LatentDecoder, LatentEncoder, check_choice, recon_loss, to_image
+from uad.models.base import AnomalyModel, Residual
+from uad.models.blocks import LOSSES, NORMS, LatentDecoder, Loss, Norm, LatentEncoder, check_choice, recon_loss, to_image
 from uad.models.registry import register_model
 
 
@@ -25,9 +25,10 @@ class VAE(AnomalyModel):
     """
 
     name = "vae"
+    description = "variational autoencoder (reconstructs from the posterior mean)"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 norm: str = "batch", loss: str = "mse", kl_weight: float = 0.01, residual: str = "positive"):
+                 norm: Norm = "batch", loss: Loss = "mse", kl_weight: float = 0.01, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, norm=norm,
                          loss=loss, kl_weight=kl_weight, residual=residual)
         check_choice("norm", norm, NORMS)

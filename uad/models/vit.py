@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uad.errors import ConfigError
-from uad.models.base import AnomalyModel
-from uad.models.blocks import LOSSES, check_choice, check_noise, noisy_input, to_image
+from uad.models.base import AnomalyModel, Residual
+from uad.models.blocks import LOSSES, Loss, check_choice, check_noise, noisy_input, to_image
 from uad.models.registry import register_model
 
 TEST_TIME_SEED = 0
@@ -89,6 +90,10 @@ class ConvPatchDecoder(nn.Module):
         return self.up(h)
 
 
+Decoder = Literal["linear", "conv"]  # see ViTAE's docstring
+DECODERS = get_args(Decoder)
+
+
 @register_model("vit_ae", "vitae")
 class ViTAE(AnomalyModel):
     """Patch embedding (conv, stride = patch) → learned positions (sin-cos init) → pre-norm transformer
@@ -124,18 +129,19 @@ class ViTAE(AnomalyModel):
     """
 
     name = "vit"
+    description = "ViT autoencoder with context dropout (patches hidden during training)"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, patch_size: int = 16, embed_dim: int = 256,
                  depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1,
-                 context_dropout: float = 0.2, decoder: str = "linear", refine: bool = False, loss: str = "l1",
+                 context_dropout: float = 0.2, decoder: Decoder = "linear", refine: bool = False, loss: Loss = "l1",
                  masked_weight: float = 1.0, inpaint_groups: int = 0, test_time_drops: int = 0,
-                 noise_std: float = 0.2, noise_res: int = 16, residual: str = "positive"):
+                 noise_std: float = 0.2, noise_res: int = 16, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, context_dropout=context_dropout,
                          decoder=decoder, refine=refine, loss=loss, masked_weight=masked_weight,
                          inpaint_groups=inpaint_groups, test_time_drops=test_time_drops, noise_std=noise_std,
                          noise_res=noise_res, residual=residual)
-        check_choice("decoder", decoder, ("linear", "conv"))
+        check_choice("decoder", decoder, DECODERS)
         self.loss_kind = check_choice("loss", loss, LOSSES)
         if image_size % patch_size or (decoder == "conv" and (patch_size < 2 or patch_size & (patch_size - 1))):
             raise ConfigError(f"patch_size {patch_size} must divide image_size {image_size} "
