@@ -87,9 +87,7 @@ def _runs_table() -> None:
         return
     rows = []
     for v in views:
-        m = jobs.eval_metrics(v)
-        m = m if isinstance(m, dict) else {}
-        at5 = report.at_fpr(m, 0.05)
+        cells = report.overview_cells(jobs.home_evaluation(v))  # one shaping of the metrics, shared with Compare
         pre = v.info.config.get("preprocess") or {}
         rows.append({
             # The name the user gave the run, with its folder; the folder alone otherwise.
@@ -97,11 +95,8 @@ def _runs_table() -> None:
             "model": v.info.model,
             "status": v.label,
             "progress": v.progress,
-            "slice AUROC": m.get("slice_auroc"),
-            "slice AP": m.get("slice_ap"),
-            "pixel AP": m.get("pixel_ap"),
-            "best Dice*": (m.get("best_dice") or {}).get("dice"),
-            "Dice @5% FPR": at5.get("dice"),
+            **{k: c for k, c in cells.items() if k != "evaluated on"},
+            "evaluated on": cells["evaluated on"],  # after the numbers: metrics stay visible without scrolling
             "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
             "input": " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else ""),
             "trained on": v.info.training_data["name"],
@@ -118,13 +113,15 @@ def _runs_table() -> None:
                                               "budget), cancelled, failed, running, queued"),
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width=95),
         "slice AUROC": num, "slice AP": num, "pixel AP": num, "best Dice*": num, "Dice @5% FPR": num,
+        "evaluated on": st.column_config.TextColumn("evaluated on", width=190, help="dataset and split of the metrics"),
         "epochs": st.column_config.TextColumn("epochs", width=85),
         "input": st.column_config.TextColumn("input", width=120),
         "trained on": st.column_config.TextColumn("trained on", width=330),
         "tags": st.column_config.TextColumn("tags", width=120),
         "source": st.column_config.TextColumn("source", width=80),
     })
-    st.caption("Metrics come from each run's evaluation (test split); – = not evaluated yet (Compare page). "
+    st.caption("Metrics come from each run's evaluation on its own training data (column 'evaluated on'; other "
+               "datasets on the Compare page); – = not evaluated yet. "
                "Progress is 100 % for a run that ended as asked: all its epochs, or its whole time budget (status "
                "'time budget'; the epochs column says how far it got). "
                "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
