@@ -230,7 +230,7 @@ def _run_card(v: jobs.RunView) -> None:
             st.caption(f"last epoch: validation loss {ui.fmt(last.get('val_loss'), 4)} · {last.get('slices_per_s', 0):.0f} slices/s")
         open_now = v.active or folder == st.session_state.get("train_last")
         with st.expander("Loss curves and sample reconstructions", expanded=open_now):
-            st.plotly_chart(ui.loss_figure(records, steps), width="stretch", key=f"loss::{folder}", config={"displayModeBar": False})
+            ui.plot(ui.loss_figure(records, steps), key=f"loss::{folder}")
             samples = v.samples
             if samples:
                 picture, epoch = samples
@@ -267,7 +267,7 @@ def _overlay() -> None:
         st.caption("Choose runs to overlay their loss curves.")
         return
     series = [(by_folder[n].name, runs.read_metrics(by_folder[n].path), runs.read_steps(by_folder[n].path)) for n in chosen]
-    st.plotly_chart(ui.overlay_figure(series, curve or "validation"), width="stretch", key="train_overlay_chart")
+    ui.plot(ui.overlay_figure(series, curve or "validation"), key="train_overlay_chart")
 
 
 def _archived() -> None:
