@@ -498,7 +498,11 @@ function draw() {
     const keyAt = S.keyAt;
     S.keyAt = null;
     root.dataset.keyToDrawMs = (now - keyAt).toFixed(1);
-    window.requestAnimationFrame(() => { root.dataset.keyToFrameMs = (performance.now() - keyAt).toFixed(1); });
+    const drawnAt = root.dataset.drawnAt;
+    window.requestAnimationFrame(() => {
+      root.dataset.keyToFrameMs = (performance.now() - keyAt).toFixed(1);
+      root.dataset.frameFor = drawnAt;
+    });
   }
   fitHeight();
 }
