@@ -209,13 +209,27 @@ def show(*, case_id: str, source: str, volumes: dict[str, np.ndarray], kinds: di
          colours: dict[str, Any], heat: dict[str, Any] | None = None, legend: list[tuple[Any, str]] | None = None,
          stats: list[dict[str, Any]] | None = None, strip: dict[str, Any] | None = None, notes: list[str] | None = None,
          title: str | None = None, version: Any = None, max_cell_height: int = 360) -> None:
-    """Hand the volumes and what to draw to the browser component (sent again only when they change)."""
+    """Hand the volumes and what to draw to the browser component.
+
+    The browser keeps the volumes it received, by content hash, and reports which it holds (the component's
+    value); a volume it holds is not sent again, so a threshold move sends only the new prediction.
+    """
+    import streamlit as st
+
     spec = build_spec(case_id=case_id, source=source, volumes=volumes, kinds=kinds, panels=panels, spacing=spacing,
                       slice_labels=slice_labels, start=start, colours=colours, heat=heat, legend=legend, stats=stats,
                       strip=strip, notes=notes, title=title, version=version, max_cell_height=max_cell_height)
-    arrays = {spec["volumes"][name]["arg"]: memoryview(np.ascontiguousarray(v, np.uint8)).cast("B")
-              for name, v in volumes.items()}
-    component()(spec=spec, key=key, default=None, **{k: bytes(v) for k, v in arrays.items()})
+    reported = st.session_state.get(key)
+    held = set(reported.get("have") or []) if isinstance(reported, dict) else set()
+    payload = {}
+    for name, v in volumes.items():
+        info = spec["volumes"][name]
+        payload[info["arg"]] = b"" if info["hash"] in held else np.ascontiguousarray(v, np.uint8).tobytes()
+    component()(spec=spec, key=key, default=None, **payload)
+
+
+def volume_hash(v: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(v).data, digest_size=12).hexdigest() + "-" + "x".join(map(str, v.shape))
 
 
 def build_spec(*, case_id: str, source: str, volumes: dict[str, np.ndarray], kinds: dict[str, str], panels: Sequence[Panel],
@@ -243,7 +257,8 @@ def build_spec(*, case_id: str, source: str, volumes: dict[str, np.ndarray], kin
         "case_id": case_id, "source": source, "title": title or case_id, "shape": list(shape),
         "spacing": [float(s) for s in spacing], "slice_labels": [None if s is None else int(s) for s in slice_labels],
         "start": [int(np.clip(s, 0, n - 1)) for s, n in zip(start, shape)], "convention": "radiological",
-        "volumes": {name: {"arg": f"v{i}", "kind": kinds.get(name, "grey")} for i, name in enumerate(names)},
+        "volumes": {name: {"arg": f"v{i}", "kind": kinds.get(name, "grey"), "hash": volume_hash(volumes[name])}
+                    for i, name in enumerate(names)},
         "panels": [dataclasses.asdict(p) for p in panels], "colours": colours, "heat": heat,
         "legend": [{"colour": rgb(c), "label": t} for c, t in (legend or [])], "stats": stats or [], "strip": strip,
         "notes": notes or [], "max_cell_height": max_cell_height,

@@ -55,6 +55,11 @@ function fmt(v, digits) {
 }
 
 // -- receiving data ----------------------------------------------------------------------------------------
+const store = new Map(); // content hash -> Uint8Array: volumes received earlier are not sent again
+function report(extra) {
+  send("streamlit:setComponentValue", { value: Object.assign({ have: [...store.keys()] }, extra || {}), dataType: "json" });
+}
+
 function onRender(args, theme) {
   if (theme && theme.base === "light") document.body.classList.add("light");
   const spec = args.spec;
@@ -63,17 +68,29 @@ function onRender(args, theme) {
   const [Z, Y, X] = spec.shape;
   const vols = {};
   const problems = [];
+  let received = false;
+  const missing = [];
   for (const [name, info] of Object.entries(spec.volumes)) {
-    const data = args[info.arg];
-    if (!(data instanceof Uint8Array)) { problems.push(`${name}: no data received`); continue; }
+    let data = args[info.arg];
+    if (data instanceof Uint8Array && data.length) { store.set(info.hash, data); received = true; }
+    else data = store.get(info.hash);
+    if (!(data instanceof Uint8Array)) { missing.push(name); continue; }
     if (data.length !== Z * Y * X) { problems.push(`${name}: ${data.length} bytes, expected ${Z * Y * X}`); continue; }
     vols[name] = data;
+  }
+  if (missing.length) { // the server thought we held these (e.g. this frame was reloaded): ask again
+    for (const h of [...store.keys()]) store.delete(h);
+    report({ missing: missing });
+    return;
   }
   if (problems.length) {
     root.replaceChildren(el("div", { class: "error" }, "Viewer: " + problems.join("; ")));
     fitHeight();
     return;
   }
+  const wanted = new Set(Object.values(spec.volumes).map((v) => v.hash));
+  for (const h of [...store.keys()]) if (!wanted.has(h)) store.delete(h);
+  if (received) report();
   const gridId = `${spec.case_id}|${spec.shape.join("x")}|${spec.source || ""}`;
   if (gridId !== S.gridId) { // another case: start from its own position and the default view
     S.gridId = gridId;
