@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -225,6 +227,9 @@ def show(*, case_id: str, source: str, volumes: dict[str, np.ndarray], kinds: di
     for name, v in volumes.items():
         info = spec["volumes"][name]
         payload[info["arg"]] = b"" if info["hash"] in held else np.ascontiguousarray(v, np.uint8).tobytes()
+    if os.environ.get("UAD_APP_TIMINGS"):  # read by benchmarks/app_bench.py
+        sent = sum(len(b) for b in payload.values())
+        print(f"[uad-app] viewer volumes sent: {sent} bytes ({len(held)} held by the browser)", file=sys.stderr, flush=True)
     component()(spec=spec, key=key, default=None, **payload)
 
 

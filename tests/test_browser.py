@@ -148,10 +148,7 @@ def press(page, locator, key: str) -> float:
 
 def viewer_frame(page):
     """The viewer component's frame (one per page), once it has drawn."""
-    def find():
-        return next((f for f in page.frames if "uad_viewer" in f.url), None)
-    frame = eventually(find)
-    assert frame is not None, [f.url for f in page.frames]
+    frame = page.wait_for_selector('iframe[title*="uad_viewer"]').content_frame()
     frame.wait_for_selector('#root[data-ready="1"]')
     return frame
 
