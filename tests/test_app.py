@@ -464,6 +464,9 @@ def test_explore_heatmaps_side_by_side_on_one_scale(home):
         # One colour scale: the same map quantised on the same vmax gives the same bytes.
         assert np.array_equal(viewer_volume(at, "heat0"), viewer_volume(at, "heat1"))
         assert [line["name"] for line in spec["strip"]["lines"]] == [RUN, "zz-second-model"]
+        # Choosing the compared run as the main one drops it from the comparison instead of failing.
+        at.selectbox(key="explore_run").set_value("zz-second-model").run()
+        assert not at.exception and at.multiselect(key="explore_others").value == []
     finally:
         shutil.rmtree(other, ignore_errors=True)
 

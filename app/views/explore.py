@@ -217,7 +217,10 @@ def _page() -> None:
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
     case_id = c2.selectbox("Case", ids, index=default_case, key=f"explore_case::{Path(root).resolve()}",
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
-    others = c3.multiselect("Heatmaps beside it", [n for n in names if n != name], key="explore_others", max_selections=3,
+    choices = [n for n in names if n != name]
+    if "explore_others" in st.session_state:  # a run now chosen above, or deleted, leaves the list
+        st.session_state["explore_others"] = [n for n in st.session_state["explore_others"] if n in choices]
+    others = c3.multiselect("Heatmaps beside it", choices, key="explore_others", max_selections=3,
                             format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
                             help="Other runs' anomaly maps of the same case, side by side on the same slices and colour scale.")
     v = next(v for v in views if v.info.name == name)
