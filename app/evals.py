@@ -86,8 +86,8 @@ def take_explore_request() -> dict | None:
     if req.get("case"):
         cases, _, _ = ui.discover(ui.active_root())
         if any(c.case_id == req["case"] for c in cases):  # a selectbox value must be one of its options
-            st.session_state["explore_case"] = req["case"]
+            st.session_state[ui.case_key("explore", ui.active_root())] = req["case"]
         else:
-            st.session_state.pop("explore_case", None)
+            st.session_state.pop(ui.case_key("explore", ui.active_root()), None)
             st.warning(f"Case {req['case']} is no longer in {ui.active_root()}.")
     return req

@@ -1,4 +1,4 @@
-"""Shared view helpers for the app: dataset state, overlays, plotly figures, run processes.
+"""Shared view helpers for the app: dataset state, colours, plotly figures, run processes (slices: viewer.py).
 
 The app holds no science of its own: everything computed here comes from ``uad`` (loading, scoring,
 metrics); this module only caches it, turns it into pictures and starts/stops ``python -m uad``.
@@ -6,21 +6,20 @@ metrics); this module only caches it, turns it into pictures and starts/stops ``
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
 from uad import jobs, paths, report, runs
-from uad.data.cases import MODALITIES, Case, discover_cases
+from uad.data import labels as seg_labels
+from uad.data.cases import Case, discover_cases
 from uad.errors import UADError
 
 if TYPE_CHECKING:
@@ -87,10 +86,9 @@ def require_local_address() -> None:
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies and on a grey image.
 GT_CONTOUR = (0, 255, 255)  # cyan: the ground-truth tumour outline, on top of every heatmap
 PRED_COLOURS = {"TP": (240, 228, 66), "FP": (204, 121, 167), "FN": (86, 180, 233)}
-SEG_NAMES_2021 = {1: "necrotic core", 2: "oedema", 4: "enhancing tumour"}
-SEG_NAMES_2023 = {1: "necrotic core", 2: "oedema", 3: "enhancing tumour"}
-SEG_COLOURS = {1: (213, 94, 0), 2: (240, 228, 66), 3: (86, 180, 233), 4: (86, 180, 233)}  # enhancing: 4 (2021) or 3 (2023)
-NON_ENHANCING = (0, 158, 115)  # label 3 when 4 is present too (BraTS 2017-18: non-enhancing tumour)
+# One colour per tumour sub-region, whatever label value its convention gives it (uad.data.labels).
+REGION_COLOURS = {seg_labels.NECROTIC: (213, 94, 0), seg_labels.OEDEMA: (240, 228, 66), seg_labels.ENHANCING: (86, 180, 233),
+                  seg_labels.NON_ENHANCING: (0, 158, 115)}
 MODEL_COLOURS = ["#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#F0E442", "#0072B2"]
 BASELINE_STYLE = {"intensity": ("intensity baseline", "#BBBBBB", "dash"), "brain_area": ("brain-area baseline", "#888888", "dot")}
 
@@ -125,6 +123,12 @@ def set_active_root(root: str | Path | None) -> None:
 
 def is_demo(root: Path) -> bool:
     return Path(root).resolve() == paths.demo_dir().resolve()
+
+
+def case_key(page: str, root: str | Path) -> str:
+    """Session key of a page's case box, one per dataset folder: a box never shows a case of another folder
+    (a widget reused across folders kept its old value while the images were another folder's case)."""
+    return f"{page}_case::{Path(root).resolve()}"
 
 
 def dataset_label(root: Path) -> str:
@@ -174,189 +178,25 @@ def case_stamp(case: Case) -> tuple:
     return tuple(out)
 
 
-def seg_convention(labels_present: set[int]) -> tuple[str, dict[int, str]]:
-    """Which BraTS label convention a seg uses, from the labels it holds (4 → 2021, 3 → 2023)."""
-    if 4 in labels_present and 3 not in labels_present:
-        return "BraTS 2021 labels (1, 2, 4)", SEG_NAMES_2021
-    if 3 in labels_present and 4 not in labels_present:
-        return "BraTS 2023 labels (1, 2, 3)", SEG_NAMES_2023
-    if 3 in labels_present and 4 in labels_present:
-        return "older BraTS labels (1, 2, 3, 4)", {1: "necrotic core", 2: "oedema", 3: "non-enhancing tumour", 4: "enhancing tumour"}
-    return "BraTS labels (no enhancing label in this case)", {1: "necrotic core", 2: "oedema"}
+def seg_convention(labels_present) -> tuple[str, dict[int, str]]:
+    """Which BraTS label convention a segmentation uses (``uad.data.labels``): its description and names."""
+    conv = seg_labels.convention(labels_present)
+    return conv.description, conv.names
 
 
 def seg_colour(value: int, present) -> tuple[int, int, int]:
-    if value == 3 and 4 in present:
-        return NON_ENHANCING
-    return SEG_COLOURS.get(int(value), (200, 200, 200))
+    """The colour of a sub-region, by the name its convention gives the label value."""
+    return REGION_COLOURS.get(seg_labels.region(value, present) or "", (200, 200, 200))
 
 
 # -- display volumes (Data page) ------------------------------------------------------------------------
-def _to_uint8(stack: np.ndarray) -> np.ndarray:
-    """Clip at the 99.5th percentile of brain (non-zero) voxels: display only, not the model's scaling."""
-    brain = stack[stack != 0][::7]  # a subsample is plenty for a display percentile (and 7x faster)
-    hi = float(np.percentile(brain, 99.5)) if brain.size else 1.0
-    lo = min(0.0, float(brain.min())) if brain.size else 0.0
-    return (np.clip((stack - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
-
-
 @st.cache_resource(show_spinner=False, max_entries=3)  # resource: no 30 MB pickle copy per call
-def load_display_case(root: str, case_id: str, stamp: tuple) -> dict[str, Any]:
-    """Every modality at full resolution as uint8 (Z, Y, X) display stacks, plus the seg; per-file errors."""
-    from uad.data.preprocess import display_stack
-    from uad.data.volumes import load_case
+def load_display_case(root: str, case_id: str, stamp: tuple):
+    """``viewer.load_display_case`` of a case of ``root``, kept per case and files (``stamp``); None when gone."""
+    import viewer
 
     case = find_case(Path(root), case_id)
-    if case is None:
-        return {"error": f"case {case_id} is no longer in {root}"}
-    out: dict[str, Any] = {"mods": {}, "errors": {}, "labels": None, "seg_error": None, "src_index": None}
-    for mod in MODALITIES:
-        if mod not in case.modalities:
-            continue
-        try:
-            vols = load_case(dataclasses.replace(case, modalities={mod: case.modalities[mod]}, seg=None), (mod,))
-            out["mods"][mod] = _to_uint8(display_stack(vols.images[0]))
-        except UADError as exc:
-            out["errors"][mod] = str(exc)
-            continue
-        except MemoryError:
-            out["errors"][mod] = f"{case.modalities[mod]}: not enough memory to load this volume"
-            continue
-        if out["src_index"] is None:
-            out["src_index"] = np.array([vols.source_axial_index(k) for k in range(vols.images.shape[-1])])
-    if case.seg is not None and out["mods"]:
-        first = next(iter(out["mods"]))
-        try:
-            vols = load_case(dataclasses.replace(case, modalities={first: case.modalities[first]}), (first,))
-            out["labels"] = display_stack(vols.labels)
-        except UADError as exc:
-            out["seg_error"] = str(exc)
-        except MemoryError:
-            out["seg_error"] = f"{case.seg}: not enough memory to load the segmentation"
-    if out["mods"]:
-        # Crop every stack to the brain's bounding box (over all slices): bigger brains on screen.
-        ref = next(iter(out["mods"].values()))
-        fp = ref.any(axis=0)
-        rows, cols = np.flatnonzero(fp.any(axis=1)), np.flatnonzero(fp.any(axis=0))
-        if rows.size:
-            m = 6  # pixels of margin
-            r0, r1 = max(rows[0] - m, 0), min(rows[-1] + m + 1, fp.shape[0])
-            c0, c1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, fp.shape[1])
-            crop = lambda a: np.ascontiguousarray(a[:, r0:r1, c0:c1]) if a.shape[1:] == fp.shape else a  # noqa: E731
-            out["mods"] = {k: crop(v) for k, v in out["mods"].items()}
-            if out["labels"] is not None:
-                out["labels"] = crop(out["labels"])
-    if out["labels"] is not None:
-        present = sorted(int(v) for v in np.unique(out["labels"]) if v)
-        out["present"] = present
-        out["counts"] = {v: (out["labels"] == v).sum(axis=(1, 2)) for v in present}
-    return out
-
-
-# -- overlays ------------------------------------------------------------------------------------------
-def grey(img: np.ndarray, scale: float = 1, vmax: float | None = None) -> np.ndarray:
-    """uint8 or float image → uint8 grey, enlarged ``scale``× (bilinear) so contours can be drawn crisply."""
-    if img.dtype != np.uint8:
-        hi = vmax if vmax is not None else max(float(img.max()), 1e-6)
-        img = (np.clip(img.astype(np.float32) / hi, 0, 1) * 255).astype(np.uint8)
-    if scale != 1:
-        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    return img
-
-
-def grey_rgb(img: np.ndarray, scale: float = 1, vmax: float | None = None) -> np.ndarray:
-    return np.repeat(grey(img, scale, vmax)[..., None], 3, axis=2)
-
-
-def _up(mask: np.ndarray, scale: float) -> np.ndarray:
-    m = mask.astype(np.uint8)
-    return cv2.resize(m, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) if scale != 1 else m
-
-
-def draw_contour(rgb: np.ndarray, mask: np.ndarray, colour, scale: float = 1, thickness: int = 2) -> np.ndarray:
-    """Outline of ``mask`` (at the image's working size) on the enlarged RGB image, anti-aliased."""
-    if not mask.any():
-        return rgb
-    contours, _ = cv2.findContours(_up(mask, scale), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(rgb, contours, -1, tuple(int(c) for c in colour), thickness, lineType=cv2.LINE_AA)
-    return rgb
-
-
-def fill(rgb: np.ndarray, mask: np.ndarray, colour, alpha: float, scale: float = 1) -> np.ndarray:
-    m = _up(mask, scale).astype(bool)
-    if m.any():
-        rgb[m] = ((1 - alpha) * rgb[m] + alpha * np.asarray(colour, np.float32)).astype(np.uint8)
-    return rgb
-
-
-def heat_overlay(image: np.ndarray, heat: np.ndarray, vmax: float, scale: float, floor: float = 0.2, max_alpha: float = 0.85) -> np.ndarray:
-    """Heatmap in inferno over the grey image; transparency grows with the value so anatomy stays visible.
-
-    Values under ``floor``·vmax are fully transparent (noise floor of the residual).
-    """
-    base = grey_rgb(image, scale, vmax=1.0).astype(np.float32)
-    h = np.clip(heat / max(vmax, 1e-6), 0, 1).astype(np.float32)
-    if scale != 1:
-        h = cv2.resize(h, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    colour = INFERNO[(h * 255).astype(np.uint8)].astype(np.float32)
-    alpha = (max_alpha * np.clip((h - floor) / (1 - floor), 0, 1) ** 0.6)[..., None]
-    return (base * (1 - alpha) + colour * alpha).astype(np.uint8)
-
-
-def seg_overlay(image_u8: np.ndarray, labels: np.ndarray | None, scale: float, alpha: float = 0.45, outline: bool = False) -> np.ndarray:
-    if labels is None or not labels.any():
-        return grey(image_u8, scale)  # one channel: a third of the PNG work
-    rgb = grey_rgb(image_u8, scale)
-    present = set(int(v) for v in np.unique(labels))
-    for value in sorted(present - {0}):
-        colour = seg_colour(value, present)
-        if outline:
-            draw_contour(rgb, labels == value, colour, scale, 2)
-        else:
-            fill(rgb, labels == value, colour, alpha, scale)
-    return rgb
-
-
-def pred_vs_truth(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, scale: float) -> np.ndarray:
-    """TP / FP / FN in three colours over the image; only the prediction (FP colour) when unlabelled."""
-    rgb = grey_rgb(image, scale, vmax=1.0)
-    if truth is None:
-        return fill(rgb, pred, PRED_COLOURS["FP"], 0.6, scale)
-    fill(rgb, pred & truth, PRED_COLOURS["TP"], 0.65, scale)
-    fill(rgb, pred & ~truth, PRED_COLOURS["FP"], 0.65, scale)
-    fill(rgb, ~pred & truth, PRED_COLOURS["FN"], 0.65, scale)
-    return rgb
-
-
-def png(image: np.ndarray) -> str:
-    """A grey (H, W) or RGB (H, W, 3) uint8 image as a PNG data URL for ``st.image``.
-
-    Fast zlib settings (~5 ms at 256 px, lossless so contours stay sharp), and a data URL so Streamlit
-    neither re-opens the image with PIL nor serves it as a separate file: a slider move stays cheap.
-    """
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image if image.ndim == 2 else image[..., ::-1]), params)
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
-
-
-def swatch(colour, label: str) -> str:
-    r, g, b = colour
-    return (f"<span style='display:inline-block;width:0.9em;height:0.9em;background:rgb({r},{g},{b});"
-            f"border-radius:2px;margin:0 0.3em 0 0.8em;vertical-align:-0.1em'></span>{label}")
-
-
-def legend(items: list[tuple[tuple[int, int, int], str]]) -> None:
-    st.markdown("<div style='font-size:0.9em'>" + "".join(swatch(c, t) for c, t in items) + "</div>", unsafe_allow_html=True)
-
-
-def colourbar(vmax: float, label: str = "anomaly score") -> None:
-    stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in INFERNO[::32])
-    st.markdown(
-        f"<div style='font-size:0.85em'>{label}: 0 "
-        f"<span style='display:inline-block;width:9em;height:0.8em;background:linear-gradient(90deg,{stops});"
-        f"vertical-align:-0.05em;border-radius:2px'></span> {vmax:.3g}+</div>",
-        unsafe_allow_html=True,
-    )
+    return None if case is None else viewer.load_display_case(case)
 
 
 # -- figures -------------------------------------------------------------------------------------------
@@ -369,10 +209,6 @@ def layout(height: int, **kw) -> dict:
 
 def vline(x: float, colour: str = "#FFFFFF", width: int = 2, dash: str = "solid") -> dict:
     return dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=colour, width=width, dash=dash))
-
-
-def hline(y: float, colour: str, dash: str = "dot") -> dict:
-    return dict(type="line", x0=0, x1=1, xref="paper", y0=y, y1=y, line=dict(color=colour, width=1, dash=dash))
 
 
 def loss_figure(records: list[dict], steps: list[dict] | None = None) -> go.Figure:
@@ -414,24 +250,6 @@ def overlay_figure(series: list[tuple[str, list[dict], list[dict]]], curve: str 
                                name=f"{label} ({key})", mode="lines", line=dict(color=colour)))
     title = "validation loss" if curve == "validation" else "training loss"
     return go.Figure(data=data, layout=layout(320, xaxis=dict(title=dict(text="epoch")), yaxis=dict(title=dict(text=title))))
-
-
-def slice_strip(x: np.ndarray, bars: dict[str, tuple[np.ndarray, tuple]], current: int, line: tuple[np.ndarray, str] | None = None,
-                threshold: float | None = None, height: int = 170, bar_title: str = "tumour voxels") -> go.Figure:
-    """Per-slice strip along the volume: stacked bars (tumour) and an optional score line; current slice marked."""
-    on_y2 = line is not None
-    data = [go.Bar(x=x, y=values, name=name, marker_color=f"rgb{tuple(colour)}", opacity=0.45 if on_y2 else 0.9,
-                   yaxis="y2" if on_y2 else "y") for name, (values, colour) in bars.items()]
-    shapes = [vline(current)]
-    extra: dict[str, Any] = {"yaxis": dict(title=dict(text=bar_title))}
-    if on_y2:
-        data.append(go.Scatter(x=x, y=line[0], name=line[1], mode="lines", line=dict(color="#F7D13D", width=2)))
-        if threshold is not None:
-            shapes.append(hline(threshold, "#F7D13D"))
-        extra = {"yaxis": dict(title=dict(text="slice score")),
-                 "yaxis2": dict(overlaying="y", side="right", showgrid=False, showticklabels=False)}
-    return go.Figure(data=data, layout=layout(height, barmode="stack", bargap=0, shapes=shapes,
-                                              xaxis=dict(title=dict(text="axial slice")), **extra))
 
 
 # -- runs (state and processes live in uad.jobs) ---------------------------------------------------------

@@ -1,14 +1,18 @@
-"""App benchmark: first page render and slice-slider latency, in a real browser on the demo cohort.
+"""App benchmark: first page render and the viewer's slice-step latency, in a real browser on the demo cohort.
 
-    python benchmarks/app_bench.py [--moves 10]
+    python benchmarks/app_bench.py [--moves 20]
 
 Starts ``streamlit run app/Home.py`` on a free port (the project's own data, runs and shipped checkpoints;
 the demo cohort is generated first if missing), drives Debian's Chromium with Playwright, and prints:
 
 * first render: from opening the URL until the Overview page is drawn and idle, for the first browser
   session on a freshly started server (cold: the script's imports run now) and for a second session;
-* per slider move on Data and Explore: the server-side time of the view (``ui.timed``, what the 150 ms
-  goal is about) and the browser round trip (key press until the new slice is drawn and the app is idle).
+* per slice step in the viewer on Data and Explore (→ on its axial slice control): key press to drawn
+  (the key event's time stamp to the end of the component's drawing, measured in the page), key press to
+  the next animation frame (when the browser paints it: what the 150 ms goal is about), and the
+  Playwright round trip (press sent from Python until the page reports the new drawing);
+* per threshold move on Explore (server rerun of the viewer fragment, new prediction volume sent): the
+  server's time (``ui.timed``) and the round trip until the viewer has redrawn.
 
 Explore's first visit computes the run's maps for the case once; it is timed separately.
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
@@ -32,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, IDLE, _free_port, goto, slider, wait_idle  # noqa: E402
+from test_browser import CHROMIUM, IDLE, _free_port, goto, slider, viewer_frame, viewer_state, viewer_step, wait_idle  # noqa: E402
 
 TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
 
@@ -71,21 +75,32 @@ def first_render(browser, url: str) -> float:
     return seconds
 
 
-def scrub(page, log_path: Path, view: str, moves: int) -> tuple[list[float], list[float]]:
-    """Press → on the slice slider ``moves`` times; (server ms per move, browser round trip ms per move)."""
-    s = slider(page, "Axial slice")
+def scrub(page, moves: int) -> tuple[list[float], list[float], list[float]]:
+    """Step the viewer's axial slice ``moves`` times (→, then ← for the second half, staying in range);
+    (Playwright round trip, key to drawn, key to next frame) in ms per step."""
+    frame = viewer_frame(page)
+    steps = [viewer_step(frame, "ArrowRight" if i < moves // 2 else "ArrowLeft") for i in range(moves)]
+    return [s[0] for s in steps], [s[1] for s in steps], [s[2] for s in steps]
+
+
+def threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list[float]]:
+    """Press → on Explore's pixel threshold slider; (server ms per rerun, round trip until the viewer has
+    redrawn with the new prediction) per move. A move reruns the viewer fragment, and once more when the
+    browser reports the volumes it now holds (a cheap rerun that sends no volume)."""
+    s = slider(page, "Pixel threshold")
     s.focus()
-    before_server = len(server_timings(log_path, view))
+    before_server = len(server_timings(log_path, "explore_viewer"))
     trips = []
     for _ in range(moves):
-        value = s.input_value()
+        frame = viewer_frame(page)
+        drawn = viewer_state(frame)["drawnAt"]
         t0 = time.perf_counter()
         s.press("ArrowRight")
-        page.wait_for_function(f"() => document.activeElement && document.activeElement.value !== {value!r}")
-        page.wait_for_function(IDLE)
+        frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=drawn)
         trips.append((time.perf_counter() - t0) * 1000)
+        page.wait_for_function(IDLE)  # before the next move (not timed): the app settles
     time.sleep(0.3)
-    return server_timings(log_path, view)[before_server:], trips
+    return server_timings(log_path, "explore_viewer")[before_server:], trips
 
 
 def row(name: str, values: list[float], unit: str = "ms") -> str:
@@ -96,7 +111,7 @@ def row(name: str, values: list[float], unit: str = "ms") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--moves", type=int, default=10)
+    parser.add_argument("--moves", type=int, default=20)
     args = parser.parse_args()
     try:
         from playwright.sync_api import sync_playwright
@@ -123,11 +138,13 @@ def main() -> None:
             page.goto(url)
             wait_idle(page)
             goto(page, "Data")
-            data_server, data_trip = scrub(page, log_path, "data_viewer", args.moves)
+            data = scrub(page, args.moves)
             t0 = time.perf_counter()
             goto(page, "Explore")
+            viewer_frame(page)
             explore_first = time.perf_counter() - t0
-            explore_server, explore_trip = scrub(page, log_path, "explore_viewer", args.moves)
+            explore = scrub(page, args.moves)
+            thr_server, thr_trip = threshold_moves(page, log_path, max(args.moves // 4, 3))
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -136,12 +153,14 @@ def main() -> None:
     print(f"| measure | median | max | n |\n|---|---:|---:|---:|")
     print(f"| first render, fresh server | {cold:.2f} s | | 1 |")
     print(f"| first render, second session | {warm:.2f} s | | 1 |")
-    print(row("Data: slider, server", data_server))
-    print(row("Data: slider, browser round trip", data_trip))
-    print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
-    print(row("Explore: slider, server", explore_server))
-    print(row("Explore: slider, browser round trip", explore_trip))
-
+    for name, (trip, drawn, frame) in (("Data", data), ("Explore", explore)):
+        print(row(f"{name}: slice step, key to drawn", drawn))
+        print(row(f"{name}: slice step, key to next frame", frame))
+        print(row(f"{name}: slice step, Playwright round trip", trip))
+        if name == "Data":
+            print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
+    print(row("Explore: threshold move, server (per rerun)", thr_server))
+    print(row("Explore: threshold move, round trip until redrawn", thr_trip))
 
 if __name__ == "__main__":
     main()

@@ -146,17 +146,43 @@ def test_overview_generates_the_demo_cohort_when_missing(tmp_path, monkeypatch):
         _kill(pid)
 
 
+# -- the viewer component, as the browser receives it ----------------------------------------------------------
+def viewer_spec(at) -> dict:
+    """What the page hands to the viewer component (AppTest cannot draw it; the browser tests do)."""
+    import json
+
+    comps = at.get("component_instance")
+    assert len(comps) == 1, f"expected one viewer, found {len(comps)}"
+    return json.loads(comps[0].proto.json_args)["spec"]
+
+
+def viewer_volume(at, name: str) -> np.ndarray:
+    spec = viewer_spec(at)
+    arg = spec["volumes"][name]["arg"]
+    raw = next(a.bytes for a in at.get("component_instance")[0].proto.special_args if a.key == arg)
+    return np.frombuffer(raw, np.uint8).reshape(spec["shape"])
+
+
+def viewer_text(spec: dict) -> str:
+    return "\n".join([*spec["notes"], *(i["label"] for i in spec["legend"]), *(r["label"] for r in spec["stats"])])
+
+
+def case_box(at):
+    return next(s for s in at.selectbox if s.label == "Case")
+
+
 # -- Data ----------------------------------------------------------------------------------------------------
-def test_data_slice_slider_changes_the_slice(home):
+def test_data_viewer_gets_every_modality_and_the_labels(home):
     at = page(new_app(), "data")
-    slider = at.slider[0]
-    before = slider.value
-    assert f"Slice {before} of 155" in texts(at)
-    slider.set_value(before + 5).run()
-    assert f"Slice {before + 5} of 155" in texts(at)
-    assert len(at.image) == 4  # FLAIR, T1, T1ce, T2 side by side
-    assert "BraTS 2021 labels" in texts(at)
-    assert "enhancing tumour" in texts(at)
+    spec = viewer_spec(at)
+    assert spec["case_id"] == case_box(at).value == "BraTS2021_00000"
+    assert [p["title"] for p in spec["panels"]] == ["FLAIR", "T1", "T1CE", "T2"]
+    Z, Y, X = spec["shape"]
+    assert Z < 155 and len(spec["slice_labels"]) == Z  # cropped to the brain, each Z named by its source slice
+    labels = viewer_volume(at, "labels")
+    assert set(np.unique(labels)) <= {0, 1, 2, 4} and (labels > 0).sum(axis=(1, 2)).argmax() == spec["start"][0]
+    assert "BraTS 2021 labels" in viewer_text(spec) and "4 enhancing tumour" in viewer_text(spec)
+    assert spec["convention"] == "radiological"
 
 
 def test_data_brats2023_layout_and_labels(home, tmp_path):
@@ -174,17 +200,40 @@ def test_data_brats2023_layout_and_labels(home, tmp_path):
     nib.save(nib.Nifti1Image(labels, seg.affine, seg.header), case / "BraTS-GLI-00000-000-seg.nii.gz")
     at = page(new_app({"data_root": str(case.parent)}), "data")
     assert not at.error, [e.value for e in at.error]
-    assert "BraTS 2023 labels" in texts(at) and "3 enhancing tumour" in texts(at)
-    assert len(at.image) == 4
+    spec = viewer_spec(at)
+    assert "BraTS 2023 labels" in viewer_text(spec) and "3 enhancing tumour" in viewer_text(spec)
+    assert len(spec["panels"]) == 4
 
 
-def test_data_case_picker_and_overlay_style(home):
+def test_data_case_picker_changes_the_viewer(home):
     at = page(new_app(), "data")
-    at.selectbox(key="data_case").set_value("BraTS2021_00003").run()
-    assert not at.exception and "BraTS2021_00003" in at.slider[0].key
-    for style in ("filled", "off"):
-        at.segmented_control(key="seg_style").set_value(style).run()
-        assert not at.exception and len(at.image) == 4
+    case_box(at).set_value("BraTS2021_00003").run()
+    assert not at.exception and viewer_spec(at)["case_id"] == "BraTS2021_00003"
+    assert viewer_spec(at)["source"].endswith("BraTS2021_00003")
+
+
+def test_data_folder_switch_never_shows_another_folders_case(home, tmp_path):
+    """Issue 11 #1: after 'Use folder' the case box and the viewer name the same case, of the new folder."""
+    other = tmp_path / "other-folder"
+    for src, dst in (("BraTS2021_00002", "BraTS2021_77000"), ("BraTS2021_00001", "BraTS2021_77001")):
+        (other / dst).mkdir(parents=True)
+        for f in (home / "data" / "demo" / src).iterdir():
+            shutil.copy(f, other / dst / f.name.replace(src, dst))
+    at = page(new_app(), "data")
+    case_box(at).set_value("BraTS2021_00003").run()
+    at.text_input(key="folder_input").input(str(other))
+    click(at, "Use folder")
+    assert not at.exception, [e.value for e in at.exception]
+    box, spec = case_box(at), viewer_spec(at)
+    assert box.value == spec["case_id"] == "BraTS2021_77000", (box.value, spec["case_id"])
+    assert box.options == ["BraTS2021_77000", "BraTS2021_77001"]
+    assert spec["source"] == str(other / "BraTS2021_77000")
+    # The images are that case's: the same pixels as the demo case it was copied from.
+    back = page(new_app(), "data")
+    case_box(back).set_value("BraTS2021_00002").run()
+    assert np.array_equal(viewer_volume(at, "flair"), viewer_volume(back, "flair"))
+    click(at, "Use demo")
+    assert case_box(at).value == viewer_spec(at)["case_id"] == "BraTS2021_00000"
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty"])
@@ -219,11 +268,34 @@ def test_data_corrupt_and_skipped_cases_are_reported(home, tmp_path):
     at = new_app({"data_root": str(root)})
     page(at, "data")
     shown = texts(at)
-    assert "BraTS2021_00042" in at.selectbox(key="data_case").options[0]
+    assert "BraTS2021_00042" in case_box(at).options[0]
     assert "flair" in shown and "not a readable NIfTI" in shown, shown
     assert "t1" not in [e.value.split(":")[0] for e in at.error]  # the readable modality is still shown
     skipped = at.dataframe[0].value
     assert "BraTS2021_00043" in set(skipped.case) and skipped.reason.str.contains("two files").any()
+
+
+def test_data_corrupt_or_tumour_free_segmentation_is_said_so(home, tmp_path):
+    """A corrupt seg names its file and why (not "Unlabelled case"); an all-zero seg says no tumour is labelled."""
+    import nibabel as nib
+
+    src = home / "data" / "demo" / "BraTS2021_00000"
+    root = tmp_path / "segs"
+    for case in ("BraTS2021_00050", "BraTS2021_00051"):
+        (root / case).mkdir(parents=True)
+        for f in src.iterdir():
+            shutil.copy(f, root / case / f.name.replace("BraTS2021_00000", case))
+    bad = root / "BraTS2021_00050" / "BraTS2021_00050_seg.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:300])
+    seg = nib.load(src / "BraTS2021_00000_seg.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(seg.shape, np.uint8), seg.affine), root / "BraTS2021_00051" / "BraTS2021_00051_seg.nii.gz")
+    at = page(new_app({"data_root": str(root)}), "data")
+    assert any("Segmentation unreadable" in e.value and str(bad) in e.value for e in at.error), [e.value for e in at.error]
+    assert "Segmentation unreadable, not drawn" in viewer_text(viewer_spec(at)) and "Unlabelled" not in viewer_text(viewer_spec(at))
+    case_box(at).set_value("BraTS2021_00051").run()
+    spec = viewer_spec(at)
+    assert "No tumour is labelled" in viewer_text(spec) and "enhancing" not in viewer_text(spec)
+    assert spec["strip"]["bars"] == [] and spec["strip"]["empty_bars"] == "no tumour labelled in this case"
 
 
 # -- Train ---------------------------------------------------------------------------------------------------
@@ -325,27 +397,38 @@ def test_train_resume_a_cancelled_run(home):
 def explore(at, run: str = RUN, case: str = "BraTS2021_00000"):
     page(at, "explore")
     at.selectbox(key="explore_run").set_value(run).run()
-    at.selectbox(key="explore_case").set_value(case).run()
+    case_box(at).set_value(case).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
 
-def test_explore_slice_and_threshold_sliders(home):
+def stat(spec: dict, label: str):
+    """A per-slice number of the viewer at its starting axial slice."""
+    row = next(r for r in spec["stats"] if r["label"].startswith(label))
+    return row["values"][spec["start"][0]]
+
+
+def test_explore_threshold_and_viewer(home):
     at = explore(new_app())
     assert not at.error, [e.value for e in at.error]
     key = f"{RUN}::BraTS2021_00000"
-    s = at.slider(key=f"slice::{key}")
-    start = s.value
-    assert f"**Slice {start}**" in texts(at)
-    s.set_value(start + 3).run()
-    assert f"**Slice {start + 3}**" in texts(at)
+    spec = viewer_spec(at)
+    assert spec["case_id"] == "BraTS2021_00000"
+    titles = [p["title"] for p in spec["panels"]]
+    assert titles[:3] == ["Input (FLAIR) + tumour outline", f"Reconstruction · {RUN}", f"Anomaly map · {RUN}"]
+    assert titles[3].endswith("vs ground truth")
+    # The pixel threshold is drawn on the colour bar (the map's scale), not on the slice-score axis.
+    assert spec["heat"]["threshold"] == pytest.approx(at.slider(key=f"thr::{key}").value)
+    assert "threshold" not in json_dumps(spec["strip"])
     # Presets at the healthy-FPR thresholds of the run's evaluation.
     presets = [b for b in at.button if b.key and b.key.startswith(f"preset::{key}")]
     assert len(presets) == 3
-    dice_before = metric(at, "Dice · whole volume"), metric(at, "Flagged pixels · slice")
+    before = metric(at, "Dice · whole volume"), metric(at, "Flagged pixels · volume"), stat(spec, "Flagged pixels · this slice")
+    classes_before = viewer_volume(at, "classes").copy()
     at.slider(key=f"thr::{key}").set_value(0.02).run()
-    dice_after = metric(at, "Dice · whole volume"), metric(at, "Flagged pixels · slice")
-    assert dice_before != dice_after
+    after = metric(at, "Dice · whole volume"), metric(at, "Flagged pixels · volume"), stat(viewer_spec(at), "Flagged pixels · this slice")
+    assert before != after and not np.array_equal(classes_before, viewer_volume(at, "classes"))
+    assert 0 <= stat(viewer_spec(at), "Dice · this slice") <= 1
     presets = [b for b in at.button if b.key and b.key.startswith(f"preset::{key}")]
     presets[0].click().run()
     thresholds = [t["threshold"] for t in home_metrics(home)["healthy_fpr_thresholds"]]
@@ -353,16 +436,58 @@ def test_explore_slice_and_threshold_sliders(home):
     assert any(d.label.startswith("Download") for d in at.download_button)
 
 
-def test_explore_slider_latency(home):
-    """Server-side time of the slice viewer fragment per slider move (maps are cached per run and case)."""
+def json_dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj)
+
+
+def test_explore_threshold_latency(home):
+    """Server-side time of the viewer fragment per threshold move (slices move in the browser, not here)."""
     at = explore(new_app())
-    key = f"slice::{RUN}::BraTS2021_00000"
+    key = f"thr::{RUN}::BraTS2021_00000"
     at.session_state["perf"] = {}
-    for _ in range(6):
-        at.slider(key=key).set_value(at.slider(key=key).value + 1).run()
+    for t in (0.05, 0.06, 0.07, 0.08, 0.09, 0.1):
+        at.slider(key=key).set_value(t).run()
     times = at.session_state["perf"]["explore_viewer"]
-    print(f"explore viewer per slider move: median {np.median(times):.0f} ms ({', '.join(f'{t:.0f}' for t in times)})")
+    print(f"explore viewer per threshold move: median {np.median(times):.0f} ms ({', '.join(f'{t:.0f}' for t in times)})")
     assert np.median(times) < 150
+
+
+def test_explore_heatmaps_side_by_side_on_one_scale(home):
+    other = copy_run(home, "zz-second-model")
+    try:
+        at = explore(new_app())
+        at.multiselect(key="explore_others").set_value(["zz-second-model"]).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        spec = viewer_spec(at)
+        heat_panels = [p for p in spec["panels"] if any(o["kind"] == "heat" for o in p["overlays"])]
+        assert [p["title"] for p in heat_panels] == [f"Anomaly map · {RUN}", "Anomaly map · zz-second-model"]
+        # One colour scale: the same map quantised on the same vmax gives the same bytes.
+        assert np.array_equal(viewer_volume(at, "heat0"), viewer_volume(at, "heat1"))
+        assert [line["name"] for line in spec["strip"]["lines"]] == [RUN, "zz-second-model"]
+        # Choosing the compared run as the main one drops it from the comparison instead of failing.
+        at.selectbox(key="explore_run").set_value("zz-second-model").run()
+        assert not at.exception and at.multiselect(key="explore_others").value == []
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_explore_opens_a_completed_run_not_the_newest_cancelled_one(home, tmp_path, monkeypatch):
+    """Issue 11 #9: without a suggested shipped checkpoint, Explore opens the best completed run."""
+    from uad import paths, runs
+
+    monkeypatch.setattr(paths, "checkpoints_dir", lambda: tmp_path / "no-shipped")
+    cancelled = copy_run(home, "zzzz-newest-cancelled", with_eval=False)
+    runs.write_status(cancelled, "cancelled", epoch=0, epochs=3, reason="received SIGTERM")
+    try:
+        at = page(new_app(), "explore")
+        assert at.selectbox(key="explore_run").options[0].startswith("zzzz-newest-cancelled")  # newest first in the list...
+        assert at.selectbox(key="explore_run").value == RUN  # ...but the completed, evaluated run opens
+        at.selectbox(key="explore_run").set_value("zzzz-newest-cancelled").run()
+        assert any("is cancelled" in w.value for w in at.warning)
+    finally:
+        shutil.rmtree(cancelled, ignore_errors=True)
 
 
 def home_metrics(home: Path) -> dict:
@@ -374,7 +499,7 @@ def home_metrics(home: Path) -> dict:
 def test_explore_shipped_checkpoint(home):
     at = explore(new_app(), run=SHIPPED, case="BraTS2021_00002")
     assert not at.error, [e.value for e in at.error]
-    assert "Dice · this slice" in [m.label for m in at.metric]
+    assert "Dice · whole volume" in [m.label for m in at.metric]
 
 
 def test_explore_unlabelled_case_has_no_dice(home, tmp_path):
@@ -387,7 +512,8 @@ def test_explore_unlabelled_case_has_no_dice(home, tmp_path):
     at = explore(new_app({"data_root": str(dst.parent)}))
     assert not at.error, [e.value for e in at.error]
     assert "no Dice" in texts(at)
-    assert "Dice · this slice" not in [m.label for m in at.metric]
+    assert "Dice · whole volume" not in [m.label for m in at.metric]
+    assert not any(r["label"].startswith("Dice") for r in viewer_spec(at)["stats"])
 
 
 def test_explore_corrupt_checkpoint_gives_a_message(home):
@@ -580,7 +706,7 @@ def test_explore_opens_the_case_compare_asks_for(home, tmp_path):
     at = new_app({"explore_request": {"run": RUN, "case": "BraTS2021_00003", "root": str(other)}})
     page(at, "explore")
     assert at.selectbox(key="explore_run").value == RUN
-    assert at.selectbox(key="explore_case").value == "BraTS2021_00003"
+    assert at.selectbox(key=f"explore_case::{other.resolve()}").value == "BraTS2021_00003"
     assert at.session_state["data_root"] == str(other) and "explore_request" not in at.session_state
 
 

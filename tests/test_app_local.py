@@ -160,7 +160,7 @@ def test_out_of_memory_in_one_modality_is_a_message(tmp_path, monkeypatch):
     monkeypatch.setattr(volumes, "load_case", load_case)
     ui.load_display_case.clear()
     d = ui.load_display_case(str(tmp_path), "C", ("test",))
-    assert "not enough memory" in d["errors"]["t1"] and "C_t1.nii.gz" in d["errors"]["t1"]
-    assert sorted(d["mods"]) == ["flair", "t1ce", "t2"] and d["labels"] is not None
-    assert all(isinstance(m, np.ndarray) for m in d["mods"].values())
+    assert "not enough memory" in d.errors["t1"] and "C_t1.nii.gz" in d.errors["t1"]
+    assert sorted(d.mods) == ["flair", "t1ce", "t2"] and d.labels is not None
+    assert all(isinstance(m, np.ndarray) and m.dtype == np.uint8 for m in d.mods.values())
     assert MemoryError in ui.APP_ERRORS  # what the Explore page catches around a case

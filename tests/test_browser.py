@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared home builder lives in test_app.py
@@ -145,6 +146,49 @@ def press(page, locator, key: str) -> float:
     return time.perf_counter() - t0
 
 
+def viewer_frame(page):
+    """The viewer component's frame (one per page), once it has drawn."""
+    frame = page.wait_for_selector('iframe[title*="uad_viewer"]').content_frame()
+    frame.wait_for_selector('#root[data-ready="1"]')
+    return frame
+
+
+def viewer_state(frame) -> dict:
+    return frame.evaluate("() => ({...document.getElementById('root').dataset})")
+
+
+def viewer_step(frame, key: str = "ArrowRight") -> tuple[float, float, float]:
+    """Press ``key`` on the viewer's axial slice control; (Playwright round trip, key to drawn, key to next
+    frame) in ms, the last two measured inside the page from the key event's time stamp."""
+    axial = frame.locator('input[data-plane="axial"]')
+    axial.focus()
+    before = viewer_state(frame)["drawnAt"]
+    t0 = time.perf_counter()
+    axial.press(key)
+    frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=before)
+    trip = (time.perf_counter() - t0) * 1000
+    frame.wait_for_function("() => { const d = document.getElementById('root').dataset; return d.frameFor === d.drawnAt; }")
+    state = viewer_state(frame)
+    return trip, float(state["keyToDrawMs"]), float(state["keyToFrameMs"])
+
+
+def column_profile(frame, plane: str = "axial", panel: int = 0) -> list[float]:
+    """Mean brightness of each pixel column of one view's canvas (what is drawn, read back from the canvas)."""
+    return frame.evaluate("""([plane, panel]) => {
+      const c = document.querySelector(`canvas[data-plane="${plane}"][data-panel="${panel}"]`);
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      const out = new Array(c.width).fill(0);
+      for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) out[x] += d[(y * c.width + x) * 4];
+      return out.map(v => v / c.height);
+    }""", [plane, panel])
+
+
+def letters(frame, plane: str = "axial") -> str:
+    """The orientation letters of a view: left, right, top, bottom of the screen."""
+    return "".join(frame.locator(f'.cell[data-plane="{plane}"][data-panel="0"] .ori.{side}').inner_text()
+                   for side in ("l", "r", "t", "b"))
+
+
 def eventually(condition, timeout: float = 30.0):
     """Poll ``condition`` until it returns something truthy (the app reruns asynchronously)."""
     deadline = time.time() + timeout
@@ -166,23 +210,26 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     shot(page, "01-overview")
 
     goto(page, "Data")
-    s = slider(page, "Axial slice")
-    k = int(float(s.input_value()))
-    assert page.get_by_text(f"Slice {k} of 155").is_visible()
-    data_latency = press(page, s, "ArrowRight")
-    page.get_by_text(f"Slice {k + 1} of 155").wait_for()
+    frame = viewer_frame(page)
+    k = int(viewer_state(frame)["axial"])
+    data_latency = viewer_step(frame)
+    assert int(viewer_state(frame)["axial"]) == k + 1
     shot(page, "02-data")
 
     goto(page, "Explore")
-    assert page.locator('[data-testid="stImage"]').count() >= 4
-    s = slider(page, "Axial slice")
-    k = int(float(s.input_value()))
-    explore_latency = press(page, s, "ArrowRight")
-    page.get_by_text(f"Slice {k + 1}", exact=False).first.wait_for()
-    dice = lambda: (metric_value(page, "Dice · whole volume"), metric_value(page, "Flagged pixels · slice"))  # noqa: E731
+    frame = viewer_frame(page)
+    assert frame.locator("canvas[data-plane]").count() >= 12  # four panels (input, reconstruction, map, map vs truth) x three planes
+    k = int(viewer_state(frame)["axial"])
+    explore_latency = viewer_step(frame)
+    assert int(viewer_state(frame)["axial"]) == k + 1
+    dice = lambda: (metric_value(page, "Dice · whole volume"), metric_value(page, "Flagged pixels · volume"))  # noqa: E731
     before = dice()
-    press(page, slider(page, "Threshold on the anomaly map"), "Home")
+    press(page, slider(page, "Pixel threshold"), "Home")
     assert eventually(lambda: dice() != before), before
+    # The new threshold reaches the viewer (on its colour bar) without losing the slice shown.
+    frame = viewer_frame(page)
+    eventually(lambda: "0.0000" in frame.locator('[data-testid="threshold-label"]').inner_text())
+    assert int(viewer_state(frame)["axial"]) == k + 1
     page.get_by_role("button", name=re.compile(r"^5% ·")).click()
     wait_idle(page)
     with page.expect_download() as download:
@@ -249,8 +296,8 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     finally:
         _stop(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"\nfirst render {first_render:.2f} s; slice slider round trip: Data {data_latency * 1000:.0f} ms, "
-          f"Explore {explore_latency * 1000:.0f} ms (browser, including rendering)")
+    print(f"\nfirst render {first_render:.2f} s; one slice step (Playwright round trip / key to drawn / key to next frame): "
+          f"Data {'/'.join(f'{t:.0f}' for t in data_latency)} ms, Explore {'/'.join(f'{t:.0f}' for t in explore_latency)} ms")
 
 
 def _stop(run_dir: Path) -> None:
@@ -300,3 +347,68 @@ def test_compare_numbers_are_not_cut_off_at_1500_px(browser_page, server, home):
         page.set_viewport_size({"width": 1600, "height": 1000})
         for dst in extra:
             shutil.rmtree(dst, ignore_errors=True)
+
+
+def test_viewer_orientation_scrubbing_and_folder_switch(browser_page, server, home, tmp_path):
+    """The viewer in Chromium: orientation letters, radiological by default and stated; the switch mirrors
+    the image; a marker on the patient's left is drawn on the screen's right in radiological convention;
+    slice steps are drawn in the browser within 150 ms; after a folder switch the case box and the viewer
+    name the same case (issue 11 #1)."""
+    from test_viewer import marker_case
+
+    page = browser_page
+    page.goto(server)
+    wait_idle(page)
+    goto(page, "Data")
+    frame = viewer_frame(page)
+    assert letters(frame, "axial") == "RLAP" and letters(frame, "coronal") == "RLSI" and letters(frame, "sagittal") == "APSI"
+    assert "Radiological convention: the patient's right is on the screen's left" in frame.locator('[data-testid="convention"]').inner_text()
+    steps = [viewer_step(frame) for _ in range(8)] + [viewer_step(frame, "ArrowLeft") for _ in range(4)]
+    to_frame = sorted(s[2] for s in steps)[len(steps) // 2]
+    print(f"\nviewer slice step, key to next frame: median {to_frame:.0f} ms over {len(steps)} steps")
+    assert to_frame < 150, steps
+
+    before = column_profile(frame)
+    frame.locator('select[aria-label="Display convention"]').select_option("neurological")
+    frame.wait_for_function("() => document.getElementById('root').dataset.convention === 'neurological'")
+    after = column_profile(frame)
+    assert letters(frame, "axial") == "LRAP" and letters(frame, "sagittal") == "APSI"
+    assert "Neurological convention" in frame.locator('[data-testid="convention"]').inner_text()
+    mirrored, same = np.corrcoef(after, before[::-1])[0, 1], np.corrcoef(after, before)[0, 1]
+    assert mirrored > 0.95 and mirrored > same, (mirrored, same)
+
+    # A folder of one case with a bright blob on the patient's left (stored LPS, as BraTS files are).
+    folder = tmp_path / "marker"
+    marker_case(folder)
+    box = page.locator('[data-testid="stSelectbox"]', has_text="Case")
+
+    def shown() -> str:
+        """What the case box shows: its text and its input's value (where Streamlit draws the choice)."""
+        return " | ".join(box.evaluate_all(
+            "es => es.map(e => e.innerText + ' ' + [...e.querySelectorAll('input')].map(i => i.value + ' ' + (i.getAttribute('aria-label') || '')).join(' '))"))
+
+    assert "BraTS2021_00000" in shown(), shown()
+    page.locator('[data-testid="stTextInput"] input').fill(str(folder))
+    page.get_by_role("button", name="Use folder").click()
+    eventually(lambda: "BraTS2021_00077" in shown())
+    wait_idle(page)
+    frame = viewer_frame(page)
+    eventually(lambda: viewer_state(frame).get("caseId") == "BraTS2021_00077")
+    assert box.count() == 1 and "BraTS2021_00077" in shown() and "BraTS2021_00000" not in shown(), shown()
+    assert viewer_state(frame)["caseId"] == "BraTS2021_00077"
+    shot(page, "08-data-marker")
+
+    def bright_side() -> str:
+        profile = np.array(column_profile(frame))
+        cols = np.flatnonzero(profile >= profile.max() * 0.9)
+        return "right" if cols.mean() > len(profile) / 2 else "left"
+
+    assert viewer_state(frame)["convention"] == "radiological"  # a new case opens in the default convention
+    assert bright_side() == "right"  # patient left on the screen's right
+    frame.locator('select[aria-label="Display convention"]').select_option("neurological")
+    frame.wait_for_function("() => document.getElementById('root').dataset.convention === 'neurological'")
+    assert bright_side() == "left"
+    page.get_by_role("button", name="Use demo").click()
+    eventually(lambda: "BraTS2021_00000" in shown())
+    wait_idle(page)
+    assert viewer_state(viewer_frame(page))["caseId"] == "BraTS2021_00000" and "BraTS2021_00077" not in shown()

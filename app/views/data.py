@@ -1,4 +1,4 @@
-"""Data: choose the dataset folder, pick a case, scrub through all modalities with the seg overlaid."""
+"""Data: choose the dataset folder, pick a case, see every modality in three planes with the seg overlaid."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
+import viewer
 from uad import paths
 from uad.data.demo import demo_ready
-
-DISPLAY_PX = 280  # slices are enlarged to about this width: crisp contours, PNGs still cheap
 
 
 def _choose_folder() -> None:
@@ -28,10 +27,8 @@ def _choose_folder() -> None:
         if folder is not None and not folder.is_absolute():
             folder = (ui.REPO_ROOT / folder).resolve()
         ui.set_active_root(folder)
-        st.session_state.pop("data_case", None)
     if demo:
         ui.set_active_root(None)
-        st.session_state.pop("data_case", None)
 
 
 def _skipped_table(skipped, failed: dict[str, str]) -> None:
@@ -42,49 +39,49 @@ def _skipped_table(skipped, failed: dict[str, str]) -> None:
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
-def _default_slice(d: dict) -> int:
-    if d.get("labels") is not None and d.get("counts"):
-        return int(np.argmax(sum(d["counts"].values())))
-    return next(iter(d["mods"].values())).shape[0] // 2
+def _start(d) -> list[int]:
+    """Where the crosshair starts: the slice with the most tumour and the tumour's centre, else the brain's middle."""
+    Z, Y, X = d.shape
+    if d.labels is not None and d.labels.any():
+        z = int(np.argmax((d.labels > 0).sum(axis=(1, 2))))
+        ys, xs = np.nonzero(d.labels[z])
+        return [z, int(np.median(ys)), int(np.median(xs))]
+    return [Z // 2, Y // 2, X // 2]
 
 
-@st.fragment
-def _viewer(d: dict, case_id: str, style: str) -> None:
-    # A fragment: moving a slider reruns only this, not the page.
+def _viewer(d, root: Path) -> None:
     with ui.timed("data_viewer"):
-        _viewer_body(d, case_id, style)
-
-
-def _viewer_body(d: dict, case_id: str, style: str) -> None:
-    stacks = d["mods"]
-    n = next(iter(stacks.values())).shape[0]
-    key = f"data_slice::{case_id}"
-    k = st.slider("Axial slice", 0, n - 1, _default_slice(d), key=key)
-    labels = d.get("labels")
-    lab = labels[k] if labels is not None and style != "off" else None
-    src = int(d["src_index"][k]) if d.get("src_index") is not None else k
-    tumour_here = int((labels[k] > 0).sum()) if labels is not None else None
-    info = f"Slice {src} of {n}"
-    if tumour_here is not None:
-        info += f" · tumour voxels in this slice: {tumour_here}"
-    st.markdown(f"**{info}**")
-    cols = st.columns(len(stacks))
-    for col, (mod, stack) in zip(cols, stacks.items()):
-        same_grid = lab is not None and lab.shape == stack[k].shape
-        scale = DISPLAY_PX / stack.shape[2]
-        rgb = ui.seg_overlay(stack[k], lab if same_grid else None, scale, outline=style == "outline")
-        col.image(ui.png(rgb), caption=mod.upper(), width="stretch")
-    if labels is not None:
-        convention, names = ui.seg_convention(set(d.get("present", [])))
-        present = set(d.get("present", []))
-        ui.legend([(ui.seg_colour(v, present), f"{v} {names.get(v, 'label')}") for v in sorted(present)])
-        st.caption(convention + ". Whole tumour = every label > 0.")
-        x = d["src_index"] if d.get("src_index") is not None else np.arange(n)
-        bars = {f"{v} {names.get(v, '')}": (d["counts"][v], ui.seg_colour(v, present)) for v in sorted(present)}
-        st.plotly_chart(ui.slice_strip(x, bars, src), width="stretch", key="tumour_strip",
-                        config={"displayModeBar": False})
-    else:
-        st.caption("Unlabelled case: no segmentation to overlay.")
+        kinds = {mod: "grey" for mod in d.mods}
+        volumes = dict(d.mods)
+        overlays = []
+        legend, stats, bars, notes = [], [], [], []
+        colours: dict = {"labels": {}, "contour": ui.GT_CONTOUR}
+        if d.labels is not None:
+            present = d.present
+            description, names = ui.seg_convention(set(present))
+            volumes["labels"], kinds["labels"] = d.labels, "labels"
+            overlays = [{"volume": "labels", "kind": "labels"}]
+            colours["labels"] = {v: ui.seg_colour(v, present) for v in present}
+            legend = [(ui.seg_colour(v, present), f"{v} {names.get(v, 'label')}") for v in present]
+            whole = (d.labels > 0).sum(axis=(1, 2))
+            stats.append({"label": "Tumour voxels · this slice", "values": whole.tolist(), "digits": 0})
+            for v in present:
+                counts = (d.labels == v).sum(axis=(1, 2))
+                stats.append({"label": f"{v} {names.get(v, 'label')}", "values": counts.tolist(), "digits": 0})
+                bars.append({"name": names.get(v, str(v)), "colour": list(ui.seg_colour(v, present)), "values": counts.tolist()})
+            notes.append(description + ". Whole tumour = every label > 0.")
+        elif d.seg_error:
+            notes.append(f"Segmentation unreadable, not drawn: {d.seg_error}")
+        else:
+            notes.append("Unlabelled case: this case has no segmentation file.")
+        notes.append(f"Files: {d.source} · display window: {viewer.DISPLAY_PERCENTILES[0]}–{viewer.DISPLAY_PERCENTILES[1]} "
+                     "percentiles of the brain's voxels (uad's brain mask), cropped to the brain.")
+        panels = [viewer.Panel(mod.upper(), mod, overlays) for mod in d.mods]
+        strip = {"bars": bars, "lines": [], "bar_title": "tumour voxels",
+                 "empty_bars": "no tumour labelled in this case"} if d.labels is not None else None
+        viewer.show(case_id=d.case_id, source=d.source, volumes=volumes, kinds=kinds, panels=panels, spacing=d.spacing,
+                    slice_labels=d.slice_labels, start=_start(d), key=f"data_viewer::{root}", colours=colours, legend=legend,
+                    stats=stats, strip=strip, notes=notes, version=(str(root), d.case_id, id(d)), max_cell_height=320)
 
 
 def _case_section(root: Path) -> None:
@@ -103,27 +100,30 @@ def _case_section(root: Path) -> None:
     st.caption(f"`{ui.dataset_label(root)}` · {len(cases)} cases ({labelled} labelled) · {len(skipped)} skipped")
     _skipped_table(skipped, failed)
     ids = [c.case_id for c in cases]
-    case_col, style_col = st.columns([2, 1])
-    case_id = case_col.selectbox("Case", ids, key="data_case",
+    # The widget belongs to this folder: another folder gets another widget, so the box can never keep a
+    # case id of the previous folder while the viewer draws a case of the new one.
+    case_id = st.selectbox("Case", ids, key=case_key(root),
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     case = next(c for c in cases if c.case_id == case_id)
     with st.spinner(f"Loading {case_id}…"):
         d = ui.load_display_case(str(root), case_id, ui.case_stamp(case))
-    if d.get("error"):
-        st.error(d["error"])
+    if d is None:
+        st.error(f"case {case_id} is no longer in {root}")
         return
-    for mod, msg in d["errors"].items():
+    for mod, msg in d.errors.items():
         st.error(f"{mod}: {msg}")
         failed[case_id] = msg
-    if d.get("seg_error"):
-        st.error(f"segmentation: {d['seg_error']}")
-        failed[case_id] = d["seg_error"]
-    if not d["mods"]:
+    if d.seg_error:
+        st.error(f"Segmentation unreadable: {d.seg_error}")
+        failed[case_id] = d.seg_error
+    if not d.mods:
         st.warning("No modality of this case could be read.")
         return
-    style = style_col.segmented_control("Segmentation", ["outline", "filled", "off"], default="outline", key="seg_style",
-                                        disabled=d.get("labels") is None) or "off"
-    _viewer(d, case_id, style)
+    _viewer(d, root)
+
+
+def case_key(root: Path) -> str:
+    return f"data_case::{Path(root).resolve()}"
 
 
 ui.page_header("Data", "Browse a dataset: every modality side by side with the tumour sub-regions.")

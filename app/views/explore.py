@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
 import evals
 import ui
-from uad import jobs, metrics, runs
+import viewer
+from uad import jobs, metrics, run_choice
 from uad.data.demo import demo_ready
 from uad.data.preprocess import WorkingCase
 from uad.score import nifti_bytes, threshold_maps
-
-DISPLAY_PX = 256  # working-size slices are enlarged to about this many pixels (crisp contours, cheap PNGs)
-
 
 def _presets(v: jobs.RunView, root) -> list[tuple[float, float]]:
     """(healthy FPR, threshold) pairs calibrated on the healthy slices of the ACTIVE dataset by the run's
@@ -29,91 +29,150 @@ def _set(key: str, value) -> None:
 
 
 @st.fragment
-def _viewer(prep: WorkingCase, vs, presets: list[tuple[float, float]], vmax: float, hi: float, modalities: list[str], key: str) -> None:
-    # A fragment: moving a slider reruns only this, not the page.
+def _viewer(prep: WorkingCase, models: list[tuple[str, object]], presets: list[tuple[float, float]], vmax: float,
+            own_vmax: float, hi: float, modalities: list[str], key: str, root: str) -> None:
+    # A fragment: moving the threshold reruns only this. Moving through the slices reruns nothing at all:
+    # the viewer component draws them in the browser.
     with ui.timed("explore_viewer"):
-        _viewer_body(prep, vs, presets, vmax, hi, modalities, key)
+        _viewer_body(prep, models, presets, vmax, own_vmax, hi, modalities, key, root)
 
 
-def _viewer_body(prep: WorkingCase, vs, presets: list[tuple[float, float]], vmax: float, hi: float, modalities: list[str], key: str) -> None:
-    S = len(prep.slice_index)
-    thr_key, slice_key = f"thr::{key}", f"slice::{key}"
+def _viewer_body(prep: WorkingCase, models: list[tuple[str, object]], presets: list[tuple[float, float]], vmax: float,
+                 own_vmax: float, hi: float, modalities: list[str], key: str, root: str) -> None:
+    name, vs = models[0]
+    thr_key = f"thr::{key}"
     if thr_key not in st.session_state:
         near5 = [t for r, t in presets if abs(r - 0.05) < 1e-9]
-        st.session_state[thr_key] = float(np.clip(near5[0] if near5 else vmax * 0.5, 0.0, hi))
+        st.session_state[thr_key] = float(np.clip(near5[0] if near5 else own_vmax * 0.5, 0.0, hi))
     st.session_state[thr_key] = min(float(st.session_state[thr_key]), hi)  # the range follows a retrained checkpoint
-    if slice_key not in st.session_state:
-        best = int(np.argmax(prep.tumour_pixels)) if prep.labelled and prep.tumour_pixels.any() else int(np.argmax(vs.scores))
-        st.session_state[slice_key] = int(prep.slice_index[best])
 
-    c_slice, c_thr = st.columns([1, 1])
-    lo_i, hi_i = int(prep.slice_index.min()), int(prep.slice_index.max())
-    k_src = c_slice.slider("Axial slice", lo_i, hi_i, key=slice_key)
-    k = int(np.argmin(np.abs(prep.slice_index - k_src)))
-    thr = c_thr.slider("Threshold on the anomaly map", 0.0, hi, step=hi / 1000, format="%.4f", key=thr_key)
+    c_thr, c_chan = st.columns([3, 1])
+    thr = c_thr.slider(f"Pixel threshold on {name}'s anomaly map", 0.0, hi, step=hi / 1000, format="%.4f", key=thr_key,
+                       help="Pixels whose anomaly score is at least this are flagged; marked on the colour bar.")
     if presets:
         cols = c_thr.columns(len(presets) + 1)
         cols[0].caption("Presets (healthy FPR):")
         for col, (rate, t) in zip(cols[1:], presets):
             col.button(f"{rate:.0%} · {t:.3f}", key=f"preset::{key}::{rate}", on_click=_set, args=(thr_key, min(t, hi)),
                        help=f"Threshold at which {rate:.0%} of healthy validation pixels are flagged", width="stretch")
-    else:
-        c_thr.caption("No calibrated presets: evaluate this run on the Compare page for thresholds set on healthy slices.")
-
     channel = 0
     if len(modalities) > 1:
-        channel = modalities.index(st.radio("Channel shown", modalities, horizontal=True, key=f"chan::{key}"))
-    scale = max(1, round(DISPLAY_PX / prep.images.shape[-1]))
-    image = prep.images[k, channel]
-    truth = (prep.tumour[k] & vs.mask[k]) if prep.labelled else None
-    pred = threshold_maps(vs.maps[k], thr) & vs.mask[k]
+        channel = modalities.index(c_chan.radio("Channel shown", modalities, horizontal=True, key=f"chan::{key}"))
 
-    st.markdown(f"**Slice {int(prep.slice_index[k])}** ({k + 1} of {S} kept slices) · slice score {vs.scores[k]:.4f}"
-                + ("" if prep.labelled else " · unlabelled case"))
-    c1, c2, c3, c4 = st.columns(4)
-    c1.image(ui.png(ui.grey(image, scale, vmax=1.0)), caption=f"Input ({modalities[channel].upper()})", width="stretch")
-    if vs.reconstruction is not None:
-        c2.image(ui.png(ui.grey(np.clip(vs.reconstruction[k, channel], 0, 1), scale, vmax=1.0)), caption="Reconstruction",
-                 width="stretch")
-    else:
-        c2.info("This model gives no reconstruction.")
-    heat = ui.heat_overlay(image, vs.maps[k], vmax, scale)
-    if prep.labelled:
-        ui.draw_contour(heat, prep.tumour[k], ui.GT_CONTOUR, scale, 2)
-    c3.image(ui.png(heat), caption="Anomaly map" + (" + tumour outline" if prep.labelled else ""), width="stretch")
-    c4.image(ui.png(ui.pred_vs_truth(image, pred, truth, scale)), caption=f"Map ≥ {thr:.4f}" + (" vs ground truth" if prep.labelled else ""),
-             width="stretch")
-
-    leg, bar = st.columns([3, 2])
-    with leg:
-        if prep.labelled:
-            ui.legend([(ui.GT_CONTOUR, "tumour outline"), (ui.PRED_COLOURS["TP"], "detected tumour (TP)"),
-                       (ui.PRED_COLOURS["FP"], "false alarm (FP)"), (ui.PRED_COLOURS["FN"], "missed tumour (FN)")])
-        else:
-            ui.legend([(ui.PRED_COLOURS["FP"], "flagged as anomalous")])
-    with bar:
-        ui.colourbar(vmax)
-
+    pred = threshold_maps(vs.maps, thr) & vs.mask
+    truth = (prep.tumour & vs.mask) if prep.labelled else None
     m1, m2, m3, m4 = st.columns(4)
-    if prep.labelled:
-        pred_vol = threshold_maps(vs.maps, thr) & vs.mask
-        truth_vol = prep.tumour & vs.mask
-        m1.metric("Dice · this slice", ui.fmt(metrics.dice(pred, truth)))
-        m2.metric("Dice · whole volume", ui.fmt(metrics.dice(pred_vol, truth_vol)))
-        m3.metric("Flagged pixels · slice", int(pred.sum()))
-        m4.metric("Tumour pixels · slice", int(truth.sum()))
-        st.caption("Dice is computed inside the eroded brain mask, as in evaluation; '–' = no tumour and nothing flagged.")
+    if truth is not None:
+        m1.metric("Dice · whole volume", ui.fmt(metrics.dice(pred, truth)))
+        m2.metric("Flagged pixels · volume", int(pred.sum()))
+        m3.metric("Tumour pixels · volume", int(truth.sum()))
     else:
-        m1.metric("Flagged pixels · slice", int(pred.sum()))
-        m2.metric("Flagged pixels · volume", int((threshold_maps(vs.maps, thr) & vs.mask).sum()))
+        m1.metric("Flagged pixels · volume", int(pred.sum()))
         st.caption("Unlabelled case: no ground truth, so no Dice.")
+    _draw(prep, models, pred, truth, thr, vmax, channel, modalities, key, root)
 
-    bars = {}
+
+def _grid(prep: WorkingCase) -> tuple[np.ndarray, int, list]:
+    """Viewer Z of each kept slice (gaps between kept slices stay empty), the number of Z, their source indices."""
+    kept = np.asarray(prep.geometry.kept)
+    z_of = kept - kept[0]
+    n = int(z_of[-1]) + 1
+    labels: list = [None] * n
+    for z, src in zip(z_of, prep.slice_index):
+        labels[int(z)] = int(src)
+    return z_of, n, labels
+
+
+def _on_grid(stack: np.ndarray, z_of: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, *stack.shape[1:]), stack.dtype)
+    out[z_of] = stack
+    return out
+
+
+def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray, truth: np.ndarray | None, thr: float,
+          vmax: float, channel: int, modalities: list[str], key: str, root: str) -> None:
+    z_of, n, slice_labels = _grid(prep)
+    name, vs = models[0]
+    chan = modalities[channel].upper()
+    volumes = {"input": _on_grid(viewer.unit_to_uint8(prep.images[:, channel]), z_of, n)}
+    kinds = {"input": "grey"}
+    contour = []
     if prep.labelled:
-        frac = prep.tumour_pixels / max(float(prep.tumour_pixels.max()), 1.0)
-        bars["tumour (ground truth)"] = (frac, ui.GT_CONTOUR)
-    fig = ui.slice_strip(prep.slice_index, bars, int(prep.slice_index[k]), line=(vs.scores, "slice score"), threshold=thr, height=190)
-    st.plotly_chart(fig, width="stretch", key=f"strip::{key}", config={"displayModeBar": False})
+        volumes["tumour"], kinds["tumour"] = _on_grid(prep.tumour.astype(np.uint8), z_of, n), "mask"
+        contour = [{"volume": "tumour", "kind": "contour", "width": 1.5}]
+    panels = [viewer.Panel(f"Input ({chan})" + (" + tumour outline" if prep.labelled else ""), "input", contour)]
+    if vs.reconstruction is not None:
+        volumes["recon"] = _on_grid(viewer.unit_to_uint8(vs.reconstruction[:, channel]), z_of, n)
+        panels.append(viewer.Panel(f"Reconstruction · {name}", "recon"))
+    for i, (model_name, model_vs) in enumerate(models):
+        volumes[f"heat{i}"], kinds[f"heat{i}"] = _on_grid(viewer.quantise(model_vs.maps, vmax), z_of, n), "heat"
+        panels.append(viewer.Panel(f"Anomaly map · {model_name}", "input", [{"volume": f"heat{i}", "kind": "heat"}, *contour]))
+    classes = np.zeros(pred.shape, np.uint8)
+    if truth is not None:
+        classes[pred & truth], classes[pred & ~truth], classes[~pred & truth] = 1, 2, 3
+        legend = [(ui.GT_CONTOUR, "tumour outline"), (ui.PRED_COLOURS["TP"], "detected tumour (TP)"),
+                  (ui.PRED_COLOURS["FP"], "false alarm (FP)"), (ui.PRED_COLOURS["FN"], "missed tumour (FN)")]
+    else:
+        classes[pred] = 2
+        legend = [(ui.PRED_COLOURS["FP"], "flagged as anomalous")]
+    volumes["classes"], kinds["classes"] = _on_grid(classes, z_of, n), "classes"
+    panels.append(viewer.Panel(f"{name} ≥ {thr:.4f}" + (" vs ground truth" if truth is not None else ""), "input",
+                               [{"volume": "classes", "kind": "classes", "alpha": 0.65}]))
+
+    # Per-slice numbers, computed here by uad for every slice; the viewer shows those of its axial slice.
+    stats = []
+    if truth is not None:
+        dice = [metrics.dice(pred[k], truth[k]) for k in range(len(pred))]
+        stats.append({"label": f"Dice · this slice ({name})", "values": viewer.per_slice(np.array(dice), z_of, n), "digits": 3})
+        stats.append({"label": "Tumour pixels · this slice", "values": viewer.per_slice(truth.sum(axis=(1, 2)), z_of, n), "digits": 0})
+    stats.append({"label": "Flagged pixels · this slice", "values": viewer.per_slice(pred.sum(axis=(1, 2)), z_of, n), "digits": 0})
+    lines = []
+    for i, (model_name, model_vs) in enumerate(models):
+        stats.append({"label": f"Slice score · {model_name}", "values": viewer.per_slice(model_vs.scores, z_of, n), "digits": 4})
+        lines.append({"name": model_name, "colour": ui.MODEL_COLOURS[i % len(ui.MODEL_COLOURS)],
+                      "values": viewer.per_slice(model_vs.scores, z_of, n)})
+    bars = []
+    if prep.labelled:
+        bars.append({"name": "tumour", "colour": list(ui.GT_CONTOUR), "values": viewer.per_slice(prep.tumour_pixels, z_of, n)})
+    strip = {"bars": bars, "lines": lines, "bar_title": "tumour voxels (ground truth)",
+             "empty_bars": "no tumour in this case"}
+
+    if prep.labelled and prep.tumour_pixels.any():
+        k = int(np.argmax(prep.tumour_pixels))
+    else:
+        k = int(np.argmax(vs.scores))
+    ys, xs = np.nonzero(prep.tumour[k]) if prep.labelled and prep.tumour[k].any() else np.nonzero(vs.mask[k])
+    start = [int(z_of[k]), int(np.median(ys)) if ys.size else prep.images.shape[-2] // 2,
+             int(np.median(xs)) if xs.size else prep.images.shape[-1] // 2]
+    geo = prep.geometry
+    sx, sy, sz = viewer.canonical_spacing(geo.affine, geo.ornt)
+    pixel = geo.side / geo.image_size
+    notes = [f"Working-size slices ({geo.image_size} px, {pixel * sx:.2f} mm pixels), as the models see them. "
+             f"One colour scale for every model: 0 to {vmax:.3g}."]
+    viewer.show(case_id=prep.case_id, source=root, volumes=volumes, kinds=kinds, panels=panels,
+                spacing=(sz, sy * pixel, sx * pixel), slice_labels=slice_labels, start=start, key=f"explore_viewer::{key}",
+                colours={"classes": {1: ui.PRED_COLOURS["TP"], 2: ui.PRED_COLOURS["FP"], 3: ui.PRED_COLOURS["FN"]},
+                         "contour": ui.GT_CONTOUR, "labels": {}},
+                heat={"vmax": vmax, "threshold": thr, "lut": ui.INFERNO.tolist(), "floor": 0.2, "max_alpha": 0.85,
+                      "label": "anomaly score (every model)"},
+                legend=legend, stats=stats, strip=strip, notes=notes, version=(key, thr, channel, tuple(m for m, _ in models)),
+                max_cell_height=300)
+
+
+def _aligned(prep: WorkingCase, other: WorkingCase, other_vs):
+    """Another model's scores on the primary model's slices: resized when only the working size differs."""
+    from uad.score import VolumeScores
+
+    a, b = prep.geometry, other.geometry
+    if not (np.array_equal(a.kept, b.kept) and (a.top, a.left, a.side) == (b.top, b.left, b.side)):
+        return None
+    if other_vs.maps.shape == prep.images.shape[:1] + prep.images.shape[2:]:
+        return other_vs
+    import cv2
+
+    size = prep.images.shape[-1]
+    maps = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in other_vs.maps.astype(np.float32)])
+    return VolumeScores(maps * prep.brain, other_vs.scores, prep.brain.copy(), None)
 
 
 def _download(v: jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
@@ -128,7 +187,7 @@ def _page() -> None:
     # Compare's per-case table opens a case here: it sets st.session_state["explore_request"] = {"run": <run name
     # as listed here>, "case": <case id>, "root": <dataset folder>} and calls st.switch_page("views/explore.py").
     # take_explore_request() pops it before anything is drawn: that folder becomes the active dataset and the
-    # selectors keyed "explore_run" / "explore_case" start on that run and case (they must honour session state).
+    # selectors keyed "explore_run" / ui.case_key("explore", root) start on that run and case (they must honour session state).
     evals.take_explore_request()
     # ------------------------------------------------------------------------------------------------------------
     views = [v for v in ui.list_run_views() if v.has_checkpoint]
@@ -148,46 +207,80 @@ def _page() -> None:
     if previous and previous not in names:
         st.warning(f"Run {previous} is no longer in the runs folder (deleted or moved): choose another.")
         del st.session_state["explore_run"]
-    c1, c2 = st.columns(2)
-    # Start from the shipped checkpoint that suits the active data (real-trained on real folders).
-    suggested = runs.suggested_checkpoint([v.info for v in views], demo_active=ui.is_demo(root))
+    c1, c2, c3 = st.columns([2, 2, 2])
+    # Start from the run that suits the active data: the shipped checkpoint for it, else the best completed
+    # run; never a cancelled or failed one while a finished one exists.
+    suggested, why = run_choice.default_run([v.info for v in views], demo_active=ui.is_demo(root), data_root=root)
     default = names.index(suggested.name) if suggested is not None else 0
     name = c1.selectbox("Run or shipped checkpoint", names, index=default, key="explore_run",
-                        format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)))
+                        format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
+                        help=f"Opens first with {names[default]}: {why}.")
     ids = [c.case_id for c in cases]
     default_case = next((i for i, c in enumerate(cases) if c.labelled), 0)
-    case_id = c2.selectbox("Case", ids, index=default_case, key="explore_case",
+    # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
+    case_id = c2.selectbox("Case", ids, index=default_case, key=ui.case_key("explore", root),
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
+    choices = [n for n in names if n != name]
+    if "explore_others" in st.session_state:  # a run now chosen above, or deleted, leaves the list
+        st.session_state["explore_others"] = [n for n in st.session_state["explore_others"] if n in choices]
+    others = c3.multiselect("Heatmaps beside it", choices, key="explore_others", max_selections=3,
+                            format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
+                            help="Other runs' anomaly maps of the same case, side by side on the same slices and colour scale.")
     v = next(v for v in views if v.info.name == name)
     case = next(c for c in cases if c.case_id == case_id)
     ui.training_data_caption(v.info, root, [x.info for x in views])
+    if v.state in ("cancelled", "failed") or v.active:
+        st.warning(f"{name} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
+    scored = _score(v, case, root)
+    if scored is None:
+        return
+    prep, vs, modalities = scored
+    models = [(name, vs)]
+    for other in others:
+        ov = next((x for x in views if x.info.name == other), None)
+        got = _score(ov, case, root) if ov is not None else None
+        if got is None:
+            continue
+        aligned = _aligned(prep, got[0], got[1])
+        if aligned is None:
+            st.warning(f"{other} crops the slices differently from {name} (other preprocessing): not shown side by side.")
+            continue
+        models.append((other, aligned))
+    inside = vs.maps[vs.mask]
+    own_vmax = max(float(np.percentile(inside, 99.5)) if inside.size else 1.0, 1e-6)
+    # One colour scale for every model on this case: the largest of their 99.5th percentiles.
+    vmax = max([own_vmax] + [float(np.percentile(m.maps[m.mask], 99.5)) for _, m in models[1:] if m.mask.any()])
+    presets = _presets(v, root)
+    hi = max([own_vmax * 1.5, float(vs.maps.max())] + [t * 1.2 for _, t in presets] + [1e-3])
+    key = f"{name}::{case_id}"
+    _viewer(prep, models, presets, vmax, own_vmax, float(f"{hi * 1.01:.3g}"), modalities, key, str(case.modalities[modalities[0]].parent))
+    _download(v, prep, vs, case_id)
+
+
+def _score(v: jobs.RunView, case, root):
+    """(prep, scores, modalities) of a run on a case, or None after writing why not."""
+    name = v.info.name
     if not v.path.exists():
         st.error(f"Run {name} was deleted: choose another.")
-        return
+        return None
     try:
         ckpt_stamp = ui.checkpoint_stamp(v.path)
         ckpt = ui.load_checkpoint(str(v.path), ckpt_stamp)
         modalities = list(ckpt.preprocess.modalities)
         missing = [m for m in modalities if m not in case.modalities]
         if missing:
-            st.error(f"{name} was trained on {' + '.join(modalities)}, but case {case_id} has no {', '.join(missing)} "
+            st.error(f"{name} was trained on {' + '.join(modalities)}, but case {case.case_id} has no {', '.join(missing)} "
                      f"(it has {', '.join(sorted(case.modalities))}). Choose another case or a run trained on available modalities.")
-            return
-        with st.spinner(f"Computing anomaly maps of {case_id} with {name} (once per run and case)…"):
-            prep, vs = ui.score_case(str(v.path), ckpt_stamp, str(root), case_id, ui.case_stamp(case))
+            return None
+        with st.spinner(f"Computing anomaly maps of {case.case_id} with {name} (once per run and case)…"):
+            prep, vs = ui.score_case(str(v.path), ckpt_stamp, str(root), case.case_id, ui.case_stamp(case))
     except ui.APP_ERRORS as exc:
-        st.error(f"Cannot use {name} on {case_id}: {exc}")
-        return
+        st.error(f"Cannot use {name} on {case.case_id}: {exc}")
+        return None
     if v.active:
         st.caption(f"{name} is still training: showing its current best checkpoint.")
-    inside = vs.maps[vs.mask]
-    vmax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
-    presets = _presets(v, root)
-    hi = max([vmax * 1.5, float(vs.maps.max())] + [t * 1.2 for _, t in presets] + [1e-3])
-    key = f"{name}::{case_id}"
-    _viewer(prep, vs, presets, max(vmax, 1e-6), float(f"{hi * 1.01:.3g}"), modalities, key)
-    _download(v, prep, vs, case_id)
+    return prep, vs, modalities
 
 
-ui.page_header("Explore", "Input, reconstruction, anomaly map and thresholded prediction for one case, slice by slice.")
+ui.page_header("Explore", "Input, reconstruction, anomaly maps and thresholded prediction for one case, in three planes.")
 _page()

@@ -1,0 +1,55 @@
+"""Which run a viewer should open first: never a cancelled, failed or still-running one when a finished
+one exists.
+
+``default_run`` starts from ``runs.suggested_checkpoint`` (the shipped checkpoint trained for the kind of
+data that is active) and otherwise takes the best completed run, preferring runs trained on the active
+folder, ranked by their evaluation's slice AUROC, then by recency. A cancelled run of a third of an epoch
+reconstructs noise: it is opened only when the user chooses it, or when nothing else has a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from uad import runs
+
+
+def _auroc(info: runs.RunInfo) -> float:
+    m = info.eval_metrics or {}
+    value = m.get("slice_auroc") if isinstance(m, dict) else None
+    return float(value) if isinstance(value, (int, float)) else float("-inf")
+
+
+def _same_folder(a: str | Path | None, b: str | Path | None) -> bool:
+    if not a or not b:
+        return False
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def default_run(infos: list[runs.RunInfo], demo_active: bool, data_root: str | Path | None = None) -> tuple[runs.RunInfo | None, str]:
+    """(the run to open first, why), or (None, why) when ``infos`` is empty.
+
+    ``infos`` are the runs with a checkpoint, newest first as ``runs.list_runs`` gives them.
+    """
+    if not infos:
+        return None, "no run with a checkpoint"
+    suggested = runs.suggested_checkpoint(infos, demo_active=demo_active)
+    if suggested is not None:
+        kind = "the demo cohort" if demo_active else "real scans"
+        return suggested, f"the shipped checkpoint for {kind}"
+    completed = [i for i in infos if i.state == "completed" and not i.shipped]
+    if completed:
+        here = [i for i in completed if _same_folder((i.config or {}).get("data_root"), data_root)]
+        pool = here or completed
+        order = {id(i): n for n, i in enumerate(infos)}  # newest first
+        best = max(pool, key=lambda i: (_auroc(i), -order[id(i)]))
+        where = "trained on this folder" if here else "completed"
+        how = f"slice AUROC {_auroc(best):.3f}" if _auroc(best) != float("-inf") else "newest, not evaluated"
+        return best, f"the best {where} run ({how})"
+    shipped = [i for i in infos if i.shipped]
+    if shipped:
+        return shipped[0], "a shipped checkpoint"
+    return infos[0], f"no completed run: the newest run, {infos[0].state}"
