@@ -282,6 +282,12 @@ def _page() -> None:
     if st.session_state.get("compare_runs_for") != key:  # another dataset: its own selection
         st.session_state["compare_runs_for"] = key
         st.session_state["compare_runs"] = names[:MAX_DEFAULT]
+    else:  # a run evaluated since the last visit (e.g. with the Evaluate button above) joins the selection
+        seen = st.session_state.get("compare_runs_seen") or []
+        fresh = [n for n in names if n not in seen]
+        if fresh:
+            st.session_state["compare_runs"] = list(dict.fromkeys(list(st.session_state.get("compare_runs") or []) + fresh))
+    st.session_state["compare_runs_seen"] = names
     kept = st.session_state.get("compare_runs")
     if kept and any(n not in names for n in kept):
         st.warning("No longer available (deleted, moved or its evaluation unreadable): "
