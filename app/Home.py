@@ -10,10 +10,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-import ui  # noqa: E402  (needs the sys.path entry above)
+import state  # noqa: E402  (needs the sys.path entry above)
+import ui  # noqa: E402
 
 st.set_page_config(page_title="uad · anomaly detection in brain MRI", page_icon=":material/neurology:", layout="wide")
-ui.require_local_address()  # never serve patient data on a network by accident
+state.require_local_address()  # never serve patient data on a network by accident
 
 pages = [
     st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True),

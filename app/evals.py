@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-import ui
+import state
 from uad import jobs, report
 
 EXPLORE_REQUEST = "explore_request"  # {"run": <run name>, "case": <case id>, "root": <dataset folder>}
@@ -80,14 +80,14 @@ def take_explore_request() -> dict | None:
     if not isinstance(req, dict):
         return None
     if req.get("root"):
-        ui.set_active_root(req["root"])
+        state.set_active_root(req["root"])
     if req.get("run"):
         st.session_state["explore_run"] = req["run"]
     if req.get("case"):
-        cases, _, _ = ui.discover(ui.active_root())
+        cases, _, _ = state.discover(state.active_root())
         if any(c.case_id == req["case"] for c in cases):  # a selectbox value must be one of its options
-            st.session_state[ui.case_key("explore", ui.active_root())] = req["case"]
+            st.session_state[state.case_key("explore", state.active_root())] = req["case"]
         else:
-            st.session_state.pop(ui.case_key("explore", ui.active_root()), None)
-            st.warning(f"Case {req['case']} is no longer in {ui.active_root()}.")
+            st.session_state.pop(state.case_key("explore", state.active_root()), None)
+            st.warning(f"Case {req['case']} is no longer in {state.active_root()}.")
     return req

@@ -132,10 +132,10 @@ def address_option():
     ],
 )
 def test_app_refuses_a_network_address_nobody_asked_for(address_option, value, where, allowed):
-    import ui
+    import state
 
     address_option(value, where)
-    problem = ui.address_problem()
+    problem = state.address_problem()
     assert (problem is None) == allowed
     if not allowed:
         assert "python -m uad app" in problem and "--server.address" in problem
@@ -145,7 +145,7 @@ def test_app_refuses_a_network_address_nobody_asked_for(address_option, value, w
 def test_out_of_memory_in_one_modality_is_a_message(tmp_path, monkeypatch):
     from conftest import phantom, write_case
 
-    import ui
+    import state
     from uad.data import volumes
 
     vols, seg = phantom()
@@ -158,9 +158,9 @@ def test_out_of_memory_in_one_modality_is_a_message(tmp_path, monkeypatch):
         return real(case, modalities, *a, **k)
 
     monkeypatch.setattr(volumes, "load_case", load_case)
-    ui.load_display_case.clear()
-    d = ui.load_display_case(str(tmp_path), "C", ("test",))
+    state.load_display_case.clear()
+    d = state.load_display_case(str(tmp_path), "C", ("test",))
     assert "not enough memory" in d.errors["t1"] and "C_t1.nii.gz" in d.errors["t1"]
     assert sorted(d.mods) == ["flair", "t1ce", "t2"] and d.labels is not None
     assert all(isinstance(m, np.ndarray) and m.dtype == np.uint8 for m in d.mods.values())
-    assert MemoryError in ui.APP_ERRORS  # what the Explore page catches around a case
+    assert MemoryError in state.APP_ERRORS  # what the Explore page catches around a case

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import evals
+import state
 import ui
 from uad import jobs, metrics, report
 
@@ -253,11 +254,11 @@ def _curves(chosen, colours) -> None:
 
 # -- the page ---------------------------------------------------------------------------------------------------
 def _page() -> None:
-    views = [v for v in ui.list_run_views() if v.has_checkpoint]
+    views = [v for v in state.list_run_views() if v.has_checkpoint]
     if not views:
         st.info("No run with a checkpoint yet: train one on the **Train** page.")
         return
-    root = ui.active_root()
+    root = state.active_root()
     found = {v.info.name: jobs.evaluations(v) for v in views}
     colours = ui.run_colours([v.info.name for v in views])
     _evaluate_panel(views, found, root)
@@ -272,7 +273,7 @@ def _page() -> None:
                + ("" if key[0] == report.dataset_ref(root).id else f" · the active dataset is another folder: `{root}`"))
     evaluated, broken = [], []
     for v, s in in_key:
-        e = ui.read_eval(s)
+        e = state.read_eval(s)
         (broken if e.get("error") else evaluated).append((v, s, e))
     for _, _, e in broken:
         st.error(e["error"])

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import state
 import ui
 import viewer
 from uad import paths
@@ -15,27 +16,27 @@ from uad.data.demo import demo_ready
 
 
 def _choose_folder() -> None:
-    root = ui.active_root()
+    root = state.active_root()
     with st.form("folder_form", border=False):
         cols = st.columns([5, 1, 1], vertical_alignment="bottom")
-        text = cols[0].text_input("Dataset folder (BraTS 2021 or 2023 layout)", value="" if ui.is_demo(root) else str(root),
+        text = cols[0].text_input("Dataset folder (BraTS 2021 or 2023 layout)", value="" if state.is_demo(root) else str(root),
                                   placeholder=f"demo cohort: {paths.demo_dir()}", key="folder_input")
         use = cols[1].form_submit_button("Use folder", type="primary")
         demo = cols[2].form_submit_button("Use demo")
     if use:
         folder = Path(text.strip()).expanduser() if text.strip() else None
         if folder is not None and not folder.is_absolute():
-            folder = (ui.REPO_ROOT / folder).resolve()
-        ui.set_active_root(folder)
+            folder = (state.REPO_ROOT / folder).resolve()
+        state.set_active_root(folder)
     if demo:
-        ui.set_active_root(None)
+        state.set_active_root(None)
 
 
 def _skipped_table(skipped, failed: dict[str, str]) -> None:
     rows = [{"case": s.case_id, "reason": s.reason} for s in skipped]
     rows += [{"case": c, "reason": r} for c, r in failed.items()]
     if rows:
-        with st.expander(f"{len(rows)} case(s) skipped or unreadable", expanded=not ui.is_demo(ui.active_root())):
+        with st.expander(f"{len(rows)} case(s) skipped or unreadable", expanded=not state.is_demo(state.active_root())):
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
@@ -85,7 +86,7 @@ def _viewer(d, root: Path) -> None:
 
 
 def _case_section(root: Path) -> None:
-    cases, skipped, error = ui.discover(root)
+    cases, skipped, error = state.discover(root)
     failed = st.session_state.setdefault("failed_cases", {}).setdefault(str(root), {})
     if error:
         st.error(error)
@@ -97,7 +98,7 @@ def _case_section(root: Path) -> None:
         _skipped_table(skipped, failed)
         return
     labelled = sum(c.labelled for c in cases)
-    st.caption(f"`{ui.dataset_label(root)}` · {len(cases)} cases ({labelled} labelled) · {len(skipped)} skipped")
+    st.caption(f"`{state.dataset_label(root)}` · {len(cases)} cases ({labelled} labelled) · {len(skipped)} skipped")
     _skipped_table(skipped, failed)
     ids = [c.case_id for c in cases]
     # The widget belongs to this folder: another folder gets another widget, so the box can never keep a
@@ -106,7 +107,7 @@ def _case_section(root: Path) -> None:
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     case = next(c for c in cases if c.case_id == case_id)
     with st.spinner(f"Loading {case_id}…"):
-        d = ui.load_display_case(str(root), case_id, ui.case_stamp(case))
+        d = state.load_display_case(str(root), case_id, state.case_stamp(case))
     if d is None:
         st.error(f"case {case_id} is no longer in {root}")
         return
@@ -128,8 +129,8 @@ def case_key(root: Path) -> str:
 
 ui.page_header("Data", "Browse a dataset: every modality side by side with the tumour sub-regions.")
 _choose_folder()
-root = ui.active_root()
-if ui.is_demo(root) and not demo_ready():
+root = state.active_root()
+if state.is_demo(root) and not demo_ready():
     st.info("The demo cohort is not generated yet: generate it on the Overview page, or choose a folder above.")
 else:
     _case_section(root)

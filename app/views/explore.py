@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import streamlit as st
 
 import evals
+import state
 import ui
 import viewer
 from uad import jobs, metrics, run_choice
@@ -187,18 +186,18 @@ def _page() -> None:
     # Compare's per-case table opens a case here: it sets st.session_state["explore_request"] = {"run": <run name
     # as listed here>, "case": <case id>, "root": <dataset folder>} and calls st.switch_page("views/explore.py").
     # take_explore_request() pops it before anything is drawn: that folder becomes the active dataset and the
-    # selectors keyed "explore_run" / ui.case_key("explore", root) start on that run and case (they must honour session state).
+    # selectors keyed "explore_run" / state.case_key("explore", root) start on that run and case (they must honour session state).
     evals.take_explore_request()
     # ------------------------------------------------------------------------------------------------------------
-    views = [v for v in ui.list_run_views() if v.has_checkpoint]
+    views = [v for v in state.list_run_views() if v.has_checkpoint]
     if not views:
         st.info("No run with a checkpoint yet: train one on the **Train** page (or ship checkpoints in `checkpoints/`).")
         return
-    root = ui.active_root()
-    if ui.is_demo(root) and not demo_ready():
+    root = state.active_root()
+    if state.is_demo(root) and not demo_ready():
         st.info("The demo cohort is not generated yet: generate it on the Overview page, or choose a folder on the Data page.")
         return
-    cases, _, error = ui.discover(root)
+    cases, _, error = state.discover(root)
     if error or not cases:
         st.error(error or f"No case in {root}: choose a dataset on the Data page.")
         return
@@ -210,7 +209,7 @@ def _page() -> None:
     c1, c2, c3 = st.columns([2, 2, 2])
     # Start from the run that suits the active data: the shipped checkpoint for it, else the best completed
     # run; never a cancelled or failed one while a finished one exists.
-    suggested, why = run_choice.default_run([v.info for v in views], demo_active=ui.is_demo(root), data_root=root)
+    suggested, why = run_choice.default_run([v.info for v in views], demo_active=state.is_demo(root), data_root=root)
     default = names.index(suggested.name) if suggested is not None else 0
     name = c1.selectbox("Run or shipped checkpoint", names, index=default, key="explore_run",
                         format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
@@ -218,7 +217,7 @@ def _page() -> None:
     ids = [c.case_id for c in cases]
     default_case = next((i for i, c in enumerate(cases) if c.labelled), 0)
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
-    case_id = c2.selectbox("Case", ids, index=default_case, key=ui.case_key("explore", root),
+    case_id = c2.selectbox("Case", ids, index=default_case, key=state.case_key("explore", root),
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     choices = [n for n in names if n != name]
     if "explore_others" in st.session_state:  # a run now chosen above, or deleted, leaves the list
@@ -264,8 +263,8 @@ def _score(v: jobs.RunView, case, root):
         st.error(f"Run {name} was deleted: choose another.")
         return None
     try:
-        ckpt_stamp = ui.checkpoint_stamp(v.path)
-        ckpt = ui.load_checkpoint(str(v.path), ckpt_stamp)
+        ckpt_stamp = state.checkpoint_stamp(v.path)
+        ckpt = state.load_checkpoint(str(v.path), ckpt_stamp)
         modalities = list(ckpt.preprocess.modalities)
         missing = [m for m in modalities if m not in case.modalities]
         if missing:
@@ -273,8 +272,8 @@ def _score(v: jobs.RunView, case, root):
                      f"(it has {', '.join(sorted(case.modalities))}). Choose another case or a run trained on available modalities.")
             return None
         with st.spinner(f"Computing anomaly maps of {case.case_id} with {name} (once per run and case)…"):
-            prep, vs = ui.score_case(str(v.path), ckpt_stamp, str(root), case.case_id, ui.case_stamp(case))
-    except ui.APP_ERRORS as exc:
+            prep, vs = state.score_case(str(v.path), ckpt_stamp, str(root), case.case_id, state.case_stamp(case))
+    except state.APP_ERRORS as exc:
         st.error(f"Cannot use {name} on {case.case_id}: {exc}")
         return None
     if v.active:

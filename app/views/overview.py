@@ -7,6 +7,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+import state
 import ui
 from uad import jobs, paths, report
 from uad.data.demo import demo_ready
@@ -48,9 +49,9 @@ def _synth_progress() -> None:
 
 
 def _dataset_section() -> None:
-    root = ui.active_root()
+    root = state.active_root()
     st.subheader("Dataset")
-    if ui.is_demo(root) and not demo_ready():
+    if state.is_demo(root) and not demo_ready():
         from uad.data.synth import DEFAULT_CASES
 
         if _synth_running() or st.session_state.get("synth_started"):
@@ -64,14 +65,14 @@ def _dataset_section() -> None:
             st.session_state["synth_started"] = time.time()
             st.rerun()
         return
-    cases, skipped, error = ui.discover(root)
+    cases, skipped, error = state.discover(root)
     if error:
         st.error(error)
         st.caption("Choose another folder on the Data page.")
         return
     labelled = sum(c.labelled for c in cases)
     cols = st.columns([3, 1, 1, 1])
-    cols[0].markdown(f"**Active dataset**  \n`{ui.dataset_label(root)}`")
+    cols[0].markdown(f"**Active dataset**  \n`{state.dataset_label(root)}`")
     cols[1].metric("Cases", len(cases))
     cols[2].metric("Labelled", labelled)
     cols[3].metric("Skipped", len(skipped))
@@ -81,7 +82,7 @@ def _dataset_section() -> None:
 
 def _runs_table() -> None:
     st.subheader("Runs and shipped checkpoints")
-    views = ui.list_run_views()
+    views = state.list_run_views()
     if not views:
         st.info("No run yet. Launch one on the **Train** page (a 1-epoch autoencoder at 64 px takes about a minute on CPU).")
         return

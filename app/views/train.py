@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import state
 import ui
 from uad import jobs, runs
 from uad.data.cases import MODALITIES
@@ -58,10 +59,10 @@ def _option_widget(col, model: str, name: str, opt):
 
 
 def _check_dataset(modalities: list[str]) -> str | None:
-    root = ui.active_root()
-    if ui.is_demo(root) and not demo_ready():
+    root = state.active_root()
+    if state.is_demo(root) and not demo_ready():
         return None  # the trainer generates the demo cohort itself
-    cases, _, error = ui.discover(root)
+    cases, _, error = state.discover(root)
     if error:
         return error
     usable = [c for c in cases if all(m in c.modalities for m in modalities)]
@@ -91,7 +92,7 @@ def _form() -> None:
                          key=_kept("train_lr", DEFAULTS["train_lr"]))
         c2.number_input("Time budget (minutes, 0 = none)", 0.0, 10_000.0, step=5.0, key=_kept("train_minutes", DEFAULTS["train_minutes"]))
         c3.number_input("Seed", 0, 2**31 - 1, key=_kept("train_seed", DEFAULTS["train_seed"]))
-        c4.markdown(f"**Dataset**  \n`{ui.dataset_label(ui.active_root())}`")
+        c4.markdown(f"**Dataset**  \n`{state.dataset_label(state.active_root())}`")
         c1, c2, c3 = st.columns([1, 1, 2])
         c1.text_input("Run name (optional)", key=_kept("train_name", ""), max_chars=runs.MAX_NAME)
         c2.text_input("Tags (optional, space-separated)", key=_kept("train_tags", ""))
@@ -112,10 +113,10 @@ def _start(model: str, values: dict) -> None:
     from uad.train import TrainConfig
 
     ss = st.session_state
-    root = ui.active_root()
+    root = state.active_root()
     try:
         config = TrainConfig(
-            model=model, data=None if ui.is_demo(root) else str(root), modalities=tuple(ss["train_mods"]),
+            model=model, data=None if state.is_demo(root) else str(root), modalities=tuple(ss["train_mods"]),
             image_size=int(ss["train_size"]), epochs=int(ss["train_epochs"]), batch_size=int(ss["train_batch"]),
             lr=float(ss["train_lr"]), max_minutes=float(ss["train_minutes"]) or None, seed=int(ss["train_seed"]),
             # Only what the user changed: the model's defaults stay its own.
@@ -239,7 +240,7 @@ def _run_card(v: jobs.RunView) -> None:
 
 
 def _runs_panel() -> None:
-    views = ui.list_run_views(include_shipped=False)
+    views = state.list_run_views(include_shipped=False)
     if not views:
         st.info("No run yet: start one above.")
     else:
@@ -254,7 +255,7 @@ def _runs_panel() -> None:
 
 def _overlay() -> None:
     """Several runs' loss curves on one figure."""
-    views = [v for v in ui.list_run_views(include_shipped=True) if (v.path / "metrics.jsonl").is_file()]
+    views = [v for v in state.list_run_views(include_shipped=True) if (v.path / "metrics.jsonl").is_file()]
     if not views:
         return
     st.subheader("Compare loss curves")
@@ -271,7 +272,7 @@ def _overlay() -> None:
 
 
 def _archived() -> None:
-    archived = ui.list_run_views(include_shipped=False, archived=True)
+    archived = state.list_run_views(include_shipped=False, archived=True)
     if not archived:
         return
     with st.expander(f"Archived runs ({len(archived)})"):
@@ -295,7 +296,7 @@ ui.page_header("Train", "Each run is a separate `python -m uad train` process wr
 _form()
 st.subheader("Runs")
 # Poll fast while a run is active, slowly otherwise (to notice runs started from other tabs).
-fast = any(v.active for v in ui.list_run_views(include_shipped=False))
+fast = any(v.active for v in state.list_run_views(include_shipped=False))
 st.session_state["train_polling_fast"] = fast
 st.fragment(run_every=2 if fast else 10)(_runs_panel)()
 _archived()

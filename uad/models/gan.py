@@ -27,7 +27,7 @@ class FAnoGAN(AnomalyModel):
     ``validation_loss`` is izi_f, which only means something once E trains, hence ``checkpoint_selectable``.
     The loss keys differ by phase; "generator" repeats the latest generator loss (0 before the first one).
 
-    Options: latent_dim (128), base_channels (16), gan_fraction (0.6), n_critic (2), gp_weight (10),
+    Options: latent_dim (128), base_channels (16), gan_fraction (0.8), n_critic (2), gp_weight (10),
     kappa (1.0), upsample (the generator's, "transpose" or "resize"; see ``ConvDecoder``).
     Optimizers: Adam betas (0.0, 0.9) for G and D as in the WGAN-GP paper, default betas for E.
     n_critic is 2, not the paper's 5: on short training budgets the generator, not the critic, is what
@@ -38,7 +38,7 @@ class FAnoGAN(AnomalyModel):
     description = "f-AnoGAN: a WGAN-GP, then an encoder trained into its latent space (izi_f)"
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 gan_fraction: float = 0.6, n_critic: int = 2, gp_weight: float = 10.0, kappa: float = 1.0,
+                 gan_fraction: float = 0.8, n_critic: int = 2, gp_weight: float = 10.0, kappa: float = 1.0,
                  upsample: Upsample = "transpose", residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa,
