@@ -168,3 +168,17 @@ def test_real_bench_quick_runs_end_to_end_on_real_scans(tmp_path):
     assert set(result["methods"]) == {"autoencoder", "vae", "gan", "ganomaly", "vit", "intensity", "brain_area"}
     assert all(m["n_slices"] > 0 for m in result["methods"].values())
     assert "baseline: intensity" in proc.stdout
+
+
+def test_a_method_scores_with_todays_residual_default_unless_it_names_one():
+    # A fold run trained before the default changed records residual="abs" in its hyper-parameters;
+    # re-running the same command must still score it as the method's label says.
+    from uad.crossval import MethodSpec
+    from uad.score import PostprocessConfig
+
+    post = PostprocessConfig()
+    assert MethodSpec("vae").scoring(post)[0] == {"residual": "positive"}
+    assert MethodSpec("vae", score_options={"residual": "abs"}).scoring(post)[0] == {"residual": "abs"}
+    assert MethodSpec("vae", options={"residual": "abs"}).scoring(post)[0] == {}
+    opts, p = MethodSpec("gan", score_options={"slice_score": "model"}).scoring(post)
+    assert opts == {"residual": "positive"} and p.slice_score == "model"

@@ -25,7 +25,7 @@ from uad.data.splits import kfold_cases
 from uad.data.store import build_store
 from uad.errors import ConfigError
 from uad.evaluate import merge_tallies, score_cohort, summarise
-from uad.models import canonical_name
+from uad.models import canonical_name, model_options
 from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline
 
 log = logging.getLogger("uad.crossval")
@@ -55,9 +55,15 @@ class MethodSpec:
         self.label = self.label or self.model
 
     def scoring(self, post: PostprocessConfig) -> tuple[dict[str, Any], PostprocessConfig]:
-        """``score_options`` split into model options and post-processing (e.g. ``slice_score=model``)."""
+        """``score_options`` split into model options and post-processing (e.g. ``slice_score=model``).
+
+        The residual is a scoring choice that a checkpoint also records: a fold run reused from before a
+        default changed must be scored with today's default unless the method names one, or the same
+        command would give different rows depending on which runs were already on disk."""
         fields = PostprocessConfig.__dataclass_fields__
         model_opts = {k: v for k, v in self.score_options.items() if k not in fields}
+        if "residual" not in self.options and "residual" not in model_opts:
+            model_opts["residual"] = model_options(self.model)["residual"].default
         return model_opts, replace(post, **{k: v for k, v in self.score_options.items() if k in fields})
 
     @property
