@@ -32,6 +32,8 @@ def parse_args(argv=None):
                    help="models to cross-validate: NAME, NAME:key=value,... (training options) and/or "
                         "NAME@key=value,... (scoring-only options such as residual=abs); the label is the text")
     p.add_argument("--modalities", nargs="+", default=["flair"])
+    p.add_argument("--cohort-modalities", nargs="+", default=[], metavar="MOD",
+                   help="only the patients who have all of these sequences (to compare inputs on one cohort)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per fold for every model (default: per model)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget per model and fold")
     p.add_argument("--folds", type=int, default=5)
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     from uad.crossval import CrossValConfig, cross_validate
 
     config = CrossValConfig(
-        data=str(args.data), methods=method_specs(args), modalities=tuple(args.modalities),
+        data=str(args.data), methods=method_specs(args), modalities=tuple(args.modalities), cohort_modalities=tuple(args.cohort_modalities),
         image_size=64 if args.quick else args.image_size, folds=args.folds, seed=args.seed, device=args.device,
         n_boot=50 if args.quick else args.bootstrap, max_folds=1 if args.quick else None)
     t0 = time.perf_counter()

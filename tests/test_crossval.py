@@ -182,3 +182,15 @@ def test_a_method_scores_with_todays_residual_default_unless_it_names_one():
     assert MethodSpec("vae", options={"residual": "abs"}).scoring(post)[0] == {}
     opts, p = MethodSpec("gan", score_options={"slice_score": "model"}).scoring(post)
     assert opts == {"residual": "positive"} and p.slice_score == "model"
+
+
+def test_cohort_modalities_keeps_only_patients_with_every_sequence(tmp_path):
+    # FLAIR alone vs four channels must be compared on the same patients: those that have all four.
+    root = _cohort(tmp_path / "cohort", 6)
+    for i in (1, 4):
+        (root / f"BraTS2021_{i:05d}" / f"BraTS2021_{i:05d}_t2.nii.gz").unlink()
+    config = CrossValConfig(data=str(root), methods=[], image_size=64, folds=2, val_cases=1, n_boot=10,
+                            cohort_modalities=("flair", "t2"))
+    out = cross_validate(config, tmp_path / "cv", progress=False)
+    assert sorted(c for f in out["folds"] for c in f["test"]) == [f"BraTS2021_{i:05d}" for i in (0, 2, 3, 5)]
+    assert out["config"]["cohort_modalities"] == ["flair", "t2"] and out["n_cases"] == 4

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from uad import checkpoints, fileio, runs
+from uad.data.cases import discover_cases
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import kfold_cases
 from uad.data.store import build_store
@@ -86,10 +87,14 @@ class CrossValConfig:
     device: str | None = None
     n_boot: int = 1000
     max_folds: int | None = None  # score only the first N folds (a quick check; not every patient is then tested)
+    # Only patients who have all of these sequences: compares input choices on one cohort (e.g. FLAIR alone
+    # vs four channels on the patients that have all four).
+    cohort_modalities: tuple[str, ...] = ()
     post: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
+        self.cohort_modalities = tuple(self.cohort_modalities)
         labels = [m.label for m in self.methods]
         if len(set(labels)) != len(labels) or set(labels) & set(BASELINES):
             raise ConfigError(f"method labels must be unique and differ from the baselines, got {labels}")
@@ -97,6 +102,7 @@ class CrossValConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["cohort_modalities"] = list(self.cohort_modalities)
         d["post"] = self.post.to_dict()
         return d
 
@@ -128,6 +134,9 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
     pre = PreprocessConfig(modalities=config.modalities, image_size=config.image_size)
     store = build_store(root, pre, progress=progress)
     labelled = store.labelled_ids
+    if config.cohort_modalities:
+        complete = {c.case_id for c in discover_cases(root)[0] if all(m in c.modalities for m in config.cohort_modalities)}
+        labelled = [c for c in labelled if c in complete]
     if len(labelled) < config.folds:
         raise ConfigError(f"{root}: {len(labelled)} labelled cases cannot fill {config.folds} folds")
     folds = kfold_cases(labelled, config.folds, config.seed, config.val_cases)[:config.max_folds]
