@@ -155,3 +155,17 @@ def test_default_run_prefers_suggested_then_best_completed(tmp_path):
     run, why = default_run([newest_cancelled], demo_active=True)
     assert run is newest_cancelled and "no completed run" in why
     assert default_run([], demo_active=True)[0] is None
+
+
+def test_default_run_ranks_runs_by_evaluations_in_the_per_dataset_layout(tmp_path):
+    # Evaluations now live in <run>/eval/<dataset-id>/<split>/; the ranking must see them there too.
+    from uad.run_choice import default_run
+
+    weak = _info(tmp_path / "w", "2-weak", "completed")
+    strong = _info(tmp_path / "s", "1-strong", "completed")
+    for run, auroc in ((weak, 0.6), (strong, 0.8)):
+        folder = run.path / "eval" / "demo" / "test"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(f'{{"slice_auroc": {auroc}, "data_root": "data/demo", "split": "test"}}')
+    run, why = default_run([weak, strong], demo_active=False)
+    assert run is strong and "0.800" in why

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from uad import fileio, paths, report
+from uad import fileio, report
 
 MODEL_COLOUR = "#0072B2"
 BASELINE_STYLE = {"intensity": ("#888888", "dash"), "brain_area": ("#BBBBBB", "dot")}
@@ -162,11 +162,6 @@ def _example_panels(image, heat, vmax, pred, truth) -> list[tuple[str, str]]:
             ("prediction vs truth", _png(_up(overlay)))]
 
 
-def _resolve(path: str | Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else paths.REPO_ROOT / p
-
-
 def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | None, n_each: int = 1) -> str:
     """Best and worst labelled cases by Dice at the per-case threshold, scored again now with uad.score."""
     if cases is None or "dice" not in cases.columns:
@@ -176,7 +171,7 @@ def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | N
         return "<p class='note'>No labelled case with a defined Dice: no example slices.</p>"
     picks = [("best", r) for _, r in ranked.head(n_each).iterrows()]
     picks += [("worst", r) for _, r in ranked.tail(n_each).iloc[::-1].iterrows() if r.case_id not in {p[1].case_id for p in picks}]
-    ckpt_path = Path(run) if run is not None else _resolve(summary.raw.get("checkpoint", ""))
+    ckpt_path = Path(run) if run is not None else report.repo_path(summary.raw.get("checkpoint", ""))
     root = summary.local_root
     if root is None or not root.is_dir():
         return f"<p class='note'>Example slices left out: the dataset folder {_e(root)} is not on this machine.</p>"

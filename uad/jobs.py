@@ -52,11 +52,8 @@ def start_process(key: str, argv: list[str], log_path: Path, info_path: Path, en
 
 
 def launch_info(path: Path) -> dict[str, Any]:
-    try:
-        info = fileio.read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    """A JSON object file written here or by the trainer ({} when missing or unreadable)."""
+    return runs.read_object(path) or {}
 
 
 def process_running(info_path: Path) -> bool:
@@ -369,7 +366,7 @@ def _info(run_dir: Path) -> runs.RunInfo:
             if info.path.resolve() == run_dir.resolve():
                 return info
     status = runs.read_status(run_dir)
-    config = runs._read_object(run_dir / "config.json") or {}
+    config = runs.read_object(run_dir / "config.json") or {}
     if status is None and not config:
         raise ConfigError(f"{run_dir}: not a run folder (no status.json or config.json)")
     return runs.RunInfo(run_dir, run_dir.name, config.get("model") or (status or {}).get("model", "?"),
@@ -440,11 +437,8 @@ def evaluation_on(v: RunView, root: str | Path, split: str | None = None) -> rep
 
 def trained_root(v: RunView) -> Path | None:
     """The folder the run's checkpoint was trained on (checkpoint.json, read without torch)."""
-    for sub in ("best", "last", "."):
-        info = launch_info(v.path / sub / CKPT_META)
-        if info:
-            return report.trained_data_root(info)
-    return None
+    info = v.info.checkpoint_info
+    return report.trained_data_root(info) if info else None
 
 
 def eval_split(v: RunView, root: str | Path) -> str:
@@ -529,10 +523,7 @@ def _mtime(path: Path) -> float:
 
 def home_evaluation(v: RunView) -> report.EvaluationSummary | None:
     """The evaluation on the run's own training data if there is one, else its newest."""
-    found = evaluations(v)
-    trained = trained_root(v)
-    own = report.pick(found, report.dataset_ref(trained).id) if trained is not None else None
-    return own or (found[0] if found else None)
+    return report.home_evaluation(v.path, v.info.checkpoint_info)
 
 
 def eval_metrics(v: RunView) -> dict[str, Any]:

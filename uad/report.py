@@ -48,7 +48,8 @@ class DatasetRef:
         return {"id": self.id, "label": self.label, "root": self.root}
 
 
-def _absolute(root: str | Path) -> Path:
+def repo_path(root: str | Path) -> Path:
+    """A path as recorded by uad, on this machine: relative ones are relative to the repository."""
     p = Path(root).expanduser()
     # Shipped checkpoints record their data relative to the repository, so no machine's paths leak.
     return (p if p.is_absolute() else paths.REPO_ROOT / p).resolve()
@@ -58,7 +59,7 @@ def dataset_ref(root: str | Path | None) -> DatasetRef:
     """The dataset identity of a folder: ``demo`` for the demo cohort, else ``<name>-<path hash>``."""
     if root is None or str(root) == "":
         return DatasetRef(LEGACY, "unknown dataset (not recorded)", "")
-    resolved = _absolute(root)
+    resolved = repo_path(root)
     if resolved == paths.demo_dir().resolve() or Path(root).as_posix().rstrip("/") == "data/demo":
         return DatasetRef(DEMO_ID, "demo cohort", str(resolved))
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.") or "dataset"
@@ -70,7 +71,7 @@ def trained_data_root(info: dict[str, Any]) -> Path | None:
     data = info.get("data") or {}
     if data.get("demo"):
         return paths.demo_dir()
-    return _absolute(data["root"]) if data.get("root") else None
+    return repo_path(data["root"]) if data.get("root") else None
 
 
 def _shipped_name(run: Path) -> str | None:
@@ -169,7 +170,7 @@ class EvaluationSummary:
         if self.dataset.id == DEMO_ID:
             return paths.demo_dir()
         root = self.dataset.root or self.raw.get("data_root")
-        return _absolute(root) if root else None
+        return repo_path(root) if root else None
 
     @property
     def baselines(self) -> dict[str, dict[str, Any]]:
@@ -236,6 +237,15 @@ def find_evaluations(bases: list[str | Path]) -> list[EvaluationSummary]:
             except ValueError:
                 continue
     return sorted(found.values(), key=lambda s: str(s.raw.get("evaluated") or ""), reverse=True)
+
+
+def home_evaluation(run: str | Path, checkpoint_info: dict[str, Any] | None) -> EvaluationSummary | None:
+    """The run's evaluation on the data it was trained on (``checkpoint_info``: its checkpoint.json) if there
+    is one, else its newest; None when it was never evaluated."""
+    found = find_evaluations(eval_bases(run))
+    trained = trained_data_root(checkpoint_info) if checkpoint_info else None
+    own = pick(found, dataset_ref(trained).id) if trained is not None else None
+    return own or (found[0] if found else None)
 
 
 def pick(summaries: list[EvaluationSummary], dataset_id: str | None = None, split: str | None = None) -> EvaluationSummary | None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uad import runs
+from uad import report, runs
 
 
 def _auroc(info: runs.RunInfo) -> float:
-    m = info.eval_metrics or {}
-    value = m.get("slice_auroc") if isinstance(m, dict) else None
+    """Slice AUROC of the run's evaluation on its own training data (any layout uad.report reads)."""
+    summary = report.home_evaluation(info.path, info.checkpoint_info)
+    value = summary.raw.get("slice_auroc") if summary is not None else None
     return float(value) if isinstance(value, (int, float)) else float("-inf")
 
 

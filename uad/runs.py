@@ -188,10 +188,11 @@ def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, An
 
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     """status.json as a dict; None when missing, unreadable or not a JSON object."""
-    return _read_object(Path(run_dir) / "status.json")
+    return read_object(Path(run_dir) / "status.json")
 
 
-def _read_object(path: Path) -> dict[str, Any] | None:
+def read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, None when it is missing, unreadable or not an object."""
     try:
         obj = fileio.read_json(path)
     except (OSError, ValueError):
@@ -211,7 +212,7 @@ def read_steps(run_dir: str | Path) -> list[dict[str, Any]]:
 # -- what the user calls a run: name, tags, note ---------------------------------------------------------
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     """meta.json as {"name": str | None, "tags": [str], "note": str}; defaults when missing or unreadable."""
-    raw = _read_object(Path(run_dir) / META) or {}
+    raw = read_object(Path(run_dir) / META) or {}
     name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else None
     tags = [t for t in raw.get("tags", []) if isinstance(t, str)] if isinstance(raw.get("tags"), list) else []
     note = raw.get("note") if isinstance(raw.get("note"), str) else ""
@@ -357,21 +358,23 @@ class RunInfo:
         return self.meta.get("name") or self.name
 
     @property
-    def eval_metrics(self) -> dict[str, Any] | None:
-        try:
-            return fileio.read_json(self.path / "eval" / "metrics.json")
-        except (FileNotFoundError, ValueError):
-            return None
+    def checkpoint_info(self) -> dict[str, Any] | None:
+        """checkpoint.json of the run's best (else last) checkpoint, or of the folder itself when it is one;
+        read without torch. None when the run has no checkpoint yet."""
+        for sub in ("best", "last", "."):
+            info = read_object(self.path / sub / "checkpoint.json")
+            if info is not None:
+                return info
+        return None
 
     @property
     def training_data(self) -> dict[str, Any]:
         """What the run's checkpoint was trained on (name, description, citation, terms); see uad.data.provenance."""
         from uad.data import provenance
 
-        for sub in ("best", "last"):
-            info = _read_object(self.path / sub / "checkpoint.json")
-            if info is not None:
-                return provenance.training_data(info)
+        info = self.checkpoint_info
+        if info is not None:
+            return provenance.training_data(info)
         return provenance.training_data({"data": {"root": (self.config or {}).get("data_root")}})
 
 
@@ -396,7 +399,7 @@ def list_runs(include_shipped: bool = True, root: str | Path | None = None, arch
         for path in entries:
             status = read_status(path)
             # A queued run has no config.json yet: the trainer writes it once its data is ready.
-            config = _read_object(path / "config.json") or {}
+            config = read_object(path / "config.json") or {}
             if not config and not status:
                 continue  # not a run folder
             model = config.get("model") or (status or {}).get("model", "?")
