@@ -102,10 +102,10 @@ def dataset_label(root: Path) -> str:
     return f"demo cohort ({root})" if is_demo(root) else str(root)
 
 
-def _folder_stamp(root: Path) -> float:
-    """Changes when cases are added or removed (top-level mtime), so discovery is re-run then."""
+def _mtime(path: Path) -> float:
+    """A cache-key stamp: a folder's changes when cases are added or removed, a file's when it is rewritten."""
     try:
-        return root.stat().st_mtime
+        return path.stat().st_mtime
     except OSError:
         return 0.0
 
@@ -118,7 +118,7 @@ def _discover(root: str, stamp: float):
 def discover(root: Path) -> tuple[list[Case], list, str | None]:
     """(cases, skipped, error message). Never raises for a bad folder."""
     try:
-        cases, skipped = _discover(str(root), _folder_stamp(Path(root)))
+        cases, skipped = _discover(str(root), _mtime(Path(root)))
     except UADError as exc:
         return [], [], str(exc)
     except OSError as exc:
@@ -217,13 +217,6 @@ def freeze(d: dict) -> tuple:
 
 
 # -- evaluation results (Compare, Explore; read and shaped by uad.report) ----------------------------------
-def _stamp(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
 def _read_eval(folder: str, stamp: float) -> dict:
     from uad import report
@@ -234,4 +227,4 @@ def _read_eval(folder: str, stamp: float) -> dict:
 def read_eval(summary: report.EvaluationSummary) -> dict:
     """An evaluation's curves and labelled slices (``uad.report.load_evaluation``), cached until it is rewritten."""
     folder = summary.folder or Path(".")
-    return _read_eval(str(folder), _stamp(folder / "metrics.json"))
+    return _read_eval(str(folder), _mtime(folder / "metrics.json"))
