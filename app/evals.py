@@ -8,28 +8,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import state
 import streamlit as st
 
-import state
-from uad import jobs, report
+from uad.data import identity
+from uad.evaluation import summaries
+from uad.jobs import eval_jobs, run_jobs
 
 EXPLORE_REQUEST = "explore_request"  # {"run": <run name>, "case": <case id>, "root": <dataset folder>}
 
 
 def dataset_words(root: Path) -> str:
-    ref = report.dataset_ref(root)
-    return f"{ref.label} ({ref.root})" if ref.id != report.DEMO_ID else f"the demo cohort ({ref.root})"
+    ref = identity.dataset_ref(root)
+    return f"{ref.label} ({ref.root})" if ref.id != identity.DEMO_ID else f"the demo cohort ({ref.root})"
 
 
-def evaluate_control(v: jobs.RunView, root: Path, key: str) -> None:
+def evaluate_control(v: run_jobs.RunView, root: Path, key: str) -> None:
     """'Evaluate <run> on <active folder>' with the job's progress; reruns the page when it finishes."""
-    running = jobs.eval_job(v, root).state == "running"
+    running = eval_jobs.eval_job(v, root).state == "running"
     st.fragment(run_every=2 if running else None)(_evaluate_body)(v, root, key, running)
 
 
-def _evaluate_body(v: jobs.RunView, root: Path, key: str, was_running: bool) -> None:
-    job = jobs.eval_job(v, root)
-    name = report.dataset_ref(root).label
+def _evaluate_body(v: run_jobs.RunView, root: Path, key: str, was_running: bool) -> None:
+    job = eval_jobs.eval_job(v, root)
+    name = identity.dataset_ref(root).label
     if job.state == "running":
         st.progress(job.fraction, text=f"Evaluating {v.info.name} on {name}: {job.text}")
         return
@@ -38,25 +40,25 @@ def _evaluate_body(v: jobs.RunView, root: Path, key: str, was_running: bool) -> 
     if job.state == "failed":
         st.error(f"The evaluation of {v.info.name} on {name} failed:")
         st.code(job.log or "(no output)", language=None)
-    split = jobs.eval_split(v, root)
+    split = eval_jobs.eval_split(v, root)
     what = ("its recorded test patients" if split == "test" else
             "every case, with thresholds calibrated on this folder's own healthy slices")
     label = f"{'Evaluate again' if job.state == 'done' else 'Evaluate'}: {v.info.name} on {name}"
     if st.button(label, key=f"evaluate::{key}::{v.info.name}", disabled=v.active, icon=":material/play_arrow:",
                  help=f"Runs `python -m uad evaluate --data {root} --split {split}` in the background: {what}. "
                       f"Results go to {job.out}."):
-        jobs.launch_eval(v, root)
+        eval_jobs.launch_eval(v, root)
         st.rerun()
 
 
-def presets(v: jobs.RunView, root: Path) -> tuple[list[tuple[float, float]], report.EvaluationSummary | None]:
+def presets(v: run_jobs.RunView, root: Path) -> tuple[list[tuple[float, float]], summaries.EvaluationSummary | None]:
     """Threshold presets (healthy FPR, threshold) from the run's evaluation on the active dataset, and that
     evaluation (None when the run was never evaluated there: then there are no presets)."""
-    summary = jobs.evaluation_on(v, root)
+    summary = eval_jobs.evaluation_on(v, root)
     return (summary.presets() if summary is not None else []), summary
 
 
-def presets_notice(v: jobs.RunView, root: Path, summary: report.EvaluationSummary | None) -> None:
+def presets_notice(v: run_jobs.RunView, root: Path, summary: summaries.EvaluationSummary | None) -> None:
     """Names where Explore's presets come from, or says there are none and offers the evaluation."""
     if summary is not None:
         st.caption(f"Threshold presets (1/5/10 % healthy FPR) from {v.info.name}'s evaluation on **{summary.where}** "

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from uad import jobs, paths, report
+from uad.checkpoints import record as ckpt_record
+from uad.core import paths
+from uad.core.errors import UADError
 from uad.data.cases import Case, discover_cases
-from uad.errors import UADError
+from uad.evaluation import summaries
+from uad.jobs import run_jobs
 
 if TYPE_CHECKING:
     from uad.data.preprocess import WorkingCase
@@ -158,9 +161,9 @@ def load_display_case(root: str, case_id: str, stamp: tuple):
 
 
 # -- runs (state and processes live in uad.jobs) ---------------------------------------------------------
-def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[jobs.RunView]:
+def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[run_jobs.RunView]:
     try:
-        return jobs.list_run_views(include_shipped=include_shipped, archived=archived)
+        return run_jobs.list_run_views(include_shipped=include_shipped, archived=archived)
     except APP_ERRORS as exc:  # e.g. a run folder whose config.json is valid JSON but not an object
         st.error(f"Cannot list the runs in {paths.runs_dir()}: {exc}")
         return []
@@ -170,11 +173,11 @@ def list_run_views(include_shipped: bool = True, archived: bool = False) -> list
 # -- checkpoints and scoring (Explore) ------------------------------------------------------------------
 def checkpoint_stamp(run_dir: Path) -> tuple:
     """Changes when the checkpoint is rewritten (a new best epoch): part of every cache key."""
-    from uad import checkpoints
+    pass
 
-    folder = checkpoints.resolve(run_dir)
+    folder = ckpt_record.resolve(run_dir)
     out = []
-    for name in (checkpoints.META, checkpoints.WEIGHTS):
+    for name in (ckpt_record.META, ckpt_record.WEIGHTS):
         try:
             s = (folder / name).stat()
             out.append((str(folder / name), s.st_size, s.st_mtime_ns))
@@ -185,9 +188,9 @@ def checkpoint_stamp(run_dir: Path) -> tuple:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def load_checkpoint(run_dir: str, stamp: tuple):
-    from uad import checkpoints
+    from uad.checkpoints import weights as ckpt_weights
 
-    return checkpoints.load(run_dir)
+    return ckpt_weights.load(run_dir)
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
@@ -203,11 +206,11 @@ def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -
 @st.cache_resource(show_spinner=False, max_entries=6)
 def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_stamp: tuple):
     """Anomaly maps of a whole case, computed once per (checkpoint, case) and kept for the slider."""
-    from uad import score
+    from uad.scoring import maps, recipe, scorers
 
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
-    vs = score.score_case(score.ModelScorer(ckpt.model, keep_reconstruction=True), prep, score.PostprocessConfig())
+    vs = maps.score_case(scorers.ModelScorer(ckpt.model, keep_reconstruction=True), prep, recipe.PostprocessConfig())
     return prep, vs
 
 
@@ -219,12 +222,12 @@ def freeze(d: dict) -> tuple:
 # -- evaluation results (Compare, Explore; read and shaped by uad.report) ----------------------------------
 @st.cache_data(show_spinner=False, max_entries=32)
 def _read_eval(folder: str, stamp: float) -> dict:
-    from uad import report
+    from uad.evaluation import summaries
 
-    return report.load_evaluation(folder)
+    return summaries.load_evaluation(folder)
 
 
-def read_eval(summary: report.EvaluationSummary) -> dict:
+def read_eval(summary: summaries.EvaluationSummary) -> dict:
     """An evaluation's curves and labelled slices (``uad.report.load_evaluation``), cached until it is rewritten."""
     folder = summary.folder or Path(".")
     return _read_eval(str(folder), _mtime(folder / "metrics.json"))

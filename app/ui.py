@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
+import state
 import streamlit as st
 
-import state
-from uad import jobs, runs
 from uad.data import labels as seg_labels
+from uad.jobs import run_jobs
+from uad.runs import listing
 
 # -- colours -------------------------------------------------------------------------------------------
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies and on a grey image.
@@ -111,19 +112,19 @@ def overlay_figure(series: list[tuple[str, list[dict], list[dict]]], curve: str 
     return go.Figure(data=data, layout=layout(320, xaxis=dict(title=dict(text="epoch")), yaxis=dict(title=dict(text=title))))
 
 
-def training_data_caption(info: runs.RunInfo, root: Path, infos: list[runs.RunInfo]) -> None:
+def training_data_caption(info: listing.RunInfo, root: Path, infos: list[listing.RunInfo]) -> None:
     """Which data a checkpoint learned from, with citation and terms; a hint when it does not suit the active data."""
     data = info.training_data
     st.caption(f"**Trained on:** {data['name']}. {data.get('description', '')} "
                + (f"Cite: {data['citation']} " if data.get("citation") else "")
                + (f"Terms: {data['terms']}" if data.get("terms") else ""))
-    suggested = runs.suggested_checkpoint(infos, demo_active=state.is_demo(root), model=info.model)
+    suggested = listing.suggested_checkpoint(infos, demo_active=state.is_demo(root), model=info.model)
     if info.shipped and suggested is not None and suggested.name != info.name:
         where = "the demo cohort" if state.is_demo(root) else "real scans"
         st.info(f"For {where}, the shipped checkpoint **{suggested.name}** ({suggested.training_data['name']}) suits better.")
 
 
-def run_label(v: jobs.RunView) -> str:
+def run_label(v: run_jobs.RunView) -> str:
     """'<name> · <model> · <state>', the name the user gave the run (with its folder) when it has one, and its tags."""
     tag = "shipped" if v.info.shipped else v.label
     name = f"{v.name} ({v.info.name})" if v.name != v.info.name else v.info.name
@@ -217,8 +218,8 @@ def warm_up() -> None:
 
     def work() -> None:
         try:
-            import uad.checkpoints  # noqa: F401
-            import uad.score  # noqa: F401
+            import uad.checkpoints.weights  # noqa: F401
+            import uad.scoring.maps  # noqa: F401
 
             # plotly imports a validator module per attribute on first use (~0.5 s): do it now, not on a slider move.
             go.Figure(data=[go.Scatter(x=[0], y=[0], line=dict(color="#fff")), go.Bar(x=[0], y=[0], marker_color="#fff"),

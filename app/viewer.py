@@ -142,10 +142,10 @@ def load_display_case(case) -> DisplayCase:
     Each file is read on its own so one unreadable file costs only itself (reported, not raised).
     The brain mask is uad's (``brain_mask``: non-zero in any channel, largest part, holes filled).
     """
+    from uad.core.errors import UADError
     from uad.data.cases import MODALITIES
     from uad.data.preprocess import brain_mask, display_stack
     from uad.data.volumes import load_case
-    from uad.errors import UADError
 
     raw: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}

@@ -36,7 +36,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_browser import CHROMIUM, IDLE, _free_port, goto, slider, viewer_frame, viewer_state, viewer_step, wait_idle  # noqa: E402
+from test_browser import (  # noqa: E402
+    CHROMIUM,
+    IDLE,
+    _free_port,
+    goto,
+    slider,
+    viewer_frame,
+    viewer_state,
+    viewer_step,
+    wait_idle,
+)
 
 TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
 
@@ -150,7 +160,7 @@ def main() -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
 
-    print(f"| measure | median | max | n |\n|---|---:|---:|---:|")
+    print("| measure | median | max | n |\n|---|---:|---:|---:|")
     print(f"| first render, fresh server | {cold:.2f} s | | 1 |")
     print(f"| first render, second session | {warm:.2f} s | | 1 |")
     for name, (trip, drawn, frame) in (("Data", data), ("Explore", explore)):

@@ -56,19 +56,21 @@ def write_inputs(folder: Path, case_id: str) -> None:
     """The case's FLAIR and seg as they are, and the shipped autoencoder's anomaly map on the same grid."""
     import shutil
 
-    from uad import checkpoints, paths, score
+    from uad.checkpoints import weights as ckpt_weights
+    from uad.core import paths
     from uad.data.cases import discover_cases
     from uad.data.demo import ensure_demo
     from uad.data.preprocess import preprocess_case
+    from uad.scoring import maps, nifti, recipe, scorers
 
     ensure_demo()
     case = next(c for c in discover_cases(paths.demo_dir())[0] if c.case_id == case_id)
     shutil.copy(case.modalities["flair"], folder / "flair.nii.gz")
     shutil.copy(case.seg, folder / "seg.nii.gz")
-    ckpt = checkpoints.load(paths.checkpoints_dir() / "autoencoder")
+    ckpt = ckpt_weights.load(paths.checkpoints_dir() / "autoencoder")
     prep = preprocess_case(case, ckpt.preprocess)
-    vs = score.score_case(score.ModelScorer(ckpt.model), prep, score.PostprocessConfig())
-    (folder / "anomaly.nii.gz").write_bytes(score.nifti_bytes(vs.maps, prep.geometry))
+    vs = maps.score_case(scorers.ModelScorer(ckpt.model), prep, recipe.PostprocessConfig())
+    (folder / "anomaly.nii.gz").write_bytes(nifti.nifti_bytes(vs.maps, prep.geometry))
 
 
 def main() -> None:

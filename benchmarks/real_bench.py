@@ -58,7 +58,7 @@ def _parse_value(text: str):
 
 
 def method_specs(args):
-    from uad.crossval import REAL_EPOCHS, MethodSpec
+    from uad.evaluation.crossval import REAL_EPOCHS, MethodSpec
     from uad.models import canonical_name
 
     specs = []
@@ -76,15 +76,15 @@ def method_specs(args):
 
 
 def table(result: dict, markdown: bool) -> str:
-    from uad import report
+    from uad.evaluation import columns
 
     methods = result["methods"]
-    rows = [report.summary_row(name if name not in ("intensity", "brain_area") else f"baseline: {name}", m)
+    rows = [columns.summary_row(name if name not in ("intensity", "brain_area") else f"baseline: {name}", m)
             for name, m in methods.items()]
     epochs = {m["label"]: str(m["epochs"]) for m in result["config"]["methods"]}
     if markdown:
-        return report.markdown_table(rows, {"epochs / fold": [epochs.get(n, "–") for n in methods]})
-    return report.format_table(rows)
+        return columns.markdown_table(rows, {"epochs / fold": [epochs.get(n, "–") for n in methods]})
+    return columns.format_table(rows)
 
 
 def main(argv=None) -> int:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         print(f"real_bench: skipped, no real data at {args.data} (see the README's 'Results on real scans')")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from uad.crossval import CrossValConfig, cross_validate
+    from uad.evaluation.crossval import CrossValConfig, cross_validate
 
     config = CrossValConfig(
         data=str(args.data), methods=method_specs(args), modalities=tuple(args.modalities), cohort_modalities=tuple(args.cohort_modalities),

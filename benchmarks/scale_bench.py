@@ -89,11 +89,12 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cases": len(store.case_id
 """,
     "evaluate": """
 import time, json, resource
-from uad import checkpoints
+from uad.checkpoints import weights
 from uad.data import PreprocessConfig, build_store
-from uad.evaluate import score_cohort, summarise
-from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline
-ckpt = checkpoints.load(CHECKPOINT)
+from uad.evaluation.cohort import score_cohort, summarise
+from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.scorers import BASELINES, ModelScorer, baseline
+ckpt = weights.load(CHECKPOINT)
 store = build_store(ROOT, ckpt.preprocess, cache_root=CACHE, progress=False)
 ids = store.labelled_ids
 calib, test = ids[:10], ids[10:10 + N_TEST]

@@ -17,11 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from uad import checkpoints  # noqa: E402
+from uad.checkpoints import weights as ckpt_weights  # noqa: E402
 from uad.data.cases import discover_cases  # noqa: E402
 from uad.data.demo import ensure_demo  # noqa: E402
 from uad.data.preprocess import preprocess_case  # noqa: E402
-from uad.score import ModelScorer, PostprocessConfig, score_case, write_nifti  # noqa: E402
+from uad.scoring.maps import score_case
+from uad.scoring.nifti import write_nifti  # noqa: E402
+from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.scorers import ModelScorer
 
 
 def main() -> None:
@@ -29,7 +32,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path(__file__).resolve().parents[1] / "checkpoints" / "autoencoder")
     parser.add_argument("--cases", type=int, default=3)
     args = parser.parse_args()
-    ckpt = checkpoints.load(args.run)
+    ckpt = ckpt_weights.load(args.run)
     scorer = ModelScorer(ckpt.model)
     cases = discover_cases(ensure_demo())[0][: args.cases]
     out = Path(tempfile.mkdtemp(prefix="uad-score-"))

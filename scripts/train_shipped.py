@@ -25,7 +25,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +38,14 @@ EPOCHS = {"autoencoder": 40, "vae": 20, "gan": 87, "ganomaly": 40, "vit": 149}
 # The real-data set trains as long per model as one fold of benchmarks/real_bench.py does.
 REAL_DATA = REPO.parent / "shared" / "data" / "real_dev"
 REAL_VAL_CASES = 2
-from uad.crossval import REAL_EPOCHS  # noqa: E402  (the same training length as one benchmark fold)
+from uad.evaluation.crossval import REAL_EPOCHS  # noqa: E402  (the same training length as one benchmark fold)
 
 
 def _real_config(model: str, epochs: int, max_minutes: float | None, image_size: int = 128):
     import numpy as np
 
     from uad.data.cases import discover_cases
-    from uad.train import TrainConfig
+    from uad.training.config import TrainConfig
 
     ids = sorted(c.case_id for c in discover_cases(REAL_DATA)[0] if c.labelled)
     val = sorted(np.random.default_rng(0).choice(ids, REAL_VAL_CASES, replace=False).tolist())
@@ -59,10 +58,12 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
          real: bool = False, image_size: int = 128) -> Path:
     import torch
 
-    from uad import checkpoints, fileio, runs
+    from uad.checkpoints import weights as ckpt_weights
+    from uad.core import fileio
     from uad.data import provenance
-    from uad.evaluate import evaluate
-    from uad.train import TrainConfig, train
+    from uad.runs import folders
+    from uad.training.config import TrainConfig
+    from uad.training.trainer import train
 
     work = Path(tempfile.mkdtemp(prefix=f"uad-ship-{model}-"))
     try:
@@ -74,13 +75,13 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
             run = trained
             if fileio.read_json(run / "config.json")["model"] != model:
                 raise SystemExit(f"{run} is not a {model} run")
-        status = runs.read_status(run)
+        status = folders.read_status(run)
         state = status["state"]
         # Time in the training loops of every epoch (resumed runs included), validation excluded.
-        train_s = sum(float(r.get("seconds", 0.0)) for r in runs.read_metrics(run))
+        train_s = sum(float(r.get("seconds", 0.0)) for r in folders.read_metrics(run))
         if state != "completed":
             raise SystemExit(f"{model}: training ended {state}; nothing shipped")
-        full = checkpoints.load(run / "best")
+        full = ckpt_weights.load(run / "best")
         dest = dest_root / model
         staging = dest_root / f".{model}.new"
         shutil.rmtree(staging, ignore_errors=True)
@@ -93,7 +94,7 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
                                          "float16_max_abs_map_difference": drift},
                 "training_data": provenance.REAL_DEV if real else provenance.DEMO}
         info = portable(info)
-        checkpoints.save(staging / "best", full.model, info, dtype=torch.float16)
+        ckpt_weights.save(staging / "best", full.model, info, dtype=torch.float16)
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
         if real:  # every patient trained or validated: the cross-validation is its evaluation
@@ -111,8 +112,8 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
 def evaluate_shipped(dest: Path) -> dict:
     """Evaluate a shipped demo checkpoint on the demo cohort's test patients into ``dest/eval`` (the
     single-evaluation layout uad.report reads), written beside and swapped in whole, paths made portable."""
-    from uad import fileio
-    from uad.evaluate import evaluate
+    from uad.core import fileio
+    from uad.evaluation.evaluate import evaluate
 
     staging, old = dest / ".eval.new", dest / ".eval.old"
     for folder in (staging, old):

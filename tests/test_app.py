@@ -18,6 +18,10 @@ from typing import Literal
 import numpy as np
 import pytest
 
+from uad.core import processes
+from uad.runs import folders
+from uad.runs import meta as run_meta
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app" / "Home.py"
 RUN = "fixture-ae"
@@ -60,7 +64,7 @@ def app_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def home(app_home, monkeypatch) -> Path:
-    from uad import paths
+    from uad.core import paths
 
     monkeypatch.setenv("UAD_HOME", str(app_home))
     # The app lists shipped checkpoints from the repository's checkpoints/; point it at the stand-in.
@@ -303,9 +307,9 @@ def test_train_lists_runs_and_shows_failures(home):
     failed = home / "runs" / "zz-failed-run"
     failed.mkdir()
     try:
-        from uad import runs
+        from uad.runs import folders
 
-        runs.write_status(failed, "failed", model="autoencoder", error="ConfigError: learning rate must be > 0")
+        folders.write_status(failed, "failed", model="autoencoder", error="ConfigError: learning rate must be > 0")
         (failed / "stdout.log").write_text("Traceback (most recent call last):\nboom\n")
         at = page(new_app(), "train")
         assert any("learning rate must be > 0" in e.value for e in at.error)
@@ -317,7 +321,7 @@ def test_train_lists_runs_and_shows_failures(home):
 def test_train_launch_and_cancel_survive_a_new_session(home):
     import json
 
-    from uad import runs
+    pass
 
     before = {p.name for p in (home / "runs").iterdir()}
     at = page(new_app(), "train")
@@ -333,7 +337,7 @@ def test_train_launch_and_cancel_survive_a_new_session(home):
     run_dir = new[0]
     pid = json.loads((run_dir / "launch.json").read_text())["pid"]
     try:
-        status = runs.read_status(run_dir)
+        status = folders.read_status(run_dir)
         assert status["state"] in ("queued", "running") and status["model"] == "vit"
         argv = json.loads((run_dir / "launch.json").read_text())["argv"]
         for flag in (["--modalities", "flair", "t2"], ["--image-size", "64"], ["--epochs", "1"], ["--context-dropout", "0.3"]):
@@ -344,9 +348,9 @@ def test_train_launch_and_cancel_survive_a_new_session(home):
         other.button(key=f"cancel::{run_dir.name}").click().run()
         assert not other.exception
         deadline = time.time() + 60
-        while time.time() < deadline and runs.read_status(run_dir)["state"] != "cancelled":
+        while time.time() < deadline and folders.read_status(run_dir)["state"] != "cancelled":
             time.sleep(0.5)
-        assert runs.read_status(run_dir)["state"] == "cancelled"
+        assert folders.read_status(run_dir)["state"] == "cancelled"
     finally:
         _kill(pid)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -355,9 +359,9 @@ def test_train_launch_and_cancel_survive_a_new_session(home):
 def _kill(pid) -> None:
     import signal
 
-    from uad import runs
+    pass
 
-    if pid and runs.pid_alive(pid):
+    if pid and processes.pid_alive(pid):
         try:
             os.killpg(int(pid), signal.SIGKILL)
         except OSError:
@@ -367,7 +371,7 @@ def _kill(pid) -> None:
             os.waitpid(int(pid), os.WNOHANG)
         except (ChildProcessError, OSError, TypeError):
             pass
-        if not runs.pid_alive(pid):
+        if not processes.pid_alive(pid):
             return
         time.sleep(0.1)
 
@@ -375,10 +379,10 @@ def _kill(pid) -> None:
 def test_train_resume_a_cancelled_run(home):
     import json
 
-    from uad import runs
+    pass
 
     run = copy_run(home, "zz-resume-me", with_eval=False)
-    runs.write_status(run, "cancelled", epoch=1, epochs=1, reason="received SIGTERM")
+    folders.write_status(run, "cancelled", epoch=1, epochs=1, reason="received SIGTERM")
     try:
         at = page(new_app(), "train")
         assert not at.exception
@@ -387,7 +391,7 @@ def test_train_resume_a_cancelled_run(home):
         assert not at.exception, [e.value for e in at.exception]
         launch = json.loads((run / "launch.json").read_text())
         assert launch["argv"][:3] == ["train", "--resume", str(run)] and launch["argv"][-2:] == ["--epochs", "2"]
-        assert runs.read_status(run)["state"] in ("queued", "running", "completed")
+        assert folders.read_status(run)["state"] in ("queued", "running", "completed")
     finally:
         _kill(json.loads((run / "launch.json").read_text())["pid"] if (run / "launch.json").exists() else None)
         shutil.rmtree(run, ignore_errors=True)
@@ -475,11 +479,11 @@ def test_explore_heatmaps_side_by_side_on_one_scale(home):
 
 def test_explore_opens_a_completed_run_not_the_newest_cancelled_one(home, tmp_path, monkeypatch):
     """Issue 11 #9: without a suggested shipped checkpoint, Explore opens the best completed run."""
-    from uad import paths, runs
+    from uad.core import paths
 
     monkeypatch.setattr(paths, "checkpoints_dir", lambda: tmp_path / "no-shipped")
     cancelled = copy_run(home, "zzzz-newest-cancelled", with_eval=False)
-    runs.write_status(cancelled, "cancelled", epoch=0, epochs=3, reason="received SIGTERM")
+    folders.write_status(cancelled, "cancelled", epoch=0, epochs=3, reason="received SIGTERM")
     try:
         at = page(new_app(), "explore")
         assert at.selectbox(key="explore_run").options[0].startswith("zzzz-newest-cancelled")  # newest first in the list...
@@ -569,7 +573,7 @@ def test_compare_curves_table_and_threshold(home):
 def test_compare_evaluates_a_run_in_the_background(home):
     import json
 
-    from uad import runs
+    pass
 
     pending = copy_run(home, "zz-needs-eval", with_eval=False)
     out = pending / "eval" / "demo" / "test"
@@ -582,7 +586,7 @@ def test_compare_evaluates_a_run_in_the_background(home):
         assert launch["argv"][launch["argv"].index("--data") + 1] == str(home / "data" / "demo")
         assert at.progress and "Evaluating zz-needs-eval on demo cohort" in at.progress[0].proto.text
         deadline = time.time() + 180
-        while time.time() < deadline and runs.pid_alive(launch["pid"]):
+        while time.time() < deadline and processes.pid_alive(launch["pid"]):
             time.sleep(1)
         assert (out / "metrics.json").is_file(), (out / "eval.log").read_text()
         assert json.loads((out / "progress.json").read_text())["phase"] == "done"
@@ -606,7 +610,7 @@ def test_explore_suggests_the_real_trained_checkpoint_on_real_data(home, tmp_pat
     """On a folder that is not the demo cohort, Explore starts from checkpoints/real/<model> and names its data."""
     import json
 
-    from uad import paths
+    from uad.core import paths
 
     shipped = tmp_path / "shipped"
     shutil.copytree(home / "shipped" / SHIPPED, shipped / SHIPPED)
@@ -715,7 +719,8 @@ def test_explore_presets_come_from_the_active_dataset(home, tmp_path):
     there, from the page, with thresholds calibrated on that folder's own healthy slices."""
     import json
 
-    from uad import report, runs
+    from uad.data import identity
+    from uad.evaluation import summaries
 
     at = explore(new_app())
     assert "evaluation on **demo cohort · test split**" in texts(at)
@@ -728,10 +733,10 @@ def test_explore_presets_come_from_the_active_dataset(home, tmp_path):
         assert not [b for b in at.button if b.key and b.key.startswith("preset::")]
         at.button(key="evaluate::explore::zz-explore-eval").click().run()
         assert not at.exception, [e.value for e in at.exception]
-        out = run / "eval" / report.dataset_ref(other).id / "all"
+        out = run / "eval" / identity.dataset_ref(other).id / "all"
         launch = json.loads((out / "launch.json").read_text())
         deadline = time.time() + 180
-        while time.time() < deadline and runs.pid_alive(launch["pid"]):
+        while time.time() < deadline and processes.pid_alive(launch["pid"]):
             time.sleep(1)
         m = json.loads((out / "metrics.json").read_text())
         assert m["split"] == "all" and m["split_source"] == "external" and m["dataset"]["root"] == str(other.resolve())
@@ -739,17 +744,17 @@ def test_explore_presets_come_from_the_active_dataset(home, tmp_path):
         assert f"evaluation on **{other.name} · all cases**" in texts(at)
         presets = [b for b in at.button if b.key and b.key.startswith("preset::")]
         assert [b.label.split(" ·")[0] for b in presets] == ["1%", "5%", "10%"]
-        assert presets[1].label.endswith(f"{report.EvaluationSummary.from_metrics(m).presets()[1][1]:.3f}")
+        assert presets[1].label.endswith(f"{summaries.EvaluationSummary.from_metrics(m).presets()[1][1]:.3f}")
     finally:
         shutil.rmtree(run, ignore_errors=True)
 
 # -- Train: watching runs, the form, run management ------------------------------------------------------------
 def _status_run(home: Path, name: str, state: str, **status) -> Path:
-    from uad import runs
+    pass
 
     run = copy_run(home, name, with_eval=False)
     (run / "status.json").unlink()
-    runs.write_status(run, state, **status)
+    folders.write_status(run, state, **status)
     return run
 
 
@@ -831,8 +836,7 @@ def test_train_overlays_several_runs(home):
 
 
 def test_train_form_offers_choices_and_describes_models_from_uad(home):
-    from uad.models import AnomalyModel, model_description
-    from uad.models import registry
+    from uad.models import AnomalyModel, model_description, registry
 
     class Toy(AnomalyModel):
         """A toy model registered by this test."""
@@ -896,7 +900,7 @@ def test_train_rejects_a_bad_value_before_anything_starts(home, model, key, valu
 
 
 def test_train_name_tag_note_archive_restore_and_delete_a_run(home):
-    from uad import runs
+    pass
 
     run = copy_run(home, "zz-manage", with_eval=False)
     archived = home / "runs" / ".archive" / "zz-manage"
@@ -907,7 +911,7 @@ def test_train_name_tag_note_archive_restore_and_delete_a_run(home):
         at.text_area(key="meta_note::zz-manage").input("lr 1e-3, one epoch")
         at.button(key="meta_save::zz-manage").click().run()
         assert not at.exception
-        assert runs.read_meta(run) == {"name": "Baseline AE", "tags": ["flair", "small"], "note": "lr 1e-3, one epoch"}
+        assert run_meta.read_meta(run) == {"name": "Baseline AE", "tags": ["flair", "small"], "note": "lr 1e-3, one epoch"}
         shown = texts(at)
         assert "**Baseline AE** `zz-manage`" in shown and ":violet-badge[flair]" in shown and "lr 1e-3, one epoch" in shown
 
@@ -934,12 +938,12 @@ def test_train_name_tag_note_archive_restore_and_delete_a_run(home):
 def test_overview_progress_status_and_unevaluated_runs(home, tmp_path, monkeypatch):
     import json
 
-    from uad import paths, runs
+    from uad.core import paths
 
     shipped = tmp_path / "shipped"
     shutil.copytree(home / "shipped" / SHIPPED, shipped / "gan")
     # As the shipped f-AnoGAN: trained for its whole 3.8-min budget, 87 of an upper bound of 5000 epochs.
-    runs.write_status(shipped / "gan", "completed", epoch=87, epochs=5000, reason="time budget")
+    folders.write_status(shipped / "gan", "completed", epoch=87, epochs=5000, reason="time budget")
     monkeypatch.setattr(paths, "checkpoints_dir", lambda: shipped)
     pending = copy_run(home, "zz-not-evaluated", with_eval=False)
     try:

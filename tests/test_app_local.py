@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import wait_for_streamlit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,9 +142,9 @@ def test_app_refuses_a_network_address_nobody_asked_for(address_option, value, w
 
 # -- memory ------------------------------------------------------------------------------------------------
 def test_out_of_memory_in_one_modality_is_a_message(tmp_path, monkeypatch):
+    import state
     from conftest import phantom, write_case
 
-    import state
     from uad.data import volumes
 
     vols, seg = phantom()

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared home builder lives in test_app.py
-from test_app import REPO, build_app_home  # noqa: E402
 from conftest import wait_for_streamlit  # noqa: E402
+from test_app import REPO, build_app_home  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"

@@ -8,12 +8,11 @@ import time
 
 import pytest
 
-from uad import paths
 from uad.cli import main as cli
-from uad.data import PreprocessConfig, SliceStore, build_store
-from uad.data import cache
+from uad.core import paths
+from uad.core.errors import ConfigError
+from uad.data import PreprocessConfig, SliceStore, build_store, cache
 from uad.data.store import store_dir
-from uad.errors import ConfigError
 
 DAY = 86400
 

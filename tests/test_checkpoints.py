@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from uad import checkpoints
-from uad.errors import CheckpointError
+from uad.checkpoints import record as ckpt_record
+from uad.checkpoints import weights as ckpt_weights
+from uad.core.errors import CheckpointError
 from uad.models import create_model
 
 TINY = dict(image_size=32, base_channels=4, latent_dim=8)
@@ -31,14 +32,14 @@ def _model_and_optimizers():
 def _save(folder, model, optimizers, i):
     with torch.no_grad():
         next(model.parameters()).fill_(float(i))  # each save's weights differ, and say which save they are
-    checkpoints.save(folder, model, {"epoch": i}, optimizers=optimizers, training_state={"epoch": i, "step": i})
+    ckpt_weights.save(folder, model, {"epoch": i}, optimizers=optimizers, training_state={"epoch": i, "step": i})
 
 
 def _check_consistent(folder, optimizers):
-    ckpt = checkpoints.load(folder)
+    ckpt = ckpt_weights.load(folder)
     i = ckpt.info["epoch"]
     assert float(next(ckpt.model.parameters()).detach().flatten()[0]) == float(i)
-    assert checkpoints.load_training_state(folder, optimizers)["epoch"] == i
+    assert ckpt_weights.load_training_state(folder, optimizers)["epoch"] == i
     return i
 
 
@@ -92,39 +93,39 @@ def test_a_folder_missing_between_the_two_renames_is_recovered(tmp_path):
     # Killed while writing the very first version: only an incomplete new folder, and nothing to load.
     empty = tmp_path / "first"
     (tmp_path / f"first.tmp-{dead}").mkdir()
-    (tmp_path / f"first.tmp-{dead}" / checkpoints.WEIGHTS).write_bytes(b"partial")
+    (tmp_path / f"first.tmp-{dead}" / ckpt_record.WEIGHTS).write_bytes(b"partial")
     with pytest.raises(CheckpointError, match="no such run or checkpoint folder"):
-        checkpoints.load(empty)
+        ckpt_weights.load(empty)
 
 
 def test_non_finite_weights_are_refused(tmp_path):
     model, _ = _model_and_optimizers()
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = float("nan")
-    checkpoints.save(tmp_path / "nan", model, {})
+    ckpt_weights.save(tmp_path / "nan", model, {})
     with pytest.raises(CheckpointError, match=r"model.safetensors: weights contain NaN or infinite values"):
-        checkpoints.load(tmp_path / "nan")
+        ckpt_weights.load(tmp_path / "nan")
 
 
 def test_out_of_range_hyper_parameters_are_refused_before_building(tmp_path):
     model, _ = _model_and_optimizers()
-    checkpoints.save(tmp_path / "ckpt", model, {})
+    ckpt_weights.save(tmp_path / "ckpt", model, {})
 
     def edit(**hparams):
-        path = tmp_path / "ckpt" / checkpoints.META
+        path = tmp_path / "ckpt" / ckpt_record.META
         info = json.loads(path.read_text())
         info["hparams"].update(hparams)
         path.write_text(json.dumps(info))
 
     edit(latent_dim=100_000)
     with pytest.raises(CheckpointError, match=r"checkpoint.json: hparams latent_dim = 100000 is outside the sane range"):
-        checkpoints.load(tmp_path / "ckpt")
+        ckpt_weights.load(tmp_path / "ckpt")
     edit(latent_dim="8")
     with pytest.raises(CheckpointError, match="hparams latent_dim must be a number"):
-        checkpoints.load(tmp_path / "ckpt")
+        ckpt_weights.load(tmp_path / "ckpt")
     # Within bounds but far larger than the file: found on a model built without memory, then refused.
     edit(latent_dim=8, base_channels=256, image_size=256)
     t0 = time.perf_counter()
     with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
-        checkpoints.load(tmp_path / "ckpt")
+        ckpt_weights.load(tmp_path / "ckpt")
     assert time.perf_counter() - t0 < 5

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import phantom, write_case
-from uad import cli, fileio
+
+from uad import cli
+from uad.core import fileio
+from uad.runs import folders
 
 SHIPPED_AE = Path(__file__).resolve().parents[1] / "checkpoints" / "autoencoder"
 
@@ -116,24 +118,25 @@ def test_app_launcher_is_local_unless_told_otherwise(monkeypatch, given, expecte
 
 # -- uad runs ----------------------------------------------------------------------------------------------
 def _fake_run(name: str, state: str = "completed", **status) -> Path:
-    from uad import paths, runs
+    from uad.core import paths
 
     run = paths.runs_dir() / name
     run.mkdir(parents=True)
     fileio.write_json(run / "config.json", {"model": "autoencoder", "train": {"epochs": 2}})
-    runs.write_status(run, state, epoch=2, epochs=2, **status)
+    folders.write_status(run, state, epoch=2, epochs=2, **status)
     return run
 
 
 def test_runs_name_tag_note_archive_restore_delete(capsys):
-    from uad import paths, runs
+    from uad.core import paths
+    from uad.runs import meta as run_meta
 
     run = _fake_run("20250101-000000-autoencoder", end={"kind": "completed", "epochs_done": 2, "epochs": 2})
     assert cli.main(["runs", "rename", run.name, "baseline AE"]) == 0
     assert cli.main(["runs", "tag", "baseline AE", "flair", "64px"]) == 0  # found by the name it was given
     assert cli.main(["runs", "tag", str(run), "64px", "--remove"]) == 0
     assert cli.main(["runs", "note", run.name, "first try, lr 1e-3"]) == 0
-    assert runs.read_meta(run) == {"name": "baseline AE", "tags": ["flair"], "note": "first try, lr 1e-3"}
+    assert run_meta.read_meta(run) == {"name": "baseline AE", "tags": ["flair"], "note": "first try, lr 1e-3"}
     capsys.readouterr()
     assert cli.main(["runs", "list"]) == 0
     out = capsys.readouterr().out
@@ -151,7 +154,7 @@ def test_runs_name_tag_note_archive_restore_delete(capsys):
     assert run.name not in capsys.readouterr().out
     cli.main(["runs", "list", "--archived"])
     assert "baseline AE" in capsys.readouterr().out
-    assert cli.main(["runs", "restore", run.name]) == 0 and run.is_dir() and runs.read_meta(run)["name"] == "baseline AE"
+    assert cli.main(["runs", "restore", run.name]) == 0 and run.is_dir() and run_meta.read_meta(run)["name"] == "baseline AE"
     assert cli.main(["runs", "delete", run.name, "--yes"]) == 0
     assert not run.exists() and [p.name for p in paths.runs_dir().iterdir()] == [".archive"]  # nothing else left
     _fails_cleanly(["runs", "delete", run.name, "--yes"], capsys, f"no run '{run.name}'")
@@ -160,7 +163,7 @@ def test_runs_name_tag_note_archive_restore_delete(capsys):
 def test_runs_refuses_active_runs_and_shipped_checkpoints(capsys, tmp_path, monkeypatch):
     import os
 
-    from uad import paths
+    from uad.core import paths
 
     live = _fake_run("20250101-000001-autoencoder", "running", pid=os.getpid())  # this process: alive
     for action in (["archive"], ["delete", "--yes"]):

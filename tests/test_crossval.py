@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import phantom, write_case
-from uad.crossval import CrossValConfig, MethodSpec, cross_validate
+
+from uad.core.errors import ConfigError
 from uad.data.splits import check_case_lists, kfold_cases
-from uad.errors import ConfigError
-from uad.evaluate import evaluate
+from uad.evaluation.crossval import CrossValConfig, MethodSpec, cross_validate
+from uad.evaluation.evaluate import evaluate
 from uad.models import create_model
 from uad.models.base import residual_map
-from uad.train import TrainConfig, train
+from uad.training.config import TrainConfig
+from uad.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,8 +174,8 @@ def test_real_bench_quick_runs_end_to_end_on_real_scans(tmp_path):
 def test_a_method_scores_with_todays_residual_default_unless_it_names_one():
     # A fold run trained before the default changed records residual="abs" in its hyper-parameters;
     # re-running the same command must still score it as the method's label says.
-    from uad.crossval import MethodSpec
-    from uad.score import PostprocessConfig
+    from uad.evaluation.crossval import MethodSpec
+    from uad.scoring.recipe import PostprocessConfig
 
     post = PostprocessConfig()
     assert MethodSpec("vae").scoring(post)[0] == {"residual": "positive"}

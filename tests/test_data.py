@@ -10,13 +10,21 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import BRATS_AFFINE, NAMES_2023, REAL_CASE, phantom, write_case
-from uad.data import PreprocessConfig, SliceStore, build_store, discover_cases, load_case, preprocess_case, split_cases
+
+from uad.core.errors import ConfigError, DataError
+from uad.data import (
+    PreprocessConfig,
+    SliceStore,
+    build_store,
+    discover_cases,
+    load_case,
+    preprocess_case,
+    split_cases,
+)
 from uad.data import store as store_mod
-from uad.data.preprocess import SLICE_TABLE_COLUMNS, WorkingCase
 from uad.data.dataset import SliceDataset
-from uad.errors import ConfigError, DataError
+from uad.data.preprocess import SLICE_TABLE_COLUMNS, WorkingCase
 
 SMALL = PreprocessConfig(image_size=64)
 
@@ -324,7 +332,7 @@ def test_labelled_ids_come_from_the_metadata_without_opening_cases(make_cohort, 
     monkeypatch.setattr(SliceStore, "case", lambda self, cid: pytest.fail(f"case {cid} was opened"))
     labelled = ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
     assert store.labelled_ids == labelled
-    from uad.evaluate import split_for
+    from uad.evaluation.evaluate import split_for
 
     assert split_for(store, {}, "all").eval_cases == labelled + ["unlabelled"]
 

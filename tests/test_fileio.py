@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from uad import fileio
+from uad.core import fileio
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_full_disk_is_a_data_error_naming_the_target(tmp_path):
     import errno
     import pickle
 
-    from uad.errors import DataError, DiskFullError
+    from uad.core.errors import DataError, DiskFullError
 
     target = tmp_path / "results" / "metrics.json"
     with pytest.raises(DataError, match="disk full") as err:

@@ -9,12 +9,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
-
-from uad.fileio import json_safe
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from uad import metrics as M
+from uad.core.fileio import json_safe
+from uad.evaluation import metrics as M
 
 # Hand example (slices). Negatives score 0.1, 0.4; positives 0.3, 0.5, 0.6, 0.7.
 #   AUROC: positive 0.3 beats 1 negative, 0.5 / 0.6 / 0.7 beat both -> 7 of 8 pairs = 0.875.

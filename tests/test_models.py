@@ -8,8 +8,15 @@ import math
 import pytest
 import torch
 
-from uad.errors import ConfigError
-from uad.models import AnomalyModel, AnomalyOutput, canonical_name, create_model, list_models, model_class
+from uad.core.errors import ConfigError
+from uad.models import (
+    AnomalyModel,
+    AnomalyOutput,
+    canonical_name,
+    create_model,
+    list_models,
+    model_class,
+)
 from uad.models.blocks import coarse_noise
 from uad.models.vit import patchify, random_token_mask, unpatchify
 

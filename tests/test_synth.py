@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from uad.core.errors import DataError
+from uad.core.fileio import read_json
 from uad.data import synth
-from uad.errors import DataError
-from uad.fileio import read_json
 
 FILES = ("flair", "t1", "t1ce", "t2", "seg")
 
@@ -155,6 +155,7 @@ def _snapshot(folder):
 def test_synth_refuses_a_folder_it_did_not_write(tmp_path, capsys, fast_build):
     from conftest import phantom
     from conftest import write_case as write_real_case
+
     from uad import cli
 
     out = tmp_path / "brats"

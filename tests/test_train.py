@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from uad import checkpoints, runs
-from uad.errors import CheckpointError, TrainingDiverged, UADError
-from uad.train import TrainConfig, train
+from uad.checkpoints import record as ckpt_record
+from uad.checkpoints import weights as ckpt_weights
+from uad.core.errors import CheckpointError, TrainingDiverged, UADError
+from uad.runs import folders, listing
+from uad.training.config import TrainConfig
+from uad.training.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=64, batch_size=8, lr=1e-3)
@@ -36,9 +39,9 @@ def test_completed_run_folder_and_lower_loss(cohort, tmp_path):
     for name in ("config.json", "status.json", "metrics.jsonl", "train.log", "best/model.safetensors",
                  "best/checkpoint.json", "last/model.safetensors", "last/checkpoint.json"):
         assert (run / name).is_file(), name
-    status = runs.read_status(run)
+    status = folders.read_status(run)
     assert status["state"] == "completed" and status["epoch"] == 4
-    lines = runs.read_metrics(run)
+    lines = folders.read_metrics(run)
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
     assert lines[-1]["train"]["loss"] < lines[0]["train"]["loss"]
     assert all(r["slices_per_s"] > 0 and r["val_loss"] > 0 for r in lines)
@@ -61,7 +64,7 @@ def test_epoch_loss_means_count_only_the_batches_that_logged_them(cohort, tmp_pa
 
     monkeypatch.setattr(model_class("autoencoder"), "training_step", two_phases)
     run = train(_config(cohort, epochs=1, batch_size=2), run_dir=tmp_path / "run", progress=False)
-    assert runs.read_metrics(run)[0]["train"] == {"first": 1.0, "second": 3.0}
+    assert folders.read_metrics(run)[0]["train"] == {"first": 1.0, "second": 3.0}
 
 
 def test_failed_run_records_the_error(tmp_path):
@@ -69,7 +72,7 @@ def test_failed_run_records_the_error(tmp_path):
     empty.mkdir()
     with pytest.raises(UADError):
         train(TrainConfig(model="ae", data=str(empty), **TINY), run_dir=tmp_path / "run", progress=False)
-    status = runs.read_status(tmp_path / "run")
+    status = folders.read_status(tmp_path / "run")
     assert status["state"] == "failed" and "no usable case" in status["error"]
     assert status["end"]["kind"] == "failed" and "no usable case" in status["end"]["reason"]
 
@@ -78,8 +81,8 @@ def test_resume_continues_at_the_saved_epoch(cohort, tmp_path):
     run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
     cfg = _config(cohort, epochs=3)
     train(cfg, run_dir=run, resume=True, progress=False)
-    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]
-    assert runs.read_status(run)["state"] == "completed"
+    assert [r["epoch"] for r in folders.read_metrics(run)] == [1, 2, 3]
+    assert folders.read_status(run)["state"] == "completed"
     assert json.loads((run / "last" / "checkpoint.json").read_text())["epoch"] == 3
 
 
@@ -93,7 +96,7 @@ def test_sigterm_cancels_with_a_loadable_checkpoint(cohort, tmp_path):
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not runs.read_metrics(run):
+        while time.time() < deadline and not folders.read_metrics(run):
             assert proc.poll() is None, (tmp_path / "out.log").read_text()
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
@@ -101,21 +104,21 @@ def test_sigterm_cancels_with_a_loadable_checkpoint(cohort, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    status = runs.read_status(run)
+    status = folders.read_status(run)
     assert status["state"] == "cancelled" and "SIGTERM" in status["reason"]
     assert status["end"]["kind"] == "cancelled" and status["end"]["epoch"] >= 2 and status["end"]["batches"] > 0
-    ckpt = checkpoints.load(run / "last")
+    ckpt = ckpt_weights.load(run / "last")
     assert ckpt.info["epoch"] >= 1 and ckpt.info["epoch"] == status["end"]["epochs_done"]
 
 
 def test_checkpoint_roundtrip_gives_identical_outputs(cohort, tmp_path):
     run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
-    a = checkpoints.load(run)
-    b = checkpoints.load(run / "best" / "checkpoint.json")
+    a = ckpt_weights.load(run)
+    b = ckpt_weights.load(run / "best" / "checkpoint.json")
     x = torch.rand(2, 1, 64, 64)
     assert torch.equal(a.model.anomaly_map(x).anomaly_map, b.model.anomaly_map(x).anomaly_map)
-    half = checkpoints.save(tmp_path / "half", a.model, dict(a.info), dtype=torch.float16)
-    c = checkpoints.load(half)
+    half = ckpt_weights.save(tmp_path / "half", a.model, dict(a.info), dtype=torch.float16)
+    c = ckpt_weights.load(half)
     assert torch.allclose(a.model.anomaly_map(x).anomaly_map, c.model.anomaly_map(x).anomaly_map, atol=2e-2)
 
 
@@ -134,7 +137,7 @@ def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        checkpoints.load(truncated)
+        ckpt_weights.load(truncated)
 
     garbage = variant("garbage")
     (garbage / "model.safetensors").write_bytes(b"\x00" * 100)
@@ -142,35 +145,35 @@ def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
     info.pop("weights_sha256")
     (garbage / "checkpoint.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        checkpoints.load(garbage)
+        ckpt_weights.load(garbage)
 
     bad_json = variant("badjson")
     (bad_json / "checkpoint.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt checkpoint description"):
-        checkpoints.load(bad_json)
+        ckpt_weights.load(bad_json)
 
     other = variant("other")
     info = json.loads((other / "checkpoint.json").read_text())
     info["model"] = "vae"
     (other / "checkpoint.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="checkpoint.json: cannot rebuild model vae"):
-        checkpoints.load(other)
+        ckpt_weights.load(other)
 
     resized = variant("resized")
     info = json.loads((resized / "checkpoint.json").read_text())
     info["hparams"]["base_channels"] = 7  # every layer's shape changes (latent_dim is unused by the U-Net)
     (resized / "checkpoint.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
-        checkpoints.load(resized)
+        ckpt_weights.load(resized)
 
     with pytest.raises(CheckpointError, match="is a autoencoder checkpoint, not vit"):
-        checkpoints.load(good, expect_model="vit")
+        ckpt_weights.load(good, expect_model="vit")
     with pytest.raises(CheckpointError, match="trained on modalities flair, but the data asks for flair t2"):
-        checkpoints.load(good, preprocess=PreprocessConfig(modalities=("flair", "t2"), image_size=64))
+        ckpt_weights.load(good, preprocess=PreprocessConfig(modalities=("flair", "t2"), image_size=64))
     with pytest.raises(CheckpointError, match="trained at image size 64"):
-        checkpoints.load(good, preprocess=PreprocessConfig(image_size=128))
+        ckpt_weights.load(good, preprocess=PreprocessConfig(image_size=128))
     with pytest.raises(CheckpointError, match="no such run"):
-        checkpoints.load(tmp_path / "nowhere")
+        ckpt_weights.load(tmp_path / "nowhere")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun needs a POSIX system")
@@ -185,7 +188,7 @@ def test_torchrun_two_gloo_ranks_end_with_identical_weights(cohort, tmp_path, mo
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    status = runs.read_status(run)
+    status = folders.read_status(run)
     assert status["state"] == "completed" and status["world_size"] == 2
     sums = status["rank_weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
@@ -204,32 +207,32 @@ def test_a_folder_that_holds_a_run_is_refused_unless_resumed_or_overwritten(coho
     assert files() == before  # not touched, not even status.json
 
     assert main(args + ["--overwrite"]) == 0
-    assert checkpoints.read_info(run)["model"] == "vae"
-    assert [r["epoch"] for r in runs.read_metrics(run)] == [1]
+    assert ckpt_record.read_info(run)["model"] == "vae"
+    assert [r["epoch"] for r in folders.read_metrics(run)] == [1]
     (aside,) = tmp_path.glob("run.old-*")  # the old run, moved aside whole, still usable
-    assert checkpoints.load(aside).info["model"] == "autoencoder"
-    assert runs.read_status(aside)["state"] == "completed" and [r["epoch"] for r in runs.read_metrics(aside)] == [1]
+    assert ckpt_weights.load(aside).info["model"] == "autoencoder"
+    assert folders.read_status(aside)["state"] == "completed" and [r["epoch"] for r in folders.read_metrics(aside)] == [1]
 
     assert main(args + ["--overwrite", "--resume", str(run)]) == 2
     assert "choose one" in capsys.readouterr().err
 
-    lock = runs.RunLock(run).acquire()  # as a trainer in another process would hold it
+    lock = folders.RunLock(run).acquire()  # as a trainer in another process would hold it
     try:
         assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
         assert f"{run}: another training process (pid {os.getpid()}) is writing" in capsys.readouterr().err
     finally:
         lock.release()
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
-    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2]
+    assert [r["epoch"] for r in folders.read_metrics(run)] == [1, 2]
 
 
 def test_a_folder_the_app_reserved_is_trained_into(cohort, tmp_path):
     # The app creates the folder with a queued status (and its own launch files) before starting the trainer.
     run = tmp_path / "run"
-    runs.write_status(run.mkdir() or run, "queued", model="autoencoder")
+    folders.write_status(run.mkdir() or run, "queued", model="autoencoder")
     (run / "launch.json").write_text("{}")
     train(_config(cohort, epochs=1), run_dir=run, progress=False)
-    assert runs.read_status(run)["state"] == "completed"
+    assert folders.read_status(run)["state"] == "completed"
 
 
 def test_a_second_trainer_on_a_folder_in_use_fails_fast(cohort, tmp_path):
@@ -241,7 +244,7 @@ def test_a_second_trainer_on_a_folder_in_use_fails_fast(cohort, tmp_path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and (runs.read_status(run) or {}).get("state") != "running":
+        while time.time() < deadline and (folders.read_status(run) or {}).get("state") != "running":
             assert first.poll() is None, first.stderr.read().decode()
             time.sleep(0.1)
         # Two more writers at once: a plain start, and one that would move the run aside.
@@ -252,20 +255,20 @@ def test_a_second_trainer_on_a_folder_in_use_fails_fast(cohort, tmp_path):
             err = other.communicate(timeout=120)[1]
             assert other.returncode == 2, err
             assert f"{run}: another training process (pid {first.pid}) is writing this run folder" in err
-        assert first.poll() is None and runs.read_status(run)["pid"] == first.pid
+        assert first.poll() is None and folders.read_status(run)["pid"] == first.pid
         assert not list(tmp_path.glob("run.old-*"))
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
-    assert runs.read_status(run)["state"] == "cancelled"
+    assert folders.read_status(run)["state"] == "cancelled"
 
 
 def test_without_validation_slices_best_follows_the_latest_epoch(cohort, tmp_path):
     run = train(_config(cohort, epochs=2, split_ratios=(1, 0, 0)), run_dir=tmp_path / "run", progress=False)
-    best = checkpoints.read_info(run / "best")
-    assert best["epoch"] == 2 and best["weights_sha256"] == checkpoints.read_info(run / "last")["weights_sha256"]
+    best = ckpt_record.read_info(run / "best")
+    assert best["epoch"] == 2 and best["weights_sha256"] == ckpt_record.read_info(run / "last")["weights_sha256"]
     assert best["best_selection"] == "latest epoch (no validation slices)"
-    assert runs.read_status(run)["best_selection"] == "latest epoch (no validation slices)"
+    assert folders.read_status(run)["best_selection"] == "latest epoch (no validation slices)"
 
 
 def test_a_diverged_run_fails_and_leaves_no_nan_checkpoint(cohort, tmp_path, capsys):
@@ -275,9 +278,9 @@ def test_a_diverged_run_fails_and_leaves_no_nan_checkpoint(cohort, tmp_path, cap
     base = ["--model", "autoencoder", "--data", str(cohort), "--image-size", "64", "--batch-size", "8", "--no-progress"]
     assert main(["train", *base, "--epochs", "2", "--lr", "1e30", "--out", str(run)]) == 2
     assert f"{run}: training diverged (training loss 'loss' became nan" in capsys.readouterr().err
-    status = runs.read_status(run)
+    status = folders.read_status(run)
     assert status["state"] == "failed" and status["reason"] == "diverged" and "training diverged" in status["error"]
-    assert runs.read_metrics(run)[-1]["diverged"] is True
+    assert folders.read_metrics(run)[-1]["diverged"] is True
     assert not (run / "best").exists() and not (run / "last").exists()
     assert main(["evaluate", "--run", str(run)]) == 2  # a clear error, not a traceback
     assert "no checkpoint here" in capsys.readouterr().err
@@ -303,19 +306,19 @@ def test_a_nan_loss_keeps_the_good_checkpoints(cohort, tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"training loss 'loss' became nan at step \d+, epoch 2"):
         train(_config(cohort, epochs=2), run_dir=tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert runs.read_status(run)["reason"] == "diverged"
+    assert folders.read_status(run)["reason"] == "diverged"
     for sub in ("best", "last"):
-        ckpt = checkpoints.load(run / sub)
+        ckpt = ckpt_weights.load(run / sub)
         assert ckpt.info["epoch"] == 1 and all(torch.isfinite(t).all() for t in ckpt.model.state_dict().values())
-    assert [r.get("diverged", False) for r in runs.read_metrics(run)] == [False, True]
+    assert [r.get("diverged", False) for r in folders.read_metrics(run)] == [False, True]
 
 
 # -- a run you can watch -------------------------------------------------------------------------------------
 def test_a_run_records_progress_step_losses_samples_and_its_end(cohort, tmp_path, monkeypatch):
     import cv2
 
-    from uad import train as train_mod
     from uad.models import model_class
+    from uad.training import trainer as train_mod
 
     monkeypatch.setattr(train_mod, "STATUS_EVERY_S", 0.0)  # every batch, so the test sees in-epoch progress
     seen = []
@@ -323,7 +326,7 @@ def test_a_run_records_progress_step_losses_samples_and_its_end(cohort, tmp_path
     real_step = cls.training_step
 
     def watched(self, x, optimizers, progress):
-        seen.append(dict(runs.read_status(tmp_path / "run")))
+        seen.append(dict(folders.read_status(tmp_path / "run")))
         return real_step(self, x, optimizers, progress)
 
     monkeypatch.setattr(cls, "training_step", watched)
@@ -335,23 +338,23 @@ def test_a_run_records_progress_step_losses_samples_and_its_end(cohort, tmp_path
     assert all(s["eta"] is not None and s["eta"] >= 0 and s["elapsed"] >= 0 for s in mid)
     assert mid[-1]["step"] > mid[0]["step"]
 
-    steps = runs.read_steps(run)
+    steps = folders.read_steps(run)
     assert len(steps) >= 2 and [r["step"] for r in steps] == sorted(r["step"] for r in steps)
-    assert steps[-1]["step"] == runs.read_metrics(run)[-1]["step"]
+    assert steps[-1]["step"] == folders.read_metrics(run)[-1]["step"]
     assert 0 < steps[0]["epoch"] <= 1 and steps[-1]["epoch"] == pytest.approx(2.0)
     assert all(r["train"]["loss"] > 0 for r in steps)
 
-    grid = cv2.imread(str(run / runs.SAMPLES), cv2.IMREAD_GRAYSCALE)
+    grid = cv2.imread(str(run / folders.SAMPLES), cv2.IMREAD_GRAYSCALE)
     assert grid.shape == (3 * 64 + 2 * 2, 4 * 64 + 3 * 2)  # input / reconstruction / difference × 4 slices
-    assert json.loads((run / runs.SAMPLES_INFO).read_text())["epoch"] == 2
+    assert json.loads((run / folders.SAMPLES_INFO).read_text())["epoch"] == 2
 
-    status = runs.read_status(run)
+    status = folders.read_status(run)
     assert status["state"] == "completed" and status["end"]["kind"] == "completed"
     assert status["end"]["epochs_done"] == 2 and status["end"]["batch"] == status["end"]["batches"] == batches
 
 
 def test_a_time_budget_mid_epoch_is_recorded_as_such(cohort, tmp_path, monkeypatch):
-    from uad import jobs
+    from uad.jobs import run_jobs
     from uad.models import model_class
 
     cls = model_class("autoencoder")
@@ -363,15 +366,15 @@ def test_a_time_budget_mid_epoch_is_recorded_as_such(cohort, tmp_path, monkeypat
 
     monkeypatch.setattr(cls, "training_step", slow)
     run = train(_config(cohort, epochs=3, batch_size=2, max_minutes=0.01), run_dir=tmp_path / "run", progress=False)
-    status = runs.read_status(run)
+    status = folders.read_status(run)
     end = status["end"]
     assert status["state"] == "completed" and end["kind"] == "time_budget"
     assert end["epoch"] == 1 and 0 < end["batch"] < end["batches"] and end["epochs_done"] == 0
     assert status["epoch"] == 0  # the partial epoch is not counted as done (it used to read "completed 1/1")
-    last = runs.read_metrics(run)[-1]
+    last = folders.read_metrics(run)[-1]
     assert last["partial"] is True and last["batches"] == [end["batch"], end["batches"]]
-    assert checkpoints.read_info(run / "last")["epoch"] == 0  # a resume trains epoch 1 again, in full
-    (info,) = runs.list_runs(include_shipped=False, root=tmp_path)
-    view = jobs.run_view(info)
+    assert ckpt_record.read_info(run / "last")["epoch"] == 0  # a resume trains epoch 1 again, in full
+    (info,) = listing.list_runs(include_shipped=False, root=tmp_path)
+    view = run_jobs.run_view(info)
     assert view.label == "time budget" and view.progress == 1.0
     assert view.outcome == f"stopped by its 0.01-min time budget in epoch 1/3 at batch {end['batch']}/{end['batches']}"

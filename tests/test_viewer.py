@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import BRATS_AFFINE, phantom, write_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
@@ -129,17 +128,17 @@ def test_label_conventions():
 
 
 def _info(path: Path, name: str, state: str, shipped=False, auroc=None, data_root=None, model="autoencoder"):
-    from uad import runs
+    from uad.runs import listing
 
     path.mkdir(parents=True, exist_ok=True)
     if auroc is not None:
         (path / "eval").mkdir(exist_ok=True)
         (path / "eval" / "metrics.json").write_text(f'{{"slice_auroc": {auroc}}}')
-    return runs.RunInfo(path, name, model, state, shipped, {"state": state}, {"data_root": data_root})
+    return listing.RunInfo(path, name, model, state, shipped, {"state": state}, {"data_root": data_root})
 
 
 def test_default_run_prefers_suggested_then_best_completed(tmp_path):
-    from uad.run_choice import default_run
+    from uad.jobs.choice import default_run
 
     newest_cancelled = _info(tmp_path / "c", "3-cancelled", "cancelled", auroc=0.99)
     weak = _info(tmp_path / "w", "2-weak", "completed", auroc=0.6)
@@ -159,7 +158,7 @@ def test_default_run_prefers_suggested_then_best_completed(tmp_path):
 
 def test_default_run_ranks_runs_by_evaluations_in_the_per_dataset_layout(tmp_path):
     # Evaluations now live in <run>/eval/<dataset-id>/<split>/; the ranking must see them there too.
-    from uad.run_choice import default_run
+    from uad.jobs.choice import default_run
 
     weak = _info(tmp_path / "w", "2-weak", "completed")
     strong = _info(tmp_path / "s", "1-strong", "completed")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from uad.runs import pid_alive
+from uad.core.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,9 @@ def slow_preprocess(*args, **kwargs):
 store.preprocess_case = slow_preprocess
 
 if os.environ.get("UAD_TEST_NO_DEATHSIG"):  # leave it to the polling thread (the non-main-thread case)
-    import uad.workers
+    import uad.core.workers
 
-    uad.workers._set_parent_death_signal = lambda: None
+    uad.core.workers._set_parent_death_signal = lambda: None
 """
 
 

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from uad import report
-from uad.errors import UADError
+from uad.core.errors import UADError
+from uad.data import identity
+from uad.evaluation import columns, summaries
 
 
 def _add_data_args(p: argparse.ArgumentParser, modalities: bool = True) -> None:
@@ -24,7 +25,7 @@ def _check_device(name: str | None) -> None:
         return
     import torch
 
-    from uad.errors import ConfigError
+    from uad.core.errors import ConfigError
 
     try:
         device = torch.device(name)
@@ -44,7 +45,7 @@ def _check_out(path: Path | None, flag: str, folder: bool) -> None:
     """An output path must not be a folder where a file is wanted (or the reverse), nor lie under a file."""
     if path is None:
         return
-    from uad.errors import ConfigError
+    from uad.core.errors import ConfigError
 
     if path.exists():
         if folder and not path.is_dir():
@@ -99,9 +100,9 @@ def cmd_prepare(args) -> int:
 def cmd_cache(args) -> int:
     import math
 
-    from uad import paths
+    from uad.core import paths
+    from uad.core.errors import ConfigError
     from uad.data import cache
-    from uad.errors import ConfigError
 
     root = paths.cache_dir()
     if args.cache_command in (None, "list"):
@@ -123,16 +124,16 @@ def cmd_cache(args) -> int:
             max_bytes = cache.parse_size(args.max_size)
         except ValueError as exc:
             raise ConfigError(f"--max-size: {exc}") from None
-    report = cache.prune(root, older_than_days=args.older_than, max_bytes=max_bytes, dry_run=args.dry_run)
+    pruned = cache.prune(root, older_than_days=args.older_than, max_bytes=max_bytes, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for e in report.removed:
+    for e in pruned.removed:
         print(f"{verb} {e.name}  {cache.format_size(e.size)}, last used {cache.format_time(e.last_used)}, "
               f"{e.cases} cases, {e.config}, {e.dataset or '(incomplete build)'}")
-    for e in report.in_use:
+    for e in pruned.in_use:
         print(f"kept {e.name}: in use by a running build or reader")
-    freed = report.total_before - report.total_after
-    print(f"{verb} {len(report.removed)} entries ({cache.format_size(freed)}); slice cache {root} "
-          f"{'would take' if args.dry_run else 'takes'} {cache.format_size(report.total_after)}")
+    freed = pruned.total_before - pruned.total_after
+    print(f"{verb} {len(pruned.removed)} entries ({cache.format_size(freed)}); slice cache {root} "
+          f"{'would take' if args.dry_run else 'takes'} {cache.format_size(pruned.total_after)}")
     return 0
 
 
@@ -206,9 +207,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
-    from uad import fileio
-    from uad.errors import ConfigError
-    from uad.train import TrainConfig, check_config, train
+    from uad.core import fileio
+    from uad.core.errors import ConfigError
+    from uad.training.config import TrainConfig, check_config
+    from uad.training.trainer import train
 
     # Checked here, before any work, so a bad value is one line rather than a traceback from deep inside.
     if not 0 <= args.seed < 2**63:  # torch.manual_seed overflows above that
@@ -267,44 +269,47 @@ def _runs_table(views) -> str:
 
 
 def cmd_runs(args) -> int:
-    from uad import jobs, paths, runs
-    from uad.errors import ConfigError
+    from uad.core import paths
+    from uad.core.errors import ConfigError
+    from uad.jobs import background, run_jobs
+    from uad.runs import archive
+    from uad.runs import meta as run_meta
 
     command = args.runs_command or "list"
     if command == "list":
-        views = jobs.list_run_views(include_shipped=args.shipped, archived=args.archived)
-        where = runs.archive_dir() if args.archived else paths.runs_dir()
+        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived)
+        where = archive.archive_dir() if args.archived else paths.runs_dir()
         if not views:
             print(f"no runs in {where}")
             return 0
         print(_runs_table(views))
         return 0
 
-    v = jobs.find_run(args.run, archived=True if command == "restore" else None)
+    v = run_jobs.find_run(args.run, archived=True if command == "restore" else None)
     if command == "cancel":
-        print(jobs.cancel_run(v.path))
+        print(run_jobs.cancel_run(v.path))
     elif command == "resume":
         if args.epochs is not None and args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
-        jobs.resume_run(v.path, args.epochs)
-        print(f"resuming {v.path} in the background; output in {v.path / jobs.STDOUT} (`uad train --resume` "
+        run_jobs.resume_run(v.path, args.epochs)
+        print(f"resuming {v.path} in the background; output in {v.path / background.STDOUT} (`uad train --resume` "
               "runs it in the foreground)")
     elif command == "rename":
-        meta = runs.update_meta(v.path, name=args.name)
+        meta = run_meta.update_meta(v.path, name=args.name)
         print(f"{v.info.name}: named {meta['name']!r}" if meta["name"] else f"{v.info.name}: name cleared")
     elif command == "tag":
         if args.remove:
-            meta = runs.update_meta(v.path, remove_tags=args.tags)
+            meta = run_meta.update_meta(v.path, remove_tags=args.tags)
         else:
-            meta = runs.update_meta(v.path, add_tags=args.tags)
+            meta = run_meta.update_meta(v.path, add_tags=args.tags)
         print(f"{v.info.name}: tags {', '.join(meta['tags']) or '(none)'}")
     elif command == "note":
-        runs.update_meta(v.path, note=args.text)
+        run_meta.update_meta(v.path, note=args.text)
         print(f"{v.info.name}: note {'saved' if args.text.strip() else 'cleared'}")
     elif command == "archive":
-        print(f"archived {v.info.name} to {jobs.archive_run(v.path)}")
+        print(f"archived {v.info.name} to {run_jobs.archive_run(v.path)}")
     elif command == "restore":
-        print(f"restored {v.info.name} to {jobs.restore_run(v.path)}")
+        print(f"restored {v.info.name} to {run_jobs.restore_run(v.path)}")
     elif command == "delete":
         if not args.yes:
             if not sys.stdin.isatty():
@@ -313,14 +318,14 @@ def cmd_runs(args) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("not deleted")
                 return 1
-        jobs.delete_run(v.path)
+        run_jobs.delete_run(v.path)
         print(f"deleted {v.path}")
     return 0
 
 
 # -- scoring and evaluation ---------------------------------------------------------------------------------
 def _add_post_args(p: argparse.ArgumentParser) -> None:
-    from uad.score import PostprocessConfig
+    from uad.scoring.recipe import PostprocessConfig
 
     d = PostprocessConfig()
     g = p.add_argument_group("post-processing")
@@ -334,7 +339,7 @@ def _add_post_args(p: argparse.ArgumentParser) -> None:
 
 
 def _post_config(args):
-    from uad.score import PostprocessConfig
+    from uad.scoring.recipe import PostprocessConfig
 
     return PostprocessConfig(erode_brain=args.erode, median_size=args.median, median_3d=args.median_3d,
                              min_component=args.min_component, slice_score=args.slice_score,
@@ -342,18 +347,18 @@ def _post_config(args):
 
 
 def cmd_evaluate(args) -> int:
-    from uad.evaluate import evaluate
+    from uad.evaluation.evaluate import evaluate
 
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
 
     m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
                  post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
-    s = report.EvaluationSummary.from_metrics(m)
-    out = args.out or report.eval_folder(report.write_base(args.run), s.dataset, args.split)
-    print(f"{m['model']} on {s.dataset.title}, {report.SPLIT_WORDS.get(args.split, args.split)} "
+    s = summaries.EvaluationSummary.from_metrics(m)
+    out = args.out or summaries.eval_folder(summaries.write_base(args.run), s.dataset, args.split)
+    print(f"{m['model']} on {s.dataset.title}, {summaries.SPLIT_WORDS.get(args.split, args.split)} "
           f"({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
-    print(report.format_table(report.comparison_rows([(m["model"], s)])))
+    print(columns.format_table(columns.comparison_rows([(m["model"], s)])))
     return 0
 
 
@@ -361,15 +366,15 @@ def _dataset_filter(value: str | None) -> str | None:
     """``--dataset``: a dataset id as listed by ``uad compare`` errors, or a folder (turned into its id)."""
     if value is None:
         return None
-    return report.dataset_ref(value).id if Path(value).expanduser().exists() else value
+    return identity.dataset_ref(value).id if Path(value).expanduser().exists() else value
 
 
-def _pick_evaluations(run_paths: list[Path], dataset: str | None, split: str | None) -> list[tuple[Path, "report.EvaluationSummary"]]:
+def _pick_evaluations(run_paths: list[Path], dataset: str | None, split: str | None) -> list[tuple[Path, "summaries.EvaluationSummary"]]:
     """Each run's evaluation on one common (dataset, split): the one asked for, else the only one they share.
     ConfigError naming the runs and what they have otherwise."""
-    from uad.errors import ConfigError
+    from uad.core.errors import ConfigError
 
-    found = {run: report.find_evaluations(report.eval_bases(run)) for run in run_paths}
+    found = {run: summaries.find_evaluations(summaries.eval_bases(run)) for run in run_paths}
     for run, evals in found.items():
         if not evals:
             raise ConfigError(f"{Path(run) / 'eval'}: no evaluation found; run `python -m uad evaluate --run {run}` first")
@@ -392,7 +397,7 @@ def _pick_evaluations(run_paths: list[Path], dataset: str | None, split: str | N
 
 
 def cmd_report(args) -> int:
-    from uad import html_report
+    from uad.evaluation import html_report
 
     _check_out(args.out, "--out", folder=False)
     ((_, summary),) = _pick_evaluations([args.run], args.dataset, args.split)
@@ -404,16 +409,18 @@ def cmd_report(args) -> int:
 def cmd_score(args) -> int:
     import time
 
-    from uad import checkpoints
+    from uad.checkpoints import weights as ckpt_weights
+    from uad.core.errors import DataError
     from uad.data.cases import discover_cases
     from uad.data.store import load_working_case
-    from uad.errors import DataError
-    from uad.score import ModelScorer, score_case, write_nifti
+    from uad.scoring.maps import score_case
+    from uad.scoring.nifti import write_nifti
+    from uad.scoring.scorers import ModelScorer
 
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
     t0 = time.perf_counter()
-    ckpt = checkpoints.load(args.run, device=args.device or "cpu")
+    ckpt = ckpt_weights.load(args.run, device=args.device or "cpu")
     cases, skipped = discover_cases(args.case)
     if len(cases) != 1:
         reason = f"; skipped: {skipped[0].reason}" if skipped else ""
@@ -429,17 +436,17 @@ def cmd_score(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from uad import fileio
+    from uad.core import fileio
 
     if args.csv is not None:
         _check_out(args.csv, "--csv", folder=False)
     chosen = _pick_evaluations(list(args.runs), args.dataset, args.split)
     first = chosen[0][1]
-    print(f"dataset {first.dataset.title}, {report.SPLIT_WORDS.get(first.split, first.split)}")
-    rows = report.comparison_rows([(Path(run).name or str(run), s) for run, s in chosen])
-    print(report.format_table(rows))
+    print(f"dataset {first.dataset.title}, {summaries.SPLIT_WORDS.get(first.split, first.split)}")
+    rows = columns.comparison_rows([(Path(run).name or str(run), s) for run, s in chosen])
+    print(columns.format_table(rows))
     if args.csv is not None:  # only when asked: never a file the user did not name
-        fileio.write_text(args.csv, report.csv_text(rows))
+        fileio.write_text(args.csv, columns.csv_text(rows))
         print(f"wrote {args.csv}")
     return 0
 
@@ -450,7 +457,7 @@ def cmd_app(streamlit_args: list[str]) -> int:
     import os
     import subprocess
 
-    from uad import paths
+    from uad.core import paths
 
     args = list(streamlit_args)
     explicit = any(a == "--server.address" or a.startswith("--server.address=") for a in args)
@@ -530,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run")
     q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    from uad.evaluate import SPLIT_CHOICES
+    from uad.evaluation.evaluate import SPLIT_CHOICES
 
     p = sub.add_parser("evaluate", help="slice and pixel metrics of a run (and both baselines) on a split")
     p.add_argument("--run", type=Path, required=True, help="run or checkpoint folder")
@@ -579,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_app(argv[1:])  # its arguments are Streamlit's, which argparse would reject
     args = build_parser().parse_args(argv)
     if args.command == "synth":
-        from uad import paths
+        from uad.core import paths
         from uad.data.synth import DEFAULT_CASES
 
         args.out = args.out or paths.demo_dir()
@@ -590,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from uad.fileio import DISK_FULL
+        from uad.core.fileio import DISK_FULL
 
         if exc.errno not in DISK_FULL:
             raise

@@ -4,25 +4,28 @@ the HTML report and a configuration diff."""
 
 from __future__ import annotations
 
+import evals
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import streamlit as st
-
-import evals
 import state
+import streamlit as st
 import ui
-from uad import jobs, metrics, report
+
+from uad.data import identity
+from uad.evaluation import columns, metrics, summaries
+from uad.jobs import eval_jobs, run_jobs
+from uad.runs import configs
 
 MAX_DEFAULT = 3
 
 
-def _label(v: jobs.RunView) -> str:
+def _label(v: run_jobs.RunView) -> str:
     return f"{v.info.model} · {v.info.name}"
 
 
 # -- which dataset --------------------------------------------------------------------------------------------
-def _choose_dataset(found: dict[str, list[report.EvaluationSummary]], root) -> tuple[str, str] | None:
+def _choose_dataset(found: dict[str, list[summaries.EvaluationSummary]], root) -> tuple[str, str] | None:
     """The (dataset id, split) to compare on: the user's choice, else the active dataset's, else the most
     evaluated one. Every number below comes from this one dataset and split."""
     counts: dict[tuple[str, str], int] = {}
@@ -33,7 +36,7 @@ def _choose_dataset(found: dict[str, list[report.EvaluationSummary]], root) -> t
             labels[s.key] = s.where
     if not counts:
         return None
-    active = report.dataset_ref(root).id
+    active = identity.dataset_ref(root).id
     keys = sorted(counts, key=lambda k: (k[0] != active, -counts[k], labels[k]))
     if st.session_state.get("compare_dataset") not in keys:
         st.session_state["compare_dataset"] = keys[0]
@@ -43,10 +46,10 @@ def _choose_dataset(found: dict[str, list[report.EvaluationSummary]], root) -> t
                         help="Metrics, curves, baselines and the per-case table all come from this dataset and split.")
 
 
-def _evaluate_panel(views: list[jobs.RunView], found, root) -> None:
+def _evaluate_panel(views: list[run_jobs.RunView], found, root) -> None:
     """Runs not evaluated on the active folder: evaluate them there in the background, with progress."""
-    active = report.dataset_ref(root)
-    pending = [v for v in views if report.pick(found[v.info.name], active.id) is None]
+    active = identity.dataset_ref(root)
+    pending = [v for v in views if summaries.pick(found[v.info.name], active.id) is None]
     if not pending:
         return
     with st.expander(f"{len(pending)} run(s) not evaluated on the active dataset, {active.label}",
@@ -61,10 +64,10 @@ def _evaluate_panel(views: list[jobs.RunView], found, root) -> None:
 
 # -- tables ---------------------------------------------------------------------------------------------------
 def _metrics_table(chosen) -> None:
-    rows = report.comparison_rows([(_label(v), s) for v, s, _ in chosen])
-    st.dataframe(pd.DataFrame([report.cells(r) for r in rows]), hide_index=True, width="stretch")
+    rows = columns.comparison_rows([(_label(v), s) for v, s, _ in chosen])
+    st.dataframe(pd.DataFrame([columns.cells(r) for r in rows]), hide_index=True, width="stretch")
     groups = {r["group"] for r in rows if r.get("kind") == "baseline"}
-    notes = [report.TABLE_NOTES,
+    notes = [columns.TABLE_NOTES,
              "Baselines are computed on the same slices and pixels as each model; they depend on the dataset, split, "
              "evaluated cases, image size and channels, so runs that differ in these get their own baseline rows, "
              "labelled by what differs."]
@@ -88,7 +91,7 @@ def _cases_table(chosen, root_of) -> None:
     if df is None:
         st.info(f"This evaluation of {name} predates per-case tables: evaluate it again to get one.")
         return
-    thr = s.at_fpr(report.CASE_RATE).get("threshold")
+    thr = s.at_fpr(summaries.CASE_RATE).get("threshold")
     cols = [c for c in ("case_id", "labelled", "dice", "precision", "recall", "tumour_ml", "detected_ml", "slice_auroc",
                         "slices", "tumour_slices", "max_slice_score") if c in df.columns]
     num = lambda label, fmt="%.3f", help=None: st.column_config.NumberColumn(label, format=fmt, help=help)  # noqa: E731
@@ -112,7 +115,7 @@ def _cases_table(chosen, root_of) -> None:
 
 
 def _report_buttons(chosen) -> None:
-    from uad import html_report
+    from uad.evaluation import html_report
 
     st.subheader("HTML report")
     st.caption("One self-contained file per run (works offline): metrics with intervals and baselines, curves, the per-case "
@@ -126,7 +129,7 @@ def _report_buttons(chosen) -> None:
             key=f"report::{v.info.name}", icon=":material/description:", width="stretch")
 
 
-def _config_diff(views: list[jobs.RunView], chosen) -> None:
+def _config_diff(views: list[run_jobs.RunView], chosen) -> None:
     st.subheader("Configuration diff")
     names = [v.info.name for v in views]
     if len(names) < 2:
@@ -138,7 +141,7 @@ def _config_diff(views: list[jobs.RunView], chosen) -> None:
     a = a_col.selectbox("Run A", names, index=names.index(defaults[0]), key="diff_a")
     b = b_col.selectbox("Run B", names, index=names.index(defaults[1]), key="diff_b")
     va, vb = (next(v for v in views if v.info.name == n) for n in (a, b))
-    rows = report.config_diff(va.info.config, vb.info.config)
+    rows = configs.config_diff(va.info.config, vb.info.config)
     if a == b:
         st.caption("Choose two different runs.")
     elif not rows:
@@ -191,7 +194,7 @@ def _distribution_fig(slices: pd.DataFrame, thr: float, colour: str) -> go.Figur
                                                  xaxis=dict(title=dict(text="slice score")), yaxis=dict(title=dict(text="slices"))))
 
 
-def _operating_panel(v: jobs.RunView, s: report.EvaluationSummary, e: dict, colour: str) -> dict:
+def _operating_panel(v: run_jobs.RunView, s: summaries.EvaluationSummary, e: dict, colour: str) -> dict:
     slices = e["slices"]
     labels, scores = slices.label.to_numpy(), slices.score.to_numpy()
     lo, hi = float(scores.min()), float(scores.max())
@@ -259,18 +262,18 @@ def _page() -> None:
         st.info("No run with a checkpoint yet: train one on the **Train** page.")
         return
     root = state.active_root()
-    found = {v.info.name: jobs.evaluations(v) for v in views}
+    found = {v.info.name: eval_jobs.evaluations(v) for v in views}
     colours = ui.run_colours([v.info.name for v in views])
     _evaluate_panel(views, found, root)
     key = _choose_dataset(found, root)
     if key is None:
         st.info("No run is evaluated yet: evaluate one above to compare it.")
         return
-    in_key = [(v, report.pick(found[v.info.name], *key)) for v in views]
+    in_key = [(v, summaries.pick(found[v.info.name], *key)) for v in views]
     in_key = [(v, s) for v, s in in_key if s is not None]
     first = in_key[0][1]
-    st.caption(f"Dataset folder: `{first.dataset.root or '(not recorded)'}` · {report.SPLIT_WORDS.get(key[1], key[1])}"
-               + ("" if key[0] == report.dataset_ref(root).id else f" · the active dataset is another folder: `{root}`"))
+    st.caption(f"Dataset folder: `{first.dataset.root or '(not recorded)'}` · {summaries.SPLIT_WORDS.get(key[1], key[1])}"
+               + ("" if key[0] == identity.dataset_ref(root).id else f" · the active dataset is another folder: `{root}`"))
     evaluated, broken = [], []
     for v, s in in_key:
         e = state.read_eval(s)

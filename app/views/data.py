@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import streamlit as st
-
 import state
+import streamlit as st
 import ui
 import viewer
-from uad import paths
+
+from uad.core import paths
 from uad.data.demo import demo_ready
 
 

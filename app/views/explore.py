@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
-import streamlit as st
-
 import evals
+import numpy as np
 import state
+import streamlit as st
 import ui
 import viewer
-from uad import jobs, metrics, run_choice
+
 from uad.data.demo import demo_ready
 from uad.data.preprocess import WorkingCase
-from uad.score import nifti_bytes, threshold_maps
+from uad.evaluation import metrics
+from uad.jobs import choice as run_choice
+from uad.jobs import run_jobs
+from uad.scoring.nifti import nifti_bytes
+from uad.scoring.postprocess import threshold_maps
 
-def _presets(v: jobs.RunView, root) -> list[tuple[float, float]]:
+
+def _presets(v: run_jobs.RunView, root) -> list[tuple[float, float]]:
     """(healthy FPR, threshold) pairs calibrated on the healthy slices of the ACTIVE dataset by the run's
     evaluation there ([] when it was never evaluated there); says on the page which evaluation they come
     from, or offers to evaluate the run on the active folder (app/evals.py)."""
@@ -160,7 +164,7 @@ def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray,
 
 def _aligned(prep: WorkingCase, other: WorkingCase, other_vs):
     """Another model's scores on the primary model's slices: resized when only the working size differs."""
-    from uad.score import VolumeScores
+    from uad.scoring.maps import VolumeScores
 
     a, b = prep.geometry, other.geometry
     if not (np.array_equal(a.kept, b.kept) and (a.top, a.left, a.side) == (b.top, b.left, b.side)):
@@ -174,7 +178,7 @@ def _aligned(prep: WorkingCase, other: WorkingCase, other_vs):
     return VolumeScores(maps * prep.brain, other_vs.scores, prep.brain.copy(), None)
 
 
-def _download(v: jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
+def _download(v: run_jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
     # Built only when clicked: the inverse resampling to the source grid takes a fraction of a second.
     st.download_button("Download this volume's anomaly map (NIfTI, source grid)", data=lambda: nifti_bytes(vs.maps, prep.geometry),
                        file_name=f"{case_id}_{v.info.model}_anomaly.nii.gz", mime="application/gzip", key="explore_download",
@@ -256,7 +260,7 @@ def _page() -> None:
     _download(v, prep, vs, case_id)
 
 
-def _score(v: jobs.RunView, case, root):
+def _score(v: run_jobs.RunView, case, root):
     """(prep, scores, modalities) of a run on a case, or None after writing why not."""
     name = v.info.name
     if not v.path.exists():

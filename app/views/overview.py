@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import pandas as pd
-import streamlit as st
-
 import state
+import streamlit as st
 import ui
-from uad import jobs, paths, report
+
+from uad.core import paths, processes
 from uad.data.demo import demo_ready
+from uad.evaluation import columns
+from uad.jobs import background, eval_jobs
 
 SYNTH_LAUNCH = "synth-launch.json"  # in the data folder: the generator the app started
 SYNTH_LOG = "synth.log"
@@ -24,11 +26,9 @@ def _demo_cases_done() -> int:
 
 
 def _synth_running() -> bool:
-    jobs.reap()
-    launch = jobs.launch_info(paths.data_dir() / SYNTH_LAUNCH)
-    from uad import runs
-
-    return bool(launch) and runs.pid_alive(launch.get("pid"))
+    background.reap()
+    launch = background.launch_info(paths.data_dir() / SYNTH_LAUNCH)
+    return bool(launch) and processes.pid_alive(launch.get("pid"))
 
 
 @st.fragment(run_every=2)
@@ -43,7 +43,7 @@ def _synth_progress() -> None:
     if _synth_running():
         st.progress(min(done / DEFAULT_CASES, 1.0), text=f"Generating the demo cohort: {done} / {DEFAULT_CASES} cases")
     else:
-        log = jobs.tail(paths.data_dir() / SYNTH_LOG)
+        log = background.tail(paths.data_dir() / SYNTH_LOG)
         st.session_state.pop("synth_started", None)  # the next page visit offers to generate it again
         st.error("The demo generator stopped before finishing." + (f"\n\n```\n{log}\n```" if log else ""))
 
@@ -61,7 +61,7 @@ def _dataset_section() -> None:
                 f"is not generated yet. It takes one to two minutes; the app stays usable meanwhile.")
         if st.button("Generate the demo cohort", type="primary", key="gen_demo"):
             paths.data_dir().mkdir(parents=True, exist_ok=True)
-            jobs.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
+            background.start_process("synth", ["synth"], paths.data_dir() / SYNTH_LOG, paths.data_dir() / SYNTH_LAUNCH)
             st.session_state["synth_started"] = time.time()
             st.rerun()
         return
@@ -88,7 +88,7 @@ def _runs_table() -> None:
         return
     rows = []
     for v in views:
-        cells = report.overview_cells(jobs.home_evaluation(v))  # one shaping of the metrics, shared with Compare
+        cells = columns.overview_cells(eval_jobs.home_evaluation(v))  # one shaping of the metrics, shared with Compare
         pre = v.info.config.get("preprocess") or {}
         rows.append({
             # The name the user gave the run, with its folder; the folder alone otherwise.

@@ -6,15 +6,17 @@ are checked by ``uad`` before anything starts. This page only draws.
 
 from __future__ import annotations
 
-import streamlit as st
-
 import state
+import streamlit as st
 import ui
-from uad import jobs, runs
+
+from uad.core.errors import UADError
 from uad.data.cases import MODALITIES
 from uad.data.demo import demo_ready
-from uad.errors import UADError
+from uad.jobs import run_jobs
 from uad.models import list_models, model_description, model_options
+from uad.runs import folders
+from uad.runs import meta as run_meta
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
 SIZES = list(range(64, 257, 16))
@@ -94,7 +96,7 @@ def _form() -> None:
         c3.number_input("Seed", 0, 2**31 - 1, key=_kept("train_seed", DEFAULTS["train_seed"]))
         c4.markdown(f"**Dataset**  \n`{state.dataset_label(state.active_root())}`")
         c1, c2, c3 = st.columns([1, 1, 2])
-        c1.text_input("Run name (optional)", key=_kept("train_name", ""), max_chars=runs.MAX_NAME)
+        c1.text_input("Run name (optional)", key=_kept("train_name", ""), max_chars=run_meta.MAX_NAME)
         c2.text_input("Tags (optional, space-separated)", key=_kept("train_tags", ""))
         c3.text_input("Note (optional)", key=_kept("train_note", ""))
         values = {}
@@ -110,7 +112,7 @@ def _form() -> None:
 
 
 def _start(model: str, values: dict) -> None:
-    from uad.train import TrainConfig
+    from uad.training.config import TrainConfig
 
     ss = st.session_state
     root = state.active_root()
@@ -122,7 +124,7 @@ def _start(model: str, values: dict) -> None:
             # Only what the user changed: the model's defaults stay its own.
             model_options={k: v for k, (v, default) in values.items() if v != default},
         )
-        jobs.check_train_config(config)
+        run_jobs.check_train_config(config)
     except UADError as exc:
         st.error(f"Cannot start: {exc}.")
         return
@@ -131,7 +133,7 @@ def _start(model: str, values: dict) -> None:
         st.error(f"Cannot train on this dataset: {problem}.")
         return
     try:
-        run_dir = jobs.launch_train(config, name=ss["train_name"].strip() or None, tags=ss["train_tags"].split(),
+        run_dir = run_jobs.launch_train(config, name=ss["train_name"].strip() or None, tags=ss["train_tags"].split(),
                                     note=ss["train_note"])
     except UADError as exc:
         st.error(f"Cannot start: {exc}.")
@@ -144,7 +146,7 @@ def _start(model: str, values: dict) -> None:
 
 
 # -- one run ------------------------------------------------------------------------------------------------
-def _heading(v: jobs.RunView) -> str:
+def _heading(v: run_jobs.RunView) -> str:
     folder = v.info.name
     title = f"**{v.name}** `{folder}`" if v.name != folder else f"**{folder}**"
     tags = " ".join(f":violet-badge[{t}]" for t in v.tags)
@@ -154,20 +156,20 @@ def _heading(v: jobs.RunView) -> str:
             + (f" · {detail}" if detail else ""))
 
 
-def _manage(v: jobs.RunView) -> None:
+def _manage(v: run_jobs.RunView) -> None:
     """Name, tags and note; archive; delete after a confirmation. Refused by uad for active runs."""
     folder = v.info.name
     with st.popover("Manage", width="stretch"):
-        name = st.text_input("Name", value=v.info.meta.get("name") or "", key=f"meta_name::{folder}", max_chars=runs.MAX_NAME)
+        name = st.text_input("Name", value=v.info.meta.get("name") or "", key=f"meta_name::{folder}", max_chars=run_meta.MAX_NAME)
         tags = st.text_input("Tags (space-separated)", value=" ".join(v.tags), key=f"meta_tags::{folder}")
         note = st.text_area("Note", value=v.note, key=f"meta_note::{folder}", height=80)
         if st.button("Save", key=f"meta_save::{folder}", type="primary"):
-            _act(lambda: runs.update_meta(v.path, name=name, tags=tags.split(), note=note), f"Saved {folder}.")
+            _act(lambda: run_meta.update_meta(v.path, name=name, tags=tags.split(), note=note), f"Saved {folder}.")
         st.divider()
         blocked = "Cancel the run first." if v.active else None
         c1, c2 = st.columns(2)
         if c1.button("Archive", key=f"archive::{folder}", disabled=v.active, help=blocked or "Move to runs/.archive/ (restorable)"):
-            _act(lambda: jobs.archive_run(v.path), f"Archived {folder}.")
+            _act(lambda: run_jobs.archive_run(v.path), f"Archived {folder}.")
         if c2.button("Delete…", key=f"delete::{folder}", disabled=v.active, help=blocked or "Delete for good (asks first)"):
             st.session_state[f"confirm_delete::{folder}"] = True
         if st.session_state.get(f"confirm_delete::{folder}") and not v.active:
@@ -175,7 +177,7 @@ def _manage(v: jobs.RunView) -> None:
             d1, d2 = st.columns(2)
             if d1.button("Yes, delete", key=f"delete_yes::{folder}", type="primary"):
                 st.session_state.pop(f"confirm_delete::{folder}", None)
-                _act(lambda: jobs.delete_run(v.path), f"Deleted {folder}.")
+                _act(lambda: run_jobs.delete_run(v.path), f"Deleted {folder}.")
             if d2.button("Keep it", key=f"delete_no::{folder}"):
                 st.session_state.pop(f"confirm_delete::{folder}", None)
                 st.rerun()
@@ -191,7 +193,7 @@ def _act(action, done: str) -> None:
     st.rerun()  # the whole page: the archive list below changes too
 
 
-def _run_card(v: jobs.RunView) -> None:
+def _run_card(v: run_jobs.RunView) -> None:
     folder = v.info.name
     with st.container(border=True):
         head, bar, buttons = st.columns([3, 3, 2], vertical_alignment="center")
@@ -203,14 +205,14 @@ def _run_card(v: jobs.RunView) -> None:
         b1, b2 = buttons.columns(2)
         if v.active:
             if b1.button("Cancel", key=f"cancel::{folder}"):
-                st.toast(jobs.cancel_run(v.path))
+                st.toast(run_jobs.cancel_run(v.path))
         elif v.resumable:
             with b1.popover("Resume"):
                 total = st.number_input("Total epochs", min_value=max(v.epochs_done, 1), value=max(v.epochs, v.epochs_done, 1),
                                         key=f"resume_epochs::{folder}")
                 if st.button("Resume training", key=f"resume::{folder}", type="primary"):
                     try:
-                        jobs.resume_run(v.path, int(total) if int(total) != v.epochs else None)
+                        run_jobs.resume_run(v.path, int(total) if int(total) != v.epochs else None)
                         st.toast(f"Resumed {folder}")
                     except (UADError, OSError) as exc:
                         st.error(f"Could not resume: {exc}")
@@ -222,8 +224,8 @@ def _run_card(v: jobs.RunView) -> None:
             st.error(f"Run {v.outcome}")
             if v.log:
                 st.code(v.log, language=None)
-        records = runs.read_metrics(v.path)
-        steps = runs.read_steps(v.path)
+        records = folders.read_metrics(v.path)
+        steps = folders.read_steps(v.path)
         if not (records or steps):
             return
         if records:
@@ -267,7 +269,7 @@ def _overlay() -> None:
     if not chosen:
         st.caption("Choose runs to overlay their loss curves.")
         return
-    series = [(by_folder[n].name, runs.read_metrics(by_folder[n].path), runs.read_steps(by_folder[n].path)) for n in chosen]
+    series = [(by_folder[n].name, folders.read_metrics(by_folder[n].path), folders.read_steps(by_folder[n].path)) for n in chosen]
     ui.plot(ui.overlay_figure(series, curve or "validation"), key="train_overlay_chart")
 
 
@@ -281,14 +283,14 @@ def _archived() -> None:
             c1, c2, c3 = st.columns([5, 1, 1], vertical_alignment="center")
             c1.markdown(ui.run_label(v))
             if c2.button("Restore", key=f"restore::{folder}"):
-                _act(lambda: jobs.restore_run(v.path), f"Restored {folder}.")
+                _act(lambda: run_jobs.restore_run(v.path), f"Restored {folder}.")
             if c3.button("Delete…", key=f"adelete::{folder}"):
                 st.session_state[f"confirm_adelete::{folder}"] = True
             if st.session_state.get(f"confirm_adelete::{folder}"):
                 st.warning(f"Delete the archived run **{folder}** for good?")
                 if st.button("Yes, delete", key=f"adelete_yes::{folder}", type="primary"):
                     st.session_state.pop(f"confirm_adelete::{folder}", None)
-                    _act(lambda: jobs.delete_run(v.path), f"Deleted {folder}.")
+                    _act(lambda: run_jobs.delete_run(v.path), f"Deleted {folder}.")
 
 
 ui.page_header("Train", "Each run is a separate `python -m uad train` process writing to its own folder under runs/: "

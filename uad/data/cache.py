@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uad import fileio, paths
-from uad.errors import ConfigError, DataError
+from uad.core import fileio, paths
+from uad.core.errors import ConfigError, DataError
 
 try:
     import fcntl
@@ -285,7 +285,7 @@ def remove_entry(entry: Path, cache_root: str | Path | None = None) -> bool:
 
 def _remove_leftovers(root: Path) -> None:
     """Delete what removers killed mid-delete left behind (their pid is in the name)."""
-    from uad.runs import pid_alive
+    from uad.core.processes import pid_alive
 
     for dataset in _listdir(root):
         if not _DATASET_RE.fullmatch(dataset.name) or dataset.is_symlink():

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uad.errors import DataError
+from uad.core.errors import DataError
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
@@ -64,7 +64,7 @@ class Skipped:
 
 
 def check_modalities(modalities: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    from uad.errors import ConfigError
+    from uad.core.errors import ConfigError
 
     mods = tuple(m.lower() for m in modalities)
     bad = [m for m in mods if m not in MODALITIES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uad import paths
+from uad.core import paths
 
 DEMO_SEED = 0
 

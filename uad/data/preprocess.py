@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from uad.core.errors import ConfigError, DataError
 from uad.data.cases import Case, check_modalities
 from uad.data.volumes import CaseVolumes, load_case
-from uad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pandas is imported where a table is built: PreprocessConfig alone must stay light
     import pandas as pd

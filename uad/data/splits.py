@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from uad.errors import ConfigError
+from uad.core.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)

@@ -39,12 +39,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from uad import fileio, paths
+from uad.core import fileio, paths
+from uad.core.errors import DataError, UADError
+from uad.core.workers import spawn_pool, submit_all
 from uad.data import cache
 from uad.data.cases import Case, Skipped, discover_cases
-from uad.data.preprocess import SLICE_TABLE_COLUMNS, PreprocessConfig, SliceGeometry, WorkingCase, preprocess_case
-from uad.errors import DataError, UADError
-from uad.workers import spawn_pool, submit_all
+from uad.data.preprocess import (
+    SLICE_TABLE_COLUMNS,
+    PreprocessConfig,
+    SliceGeometry,
+    WorkingCase,
+    preprocess_case,
+)
 
 log = logging.getLogger("uad.data.store")
 
@@ -148,7 +154,7 @@ def _build_one(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) -
     Whatever goes wrong with one case's data skips that case; a full disk stops the build (every case
     after it would fail the same way) with a DataError naming the cache folder.
     """
-    from uad.errors import DiskFullError
+    from uad.core.errors import DiskFullError
 
     try:
         return case.case_id, _write_case(case, config, case_dir, fp), None
@@ -271,7 +277,7 @@ def _remove_stale(root: Path, keep: set[str]) -> None:
     The temporary folders of another live process (``.tmp-<case>-<pid>``: a concurrent build of the same
     entry, or its worker) are its work in progress, not leftovers.
     """
-    from uad.runs import pid_alive
+    from uad.core.processes import pid_alive
 
     for entry in (root / "cases").iterdir():
         if entry.name in keep:

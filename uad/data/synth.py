@@ -28,9 +28,9 @@ from scipy import ndimage as ndi
 from scipy.special import erf, expit
 from tqdm import tqdm
 
-from uad.errors import ConfigError, DataError
-from uad.fileio import current_umask, read_json, write_json
-from uad.workers import spawn_pool, submit_all
+from uad.core.errors import ConfigError, DataError
+from uad.core.fileio import current_umask, read_json, write_json
+from uad.core.workers import spawn_pool, submit_all
 
 DEFAULT_CASES = 24
 GENERATOR_VERSION = 1

@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_mod
 
+from uad.core.errors import DataError
 from uad.data.cases import Case
-from uad.errors import DataError
 
 AFFINE_ATOL = 1e-3  # mm; BraTS affines agree exactly, resampled exports differ by float noise
 # A header's size is checked before any allocation: a tiny file must not make us allocate gigabytes.
@@ -35,7 +35,7 @@ def max_voxels_per_axis() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        from uad.errors import ConfigError
+        from uad.core.errors import ConfigError
 
         raise ConfigError(f"UAD_MAX_VOXELS_PER_AXIS must be a positive integer, got {text!r}")
     return value

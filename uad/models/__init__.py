@@ -3,7 +3,14 @@
 from uad.models import autoencoder, gan, ganomaly, vae, vit  # noqa: F401  (registration side effects)
 from uad.models.base import AnomalyModel, AnomalyOutput
 from uad.models.registry import (
-    ModelOption, canonical_name, check_model_options, create_model, list_models, model_class, model_description, model_options,
+    ModelOption,
+    canonical_name,
+    check_model_options,
+    create_model,
+    list_models,
+    model_class,
+    model_description,
+    model_options,
 )
 
 __all__ = ["AnomalyModel", "AnomalyOutput", "ModelOption", "canonical_name", "check_model_options", "create_model", "list_models",

@@ -9,11 +9,23 @@ from torch import Tensor, nn
 
 from uad.models.base import AnomalyModel, Residual
 from uad.models.blocks import (
-    LOSSES, NORMS, ConvDecoder, Loss, Norm, ConvEncoder, LatentDecoder, LatentEncoder, UNet, check_choice, check_noise, make_norm,
-    noisy_input, recon_loss, to_image,
+    LOSSES,
+    NORMS,
+    ConvDecoder,
+    ConvEncoder,
+    LatentDecoder,
+    LatentEncoder,
+    Loss,
+    Norm,
+    UNet,
+    check_choice,
+    check_noise,
+    make_norm,
+    noisy_input,
+    recon_loss,
+    to_image,
 )
 from uad.models.registry import register_model
-
 
 Bottleneck = Literal["spatial", "dense", "unet"]
 BOTTLENECKS = get_args(Bottleneck)

@@ -44,7 +44,7 @@ class AnomalyModel(nn.Module):
             raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {image_size}")
         self.hparams: dict[str, Any] = {"in_channels": in_channels, "image_size": image_size, **hparams}
         if hparams.get("residual", "abs") not in RESIDUALS:
-            from uad.errors import ConfigError
+            from uad.core.errors import ConfigError
 
             raise ConfigError(f"residual must be one of {', '.join(RESIDUALS)}, got {hparams['residual']!r}")
         self.in_channels = in_channels

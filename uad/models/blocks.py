@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uad.errors import ConfigError
+from uad.core.errors import ConfigError
 
 STAGES = 4
 # Options with fixed choices: the Literal annotates the constructors (uad.models.model_options reads it)

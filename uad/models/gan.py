@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from uad.errors import ConfigError
+from uad.core.errors import ConfigError
 from uad.models.base import AnomalyModel, AnomalyOutput, Residual, residual_map
-from uad.models.blocks import Discriminator, LatentDecoder, LatentEncoder, Upsample, frozen, to_image
+from uad.models.blocks import (
+    Discriminator,
+    LatentDecoder,
+    LatentEncoder,
+    Upsample,
+    frozen,
+    to_image,
+)
 from uad.models.registry import register_model
 
 

@@ -9,7 +9,15 @@ from torch import Tensor
 
 from uad.models.base import AnomalyModel, AnomalyOutput, Residual, residual_map
 from uad.models.blocks import (
-    Discriminator, LatentDecoder, LatentEncoder, check_noise, dcgan_init, frozen, noisy_input, recon_loss, to_image,
+    Discriminator,
+    LatentDecoder,
+    LatentEncoder,
+    check_noise,
+    dcgan_init,
+    frozen,
+    noisy_input,
+    recon_loss,
+    to_image,
 )
 from uad.models.registry import register_model
 

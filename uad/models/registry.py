@@ -6,7 +6,7 @@ import inspect
 import typing
 from typing import Any, Callable, Literal, NamedTuple, TypeVar
 
-from uad.errors import ConfigError
+from uad.core.errors import ConfigError
 from uad.models.base import AnomalyModel
 
 _REGISTRY: dict[str, type[AnomalyModel]] = {}

@@ -5,9 +5,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from uad.errors import ConfigError
+from uad.core.errors import ConfigError
 from uad.models.base import AnomalyModel, Residual
-from uad.models.blocks import LOSSES, NORMS, LatentDecoder, Loss, Norm, LatentEncoder, check_choice, recon_loss, to_image
+from uad.models.blocks import (
+    LOSSES,
+    NORMS,
+    LatentDecoder,
+    LatentEncoder,
+    Loss,
+    Norm,
+    check_choice,
+    recon_loss,
+    to_image,
+)
 from uad.models.registry import register_model
 
 

@@ -9,9 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uad.errors import ConfigError
+from uad.core.errors import ConfigError
 from uad.models.base import AnomalyModel, Residual
-from uad.models.blocks import LOSSES, Loss, check_choice, check_noise, noisy_input, to_image
+from uad.models.blocks import (
+    LOSSES,
+    Loss,
+    check_choice,
+    check_noise,
+    noisy_input,
+    to_image,
+)
 from uad.models.registry import register_model
 
 TEST_TIME_SEED = 0

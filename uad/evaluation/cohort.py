@@ -1,29 +1,19 @@
-"""Evaluation: slice and pixel metrics for a model and both baselines on the same slices and pixels.
-
-Thresholds that a user could actually deploy are calibrated on *healthy validation slices only* (1 %,
-5 %, 10 % pixel false-positive rate); ``best_dice`` looks at the test labels and is reported as the
-oracle it is. Pixel metrics stream through fixed-bin histograms (exact up to 10,000 score bins on
-[0, 1]), so a full BraTS test split stays within memory.
-"""
+"""Scoring a cohort with several scorers on the same slices, pooling the counts, and summarising them into metrics."""
 
 from __future__ import annotations
 
-import csv
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uad import checkpoints, fileio, metrics, report
-from uad.data.demo import resolve_data_root
-from uad.data.splits import split_cases
-from uad.data.store import SliceStore, build_store
-from uad.errors import ConfigError
-from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline, score_case, threshold_maps, write_nifti
-
-SPLIT_CHOICES = ("test", "val", "train", "all")
+from uad.data.store import SliceStore
+from uad.evaluation import metrics, summaries
+from uad.scoring.maps import score_case
+from uad.scoring.nifti import write_nifti
+from uad.scoring.postprocess import threshold_maps
+from uad.scoring.recipe import PostprocessConfig
 
 
 @dataclass
@@ -40,172 +30,9 @@ class _Tally:
     scores: list[np.ndarray] = field(default_factory=list)
 
 
-def data_root_for(info: dict[str, Any], data: str | Path | None) -> Path:
-    """The dataset to evaluate on: the one given, else the one the checkpoint was trained on."""
-    if data is not None:
-        return Path(data)
-    trained = report.trained_data_root(info)
-    if trained is None or info.get("data", {}).get("demo", False):
-        return resolve_data_root(None)
-    if not trained.is_dir():
-        raise ConfigError(f"the checkpoint's training data {trained} is not here; pass --data DIR")
-    return trained
-
-
-@dataclass
-class SplitPlan:
-    """Which cases an evaluation scores and which calibrate its thresholds, and why."""
-
-    eval_cases: list[str]
-    calibration_cases: list[str]
-    source: str  # "recorded" (the checkpoint's own case lists), "recipe" (old checkpoints) or "external"
-    missing: list[str] = field(default_factory=list)  # recorded cases of the split that are not here now
-    training_overlap: list[str] = field(default_factory=list)  # evaluated cases the model was trained on
-
-
-def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | None = None) -> SplitPlan:
-    """The evaluation's cases, from the patient lists the checkpoint recorded at training time.
-
-    Recomputing a split from whatever cases exist now would move training patients into the test set as
-    soon as one case is added, removed or unreadable, so the recorded lists decide: a ``test``/``val``
-    evaluation scores the recorded cases that are present (the absent ones are reported by name) and never
-    a training case. ``all`` scores every case; on a folder other than the training one it is labelled
-    "external". Checkpoints older than the recorded lists fall back to their ratio + seed recipe.
-    """
-    if split not in SPLIT_CHOICES:
-        raise ConfigError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
-    present = set(store.case_ids)
-    labelled = store.labelled_ids
-    unlabelled = [c for c in store.case_ids if c not in set(labelled)]
-    recipe = info.get("split", {})
-    recorded = recipe.get("cases")
-    trained_root = report.trained_data_root(info)
-    same_data = root is None or (trained_root is not None and trained_root.resolve() == Path(root).resolve())
-    if recorded:
-        parts = {k: list(recorded.get(k, [])) for k in ("train", "val", "test")}
-        source = "recorded"
-    else:
-        parts = split_cases(labelled, recipe.get("ratios") or (0.7, 0.1, 0.2), recipe.get("seed", 0))
-        source = "recipe"
-    trained_on = set(parts["train"])
-    calibration = [c for c in (parts["val"] or parts["train"]) if c in present and c in set(labelled)]
-    if split == "all":
-        cases = labelled + unlabelled
-        if not same_data:
-            # Another cohort: its own healthy slices of the recipe's validation share calibrate thresholds.
-            own = split_cases(labelled, recipe.get("ratios") or (0.7, 0.1, 0.2), recipe.get("seed", 0)) if labelled else {"val": [], "train": []}
-            calibration = own["val"] or own["train"]
-            source = "external"
-        return SplitPlan(cases, calibration, source, [], sorted(trained_on & set(cases)))
-    wanted = parts[split]
-    missing = sorted(set(wanted) - present)
-    cases = [c for c in store.case_ids if c in set(wanted)]
-    overlap = sorted(trained_on & set(cases))
-    if overlap:
-        raise ConfigError(f"the {split} split would score cases the model was trained on ({', '.join(overlap)}); "
-                          f"use --split all to score them knowingly")
-    # Unlabelled cases are scored with the test split (they are never trained on and have no label to
-    # leak), never counted in the metrics.
-    if split == "test":
-        cases += [c for c in unlabelled if c not in set(cases)]
-    return SplitPlan(cases, calibration, source, missing, [])
-
-
-def evaluate(
-    run: str | Path,
-    data: str | Path | None = None,
-    split: str = "test",
-    out: str | Path | None = None,
-    save_maps: bool = False,
-    post: PostprocessConfig = PostprocessConfig(),
-    n_boot: int = 1000,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Evaluate a run or checkpoint folder on a dataset and split; returns the metrics.
-
-    Writes, in ``out`` (default ``<run>/eval/<dataset-id>/<split>/``, see ``uad.report.write_base``): curves.json,
-    slices.csv (one row per slice), cases.csv (one row per case), progress.json while it works, and
-    metrics.json last (its presence marks a complete evaluation).
-    """
-    ckpt = checkpoints.load(run, device=device)
-    root = data_root_for(ckpt.info, data)
-    dataset = report.dataset_ref(root)
-    out_dir = Path(out) if out else report.eval_folder(report.write_base(run), dataset, split)
-    progress_file = ProgressFile(out_dir / PROGRESS)
-    progress_file.update("preparing", 0, 0)  # the slice cache of a new dataset takes a while to build
-    store = build_store(root, ckpt.preprocess, progress=progress)
-    plan = split_for(store, ckpt.info, split, root if data is not None else None)
-    if not plan.eval_cases:
-        missing = f" (recorded but missing here: {', '.join(plan.missing)})" if plan.missing else ""
-        raise ConfigError(f"no case of the {split} split is in {root}{missing}")
-    scorers = [ModelScorer(ckpt.model, device=device)] + [baseline(b) for b in BASELINES]
-    case_rows: list[dict[str, Any]] = []
-    tallies, rows = score_cohort(store, scorers, plan.eval_cases, plan.calibration_cases, post,
-                                 maps_dir=out_dir / "maps" if save_maps else None, progress=progress,
-                                 case_rows=case_rows, on_progress=progress_file.update)
-
-    # Metrics, with patient-level bootstrap intervals.
-    progress_file.update("summarising", 0, 1)
-    results: dict[str, Any] = {}
-    curves: dict[str, Any] = {}
-    for name, tally in tallies.items():
-        results[name], curves[name] = summarise(tally, n_boot, seed)
-    model_name = scorers[0].name
-    summary = {
-        "model": model_name,
-        "checkpoint": str(ckpt.path),
-        "run": Path(run).name,
-        "data_root": str(root),
-        "dataset": dataset.to_dict(),
-        "split": split,
-        "split_source": plan.source,
-        "eval_cases": plan.eval_cases,
-        "calibration_cases": plan.calibration_cases,
-        "missing_cases": plan.missing,
-        "training_cases_evaluated": plan.training_overlap,
-        "n_slices": len(rows),
-        "n_labelled_cases": len(set(plan.eval_cases) & set(store.labelled_ids)),
-        "n_unlabelled_cases": len(set(plan.eval_cases) - set(store.labelled_ids)),
-        "preprocess": ckpt.preprocess.to_dict(),
-        "postprocess": post.to_dict(),
-        "pixel_metrics_note": "exact up to 10,000 score bins on [0, 1]; pixels inside the eroded brain mask",
-        "best_dice_note": metrics.ORACLE_NOTE,
-        "cases_note": CASES_NOTE,
-        "bootstrap": {"n_boot": n_boot, "seed": seed, "unit": "patient"},
-        **results[model_name],
-        "baselines": {b: results[b] for b in BASELINES},
-        "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    fileio.write_json(out_dir / "curves.json", curves)
-    _write_csv(out_dir / "slices.csv", rows)
-    _write_csv(out_dir / "cases.csv", case_rows)
-    fileio.write_json(out_dir / "metrics.json", summary)  # last: its presence marks the evaluation complete
-    progress_file.update("done", 1, 1)
-    return summary
-
-
-PROGRESS = "progress.json"
 CASES_NOTE = ("per case, at the threshold where 5% of healthy calibration pixels are flagged; Dice, precision and "
               "recall inside the eroded brain mask; volumes at working resolution from the voxel spacing "
               "(tumour: every labelled voxel of the kept slices; detected: flagged voxels inside the brain mask)")
-
-
-class ProgressFile:
-    """``progress.json`` in the output folder: {phase, done, total, updated}, replaced atomically at most
-    twice a second, so the app can draw a progress bar for a background evaluation."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._last = 0.0
-
-    def update(self, phase: str, done: int, total: int) -> None:
-        now = time.time()
-        if phase not in ("done", "summarising") and done not in (0, total) and now - self._last < 0.5:
-            return
-        self._last = now
-        fileio.write_json(self.path, {"phase": phase, "done": int(done), "total": int(total), "updated": now})
 
 
 def working_voxel_ml(geometry) -> float:
@@ -272,7 +99,7 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
 
     # 2. Score every evaluated slice with every scorer.
     rows: list[dict[str, Any]] = []
-    first_thr = (at_rate(tallies[scorers[0].name].thresholds, report.CASE_RATE) or {}).get("threshold") if scorers else None
+    first_thr = (at_rate(tallies[scorers[0].name].thresholds, summaries.CASE_RATE) or {}).get("threshold") if scorers else None
     for done, cid in enumerate(tqdm(eval_cases, desc="evaluating", unit="case", disable=not progress)):
         report_progress("scoring", done, len(eval_cases))
         case = store.case(cid)
@@ -384,13 +211,3 @@ def _ci(boot: dict[str, Any]) -> dict[str, Any]:
 def _safe_div(a, b) -> float:
     return float(a) / float(b) if b else float("nan")
 
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import io
-
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    fileio.write_text(path, buf.getvalue())

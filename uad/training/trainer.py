@@ -17,7 +17,7 @@ import random
 import signal
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,93 +26,18 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from uad import checkpoints, distributed, fileio, runs
+from uad.checkpoints import weights as ckpt_weights
+from uad.core import fileio
+from uad.core.devices import pick_device
+from uad.core.errors import ConfigError, TrainingDiverged, UADError
 from uad.data.dataset import SliceDataset
-from uad.data.preprocess import PreprocessConfig
-from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios, split_cases
-from uad.errors import ConfigError, TrainingDiverged, UADError
-from uad.models import canonical_name, check_model_options, create_model
+from uad.data.splits import split_cases
+from uad.models import create_model
+from uad.runs import folders
+from uad.training import distributed
+from uad.training.config import TrainConfig
 
 log = logging.getLogger("uad.train")
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    data: str | None = None  # dataset folder; None = demo cohort
-    modalities: tuple[str, ...] = ("flair",)
-    image_size: int = 128
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-4
-    max_minutes: float | None = None  # stop (and count as completed) when this much time has passed
-    split_ratios: tuple[float, float, float] = DEFAULT_RATIOS
-    seed: int = 0
-    device: str | None = None  # None = cuda, then mps, then cpu
-    num_workers: int = 0  # DataLoader workers; reading the memory-mapped cache is cheap
-    model_options: dict[str, Any] = field(default_factory=dict)
-    # Explicit patient lists {"train": [...], "val": [...], "test": [...]} instead of ratios + seed
-    # (cross-validation folds); every listed case must exist in the dataset.
-    cases: dict[str, list[str]] | None = None
-
-    def __post_init__(self) -> None:
-        self.model = canonical_name(self.model)
-        self.modalities = tuple(self.modalities)
-        self.split_ratios = parse_ratios(self.split_ratios)
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
-        if self.cases is not None:
-            self.cases = check_case_lists(self.cases)
-        if not 0 <= self.seed < 2**63:  # torch.manual_seed overflows above that
-            raise ConfigError(f"seed must be >= 0 and < 2**63, got {self.seed}")
-        if self.num_workers < 0:
-            raise ConfigError(f"number of data-loader workers must be >= 0, got {self.num_workers}")
-        if not self.modalities:
-            raise ConfigError("choose at least one modality")
-        self.model_options = check_model_options(self.model, dict(self.model_options))
-
-    @property
-    def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(modalities=self.modalities, image_size=self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["modalities"] = list(self.modalities)
-        d["split_ratios"] = list(self.split_ratios)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def check_config(config: TrainConfig) -> None:
-    """Raise a ConfigError for what the trainer would refuse, short of the data: everything ``TrainConfig``
-    checks (run when it is built), the model hyper-parameters against the checkpoint bounds, and the model
-    built from them on the meta device (so its own checks run, and no memory is allocated).
-
-    The app and ``uad train`` call this before a run folder exists, so a bad value leaves nothing behind."""
-    from uad.errors import CheckpointError
-
-    config = TrainConfig.from_dict(config.to_dict())  # re-run __post_init__: the fields may have been set since
-    hparams = {"in_channels": len(config.modalities), "image_size": config.image_size, **config.model_options}
-    try:
-        checkpoints.check_hparams(hparams)
-    except CheckpointError as exc:
-        raise ConfigError(exc.reason.replace("hparams ", "model option ", 1)) from None
-    try:
-        with torch.device("meta"):
-            create_model(config.model, **hparams)
-    except UADError:
-        raise
-    except (ValueError, TypeError, RuntimeError) as exc:
-        raise ConfigError(f"model {config.model}: {exc}") from None
 
 
 def data_identity(root: Path, manifest_cases: dict[str, Any], demo: bool) -> dict[str, Any]:
@@ -131,16 +56,6 @@ def data_identity(root: Path, manifest_cases: dict[str, Any], demo: bool) -> dic
             files.append({"file": rel, "bytes": int(size)})
         cases[cid] = files
     return {"root": str(root), "demo": demo, "cases": cases}
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -170,7 +85,6 @@ class _StopFlag:
                 pass
 
 
-# -- the loop ---------------------------------------------------------------------------------------------
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
           overwrite: bool = False) -> Path:
     """Train ``config.model``; returns the run folder. Marks the run completed, failed or cancelled.
@@ -200,9 +114,9 @@ def _claim_run_dir(run_dir, config: TrainConfig, resume: bool, overwrite: bool, 
     """Rank 0 picks and locks the run folder; every rank learns it, or the reason it was refused."""
     lock, error = None, None
     if rank == 0:
-        run_dir = Path(run_dir) if run_dir else runs.new_run_dir(config.model)
+        run_dir = Path(run_dir) if run_dir else folders.new_run_dir(config.model)
         try:
-            lock = runs.claim(run_dir, resume=resume, overwrite=overwrite)
+            lock = folders.claim(run_dir, resume=resume, overwrite=overwrite)
         except UADError as exc:
             error = exc
     if world > 1:
@@ -228,20 +142,20 @@ def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progr
     monitor = _Monitor(run_dir, config, is_main)
     try:
         if is_main:
-            runs.write_status(run_dir, "running", pid=os.getpid(), started=time.time(), error=None, end=None, reason=None,
+            folders.write_status(run_dir, "running", pid=os.getpid(), started=time.time(), error=None, end=None, reason=None,
                               epoch=0, epochs=config.epochs, world_size=world, device=str(device))
         _train_loop(config, run_dir, resume, progress, device, rank, world, stop, monitor)
     except BaseException as exc:
         if is_main:
             if isinstance(exc, KeyboardInterrupt):
                 reason = f"received {stop.reason or 'SIGINT'}"
-                runs.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
+                folders.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
                                   end=monitor.end("cancelled", reason=reason))
             else:
                 message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
                 log.error("run failed: %s\n%s", message, traceback.format_exc())
                 extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
-                runs.write_status(run_dir, "failed", finished=time.time(), error=message,
+                folders.write_status(run_dir, "failed", finished=time.time(), error=message,
                                   end=monitor.end("failed", reason=message), **extra)
         raise
     finally:
@@ -258,10 +172,15 @@ def _attach_log_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-# -- watching a run: progress within the epoch, loss every few steps, sample reconstructions ----------------
 STATUS_EVERY_S = 2.0  # at most one status.json rewrite per this many seconds within an epoch
+
+
 STEP_POINTS_PER_EPOCH = 20  # about this many steps.jsonl lines per epoch ...
+
+
 STEP_LOG_MAX = 50  # ... but at least one every this many steps
+
+
 N_SAMPLES = 4  # fixed validation slices reconstructed into samples.png after every epoch
 
 
@@ -296,7 +215,7 @@ class _Monitor:
         self.every = log_every(batches)
         self._t0 = time.perf_counter()
         if self.is_main:
-            runs.write_status(self.run_dir, "running", current_epoch=start_epoch + 1, batch=0, batches=batches,
+            folders.write_status(self.run_dir, "running", current_epoch=start_epoch + 1, batch=0, batches=batches,
                               log_every=self.every, elapsed=0.0, eta=None)
 
     def start_epoch(self, epoch: int) -> None:
@@ -324,7 +243,7 @@ class _Monitor:
         now = time.perf_counter()
         if now - self._last_write >= STATUS_EVERY_S:
             self._last_write = now
-            runs.write_status(self.run_dir, "running", current_epoch=self.epoch + 1, batch=self.batch, batches=self.batches,
+            folders.write_status(self.run_dir, "running", current_epoch=self.epoch + 1, batch=self.batch, batches=self.batches,
                               step=step, elapsed=now - self._t0, eta=self.eta())
 
     def _flush_steps(self, step: int) -> None:
@@ -332,7 +251,7 @@ class _Monitor:
             return
         means = {k: (sum(v) / len(v) if all(math.isfinite(x) for x in v) else None) for k, v in self._window.items()}
         n = max(len(v) for v in self._window.values())
-        fileio.append_jsonl(self.run_dir / runs.STEPS, {
+        fileio.append_jsonl(self.run_dir / folders.STEPS, {
             "step": step, "epoch": self.epoch + self.batch / max(self.batches, 1), "steps": n, "train": means,
             "elapsed": time.perf_counter() - self._t0})
         self._window = {}
@@ -342,7 +261,7 @@ class _Monitor:
         if self.is_main:
             self._flush_steps(step)
             # Validation and checkpoints took time too: a fresh estimate, not the last one within the epoch.
-            runs.write_status(self.run_dir, "running", eta=self.eta(), elapsed=time.perf_counter() - self._t0)
+            folders.write_status(self.run_dir, "running", eta=self.eta(), elapsed=time.perf_counter() - self._t0)
 
     def end(self, kind: str, reason: str | None = None) -> dict[str, Any]:
         """The end state recorded in status.json: what ended the run, and where (epoch and batch)."""
@@ -371,12 +290,11 @@ def _save_samples(model, x: torch.Tensor, run_dir: Path, epoch: int) -> None:
     grid = np.concatenate([np.pad(r, ((0, gap), (0, 0))) for r in tiles], axis=0)[:-gap]
     ok, buf = cv2.imencode(".png", (grid * 255).astype(np.uint8))
     if ok:
-        fileio.write_bytes(run_dir / runs.SAMPLES, buf.tobytes())
-        fileio.write_json(run_dir / runs.SAMPLES_INFO, {"epoch": epoch, "slices": int(x.shape[0]),
+        fileio.write_bytes(run_dir / folders.SAMPLES, buf.tobytes())
+        fileio.write_json(run_dir / folders.SAMPLES_INFO, {"epoch": epoch, "slices": int(x.shape[0]),
                                                         "rows": ["input", "reconstruction", "|difference|"]})
 
 
-# -- the loop, in pieces ------------------------------------------------------------------------------------
 @dataclass
 class _Session:
     """What one training process works with, set up once by ``_setup``."""
@@ -472,9 +390,9 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, dev
     start_epoch, step, best = 0, 0, math.inf
     if resume:
         last = run_dir / "last"
-        ckpt = checkpoints.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
+        ckpt = ckpt_weights.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
         model.load_state_dict(ckpt.model.state_dict())
-        state = checkpoints.load_training_state(last, optimizers)
+        state = ckpt_weights.load_training_state(last, optimizers)
         start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
         log.info("resumed from epoch %d", start_epoch)
 
@@ -619,16 +537,16 @@ def _finish_epoch(s: _Session, epoch: int, epochs_done: int, r: _EpochResult, pa
     fileio.append_jsonl(s.run_dir / "metrics.jsonl", record)
     info = {**s.info_base, "epoch": epochs_done, "step": s.step, "val_loss": val_loss, "best_val_loss": s.best,
             "best_selection": s.best_selection}
-    checkpoints.save(s.run_dir / "last", s.model, info, optimizers=s.optimizers,
+    ckpt_weights.save(s.run_dir / "last", s.model, info, optimizers=s.optimizers,
                      training_state={"epoch": epochs_done, "step": s.step, "best_val_loss": s.best})
     if improved or not (s.run_dir / "best").exists():
-        checkpoints.save(s.run_dir / "best", s.model, info)
+        ckpt_weights.save(s.run_dir / "best", s.model, info)
     if s.sample_x is not None:
         try:
             _save_samples(s.model, s.sample_x, s.run_dir, epoch + 1)
         except Exception as exc:  # noqa: BLE001 - a picture for watchers must never stop training
             log.warning("could not save sample reconstructions: %s", exc)
-    runs.write_status(s.run_dir, "running", epoch=epochs_done, step=s.step, val_loss=val_loss, best_val_loss=s.best,
+    folders.write_status(s.run_dir, "running", epoch=epochs_done, step=s.step, val_loss=val_loss, best_val_loss=s.best,
                       best_selection=s.best_selection, batch=r.batches, batches=len(s.loader),
                       elapsed=time.perf_counter() - s.t_start)
     log.info("epoch %d: %s val %.5f (%.0f slices/s)", epoch + 1,
@@ -641,16 +559,16 @@ def _record_end(s: _Session, kind: str, stop: _StopFlag, monitor: _Monitor) -> N
     if not s.is_main:
         return
     if checksums:
-        runs.write_status(s.run_dir, "running", rank_weight_checksums=checksums)
+        folders.write_status(s.run_dir, "running", rank_weight_checksums=checksums)
     epochs_done = monitor.epochs_done
     if kind == "cancelled":
         reason = f"received {stop.reason}"
-        runs.write_status(s.run_dir, "cancelled", finished=time.time(), reason=reason, epoch=epochs_done,
+        folders.write_status(s.run_dir, "cancelled", finished=time.time(), reason=reason, epoch=epochs_done,
                           end=monitor.end(kind, reason=reason), eta=None)
     else:
         # A run stopped by its time budget did what it was asked ("completed" for cross-validation and resume);
         # its end says where it stopped, so nobody reads it as having trained every epoch.
-        runs.write_status(s.run_dir, "completed", finished=time.time(), reason="time budget" if kind == "time_budget" else "completed",
+        folders.write_status(s.run_dir, "completed", finished=time.time(), reason="time budget" if kind == "time_budget" else "completed",
                           epoch=epochs_done, end=monitor.end(kind), eta=None)
     log.info("run %s: %s", kind.replace("_", " "), s.run_dir)
 
@@ -673,3 +591,4 @@ def _validate(model, loader, device, amp) -> float:
         n += x.shape[0]
     model.train()
     return total / n
+

@@ -19,15 +19,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from uad import checkpoints, fileio, runs
+from uad.checkpoints import weights as ckpt_weights
+from uad.core import fileio
+from uad.core.errors import ConfigError
 from uad.data.cases import discover_cases
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import kfold_cases
 from uad.data.store import build_store
-from uad.errors import ConfigError
-from uad.evaluate import merge_tallies, score_cohort, summarise
+from uad.evaluation.cohort import merge_tallies, score_cohort, summarise
 from uad.models import canonical_name, model_options
-from uad.score import BASELINES, ModelScorer, PostprocessConfig, baseline
+from uad.runs import folders
+from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.scorers import BASELINES, ModelScorer, baseline
 
 log = logging.getLogger("uad.crossval")
 
@@ -109,19 +112,20 @@ class CrossValConfig:
 
 def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str]], run_dir: Path, progress: bool) -> Path:
     """Train (or reuse) one method on one fold; returns the checkpoint folder to score."""
-    from uad.train import TrainConfig, train
+    from uad.training.config import TrainConfig
+    from uad.training.trainer import train
 
     tc = TrainConfig(model=spec.model, data=config.data, modalities=config.modalities, image_size=config.image_size,
                      epochs=spec.epochs, batch_size=config.batch_size, lr=config.lr, max_minutes=spec.max_minutes,
                      seed=config.seed, device=config.device, model_options=dict(spec.options), cases=fold)
-    status = runs.read_status(run_dir) or {}
+    status = folders.read_status(run_dir) or {}
     saved = fileio.read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     if status.get("state") == "completed" and saved.get("train") == tc.to_dict() and (run_dir / "best").is_dir():
         log.info("reusing %s", run_dir)
         return run_dir / "best"
     # A stale or different-config run in this fold's folder is moved aside by the trainer's own --overwrite.
     train(tc, run_dir=run_dir, progress=progress, overwrite=run_dir.exists())
-    state = (runs.read_status(run_dir) or {}).get("state")
+    state = (folders.read_status(run_dir) or {}).get("state")
     if state != "completed":  # e.g. SIGTERM cancels the fold's training: stop the whole cross-validation
         raise KeyboardInterrupt(f"{run_dir}: training {state}; cross-validation stopped")
     return run_dir / "best"
@@ -140,7 +144,7 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
     if len(labelled) < config.folds:
         raise ConfigError(f"{root}: {len(labelled)} labelled cases cannot fill {config.folds} folds")
     folds = kfold_cases(labelled, config.folds, config.seed, config.val_cases)[:config.max_folds]
-    from uad.train import pick_device
+    from uad.core.devices import pick_device
 
     device = str(pick_device(config.device))
 
@@ -157,7 +161,7 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
         for spec in config.methods:
             t_method = time.perf_counter()
             ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k + 1}", progress)
-            ckpt = checkpoints.load(ckpt_dir, device=device)
+            ckpt = ckpt_weights.load(ckpt_dir, device=device)
             model_opts, post = spec.scoring(config.post)
             ckpt.model.hparams.update(model_opts)
             scorer = ModelScorer(ckpt.model, device=device)

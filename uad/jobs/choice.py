@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uad import report, runs
+from uad.evaluation import summaries
+from uad.runs import listing
 
 
-def _auroc(info: runs.RunInfo) -> float:
+def _auroc(info: listing.RunInfo) -> float:
     """Slice AUROC of the run's evaluation on its own training data (any layout uad.report reads)."""
-    summary = report.home_evaluation(info.path, info.checkpoint_info)
+    summary = summaries.home_evaluation(info.path, info.checkpoint_info)
     value = summary.raw.get("slice_auroc") if summary is not None else None
     return float(value) if isinstance(value, (int, float)) else float("-inf")
 
@@ -30,14 +31,14 @@ def _same_folder(a: str | Path | None, b: str | Path | None) -> bool:
         return False
 
 
-def default_run(infos: list[runs.RunInfo], demo_active: bool, data_root: str | Path | None = None) -> tuple[runs.RunInfo | None, str]:
+def default_run(infos: list[listing.RunInfo], demo_active: bool, data_root: str | Path | None = None) -> tuple[listing.RunInfo | None, str]:
     """(the run to open first, why), or (None, why) when ``infos`` is empty.
 
     ``infos`` are the runs with a checkpoint, newest first as ``runs.list_runs`` gives them.
     """
     if not infos:
         return None, "no run with a checkpoint"
-    suggested = runs.suggested_checkpoint(infos, demo_active=demo_active)
+    suggested = listing.suggested_checkpoint(infos, demo_active=demo_active)
     if suggested is not None:
         kind = "the demo cohort" if demo_active else "real scans"
         return suggested, f"the shipped checkpoint for {kind}"

@@ -26,7 +26,7 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def disk_full_error(exc: BaseException, path: str | Path):
     """A DiskFullError naming ``path`` if ``exc`` is a full disk (or quota), else None."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-        from uad.errors import DiskFullError
+        from uad.core.errors import DiskFullError
 
         return DiskFullError(path, f"disk full: no space left to write it ({exc.strerror})")
     return None
@@ -206,7 +206,7 @@ def _remove_leftovers(target: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    from uad.runs import pid_alive
+    from uad.core.processes import pid_alive
 
     return pid_alive(pid)
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from uad import fileio, report
+from uad.core import fileio
+from uad.data import identity
+from uad.evaluation import columns, summaries
 
 MODEL_COLOUR = "#0072B2"
 BASELINE_STYLE = {"intensity": ("#888888", "dash"), "brain_area": ("#BBBBBB", "dot")}
@@ -80,7 +82,7 @@ def _curve_figure(curves: dict[str, Any], model: str, level: str, kind: str):
     for b, (colour, dash) in BASELINE_STYLE.items():
         c = (curves.get(b) or {}).get(key)
         if c:
-            data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=report.BASELINE_LABELS.get(b, b),
+            data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=summaries.BASELINE_LABELS.get(b, b),
                                    line=dict(color=colour, dash=dash, width=1.5)))
     c = (curves.get(model) or {}).get(key)
     if c:
@@ -162,7 +164,7 @@ def _example_panels(image, heat, vmax, pred, truth) -> list[tuple[str, str]]:
             ("prediction vs truth", _png(_up(overlay)))]
 
 
-def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | None, n_each: int = 1) -> str:
+def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path | None, n_each: int = 1) -> str:
     """Best and worst labelled cases by Dice at the per-case threshold, scored again now with uad.score."""
     if cases is None or "dice" not in cases.columns:
         return "<p class='note'>Example slices need the per-case table (cases.csv), which this evaluation predates.</p>"
@@ -171,21 +173,24 @@ def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | N
         return "<p class='note'>No labelled case with a defined Dice: no example slices.</p>"
     picks = [("best", r) for _, r in ranked.head(n_each).iterrows()]
     picks += [("worst", r) for _, r in ranked.tail(n_each).iloc[::-1].iterrows() if r.case_id not in {p[1].case_id for p in picks}]
-    ckpt_path = Path(run) if run is not None else report.repo_path(summary.raw.get("checkpoint", ""))
+    ckpt_path = Path(run) if run is not None else identity.repo_path(summary.raw.get("checkpoint", ""))
     root = summary.local_root
     if root is None or not root.is_dir():
         return f"<p class='note'>Example slices left out: the dataset folder {_e(root)} is not on this machine.</p>"
     try:
-        from uad import checkpoints
+        from uad.checkpoints import weights as ckpt_weights
         from uad.data.store import load_working_case
-        from uad.score import ModelScorer, PostprocessConfig, score_case, threshold_maps
+        from uad.scoring.maps import score_case
+        from uad.scoring.postprocess import threshold_maps
+        from uad.scoring.recipe import PostprocessConfig
+        from uad.scoring.scorers import ModelScorer
 
-        ckpt = checkpoints.load(ckpt_path)
+        ckpt = ckpt_weights.load(ckpt_path)
         scorer = ModelScorer(ckpt.model)
         post = PostprocessConfig.from_dict(summary.raw.get("postprocess") or {})
     except Exception as exc:  # noqa: BLE001 - a report without pictures is still a report
         return f"<p class='note'>Example slices left out: cannot load the checkpoint {_e(ckpt_path)} ({_e(exc)}).</p>"
-    thr = summary.at_fpr(report.CASE_RATE).get("threshold")
+    thr = summary.at_fpr(summaries.CASE_RATE).get("threshold")
     blocks = []
     for which, r in picks:
         try:
@@ -201,7 +206,7 @@ def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | N
         pred = (threshold_maps(vs.maps[k], thr, post.min_component) & vs.mask[k]) if thr is not None else np.zeros_like(tumour[k])
         panels = _example_panels(np.asarray(case.images[k, 0], np.float32), vs.maps[k], vmax, pred, tumour[k] & vs.mask[k])
         figs = "".join(f"<figure><img alt='{_e(cap)}' src='{src}'><figcaption>{_e(cap)}</figcaption></figure>" for cap, src in panels)
-        blocks.append(f"<h3>{_e(which)} case: {_e(r.case_id)} · Dice {report._fmt(r.dice)} · slice {int(case.slice_index[k])}</h3>"
+        blocks.append(f"<h3>{_e(which)} case: {_e(r.case_id)} · Dice {columns._fmt(r.dice)} · slice {int(case.slice_index[k])}</h3>"
                       f"<div class='examples'>{figs}</div>")
     legend = "".join(f"<span class='swatch' style='background:rgb{c}'></span>{t}" for c, t in
                      ((GT, "tumour outline"), (TP, "detected tumour (TP)"), (FP, "false alarm (FP)"), (FN, "missed tumour (FN)")))
@@ -211,7 +216,7 @@ def _examples_html(summary: report.EvaluationSummary, cases, run: str | Path | N
 
 
 # -- the document ---------------------------------------------------------------------------------------------
-def build_report(summary: report.EvaluationSummary, run: str | Path | None = None, examples: bool = True) -> str:
+def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = None, examples: bool = True) -> str:
     """The report's HTML (one string, no outside references)."""
     m = summary.raw
     title = f"{summary.model} · {m.get('run') or (Path(run).name if run else '')}".rstrip(" ·")
@@ -228,7 +233,7 @@ def build_report(summary: report.EvaluationSummary, run: str | Path | None = Non
         ("model", summary.model),
         ("dataset", f"{summary.dataset.label} · id {summary.dataset.id}"),
         ("dataset folder", summary.dataset.root or m.get("data_root") or "–"),
-        ("split", f"{report.SPLIT_WORDS.get(summary.split, summary.split)} ({m.get('split_source', '?')})"),
+        ("split", f"{summaries.SPLIT_WORDS.get(summary.split, summary.split)} ({m.get('split_source', '?')})"),
         ("cases", f"{m.get('n_labelled_cases', '?')} labelled, {m.get('n_unlabelled_cases', 0)} unlabelled; "
                   f"{m.get('n_slices', '?')} labelled slices ({m.get('n_tumour_slices', '?')} with tumour)"),
         ("thresholds calibrated on", f"healthy slices of {len(m.get('calibration_cases') or [])} cases: "
@@ -239,11 +244,11 @@ def build_report(summary: report.EvaluationSummary, run: str | Path | None = Non
         ("bootstrap", f"{boot.get('n_boot', '?')} resamples by {boot.get('unit', 'patient')}, seed {boot.get('seed', '?')}"),
         ("evaluated", m.get("evaluated", "–")),
     ]
-    rows = report.comparison_rows([(summary.model, summary)])
-    metric_cells = [list(report.cells(r).values()) for r in rows]
-    ops = [[f"{t.get('healthy_fpr', 0):.0%}", report._fmt(t.get("threshold")) if t.get("threshold") is None else f"{t['threshold']:.4f}",
-            report._fmt(t.get("dice")), report._fmt(t.get("precision")), report._fmt(t.get("recall")),
-            report._fmt(t.get("calibration_fpr"))] for t in m.get("healthy_fpr_thresholds") or []]
+    rows = columns.comparison_rows([(summary.model, summary)])
+    metric_cells = [list(columns.cells(r).values()) for r in rows]
+    ops = [[f"{t.get('healthy_fpr', 0):.0%}", columns._fmt(t.get("threshold")) if t.get("threshold") is None else f"{t['threshold']:.4f}",
+            columns._fmt(t.get("dice")), columns._fmt(t.get("precision")), columns._fmt(t.get("recall")),
+            columns._fmt(t.get("calibration_fpr"))] for t in m.get("healthy_fpr_thresholds") or []]
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>uad report: {_e(title)}</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -251,8 +256,8 @@ def build_report(summary: report.EvaluationSummary, run: str | Path | None = Non
              f"<p class='note'>{_e(summary.where)}. Written by uad on {time.strftime('%Y-%m-%d %H:%M')}; self-contained "
              f"(no network needed).</p>",
              _table(["", ""], meta, "meta"),
-             "<h2>Metrics</h2>", _table(report.COLUMNS, metric_cells),
-             f"<p class='note'>{_e(report.TABLE_NOTES)} Baselines are computed on the same slices and pixels as the model. "
+             "<h2>Metrics</h2>", _table(columns.COLUMNS, metric_cells),
+             f"<p class='note'>{_e(columns.TABLE_NOTES)} Baselines are computed on the same slices and pixels as the model. "
              f"{_e(m.get('best_dice_note', ''))}</p>",
              "<h2>Operating points at calibrated thresholds</h2>",
              _table(["healthy FPR", "threshold", "Dice", "precision", "recall", "achieved calibration FPR"], ops),
@@ -284,7 +289,7 @@ def _cases_html(cases, m: dict[str, Any]) -> str:
             if c in ("tumour_ml", "detected_ml"):
                 text = "–" if missing else f"{float(v):.2f}"
             elif c in ("dice", "precision", "recall", "slice_auroc", "max_slice_score"):
-                text = report._fmt(None if missing else v)
+                text = columns._fmt(None if missing else v)
             elif c == "labelled":
                 text = "yes" if str(v).lower() in ("true", "1") else "no"
             else:
@@ -297,7 +302,7 @@ def _cases_html(cases, m: dict[str, Any]) -> str:
             + f"<p class='note'>{_e(m.get('cases_note', ''))}. Click a header to sort.</p>")
 
 
-def write_report(summary: report.EvaluationSummary, out: str | Path, run: str | Path | None = None, examples: bool = True) -> Path:
+def write_report(summary: summaries.EvaluationSummary, out: str | Path, run: str | Path | None = None, examples: bool = True) -> Path:
     """Build the report and write it atomically to ``out``; returns the path."""
     out = Path(out)
     fileio.write_text(out, build_report(summary, run=run, examples=examples))

@@ -1,86 +1,30 @@
-"""Background jobs: ``python -m uad ...`` started as a separate process, cancelled, resumed, and the state a
-run or an evaluation is in as seen from its folder and its process.
-
-The app and the CLI both call this, so they cannot disagree about what "running", "failed" or "cancelled"
-means. A job's whole state lives on disk (``status.json`` written by the trainer, ``launch.json`` written
-here), so every browser tab, every app restart and ``python -m uad runs`` see the same thing.
-"""
+"""Training runs as jobs: launched, cancelled, resumed, archived or deleted, and the state a run is in as seen
+from its folder and its process (``RunView``), which the app and ``uad runs`` both show."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uad import fileio, paths, report, runs
-from uad.errors import ConfigError
+from uad.core import paths, processes
+from uad.core.errors import ConfigError
+from uad.jobs.background import LAUNCH, STDOUT, launch_info, reap, start_process, tail
+from uad.runs import archive, folders, listing
+from uad.runs import meta as run_meta
 
-LAUNCH = "launch.json"  # beside status.json: pid of the process started here, its command line and log
-STDOUT = "stdout.log"
 CKPT_META = "checkpoint.json"  # = uad.checkpoints.META; not imported so listing runs does not import torch
 
-# Processes this interpreter started. Polling them reaps finished ones: a zombie looks alive to kill(0).
-_children: dict[str, subprocess.Popen] = {}
-_children_lock = threading.Lock()
 
-
-def reap() -> None:
-    with _children_lock:
-        for key, proc in list(_children.items()):
-            if proc.poll() is not None:
-                _children.pop(key, None)
-
-
-def start_process(key: str, argv: list[str], log_path: Path, info_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start ``python -m uad <argv>`` in its own session (so cancel can signal its whole process group),
-    its output appended to ``log_path`` (never an unread pipe), and record its pid in ``info_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uad", *argv], cwd=paths.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env or os.environ.copy())
-    with _children_lock:
-        _children[key] = proc
-    fileio.write_json(info_path, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": log_path.name})
-    return proc
-
-
-def launch_info(path: Path) -> dict[str, Any]:
-    """A JSON object file written here or by the trainer ({} when missing or unreadable)."""
-    return runs.read_object(path) or {}
-
-
-def process_running(info_path: Path) -> bool:
-    """Whether the process recorded in ``info_path`` (by ``start_process``) is still alive."""
-    reap()
-    info = launch_info(info_path)
-    return bool(info) and runs.pid_alive(info.get("pid"))
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    """The last lines of a log (progress bars' carriage returns read as line breaks)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(fh.tell() - 8000, 0))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-
-
-# -- training runs ---------------------------------------------------------------------------------------
 def check_train_config(config) -> None:
     """Everything about a training configuration that can be checked without its data, in this process,
     before anything starts or any folder is made: the settings (``TrainConfig``), the model options'
     choices and bounds, and the model built from them (on the meta device, so no memory is allocated)."""
-    from uad.train import check_config
+    from uad.training.config import check_config
 
     check_config(config)
 
@@ -112,12 +56,12 @@ def launch_train(config, run_dir: Path | None = None, name: str | None = None, t
     folder; returns the folder. A bad setting raises ConfigError before any folder exists."""
     check_train_config(config)
     for tag in tags:
-        runs.check_tag(tag)
-    run_dir = run_dir or runs.new_run_dir(config.model)
+        run_meta.check_tag(tag)
+    run_dir = run_dir or folders.new_run_dir(config.model)
     try:
         if name or tags or note:
-            runs.update_meta(run_dir, name=name, tags=list(tags), note=note)
-        runs.write_status(run_dir, "queued", model=config.model, queued=time.time(), epochs=config.epochs)
+            run_meta.update_meta(run_dir, name=name, tags=list(tags), note=note)
+        folders.write_status(run_dir, "queued", model=config.model, queued=time.time(), epochs=config.epochs)
         start_process(str(run_dir), ["train", *train_argv(config), "--out", str(run_dir), "--no-progress"],
                       run_dir / STDOUT, run_dir / LAUNCH)
     except BaseException:
@@ -142,7 +86,7 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> None:
     argv = ["train", "--resume", str(run_dir), "--no-progress"]
     if epochs:
         argv += ["--epochs", str(epochs)]
-    runs.write_status(run_dir, "queued", queued=time.time(), error=None, end=None, reason=None)
+    folders.write_status(run_dir, "queued", queued=time.time(), error=None, end=None, reason=None)
     start_process(str(run_dir), argv, run_dir / STDOUT, run_dir / LAUNCH)
 
 
@@ -150,21 +94,21 @@ def cancel_run(run_dir: Path) -> str:
     """SIGTERM the run's process group; the trainer saves a checkpoint and records 'cancelled'."""
     if not run_dir.is_dir():
         return f"{run_dir.name} no longer exists."
-    status = runs.read_status(run_dir) or {}
+    status = folders.read_status(run_dir) or {}
     if status.get("state") not in ("queued", "running"):
         return f"{run_dir.name} is not running ({status.get('state', 'no status')}); nothing to cancel."
     pid = status.get("pid") if status.get("state") == "running" else launch_info(run_dir / LAUNCH).get("pid")
-    if not runs.pid_alive(pid):
-        runs.write_status(run_dir, "cancelled", finished=time.time(), reason="no live process when cancelled")
+    if not processes.pid_alive(pid):
+        folders.write_status(run_dir, "cancelled", finished=time.time(), reason="no live process when cancelled")
         return "The run had no live process; marked cancelled."
     try:
         os.killpg(int(pid), signal.SIGTERM)
     except (ProcessLookupError, PermissionError) as exc:
         return f"Could not signal process {pid}: {exc}"
     time.sleep(0.3)
-    if (runs.read_status(run_dir) or {}).get("state") == "queued":
+    if (folders.read_status(run_dir) or {}).get("state") == "queued":
         # Killed before the trainer installed its handler: nobody else will record it.
-        runs.write_status(run_dir, "cancelled", finished=time.time(), reason="cancelled before training started")
+        folders.write_status(run_dir, "cancelled", finished=time.time(), reason="cancelled before training started")
     return "Cancel requested: the run saves a checkpoint and stops."
 
 
@@ -187,7 +131,7 @@ LABELS = {"completed": "completed", "time_budget": "time budget", "cancelled": "
 class RunView:
     """A run's state as seen from its folder and its process: what the app and ``uad runs`` show."""
 
-    info: runs.RunInfo
+    info: listing.RunInfo
     state: str
     epoch: int  # epochs done
     epochs: int
@@ -218,7 +162,7 @@ class RunView:
     @property
     def end(self) -> dict[str, Any]:
         """How a finished run ended (status.json ``end``), inferred for runs recorded before it existed."""
-        if self.state not in runs.FINAL_STATES:
+        if self.state not in folders.FINAL_STATES:
             return {}
         end = self.status.get("end")
         if isinstance(end, dict) and end.get("kind") in LABELS and (end["kind"] == self.state or self.state == "completed"):
@@ -318,10 +262,10 @@ class RunView:
     @property
     def samples(self) -> tuple[Path, int] | None:
         """The sample reconstructions picture and the epoch it shows, when the trainer has written one."""
-        picture = self.path / runs.SAMPLES
+        picture = self.path / folders.SAMPLES
         if not picture.is_file():
             return None
-        return picture, int(launch_info(self.path / runs.SAMPLES_INFO).get("epoch") or 0)
+        return picture, int(launch_info(self.path / folders.SAMPLES_INFO).get("epoch") or 0)
 
 
 def _where(end: dict[str, Any]) -> str:
@@ -334,13 +278,13 @@ def _where(end: dict[str, Any]) -> str:
     return f"in epoch {end['epoch']}{epochs} at batch {end.get('batch', 0)}/{end['batches']}"
 
 
-def run_view(info: runs.RunInfo) -> RunView:
+def run_view(info: listing.RunInfo) -> RunView:
     status = info.status
     state = info.state
     error = status.get("error")
     if state == "queued":
         launch = launch_info(info.path / LAUNCH)
-        if launch and not runs.pid_alive(launch.get("pid")):
+        if launch and not processes.pid_alive(launch.get("pid")):
             state, error = "failed", "the training process exited before it started (see its output below)"
     elif state == "failed" and status.get("state") == "running":
         error = "the training process died without recording an error (killed? out of memory?)"
@@ -355,22 +299,22 @@ def run_view(info: runs.RunInfo) -> RunView:
 
 def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[RunView]:
     reap()
-    return [run_view(r) for r in runs.list_runs(include_shipped=include_shipped, archived=archived)]
+    return [run_view(r) for r in listing.list_runs(include_shipped=include_shipped, archived=archived)]
 
 
-def _info(run_dir: Path) -> runs.RunInfo:
+def _info(run_dir: Path) -> listing.RunInfo:
     """The RunInfo of one run folder (runs/, its archive, or a shipped checkpoint)."""
     run_dir = Path(run_dir)
     for archived in (False, True):
-        for info in runs.list_runs(include_shipped=not archived, archived=archived):
+        for info in listing.list_runs(include_shipped=not archived, archived=archived):
             if info.path.resolve() == run_dir.resolve():
                 return info
-    status = runs.read_status(run_dir)
-    config = runs.read_object(run_dir / "config.json") or {}
+    status = folders.read_status(run_dir)
+    config = folders.read_object(run_dir / "config.json") or {}
     if status is None and not config:
         raise ConfigError(f"{run_dir}: not a run folder (no status.json or config.json)")
-    return runs.RunInfo(run_dir, run_dir.name, config.get("model") or (status or {}).get("model", "?"),
-                        runs.effective_state(status), False, status or {}, config, runs.read_meta(run_dir))
+    return listing.RunInfo(run_dir, run_dir.name, config.get("model") or (status or {}).get("model", "?"),
+                        folders.effective_state(status), False, status or {}, config, run_meta.read_meta(run_dir))
 
 
 def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
@@ -381,7 +325,7 @@ def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
     if path.is_dir() and ((path / "status.json").exists() or (path / "config.json").exists()):
         return run_view(_info(path))
     pools = {False: [False], True: [True], None: [False, True]}[archived]
-    views = [run_view(i) for a in pools for i in runs.list_runs(include_shipped=not a, archived=a)]
+    views = [run_view(i) for a in pools for i in listing.list_runs(include_shipped=not a, archived=a)]
     for match in (lambda v: v.info.name == str(ref), lambda v: v.info.meta.get("name") == str(ref)):
         found = [v for v in views if match(v)]
         if len(found) == 1:
@@ -403,130 +347,17 @@ def archive_run(run_dir: Path) -> Path:
     """Move a finished run into runs/.archive/ (restorable); refuses active runs and shipped checkpoints."""
     v = run_view(_info(run_dir))
     _refuse_active_or_shipped(v, "archived")
-    return runs.archive(v.path)
+    return archive.archive(v.path)
 
 
 def restore_run(run_dir: Path) -> Path:
     """Move an archived run back into runs/."""
-    return runs.restore(run_dir)
+    return archive.restore(run_dir)
 
 
 def delete_run(run_dir: Path) -> None:
     """Delete a run (or archived run) for good; refuses active runs and shipped checkpoints."""
     v = run_view(_info(run_dir))
     _refuse_active_or_shipped(v, "deleted")
-    runs.delete(v.path)
+    archive.delete(v.path)
 
-
-# -- evaluations -----------------------------------------------------------------------------------------
-# One evaluation = one run on one dataset and split, in <eval base>/<dataset-id>/<split>/ (uad.report).
-# A background evaluation keeps launch.json, eval.log and progress.json in that same folder.
-EVAL_LAUNCH = "launch.json"
-EVAL_LOG = "eval.log"
-
-
-def evaluations(v: RunView) -> list[report.EvaluationSummary]:
-    """Every readable evaluation of the run, newest first."""
-    return report.find_evaluations(report.eval_bases(v.path))
-
-
-def evaluation_on(v: RunView, root: str | Path, split: str | None = None) -> report.EvaluationSummary | None:
-    """The run's newest evaluation on the dataset at ``root`` (any split unless given), None when none."""
-    return report.pick(evaluations(v), report.dataset_ref(root).id, split)
-
-
-def trained_root(v: RunView) -> Path | None:
-    """The folder the run's checkpoint was trained on (checkpoint.json, read without torch)."""
-    info = v.info.checkpoint_info
-    return report.trained_data_root(info) if info else None
-
-
-def eval_split(v: RunView, root: str | Path) -> str:
-    """The split an evaluation on ``root`` uses: the recorded test patients on the run's own training data,
-    every case ("all", thresholds calibrated on that cohort's own healthy slices) on any other folder."""
-    trained = trained_root(v)
-    return "test" if trained is not None and trained.resolve() == Path(root).resolve() else "all"
-
-
-def eval_out(v: RunView, root: str | Path, split: str | None = None) -> Path:
-    """Where an evaluation of the run on ``root`` is (or will be) written."""
-    return report.eval_folder(report.write_base(v.path), report.dataset_ref(root), split or eval_split(v, root))
-
-
-def launch_eval(v: RunView, root: str | Path | None = None, split: str | None = None) -> Path:
-    """Start ``uad evaluate --run <run> --data <root> --split <split> --out <folder>`` in the background;
-    returns the output folder (progress.json, eval.log, then metrics.json appear there)."""
-    root = Path(root) if root is not None else (trained_root(v) or paths.demo_dir())
-    split = split or eval_split(v, root)
-    out = eval_out(v, root, split)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "progress.json").unlink(missing_ok=True)  # a previous run's "done" must not read as this one's
-    argv = ["evaluate", "--run", str(v.path), "--data", str(root), "--split", split, "--out", str(out)]
-    start_process(f"eval:{out}", argv, out / EVAL_LOG, out / EVAL_LAUNCH)
-    return out
-
-
-@dataclass
-class EvalJob:
-    """An evaluation of a run on one dataset as seen from its folder: 'done', 'running', 'failed' or 'none',
-    with progress (cases done / total in the current phase) and the log's tail."""
-
-    state: str
-    out: Path
-    phase: str = ""
-    done: int = 0
-    total: int = 0
-    log: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return min(self.done / self.total, 1.0) if self.total else 0.0
-
-    @property
-    def text(self) -> str:
-        if self.phase == "preparing":
-            return "preparing the slice cache…"
-        if self.phase == "calibrating":
-            return f"calibrating thresholds on healthy slices: {self.done} / {self.total}"
-        if self.phase == "scoring":
-            return f"scoring cases: {self.done} / {self.total}"
-        if self.phase == "summarising":
-            return "computing metrics and bootstrap intervals…"
-        return "starting…"
-
-
-def eval_job(v: RunView, root: str | Path, split: str | None = None) -> EvalJob:
-    """The state of the run's evaluation on ``root`` (see EvalJob)."""
-    reap()
-    out = eval_out(v, root, split)
-    launch = launch_info(out / EVAL_LAUNCH)
-    metrics = out / "metrics.json"
-    if launch and runs.pid_alive(launch.get("pid")):
-        prog = launch_info(out / "progress.json")
-        return EvalJob("running", out, str(prog.get("phase") or ""), int(prog.get("done") or 0), int(prog.get("total") or 0),
-                       tail(out / EVAL_LOG, 3))
-    if metrics.is_file() and (not launch or _mtime(metrics) >= launch.get("started", 0)):
-        return EvalJob("done", out)
-    if launch:
-        return EvalJob("failed", out, log=tail(out / EVAL_LOG))
-    if evaluation_on(v, root, split) is not None:  # e.g. an older layout, or written by the CLI elsewhere
-        return EvalJob("done", out)
-    return EvalJob("none", out)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def home_evaluation(v: RunView) -> report.EvaluationSummary | None:
-    """The evaluation on the run's own training data if there is one, else its newest."""
-    return report.home_evaluation(v.path, v.info.checkpoint_info)
-
-
-def eval_metrics(v: RunView) -> dict[str, Any]:
-    """metrics.json of ``home_evaluation`` ({} when the run has none)."""
-    s = home_evaluation(v)
-    return s.raw if s is not None else {}

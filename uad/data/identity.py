@@ -1,0 +1,59 @@
+"""Dataset identity: one id, label and root per folder, used wherever a folder is compared or hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uad.core import paths
+
+DEMO_ID = "demo"
+
+
+LEGACY = "(legacy)"  # the dataset id shown for an old evaluation that recorded no data root
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """Which folder an evaluation was run on: a stable id (folder names in ``eval/``), a label, the root."""
+
+    id: str
+    label: str
+    root: str
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} ({self.root})" if self.root and self.label != self.root else (self.label or self.root)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "label": self.label, "root": self.root}
+
+
+def repo_path(root: str | Path) -> Path:
+    """A path as recorded by uad, on this machine: relative ones are relative to the repository."""
+    p = Path(root).expanduser()
+    # Shipped checkpoints record their data relative to the repository, so no machine's paths leak.
+    return (p if p.is_absolute() else paths.REPO_ROOT / p).resolve()
+
+
+def dataset_ref(root: str | Path | None) -> DatasetRef:
+    """The dataset identity of a folder: ``demo`` for the demo cohort, else ``<name>-<path hash>``."""
+    if root is None or str(root) == "":
+        return DatasetRef(LEGACY, "unknown dataset (not recorded)", "")
+    resolved = repo_path(root)
+    if resolved == paths.demo_dir().resolve() or Path(root).as_posix().rstrip("/") == "data/demo":
+        return DatasetRef(DEMO_ID, "demo cohort", str(resolved))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.") or "dataset"
+    return DatasetRef(f"{slug}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}", resolved.name, str(resolved))
+
+
+def trained_data_root(info: dict[str, Any]) -> Path | None:
+    """The folder a checkpoint was trained on (from checkpoint.json's ``data``), None when not recorded."""
+    data = info.get("data") or {}
+    if data.get("demo"):
+        return paths.demo_dir()
+    return repo_path(data["root"]) if data.get("root") else None
+

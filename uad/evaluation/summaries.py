@@ -1,0 +1,245 @@
+"""Evaluation summaries: one typed reading of what ``uad evaluate`` wrote, and its where evaluations live.
+
+The CLI's ``compare`` and ``report``, the app's Overview, Explore and Compare pages, the HTML report and
+the benchmarks all shape metrics through this module, so a number means the same everywhere.
+
+An evaluation is stored per dataset and split::
+
+    <run>/eval/<dataset-id>/<split>/   metrics.json, curves.json, slices.csv, cases.csv, progress.json
+    <run>/eval/                        the older layout (one evaluation per run), still read
+
+``<dataset-id>`` is ``demo`` for the demo cohort, else ``<folder name>-<hash of its absolute path>``.
+Torch-free: listing and reading evaluations never imports a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uad.core import fileio, paths
+from uad.data.identity import (
+    DEMO_ID,
+    DatasetRef,
+    dataset_ref,
+    repo_path,
+    trained_data_root,
+)
+
+CASE_RATE = 0.05  # the per-case table's threshold: where 5 % of healthy calibration pixels are flagged
+
+
+BASELINE_LABELS = {"intensity": "intensity baseline", "brain_area": "brain-area baseline"}
+
+
+SPLIT_WORDS = {"test": "test split", "val": "validation split", "train": "training split", "all": "all cases"}
+
+
+def _shipped_name(run: Path) -> str | None:
+    """``autoencoder`` or ``real/autoencoder`` for a checkpoint shipped in the repository, else None."""
+    try:
+        return Path(run).resolve().relative_to(paths.checkpoints_dir()).as_posix()
+    except ValueError:
+        return None
+
+
+def write_base(run: str | Path) -> Path:
+    """The ``eval/`` folder new evaluations of ``run`` go to: ``<run>/eval``, or for a shipped checkpoint
+    ``runs/shipped-eval/<name>/eval`` (nothing is ever written into the repository's checkpoints folder)."""
+    name = _shipped_name(Path(run))
+    return paths.runs_dir() / "shipped-eval" / name / "eval" if name else Path(run) / "eval"
+
+
+def eval_bases(run: str | Path) -> list[Path]:
+    """Every ``eval/`` folder holding evaluations of ``run`` (its own, and for shipped ones the runs/ copy)."""
+    own = Path(run) / "eval"
+    other = write_base(run)
+    return [own] if other == own else [own, other]
+
+
+def eval_folder(base: str | Path, dataset: DatasetRef, split: str) -> Path:
+    """Where the evaluation of a run on ``dataset`` and ``split`` lives under its ``eval/`` folder."""
+    return Path(base) / dataset.id / split
+
+
+@dataclass
+class EvaluationSummary:
+    """One evaluation's metrics.json, typed: the model's metrics, its baselines, and where they come from."""
+
+    raw: dict[str, Any] = field(repr=False)
+    folder: Path | None = None
+    dataset: DatasetRef = field(default_factory=lambda: dataset_ref(None))
+
+    @classmethod
+    def from_metrics(cls, m: dict[str, Any], folder: str | Path | None = None) -> "EvaluationSummary":
+        rec = m.get("dataset")
+        if isinstance(rec, dict) and rec.get("id"):
+            ds = DatasetRef(str(rec["id"]), str(rec.get("label") or rec["id"]), str(rec.get("root") or ""))
+        else:
+            ds = dataset_ref(m.get("data_root"))
+        return cls(m, Path(folder) if folder is not None else None, ds)
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "EvaluationSummary":
+        """metrics.json of an evaluation folder; ValueError naming the file when it is missing or malformed."""
+        path = Path(folder) / "metrics.json"
+        try:
+            m = fileio.read_json(path)
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no evaluation here") from None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable evaluation ({exc})") from None
+        if not isinstance(m, dict):
+            raise ValueError(f"{path}: not a uad evaluation (expected a JSON object)")
+        return cls.from_metrics(m, folder)
+
+    # what was evaluated
+    @property
+    def model(self) -> str:
+        return str(self.raw.get("model") or "?")
+
+    @property
+    def split(self) -> str:
+        return str(self.raw.get("split") or "test")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(dataset id, split): evaluations with the same key are comparable."""
+        return self.dataset.id, self.split
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return self.raw.get("preprocess") or {}
+
+    @property
+    def image_size(self) -> int | None:
+        return self.preprocess.get("image_size")
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.preprocess.get("modalities") or [])
+
+    @property
+    def where(self) -> str:
+        """'demo cohort · test split': the dataset and split, in words."""
+        return f"{self.dataset.label} · {SPLIT_WORDS.get(self.split, self.split)}"
+
+    @property
+    def local_root(self) -> Path | None:
+        """The evaluated folder on this machine (the demo cohort is wherever this home keeps it)."""
+        if self.dataset.id == DEMO_ID:
+            return paths.demo_dir()
+        root = self.dataset.root or self.raw.get("data_root")
+        return repo_path(root) if root else None
+
+    @property
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        b = self.raw.get("baselines")
+        return b if isinstance(b, dict) else {}
+
+    @property
+    def baseline_group(self) -> tuple:
+        """What baselines depend on: the same slices and pixels (dataset, split, cases, working size,
+        channels), post-processing and bootstrap. Equal keys give equal baseline numbers."""
+        boot = self.raw.get("bootstrap") or {}
+        return (self.dataset.id, self.split, tuple(self.raw.get("eval_cases") or []), self.image_size,
+                tuple(self.modalities), tuple(sorted((self.raw.get("postprocess") or {}).items())),
+                boot.get("n_boot"), boot.get("seed"))
+
+    def at_fpr(self, rate: float) -> dict[str, Any]:
+        return at_fpr(self.raw, rate)
+
+    def presets(self) -> list[tuple[float, float]]:
+        """(healthy FPR, threshold) pairs calibrated on the healthy slices of this evaluation's calibration cases."""
+        import math
+
+        out = []
+        for t in self.raw.get("healthy_fpr_thresholds") or []:
+            try:
+                rate, thr = float(t["healthy_fpr"]), float(t["threshold"])
+            except (KeyError, TypeError, ValueError):
+                continue  # an undefined threshold (no healthy pixels) is stored as null
+            if math.isfinite(thr):
+                out.append((rate, thr))
+        return out
+
+    def cases(self):
+        """The per-case table (cases.csv) as a DataFrame, or None for evaluations that wrote none."""
+        import pandas as pd
+
+        if self.folder is None or not (self.folder / "cases.csv").is_file():
+            return None
+        try:
+            df = pd.read_csv(self.folder / "cases.csv")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.folder / 'cases.csv'}: unreadable per-case table ({exc})") from None
+        if "case_id" not in df.columns:
+            raise ValueError(f"{self.folder / 'cases.csv'}: not a per-case table (no case_id column)")
+        df["case_id"] = df["case_id"].astype(str)
+        return df
+
+
+def find_evaluations(bases: list[str | Path]) -> list[EvaluationSummary]:
+    """Every readable evaluation under the given ``eval/`` folders, newest first (unreadable ones skipped;
+    ``load_evaluation`` reports why when one is opened)."""
+    found: dict[Path, EvaluationSummary] = {}
+    for base in bases:
+        base = Path(base)
+        candidates = [base] + sorted(p.parent for p in base.glob("*/*/metrics.json"))
+        for folder in candidates:
+            if folder.resolve() in found or not (folder / "metrics.json").is_file():
+                continue
+            try:
+                found[folder.resolve()] = EvaluationSummary.read(folder)
+            except ValueError:
+                continue
+    return sorted(found.values(), key=lambda s: str(s.raw.get("evaluated") or ""), reverse=True)
+
+
+def home_evaluation(run: str | Path, checkpoint_info: dict[str, Any] | None) -> EvaluationSummary | None:
+    """The run's evaluation on the data it was trained on (``checkpoint_info``: its checkpoint.json) if there
+    is one, else its newest; None when it was never evaluated."""
+    found = find_evaluations(eval_bases(run))
+    trained = trained_data_root(checkpoint_info) if checkpoint_info else None
+    own = pick(found, dataset_ref(trained).id) if trained is not None else None
+    return own or (found[0] if found else None)
+
+
+def pick(summaries: list[EvaluationSummary], dataset_id: str | None = None, split: str | None = None) -> EvaluationSummary | None:
+    """The newest evaluation on ``dataset_id`` (and ``split`` when given), None when there is none."""
+    return next((s for s in summaries if (dataset_id is None or s.dataset.id == dataset_id)
+                 and (split is None or s.split == split)), None)
+
+
+def at_fpr(m: dict[str, Any], rate: float) -> dict[str, Any]:
+    """The operating point calibrated at a healthy false-positive rate ({} when the evaluation has none)."""
+    for t in m.get("healthy_fpr_thresholds") or []:
+        if isinstance(t, dict) and isinstance(t.get("healthy_fpr"), (int, float)) and abs(t["healthy_fpr"] - rate) < 1e-9:
+            return t
+    return {}
+
+
+def load_evaluation(folder: str | Path) -> dict[str, Any]:
+    """An evaluation folder written by ``uad evaluate``: {"summary", "metrics", "curves", "slices" (labelled
+    slices, a DataFrame)}, or {"error": why} when it cannot be read or holds nothing to compare."""
+    import numpy as np
+    import pandas as pd
+
+    f = Path(folder)
+    try:
+        summary = EvaluationSummary.read(f)
+        curves = fileio.read_json(f / "curves.json")
+        slices = pd.read_csv(f / "slices.csv")
+    except (OSError, ValueError) as exc:
+        return {"error": f"{folder}: unreadable evaluation ({exc})"}
+    if not isinstance(curves, dict) or not {"label", "score"} <= set(slices.columns):
+        return {"error": f"{folder}: not a uad evaluation (curves.json or slices.csv has the wrong shape)"}
+    slices = slices[pd.to_numeric(slices["label"], errors="coerce").notna()].copy()  # unlabelled cases have no label
+    slices["label"] = slices["label"].astype(int)
+    slices["score"] = pd.to_numeric(slices["score"], errors="coerce")
+    slices = slices[np.isfinite(slices["score"])]
+    if slices.empty or slices.label.nunique() < 2:
+        return {"error": f"{folder}: the evaluation has no labelled slices of both kinds (healthy and tumour) to compare"}
+    return {"summary": summary, "metrics": summary.raw, "curves": curves, "slices": slices}
+

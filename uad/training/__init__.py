@@ -1,0 +1,1 @@
+"""Training: a run's settings (``config``), the trainer (``trainer``) and its data-parallel plumbing."""
