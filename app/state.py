@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from uad.checkpoints import record as ckpt_record
-from uad.core import paths
+from uad.core import fileio, paths
 from uad.core.errors import UADError
 from uad.data.cases import Case, discover_cases
 from uad.evaluation import summaries
@@ -105,14 +105,6 @@ def dataset_label(root: Path) -> str:
     return f"demo cohort ({root})" if is_demo(root) else str(root)
 
 
-def _mtime(path: Path) -> float:
-    """A cache-key stamp: a folder's changes when cases are added or removed, a file's when it is rewritten."""
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 @st.cache_data(show_spinner=False, max_entries=16, ttl=60)
 def _discover(root: str, stamp: float):
     return discover_cases(root)
@@ -121,7 +113,7 @@ def _discover(root: str, stamp: float):
 def discover(root: Path) -> tuple[list[Case], list, str | None]:
     """(cases, skipped, error message). Never raises for a bad folder."""
     try:
-        cases, skipped = _discover(str(root), _mtime(Path(root)))
+        cases, skipped = _discover(str(root), fileio.mtime(Path(root)))
     except UADError as exc:
         return [], [], str(exc)
     except OSError as exc:
@@ -152,11 +144,11 @@ def case_stamp(case: Case) -> tuple:
 # -- display volumes (Data page) ------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False, max_entries=3)  # resource: no 30 MB pickle copy per call
 def load_display_case(root: str, case_id: str, stamp: tuple):
-    """``viewer.load_display_case`` of a case of ``root``, kept per case and files (``stamp``); None when gone."""
-    import viewer
+    """``uad.data.display.load_display_case`` of a case of ``root``, kept per case and files (``stamp``); None when gone."""
+    from uad.data import display
 
     case = find_case(Path(root), case_id)
-    return None if case is None else viewer.load_display_case(case)
+    return None if case is None else display.load_display_case(case)
 
 
 
@@ -173,7 +165,6 @@ def list_run_views(include_shipped: bool = True, archived: bool = False) -> list
 # -- checkpoints and scoring (Explore) ------------------------------------------------------------------
 def checkpoint_stamp(run_dir: Path) -> tuple:
     """Changes when the checkpoint is rewritten (a new best epoch): part of every cache key."""
-    pass
 
     folder = ckpt_record.resolve(run_dir)
     out = []
@@ -184,6 +175,16 @@ def checkpoint_stamp(run_dir: Path) -> tuple:
         except OSError:
             out.append((str(folder / name), -1, -1))
     return tuple(out)
+
+
+def weights_sha256(run_dir: Path) -> str | None:
+    """The SHA-256 of the run's current weights, as its checkpoint.json records it (read without torch)."""
+    try:
+        info = ckpt_record.read_info(run_dir)
+    except (UADError, OSError, ValueError):
+        return None
+    sha = info.get("weights_sha256")
+    return sha if isinstance(sha, str) else None
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -204,13 +205,18 @@ def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_stamp: tuple):
-    """Anomaly maps of a whole case, computed once per (checkpoint, case) and kept for the slider."""
-    from uad.scoring import maps, recipe, scorers
+def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_stamp: tuple, recipe_json: str):
+    """Anomaly maps of a whole case with one scoring recipe (``ScoringRecipe`` as JSON), computed once per
+    (checkpoint, case, recipe) and kept for the slider."""
+    import json
+
+    from uad.scoring import maps, scorers
+    from uad.scoring.recipe import ScoringRecipe
 
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
-    vs = maps.score_case(scorers.ModelScorer(ckpt.model, keep_reconstruction=True), prep, recipe.PostprocessConfig())
+    recipe = ScoringRecipe.from_dict(json.loads(recipe_json))
+    vs = maps.score_case(scorers.ModelScorer(ckpt.model, keep_reconstruction=True), prep, recipe)
     return prep, vs
 
 
@@ -230,4 +236,4 @@ def _read_eval(folder: str, stamp: float) -> dict:
 def read_eval(summary: summaries.EvaluationSummary) -> dict:
     """An evaluation's curves and labelled slices (``uad.report.load_evaluation``), cached until it is rewritten."""
     folder = summary.folder or Path(".")
-    return _read_eval(str(folder), _mtime(folder / "metrics.json"))
+    return _read_eval(str(folder), fileio.mtime(folder / "metrics.json"))

@@ -17,35 +17,21 @@ import state
 import streamlit as st
 
 from uad.data import labels as seg_labels
+from uad.evaluation import figures
+from uad.evaluation.figures import (  # noqa: F401  (the pages' palette)
+    BASELINE_STYLE,
+    GT_CONTOUR,
+    MODEL_COLOURS,
+    PRED_COLOURS,
+)
 from uad.jobs import run_jobs
 from uad.runs import listing
 
-# -- colours -------------------------------------------------------------------------------------------
-# Okabe–Ito colours: distinguishable with the common colour-vision deficiencies and on a grey image.
-GT_CONTOUR = (0, 255, 255)  # cyan: the ground-truth tumour outline, on top of every heatmap
-PRED_COLOURS = {"TP": (240, 228, 66), "FP": (204, 121, 167), "FN": (86, 180, 233)}
+# -- colours: uad's palette (uad.evaluation.figures, shared with the HTML report), and the Data page's regions ----------
+INFERNO = figures.inferno()  # perceptual, dark→bright; reads as "more anomalous = brighter"
 # One colour per tumour sub-region, whatever label value its convention gives it (uad.data.labels).
 REGION_COLOURS = {seg_labels.NECROTIC: (213, 94, 0), seg_labels.OEDEMA: (240, 228, 66), seg_labels.ENHANCING: (86, 180, 233),
                   seg_labels.NON_ENHANCING: (0, 158, 115)}
-MODEL_COLOURS = ["#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#F0E442", "#0072B2"]
-BASELINE_STYLE = {"intensity": ("intensity baseline", "#BBBBBB", "dash"), "brain_area": ("brain-area baseline", "#888888", "dot")}
-
-
-def _lut_from(hex_colours: list[str]) -> np.ndarray:
-    """256-entry RGB lookup table interpolated from a plotly colour scale (no matplotlib needed)."""
-    stops = np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in hex_colours], np.float32)
-    x = np.linspace(0, 1, len(stops))
-    t = np.linspace(0, 1, 256)
-    return np.stack([np.interp(t, x, stops[:, c]) for c in range(3)], axis=1).astype(np.uint8)
-
-
-def _inferno() -> np.ndarray:
-    import plotly.colors as pc
-
-    return _lut_from(pc.sequential.Inferno)
-
-
-INFERNO = _inferno()  # perceptual, dark→bright; reads as "more anomalous = brighter"
 
 
 def seg_convention(labels_present) -> tuple[str, dict[int, str]]:
@@ -63,8 +49,7 @@ def seg_colour(value: int, present) -> tuple[int, int, int]:
 # Built in one constructor call with plain dicts and no plotly template (Streamlit's theme styles them):
 # plotly's per-call validation and template copies cost tens of ms, which a slider cannot afford.
 def layout(height: int, **kw) -> dict:
-    return dict(height=height, margin=dict(l=10, r=10, t=30, b=10), template="none",
-                legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0), **kw)
+    return figures.layout(height, "app", **kw)
 
 
 def vline(x: float, colour: str = "#FFFFFF", width: int = 2, dash: str = "solid") -> dict:
@@ -140,14 +125,6 @@ def fmt(v, digits: int = 3) -> str:
     except (TypeError, ValueError):
         return str(v)
     return "–" if not np.isfinite(f) else f"{f:.{digits}f}"
-
-
-def fmt_ci(v, ci: dict | None) -> str:
-    if v is None:
-        return "–"
-    if ci and ci.get("low") is not None and ci.get("high") is not None:
-        return f"{fmt(v)} [{fmt(ci['low'])}, {fmt(ci['high'])}]"
-    return fmt(v)
 
 
 def run_colours(names: list[str]) -> dict[str, str]:

@@ -69,7 +69,7 @@ def write_inputs(folder: Path, case_id: str) -> None:
     shutil.copy(case.seg, folder / "seg.nii.gz")
     ckpt = ckpt_weights.load(paths.checkpoints_dir() / "autoencoder")
     prep = preprocess_case(case, ckpt.preprocess)
-    vs = maps.score_case(scorers.ModelScorer(ckpt.model), prep, recipe.PostprocessConfig())
+    vs = maps.score_case(scorers.ModelScorer(ckpt.model), prep, recipe.ScoringRecipe())
     (folder / "anomaly.nii.gz").write_bytes(nifti.nifti_bytes(vs.maps, prep.geometry))
 
 

@@ -92,7 +92,7 @@ import time, json, resource
 from uad.checkpoints import weights
 from uad.data import PreprocessConfig, build_store
 from uad.evaluation.cohort import score_cohort, summarise
-from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.recipe import ScoringRecipe
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
 ckpt = weights.load(CHECKPOINT)
 store = build_store(ROOT, ckpt.preprocess, cache_root=CACHE, progress=False)
@@ -100,7 +100,7 @@ ids = store.labelled_ids
 calib, test = ids[:10], ids[10:10 + N_TEST]
 t = time.perf_counter()
 scorers = [ModelScorer(ckpt.model)] + [baseline(b) for b in BASELINES]
-tallies, rows = score_cohort(store, scorers, test, calib, PostprocessConfig())
+tallies, rows = score_cohort(store, scorers, test, calib, ScoringRecipe())
 results = {name: summarise(tally, n_boot=200, seed=0)[0] for name, tally in tallies.items()}
 print(json.dumps({"seconds": time.perf_counter() - t, "cases": len(test), "slices": len(rows),
                   "pixel_ap": results[ckpt.model.name]["pixel_ap"],

@@ -23,7 +23,7 @@ from uad.data.demo import ensure_demo  # noqa: E402
 from uad.data.preprocess import preprocess_case  # noqa: E402
 from uad.scoring.maps import score_case
 from uad.scoring.nifti import write_nifti  # noqa: E402
-from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.recipe import ScoringRecipe
 from uad.scoring.scorers import ModelScorer
 
 
@@ -42,7 +42,7 @@ def main() -> None:
         t0 = time.perf_counter()
         pre = preprocess_case(case, ckpt.preprocess)
         t1 = time.perf_counter()
-        vs = score_case(scorer, pre, PostprocessConfig())
+        vs = score_case(scorer, pre, ScoringRecipe())
         t2 = time.perf_counter()
         write_nifti(vs.maps, pre.geometry, out / f"{case.case_id}_anomaly.nii.gz")
         t3 = time.perf_counter()

@@ -321,7 +321,6 @@ def test_train_lists_runs_and_shows_failures(home):
 def test_train_launch_and_cancel_survive_a_new_session(home):
     import json
 
-    pass
 
     before = {p.name for p in (home / "runs").iterdir()}
     at = page(new_app(), "train")
@@ -339,9 +338,12 @@ def test_train_launch_and_cancel_survive_a_new_session(home):
     try:
         status = folders.read_status(run_dir)
         assert status["state"] in ("queued", "running") and status["model"] == "vit"
+        # The form's values reach the trainer as one validated configuration (uad train --config), not flags.
         argv = json.loads((run_dir / "launch.json").read_text())["argv"]
-        for flag in (["--modalities", "flair", "t2"], ["--image-size", "64"], ["--epochs", "1"], ["--context-dropout", "0.3"]):
-            assert " ".join(flag) in " ".join(argv), argv
+        assert argv[:3] == ["train", "--config", str(run_dir / "request.json")], argv
+        request = json.loads((run_dir / "request.json").read_text())
+        assert request["modalities"] == ["flair", "t2"] and request["image_size"] == 64 and request["epochs"] == 1
+        assert request["model_options"] == {"context_dropout": 0.3}
         # A fresh session (another tab, or a restarted app) sees the same run, from disk.
         other = page(new_app(), "train")
         assert run_dir.name in texts(other)
@@ -359,7 +361,6 @@ def test_train_launch_and_cancel_survive_a_new_session(home):
 def _kill(pid) -> None:
     import signal
 
-    pass
 
     if pid and processes.pid_alive(pid):
         try:
@@ -379,7 +380,6 @@ def _kill(pid) -> None:
 def test_train_resume_a_cancelled_run(home):
     import json
 
-    pass
 
     run = copy_run(home, "zz-resume-me", with_eval=False)
     folders.write_status(run, "cancelled", epoch=1, epochs=1, reason="received SIGTERM")
@@ -573,7 +573,6 @@ def test_compare_curves_table_and_threshold(home):
 def test_compare_evaluates_a_run_in_the_background(home):
     import json
 
-    pass
 
     pending = copy_run(home, "zz-needs-eval", with_eval=False)
     out = pending / "eval" / "demo" / "test"
@@ -750,7 +749,6 @@ def test_explore_presets_come_from_the_active_dataset(home, tmp_path):
 
 # -- Train: watching runs, the form, run management ------------------------------------------------------------
 def _status_run(home: Path, name: str, state: str, **status) -> Path:
-    pass
 
     run = copy_run(home, name, with_eval=False)
     (run / "status.json").unlink()
@@ -900,7 +898,6 @@ def test_train_rejects_a_bad_value_before_anything_starts(home, model, key, valu
 
 
 def test_train_name_tag_note_archive_restore_and_delete_a_run(home):
-    pass
 
     run = copy_run(home, "zz-manage", with_eval=False)
     archived = home / "runs" / ".archive" / "zz-manage"

@@ -116,7 +116,7 @@ def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp
         assert len(m["per_fold"]) == 3
         assert m["n_slices"] == sum(f["n_slices"] for f in m["per_fold"])
         assert 0.0 <= m["pixel_ap"] <= 1.0 and m["best_dice"]["oracle"] is True
-        assert [t["healthy_fpr"] for t in m["healthy_fpr_thresholds"]] == [0.01, 0.05, 0.10]
+        assert [t["rate"] for t in m["healthy_fpr_thresholds"]] == [0.01, 0.05, 0.10]
         assert len(m["healthy_fpr_thresholds"][0]["per_fold_thresholds"]) == 3
     saved = json.loads((tmp_path / "cv" / "crossval.json").read_text())
     assert saved["methods"]["intensity"]["pixel_ap"] == out["methods"]["intensity"]["pixel_ap"]
@@ -174,15 +174,18 @@ def test_real_bench_quick_runs_end_to_end_on_real_scans(tmp_path):
 def test_a_method_scores_with_todays_residual_default_unless_it_names_one():
     # A fold run trained before the default changed records residual="abs" in its hyper-parameters;
     # re-running the same command must still score it as the method's label says.
+    from uad.core.errors import ConfigError
     from uad.evaluation.crossval import MethodSpec
-    from uad.scoring.recipe import PostprocessConfig
+    from uad.scoring.recipe import ScoringRecipe
 
-    post = PostprocessConfig()
-    assert MethodSpec("vae").scoring(post)[0] == {"residual": "positive"}
-    assert MethodSpec("vae", score_options={"residual": "abs"}).scoring(post)[0] == {"residual": "abs"}
-    assert MethodSpec("vae", options={"residual": "abs"}).scoring(post)[0] == {}
-    opts, p = MethodSpec("gan", score_options={"slice_score": "model"}).scoring(post)
-    assert opts == {"residual": "positive"} and p.slice_score == "model"
+    base = ScoringRecipe()
+    assert MethodSpec("vae").recipe(base).residual == "positive"
+    assert MethodSpec("vae", score_options={"residual": "abs"}).recipe(base).residual == "abs"
+    assert MethodSpec("vae", options={"residual": "abs"}).recipe(base).residual == "abs"  # trained so: scored so
+    r = MethodSpec("gan", score_options={"slice_score": "model"}).recipe(base)
+    assert r.residual == "positive" and r.post.slice_score == "model"
+    with pytest.raises(ConfigError, match="not a scoring option"):
+        MethodSpec("vit", score_options={"depth": 2}).recipe(base)
 
 
 def test_cohort_modalities_keeps_only_patients_with_every_sequence(tmp_path):

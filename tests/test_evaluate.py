@@ -18,7 +18,7 @@ from uad.evaluation.evaluate import evaluate
 from uad.scoring.maps import score_case
 from uad.scoring.nifti import write_nifti
 from uad.scoring.postprocess import threshold_maps
-from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.recipe import PostprocessConfig, ScoringRecipe
 from uad.scoring.scorers import IntensityBaseline
 from uad.training.config import TrainConfig
 from uad.training.trainer import train
@@ -52,7 +52,7 @@ def test_planted_blob_lands_on_the_right_voxels_of_the_exported_map(tmp_path):
     case = discover_cases(tmp_path)[0][0]
     # Scale by the maximum (not the 99th percentile) so only the blob is near 1 in the map.
     pre = preprocess_case(case, PreprocessConfig(image_size=64, percentile_high=100))
-    vs = score_case(IntensityBaseline(), pre, PostprocessConfig(erode_brain=0, median_size=0))
+    vs = score_case(IntensityBaseline(), pre, ScoringRecipe(post=PostprocessConfig(erode_brain=0, median_size=0)))
     out = write_nifti(vs.maps, pre.geometry, tmp_path / "C_anomaly.nii.gz")
     img = nib.load(str(out))
     assert img.shape == vols["flair"].shape
@@ -80,7 +80,7 @@ def test_evaluate_writes_metrics_rows_and_curves(trained, tmp_path):
                 "slice_youden", "slice_best_f1", "slice_auroc_ci", "pixel_ap_ci"):
         assert key in m, key
     assert set(m["baselines"]) == {"intensity", "brain_area"}
-    assert [t["healthy_fpr"] for t in m["healthy_fpr_thresholds"]] == [0.01, 0.05, 0.10]
+    assert [t["rate"] for t in m["healthy_fpr_thresholds"]] == [0.01, 0.05, 0.10]
     assert m["best_dice"]["oracle"] is True
     # the unlabelled case is scored (rows in slices.csv) but not counted in the metrics
     assert m["n_unlabelled_cases"] == 1 and "unlabelled_case" in m["eval_cases"]
@@ -121,7 +121,6 @@ def test_cli_score_writes_a_map_on_the_case_grid(trained, tmp_path):
 
 
 def test_cli_evaluate_and_compare(trained, tmp_path, capsys):
-    pass
 
     root, run = trained
     assert cli(["evaluate", "--run", str(run), "--data", str(root), "--bootstrap", "20", "--save-maps"]) == 0
@@ -139,9 +138,7 @@ def test_cli_evaluate_and_compare(trained, tmp_path, capsys):
 def test_evaluate_writes_per_case_rows_and_progress(trained, tmp_path):
     import pandas as pd
 
-    pass
     from uad.data import build_store
-    from uad.evaluation.cohort import working_voxel_ml
 
     root, run = trained
     m = evaluate(run, data=root, out=tmp_path / "ev", n_boot=0, progress=False)
@@ -150,10 +147,10 @@ def test_evaluate_writes_per_case_rows_and_progress(trained, tmp_path):
     cases = pd.read_csv(tmp_path / "ev" / "cases.csv")
     assert list(cases.case_id) == m["eval_cases"]
     store = build_store(root, PreprocessConfig(image_size=64), progress=False)
-    thr = summaries.at_fpr(m, 0.05)["threshold"]
+    thr = summaries.operating_point(m, 0.05)["threshold"]
     for _, r in cases.iterrows():
         case = store.case(r.case_id)
-        ml = working_voxel_ml(case.geometry)
+        ml = case.geometry.voxel_ml
         if r.case_id == "unlabelled_case":
             assert not r.labelled and pd.isna(r.dice) and pd.isna(r.tumour_ml)
             continue
@@ -166,16 +163,16 @@ def test_evaluate_writes_per_case_rows_and_progress(trained, tmp_path):
 
 
 def test_working_voxel_ml_follows_the_spacing_and_orientation():
-    from types import SimpleNamespace
+    from uad.data.preprocess import SliceGeometry
 
-    from uad.evaluation.cohort import working_voxel_ml
+    def geometry(affine, ornt, side, size):
+        return SliceGeometry((1, 1, 1), (1, 1, 1), affine, np.asarray(ornt, float), 0, 0, side, size, np.arange(1))
 
-    affine = np.diag([2.0, 1.0, 3.0, 1.0])
-    g = SimpleNamespace(affine=affine, ornt=np.array([[0, 1], [1, 1], [2, 1]]), side=100, image_size=50)
-    assert working_voxel_ml(g) == pytest.approx(2 * 1 * 3 * 4 / 1000)
+    g = geometry(np.diag([2.0, 1.0, 3.0, 1.0]), [[0, 1], [1, 1], [2, 1]], 100, 50)
+    assert g.voxel_ml == pytest.approx(2 * 1 * 3 * 4 / 1000)
     # a source stored as (z, x, y): the in-plane axes are its second and third
-    g = SimpleNamespace(affine=np.diag([3.0, 2.0, 1.0, 1.0]), ornt=np.array([[2, 1], [0, 1], [1, 1]]), side=64, image_size=64)
-    assert working_voxel_ml(g) == pytest.approx(6 / 1000)
+    g = geometry(np.diag([3.0, 2.0, 1.0, 1.0]), [[2, 1], [0, 1], [1, 1]], 64, 64)
+    assert g.voxel_ml == pytest.approx(6 / 1000)
 
 
 def test_cli_report_is_self_contained_and_holds_the_metrics(trained, tmp_path, capsys):
@@ -193,7 +190,7 @@ def test_cli_report_is_self_contained_and_holds_the_metrics(trained, tmp_path, c
     assert "Plotly.newPlot" in text and text.count("data:image/png;base64,") >= 3  # curves and example slices
     m = summaries.EvaluationSummary.read(run / "eval" / identity.dataset_ref(root).id / "test")
     row = columns.cells(columns.comparison_rows([("x", m)])[0])
-    for col in ("slice AUROC [95% CI]", "pixel AP [95% CI]", "best Dice*", "Dice @5% FPR"):
+    for col in ("slice AUROC [95% CI]", "pixel AP [95% CI]", "best Dice*", columns.column(columns.dice_key(0.05)).label):
         assert row[col] in text, col
     for b in m.baselines.values():
         assert f"{b['slice_auroc']:.3f}" in text
@@ -236,6 +233,6 @@ def test_shipped_checkpoints_load_and_score_a_demo_case(folder, demo_case):
     assert ckpt.model.name == folder.name and ckpt.info["weights_dtype"] == "float16"
     assert (folder / "eval" / "metrics.json").is_file()
     pre = preprocess_case(demo_case, ckpt.preprocess)
-    vs = score_case(ModelScorer(ckpt.model), pre, PostprocessConfig())
+    vs = score_case(ModelScorer(ckpt.model), pre, ScoringRecipe())
     assert vs.maps.shape == pre.tumour.shape and np.isfinite(vs.maps).all() and np.isfinite(vs.scores).all()
     assert vs.maps[vs.mask].max() > 0

@@ -228,7 +228,7 @@ def test_healthy_fpr_threshold_transfers_to_fresh_healthy_data():
     acc.update_healthy(healthy_val)
     result = M.healthy_fpr_thresholds(acc, rates=(0.01, 0.05, 0.10))
     for r in result:
-        assert r["healthy_fpr"] <= r["rate"]  # conservative on the data it was fitted to
+        assert r["achieved_fpr"] <= r["rate"]  # conservative on the data it was fitted to
         fresh_fpr = float(np.mean(healthy_test >= r["threshold"]))
         assert fresh_fpr == pytest.approx(r["rate"], rel=0.1)
     # The in-memory path gives (nearly) the same thresholds.
@@ -249,7 +249,7 @@ def test_healthy_fpr_threshold_ignores_tumour_pixels():
     assert M.healthy_fpr_thresholds(mixed) == M.healthy_fpr_thresholds(only_healthy)
     # And the threshold is usable on the labelled accumulator: its FPR there is the healthy one.
     t = M.healthy_fpr_thresholds(mixed, rates=(0.05,))[0]
-    assert mixed.at_threshold(t["threshold"])["fpr"] == pytest.approx(t["healthy_fpr"])
+    assert mixed.at_threshold(t["threshold"])["fpr"] == pytest.approx(t["achieved_fpr"])
 
 
 # ------------------------------------------------------------------ bootstrap

@@ -14,8 +14,9 @@ from conftest import BRATS_AFFINE, phantom, write_case
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 import viewer  # noqa: E402
 
-from uad.data import labels  # noqa: E402
+from uad.data import display, labels  # noqa: E402
 from uad.data.cases import discover_cases  # noqa: E402
+from uad.data.preprocess import screen_columns  # noqa: E402
 
 
 def marker_case(root: Path, affine=BRATS_AFFINE):
@@ -54,21 +55,21 @@ def brightest_side(image: np.ndarray) -> str:
 
 @pytest.mark.parametrize("affine", [BRATS_AFFINE, np.diag([1.0, 1.0, 1.0, 1.0])], ids=["LPS-stored", "RAS-stored"])
 def test_patient_left_is_drawn_on_the_screen_right_in_radiological_convention(tmp_path, affine):
-    d = viewer.load_display_case(marker_case(tmp_path / "c", affine))
+    d = display.load_display_case(marker_case(tmp_path / "c", affine))
     stack = d.mods["flair"]
     z = stack.shape[0] // 2
     assert brightest_side(viewer.screen_axial(stack, z, "radiological")) == "right"
     assert brightest_side(viewer.screen_axial(stack, z, "neurological")) == "left"
     with pytest.raises(ValueError, match="unknown convention"):
-        viewer.screen_columns(4, "sideways")
+        screen_columns(4, "sideways")
 
 
 def test_display_scaling_with_negative_edge_values(tmp_path):
     """Issue 11 #6: negative edge values neither grey the background nor defeat the crop to the brain."""
-    d = viewer.load_display_case(small_brain_case(tmp_path / "c"))
+    d = display.load_display_case(small_brain_case(tmp_path / "c"))
     flair = d.mods["flair"]
     # Cropped to the brain (uad's brain mask: non-zero voxels, negative ones included) plus the margin.
-    m = viewer.CROP_MARGIN
+    m = display.CROP_MARGIN
     assert flair.shape[0] <= 13 + 2 * m and flair.shape[1] <= 19 + 2 * m and flair.shape[2] <= 17 + 2 * m, flair.shape
     assert len(d.slice_labels) == flair.shape[0]
     # The background stays black: the margin around the brain is 0 in every slice.
@@ -85,7 +86,7 @@ def test_window_to_uint8_uses_brain_percentiles():
     vol[brain] = np.linspace(100, 200, brain.sum())
     vol[0, 5, 5] = -50  # a negative edge voxel
     vol[1, 6, 6] = 1e6  # one outlier
-    out = viewer.window_to_uint8(vol, brain)
+    out = display.window_to_uint8(vol, brain)
     assert out[~brain].max() == 0
     assert out[1, 6, 6] == 255 and out[0, 5, 5] == 0
     assert 100 < np.median(out[brain]) < 155
@@ -94,9 +95,9 @@ def test_window_to_uint8_uses_brain_percentiles():
 def test_bounding_box_and_quantise():
     mask = np.zeros((10, 20, 30), bool)
     mask[3:5, 4:9, 10:12] = True
-    box = viewer.bounding_box(mask, margin=2)
+    box = display.bounding_box(mask, margin=2)
     assert box == (slice(1, 7), slice(2, 11), slice(8, 14))
-    q = viewer.quantise(np.array([0.0, 0.5, 1.0, 2.0]), vmax=1.0)
+    q = display.quantise(np.array([0.0, 0.5, 1.0, 2.0]), vmax=1.0)
     assert q.tolist() == [0, 128, 255, 255]
 
 
@@ -114,7 +115,9 @@ def test_build_spec_checks_the_grid():
 def test_canonical_spacing_follows_the_reorientation():
     affine = np.array([[0, 0, -2.0, 0], [1.5, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 0, 1]])
     ornt = nib.orientations.io_orientation(affine)
-    assert viewer.canonical_spacing(affine, ornt) == (2.0, 1.5, 3.0)
+    from uad.data.preprocess import canonical_spacing
+
+    assert canonical_spacing(affine, ornt) == (2.0, 1.5, 3.0)
 
 
 def test_label_conventions():

@@ -183,6 +183,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from uad.models import list_models
 
     p.add_argument("--model", help=f"one of {', '.join(list_models())}")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="train the configuration in this JSON file (a TrainConfig, as the app writes it) instead of flags")
     _add_data_args(p)
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 20; with --resume: the new total)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -237,8 +239,16 @@ def cmd_train(args) -> int:
         train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress,
               overwrite=args.overwrite)
         return 0
+    if args.config is not None:
+        if args.model or given:
+            raise ConfigError("--config FILE holds the whole configuration: give no --model or model options with it")
+        config = TrainConfig.read(args.config)
+        check_config(config)
+        run_dir = train(config, run_dir=args.out, progress=not args.no_progress, overwrite=args.overwrite)
+        print(f"run folder: {run_dir}")
+        return 0
     if not args.model:
-        raise ConfigError("--model is required (or --resume RUN_DIR)")
+        raise ConfigError("--model is required (or --config FILE, or --resume RUN_DIR)")
     options = _model_options()
     from uad.models import canonical_name
 
@@ -324,26 +334,41 @@ def cmd_runs(args) -> int:
 
 
 # -- scoring and evaluation ---------------------------------------------------------------------------------
-def _add_post_args(p: argparse.ArgumentParser) -> None:
-    from uad.scoring.recipe import PostprocessConfig
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The scoring recipe's flags; each left out keeps the value of the recipe it starts from."""
+    from uad.scoring.recipe import RESIDUALS, SLICE_SCORES, PostprocessConfig
 
     d = PostprocessConfig()
-    g = p.add_argument_group("post-processing")
-    g.add_argument("--erode", type=int, default=d.erode_brain, help=f"brain-mask erosion in pixels (default {d.erode_brain})")
-    g.add_argument("--median", type=int, default=d.median_size, help=f"median filter size, 0 = none (default {d.median_size})")
-    g.add_argument("--median-3d", action="store_true", help="median filter across neighbouring slices too")
-    g.add_argument("--min-component", type=int, default=d.min_component, help="drop predicted components smaller than this many voxels")
-    g.add_argument("--slice-score", choices=("percentile", "model"), default=d.slice_score,
-                   help="slice score: a percentile of the map inside the brain, or the model's own score")
-    g.add_argument("--score-percentile", type=float, default=d.score_percentile)
+    g = p.add_argument_group("scoring recipe (residual, post-processing, slice score)")
+    g.add_argument("--residual", choices=RESIDUALS, default=None, help="the map: |x - x^| or max(x - x^, 0) (default: the model's own)")
+    g.add_argument("--erode", type=int, default=None, help=f"brain-mask erosion in pixels (default {d.erode_brain})")
+    g.add_argument("--median", type=int, default=None, help=f"median filter size, odd, 0 = none (default {d.median_size})")
+    g.add_argument("--median-3d", action="store_const", const=True, default=None, help="median filter across neighbouring slices too")
+    g.add_argument("--min-component", type=int, default=None,
+                   help=f"after thresholding, drop 3-D components smaller than this many voxels (default {d.min_component})")
+    g.add_argument("--slice-score", choices=SLICE_SCORES, default=None,
+                   help=f"slice score: a percentile of the map inside the brain, or the model's own (default {d.slice_score})")
+    g.add_argument("--score-percentile", type=float, default=None, help=f"(default {d.score_percentile:g})")
 
 
-def _post_config(args):
-    from uad.scoring.recipe import PostprocessConfig
+_RECIPE_FLAGS = {"erode": "erode_brain", "median": "median_size", "median_3d": "median_3d", "min_component": "min_component",
+                 "slice_score": "slice_score", "score_percentile": "score_percentile"}
 
-    return PostprocessConfig(erode_brain=args.erode, median_size=args.median, median_3d=args.median_3d,
-                             min_component=args.min_component, slice_score=args.slice_score,
-                             score_percentile=args.score_percentile)
+
+def _recipe(args, base=None):
+    """The recipe the flags ask for: ``base`` (default: the default recipe) with every given flag applied."""
+    from dataclasses import replace
+
+    from uad.scoring.recipe import ScoringRecipe
+
+    base = base or ScoringRecipe()
+    post = replace(base.post, **{field: getattr(args, flag) for flag, field in _RECIPE_FLAGS.items()
+                                 if getattr(args, flag) is not None})
+    return ScoringRecipe(args.residual or base.residual, post)
+
+
+def _recipe_given(args) -> bool:
+    return args.residual is not None or any(getattr(args, f) is not None for f in _RECIPE_FLAGS)
 
 
 def cmd_evaluate(args) -> int:
@@ -351,15 +376,28 @@ def cmd_evaluate(args) -> int:
 
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
+    if args.bootstrap < 0:
+        from uad.core.errors import ConfigError
 
+        raise ConfigError(f"--bootstrap must be >= 0 resamples, got {args.bootstrap}")
     m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
-                 post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
+                 recipe=_recipe(args), calibration=args.calibration, n_boot=args.bootstrap, device=args.device)
     s = summaries.EvaluationSummary.from_metrics(m)
     out = args.out or summaries.eval_folder(summaries.write_base(args.run), s.dataset, args.split)
     print(f"{m['model']} on {s.dataset.title}, {summaries.SPLIT_WORDS.get(args.split, args.split)} "
           f"({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
+    print(f"recipe: {s.recipe.describe()}; {m['calibration_words']}")
     print(columns.format_table(columns.comparison_rows([(m["model"], s)])))
+    ops = columns.operating_rows(m)
+    if ops:
+        print("\nat the calibrated thresholds:")
+        print(_text_table(list(ops[0]), [list(r.values()) for r in ops]))
     return 0
+
+
+def _text_table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [head, *rows])
 
 
 def _dataset_filter(value: str | None) -> str | None:
@@ -396,6 +434,16 @@ def _pick_evaluations(run_paths: list[Path], dataset: str | None, split: str | N
     return [(run, next(s for s in evals if s.key == key)) for run, evals in found.items()]
 
 
+def _provenance(run, s: "summaries.EvaluationSummary") -> str:
+    from uad.checkpoints import record as ckpt_record
+
+    try:
+        current = ckpt_record.read_info(run).get("weights_sha256")
+    except UADError:
+        current = None
+    return s.provenance(current)
+
+
 def cmd_report(args) -> int:
     from uad.evaluation import html_report
 
@@ -407,31 +455,67 @@ def cmd_report(args) -> int:
 
 
 def cmd_score(args) -> int:
+    """A case's anomaly map (and, where the run's thresholds are known, its predicted mask) on the case's own grid.
+
+    The recipe is the one of the run's evaluation on the case's folder (else on its own training data), so a
+    map matches the numbers an evaluation reported; flags change it. The mask uses the run's own calibrated
+    threshold (its validation patients), the threshold a site without labels would deploy."""
     import time
 
+    import numpy as np
+
     from uad.checkpoints import weights as ckpt_weights
-    from uad.core.errors import DataError
+    from uad.core.errors import ConfigError, DataError
     from uad.data.cases import discover_cases
     from uad.data.store import load_working_case
+    from uad.evaluation.evaluate import run_calibration
+    from uad.scoring import overlap
     from uad.scoring.maps import score_case
-    from uad.scoring.nifti import write_nifti
+    from uad.scoring.nifti import write_mask, write_nifti
+    from uad.scoring.recipe import CASE_RATE, rate_label
     from uad.scoring.scorers import ModelScorer
 
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
     t0 = time.perf_counter()
-    ckpt = ckpt_weights.load(args.run, device=args.device or "cpu")
+    ckpt = ckpt_weights.load(args.run, device=args.device)
     cases, skipped = discover_cases(args.case)
     if len(cases) != 1:
         reason = f"; skipped: {skipped[0].reason}" if skipped else ""
         raise DataError(args.case, f"expected one case folder, found {len(cases)} cases{reason}")
     case = cases[0]
+    evals = summaries.find_evaluations(summaries.eval_bases(args.run))
+    source = (summaries.pick(evals, identity.dataset_ref(case.folder.parent).id)
+              or summaries.home_evaluation(args.run, ckpt.info))
+    base = source.recipe if source is not None else None
+    recipe = _recipe(args, base).for_model(ckpt.model.residual)
+    where = "the flags given" if _recipe_given(args) else (f"the evaluation on {source.where}" if source else "the defaults")
     # The folder holding the case is the dataset root a slice cache (prepare, train, evaluate) is keyed by;
     # a case cached under another root is preprocessed now, which only costs time.
     pre = load_working_case(case.folder.parent, case, ckpt.preprocess)
-    vs = score_case(ModelScorer(ckpt.model, device=args.device or "cpu"), pre, _post_config(args))
+    vs = score_case(ModelScorer(ckpt.model, device=args.device), pre, recipe)
     path = write_nifti(vs.maps, pre.geometry, Path(args.out) / f"{case.case_id}_anomaly.nii.gz")
-    print(f"wrote {path} ({time.perf_counter() - t0:.2f} s)")
+    print(f"recipe ({where}): {recipe.describe()}")
+    print(f"wrote {path}")
+    try:
+        calibration = run_calibration(args.run, ckpt, recipe, device=args.device)[ckpt.model.name]
+    except ConfigError as exc:
+        print(f"no mask: {exc}")
+        calibration = None
+    thr = calibration.threshold(CASE_RATE) if calibration is not None else None
+    if thr is not None:
+        pred = vs.prediction(thr)
+        mask_path = write_mask(pred, pre.geometry, Path(args.out) / f"{case.case_id}_mask.nii.gz")
+        print(f"wrote {mask_path}: map >= {thr:.4f}, the run's threshold at {rate_label(CASE_RATE)} healthy FPR "
+              f"(calibrated on {len(calibration.cases)} validation patients)")
+        if pre.labelled:
+            healthy = ~np.asarray(pre.label, bool)
+            px = vs.maps[healthy][vs.mask[healthy]]
+            reached = float(np.count_nonzero(px >= thr)) / px.size if px.size else float("nan")
+            c = overlap.Counts.of(pred, np.asarray(pre.tumour, bool) & vs.mask)
+            print(f"healthy FPR reached on this case's tumour-free slices: {reached:.2%} (nominal {rate_label(CASE_RATE)}); "
+                  f"Dice {c.dice:.3f}, precision {c.precision:.3f}, recall {c.recall:.3f}")
+    print(f"({time.perf_counter() - t0:.2f} s)")
     return 0
 
 
@@ -445,6 +529,8 @@ def cmd_compare(args) -> int:
     print(f"dataset {first.dataset.title}, {summaries.SPLIT_WORDS.get(first.split, first.split)}")
     rows = columns.comparison_rows([(Path(run).name or str(run), s) for run, s in chosen])
     print(columns.format_table(rows))
+    for run, s in chosen:
+        print(f"{Path(run).name or run}: {_provenance(run, s)}")
     if args.csv is not None:  # only when asked: never a file the user did not name
         fileio.write_text(args.csv, columns.csv_text(rows))
         print(f"wrote {args.csv}")
@@ -546,16 +632,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/eval/<dataset-id>/<split>)")
     p.add_argument("--save-maps", action="store_true", help="also write maps/<case>_anomaly.nii.gz per case")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (default 1000)")
+    p.add_argument("--calibration", choices=("run", "folder"), default="run",
+                   help="on another folder than the run's training data: 'run' applies the run's own thresholds "
+                        "(calibrated on its validation patients; default), 'folder' calibrates on this folder's own "
+                        "healthy slices of a few patients, who are then not scored")
     p.add_argument("--device", default=None)
-    _add_post_args(p)
+    _add_recipe_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="write a case's anomaly map as NIfTI on the case's own grid")
+    p = sub.add_parser("score", help="write a case's anomaly map (and its mask at the run's threshold) as NIfTI on the case's own grid")
     p.add_argument("--run", type=Path, required=True, help="run or checkpoint folder")
     p.add_argument("--case", type=Path, required=True, help="case folder (labelled or not)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default=None)
-    _add_post_args(p)
+    _add_recipe_args(p)
     p.set_defaults(func=cmd_score)
 
     text = ("start the web app on http://127.0.0.1, from any folder (further arguments go to streamlit run, "

@@ -7,15 +7,15 @@ from __future__ import annotations
 import evals
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import state
 import streamlit as st
 import ui
 
 from uad.data import identity
-from uad.evaluation import columns, metrics, summaries
+from uad.evaluation import columns, figures, metrics, summaries
 from uad.jobs import eval_jobs, run_jobs
 from uad.runs import configs
+from uad.scoring.recipe import CASE_RATE, rate_label
 
 MAX_DEFAULT = 3
 
@@ -65,7 +65,8 @@ def _evaluate_panel(views: list[run_jobs.RunView], found, root) -> None:
 # -- tables ---------------------------------------------------------------------------------------------------
 def _metrics_table(chosen) -> None:
     rows = columns.comparison_rows([(_label(v), s) for v, s, _ in chosen])
-    st.dataframe(pd.DataFrame([columns.cells(r) for r in rows]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([columns.cells(r) for r in rows]), hide_index=True, width="stretch",
+                 column_config={c.label: st.column_config.TextColumn(c.label, help=c.help or None) for c in columns.METRICS})
     groups = {r["group"] for r in rows if r.get("kind") == "baseline"}
     notes = [columns.TABLE_NOTES,
              "Baselines are computed on the same slices and pixels as each model; they depend on the dataset, split, "
@@ -74,6 +75,9 @@ def _metrics_table(chosen) -> None:
     if len(groups) > 1:
         notes.append("⚠ The selected runs were not evaluated on identical slices: compare each to its own baselines.")
     st.caption(" ".join(notes))
+    for v, s, _ in chosen:  # what produced each row: recipe, weights, thresholds; stale when the weights changed
+        current = state.weights_sha256(v.path)
+        st.text(("⚠ " if s.staleness(current) else "") + f"{_label(v)}: {s.provenance(current)}")  # text: names are data
 
 
 def _cases_table(chosen, root_of) -> None:
@@ -91,24 +95,16 @@ def _cases_table(chosen, root_of) -> None:
     if df is None:
         st.info(f"This evaluation of {name} predates per-case tables: evaluate it again to get one.")
         return
-    thr = s.at_fpr(summaries.CASE_RATE).get("threshold")
-    cols = [c for c in ("case_id", "labelled", "dice", "precision", "recall", "tumour_ml", "detected_ml", "slice_auroc",
-                        "slices", "tumour_slices", "max_slice_score") if c in df.columns]
-    num = lambda label, fmt="%.3f", help=None: st.column_config.NumberColumn(label, format=fmt, help=help)  # noqa: E731
+    thr = s.calibration.threshold(CASE_RATE)
+    spec = [c for c in columns.CASES if c.key in df.columns]
+    config = {"case_id": st.column_config.TextColumn("case"), "labelled": st.column_config.CheckboxColumn("labelled")}
+    config |= {c.key: st.column_config.NumberColumn(c.label, format=f"%.{c.digits}f", help=c.help or None) for c in spec}
     event = st.dataframe(
-        df[cols], hide_index=True, width="stretch", key=f"cases::{s.key}::{name}", on_select="rerun",
-        selection_mode="single-row",
-        column_config={
-            "case_id": st.column_config.TextColumn("case"), "labelled": st.column_config.CheckboxColumn("labelled"),
-            "dice": num("Dice @5% FPR", help="Dice at the threshold where 5% of healthy calibration pixels are flagged"),
-            "precision": num("precision"), "recall": num("recall"),
-            "tumour_ml": num("tumour mL", "%.2f", "Labelled tumour volume in the kept slices, from the voxel spacing"),
-            "detected_ml": num("detected mL", "%.2f", "Volume flagged inside the brain mask at the threshold"),
-            "slice_auroc": num("slice AUROC", help="Within the case: tumour vs healthy slices (empty when it has only one kind)"),
-            "slices": num("slices", "%d"), "tumour_slices": num("tumour slices", "%d"), "max_slice_score": num("max slice score", "%.4f"),
-        })
-    st.caption(f"{s.where}; threshold {ui.fmt(thr, 4)} (5% healthy FPR). {(s.raw.get('cases_note') or '')[:1].upper()}{(s.raw.get('cases_note') or '')[1:]}. "
-               "Click a column header to sort; select a row to open that case in Explore.")
+        df[[k for k in ("case_id", "labelled") if k in df.columns] + [c.key for c in spec]], hide_index=True, width="stretch",
+        key=f"cases::{s.key}::{name}", on_select="rerun", selection_mode="single-row", column_config=config)
+    note = s.raw.get("cases_note") or ""
+    st.caption(f"{s.where}; calibrated threshold {ui.fmt(thr, 4)} ({rate_label(CASE_RATE)} healthy FPR). "
+               f"{note[:1].upper()}{note[1:]}. Click a column header to sort; select a row to open that case in Explore.")
     rows = (event.selection.rows if event is not None and hasattr(event, "selection") else [])
     if rows:
         evals.open_in_explore(name, str(df.iloc[rows[0]]["case_id"]), root_of(s))
@@ -152,46 +148,20 @@ def _config_diff(views: list[run_jobs.RunView], chosen) -> None:
 
 
 # -- curves and operating points -------------------------------------------------------------------------------
-def _curve_fig(kind: str, level: str, chosen, colours: dict[str, str], points: dict[str, dict] | None) -> go.Figure:
-    """ROC (kind='roc') or PR (kind='pr') curves at slice or pixel level, baselines dashed, operating points as dots."""
-    key = f"{level}_{kind}"
-    xk, yk = ("fpr", "tpr") if kind == "roc" else ("recall", "precision")
-    data = []
-    if kind == "roc":
-        data.append(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#555555", width=1), showlegend=False, hoverinfo="skip"))
-    # Baseline curves once per group of identical slices (see report.comparison_rows), never "the first run's".
+def _baseline_groups(chosen) -> list[tuple[str, dict]]:
+    """Baseline curves once per group of identical slices (see columns.comparison_rows), never "the first run's"."""
     groups: dict[tuple, tuple[str, dict]] = {}
     for v, s, e in chosen:
         groups.setdefault(s.baseline_group, (f"{s.image_size} px", e["curves"]))
-    for g, (words, curves) in sorted(groups.items(), key=lambda t: t[1][0]):
-        for b, (name, colour, dash) in ui.BASELINE_STYLE.items():
-            c = (curves.get(b) or {}).get(key)
-            if c:
-                data.append(go.Scatter(x=c[xk], y=c[yk], name=name + (f" ({words})" if len(groups) > 1 else ""), mode="lines",
-                                       line=dict(color=colour, dash=dash, width=1.5)))
-    for v, s, e in chosen:
-        colour = colours[v.info.name]
-        c = (e["curves"].get(s.model) or {}).get(key)
-        if c:
-            data.append(go.Scatter(x=c[xk], y=c[yk], name=_label(v), mode="lines", line=dict(color=colour, width=2.5)))
-        p = (points or {}).get(v.info.name)
-        if p:
-            x, y = (p["fpr"], p["recall"]) if kind == "roc" else (p["recall"], p["precision"])
-            if np.isfinite(x) and np.isfinite(y):
-                data.append(go.Scatter(x=[x], y=[y], mode="markers", showlegend=False, name=f"{_label(v)} operating point",
-                                       marker=dict(color=colour, size=13, line=dict(color="white", width=2))))
-    titles = ("false-positive rate", "true-positive rate (recall)") if kind == "roc" else ("recall", "precision")
-    return go.Figure(data=data, layout=ui.layout(
-        380, xaxis=dict(title=dict(text=titles[0]), range=[0, 1]), yaxis=dict(title=dict(text=titles[1]), range=[0, 1.02])))
+    ordered = sorted(groups.values(), key=lambda t: t[0])
+    return [(words if len(ordered) > 1 else "", curves) for words, curves in ordered]
 
 
-def _distribution_fig(slices: pd.DataFrame, thr: float, colour: str) -> go.Figure:
-    lo, hi = float(slices.score.min()), float(slices.score.max()) + 1e-9
-    bins = dict(start=lo, end=hi, size=(hi - lo) / 40)
-    data = [go.Histogram(x=slices.score[slices.label == lab].to_numpy(), name=name, marker_color=c, opacity=0.65, xbins=bins)
-            for lab, name, c in ((0, "healthy slices", "#AAAAAA"), (1, "tumour slices", colour))]
-    return go.Figure(data=data, layout=ui.layout(230, barmode="overlay", shapes=[ui.vline(thr, dash="dash")],
-                                                 xaxis=dict(title=dict(text="slice score")), yaxis=dict(title=dict(text="slices"))))
+def _curve_fig(kind: str, level: str, chosen, colours: dict[str, str], points: dict[str, dict] | None):
+    """ROC or PR curves at slice or pixel level, baselines dashed, operating points as dots."""
+    series = [figures.CurveSeries(_label(v), e["curves"].get(s.model) or {}, colours[v.info.name], (points or {}).get(v.info.name))
+              for v, s, e in chosen]
+    return figures.curve_figure(kind, level, series, _baseline_groups(chosen))
 
 
 def _operating_panel(v: run_jobs.RunView, s: summaries.EvaluationSummary, e: dict, colour: str) -> dict:
@@ -213,7 +183,7 @@ def _operating_panel(v: run_jobs.RunView, s: summaries.EvaluationSummary, e: dic
             col.metric(label, ui.fmt(p[k]))
     st.dataframe(pd.DataFrame({"predicted tumour": [p["tp"], p["fp"]], "predicted healthy": [p["fn"], p["tn"]]},
                               index=["tumour slices", "healthy slices"]), width="stretch")
-    ui.plot(_distribution_fig(slices, thr, colour), key=f"dist::{v.info.name}")
+    ui.plot(figures.distribution_figure(scores[labels == 0], scores[labels == 1], thr, colour), key=f"dist::{v.info.name}")
     return p
 
 

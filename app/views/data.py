@@ -12,6 +12,7 @@ import ui
 import viewer
 
 from uad.core import paths
+from uad.data import display
 from uad.data.demo import demo_ready
 
 
@@ -75,7 +76,7 @@ def _viewer(d, root: Path) -> None:
             notes.append(f"Segmentation unreadable, not drawn: {d.seg_error}")
         else:
             notes.append("Unlabelled case: this case has no segmentation file.")
-        notes.append(f"Files: {d.source} · display window: {viewer.DISPLAY_PERCENTILES[0]}–{viewer.DISPLAY_PERCENTILES[1]} "
+        notes.append(f"Files: {d.source} · display window: {display.DISPLAY_PERCENTILES[0]}–{display.DISPLAY_PERCENTILES[1]} "
                      "percentiles of the brain's voxels (uad's brain mask), cropped to the brain.")
         panels = [viewer.Panel(mod.upper(), mod, overlays) for mod in d.mods]
         strip = {"bars": bars, "lines": [], "bar_title": "tumour voxels",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import evals
 import numpy as np
 import state
@@ -9,22 +11,26 @@ import streamlit as st
 import ui
 import viewer
 
+from uad.data import display
 from uad.data.demo import demo_ready
 from uad.data.preprocess import WorkingCase
-from uad.evaluation import metrics
 from uad.jobs import choice as run_choice
-from uad.jobs import run_jobs
+from uad.jobs import eval_jobs, run_jobs
+from uad.scoring import view
 from uad.scoring.nifti import nifti_bytes
-from uad.scoring.postprocess import threshold_maps
 
 
-def _presets(v: run_jobs.RunView, root) -> list[tuple[float, float]]:
-    """(healthy FPR, threshold) pairs calibrated on the healthy slices of the ACTIVE dataset by the run's
-    evaluation there ([] when it was never evaluated there); says on the page which evaluation they come
-    from, or offers to evaluate the run on the active folder (app/evals.py)."""
-    presets, summary = evals.presets(v, root)
-    evals.presets_notice(v, root, summary)
-    return presets
+def _recipe(v: run_jobs.RunView, root):
+    """The scoring recipe the page scores ``v`` with, and the evaluation it comes from: the run's evaluation on the
+    active folder (whose presets the page shows), else the default recipe (None: no evaluation here)."""
+    from uad.scoring.recipe import ScoringRecipe
+
+    summary = eval_jobs.evaluation_on(v, root)
+    try:
+        return (summary.recipe, summary) if summary is not None else (ScoringRecipe(), None)
+    except ValueError as exc:
+        st.warning(str(exc))
+        return ScoringRecipe(), None
 
 
 def _set(key: str, value) -> None:
@@ -62,11 +68,12 @@ def _viewer_body(prep: WorkingCase, models: list[tuple[str, object]], presets: l
     if len(modalities) > 1:
         channel = modalities.index(c_chan.radio("Channel shown", modalities, horizontal=True, key=f"chan::{key}"))
 
-    pred = threshold_maps(vs.maps, thr) & vs.mask
+    pred = vs.prediction(thr)
     truth = (prep.tumour & vs.mask) if prep.labelled else None
     m1, m2, m3, m4 = st.columns(4)
     if truth is not None:
-        m1.metric("Dice · whole volume", ui.fmt(metrics.dice(pred, truth)))
+        counts = view.volume_counts(vs, prep, thr)
+        m1.metric("Dice · whole volume", ui.fmt(counts.dice))
         m2.metric("Flagged pixels · volume", int(pred.sum()))
         m3.metric("Tumour pixels · volume", int(truth.sum()))
     else:
@@ -97,7 +104,7 @@ def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray,
     z_of, n, slice_labels = _grid(prep)
     name, vs = models[0]
     chan = modalities[channel].upper()
-    volumes = {"input": _on_grid(viewer.unit_to_uint8(prep.images[:, channel]), z_of, n)}
+    volumes = {"input": _on_grid(display.unit_to_uint8(prep.images[:, channel]), z_of, n)}
     kinds = {"input": "grey"}
     contour = []
     if prep.labelled:
@@ -105,10 +112,10 @@ def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray,
         contour = [{"volume": "tumour", "kind": "contour", "width": 1.5}]
     panels = [viewer.Panel(f"Input ({chan})" + (" + tumour outline" if prep.labelled else ""), "input", contour)]
     if vs.reconstruction is not None:
-        volumes["recon"] = _on_grid(viewer.unit_to_uint8(vs.reconstruction[:, channel]), z_of, n)
+        volumes["recon"] = _on_grid(display.unit_to_uint8(vs.reconstruction[:, channel]), z_of, n)
         panels.append(viewer.Panel(f"Reconstruction · {name}", "recon"))
     for i, (model_name, model_vs) in enumerate(models):
-        volumes[f"heat{i}"], kinds[f"heat{i}"] = _on_grid(viewer.quantise(model_vs.maps, vmax), z_of, n), "heat"
+        volumes[f"heat{i}"], kinds[f"heat{i}"] = _on_grid(display.quantise(model_vs.maps, vmax), z_of, n), "heat"
         panels.append(viewer.Panel(f"Anomaly map · {model_name}", "input", [{"volume": f"heat{i}", "kind": "heat"}, *contour]))
     classes = np.zeros(pred.shape, np.uint8)
     if truth is not None:
@@ -124,11 +131,11 @@ def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray,
 
     # Per-slice numbers, computed here by uad for every slice; the viewer shows those of its axial slice.
     stats = []
+    numbers = view.slice_numbers(vs, prep, thr)
     if truth is not None:
-        dice = [metrics.dice(pred[k], truth[k]) for k in range(len(pred))]
-        stats.append({"label": f"Dice · this slice ({name})", "values": viewer.per_slice(np.array(dice), z_of, n), "digits": 3})
-        stats.append({"label": "Tumour pixels · this slice", "values": viewer.per_slice(truth.sum(axis=(1, 2)), z_of, n), "digits": 0})
-    stats.append({"label": "Flagged pixels · this slice", "values": viewer.per_slice(pred.sum(axis=(1, 2)), z_of, n), "digits": 0})
+        stats.append({"label": f"Dice · this slice ({name})", "values": viewer.per_slice(numbers["dice"], z_of, n), "digits": 3})
+        stats.append({"label": "Tumour pixels · this slice", "values": viewer.per_slice(numbers["tumour"], z_of, n), "digits": 0})
+    stats.append({"label": "Flagged pixels · this slice", "values": viewer.per_slice(numbers["flagged"], z_of, n), "digits": 0})
     lines = []
     for i, (model_name, model_vs) in enumerate(models):
         stats.append({"label": f"Slice score · {model_name}", "values": viewer.per_slice(model_vs.scores, z_of, n), "digits": 4})
@@ -148,34 +155,17 @@ def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray,
     start = [int(z_of[k]), int(np.median(ys)) if ys.size else prep.images.shape[-2] // 2,
              int(np.median(xs)) if xs.size else prep.images.shape[-1] // 2]
     geo = prep.geometry
-    sx, sy, sz = viewer.canonical_spacing(geo.affine, geo.ornt)
-    pixel = geo.side / geo.image_size
-    notes = [f"Working-size slices ({geo.image_size} px, {pixel * sx:.2f} mm pixels), as the models see them. "
+    row_mm, col_mm = geo.working_pixel_mm
+    notes = [f"Working-size slices ({geo.image_size} px, {col_mm:.2f} mm pixels), as the models see them. "
              f"One colour scale for every model: 0 to {vmax:.3g}."]
     viewer.show(case_id=prep.case_id, source=root, volumes=volumes, kinds=kinds, panels=panels,
-                spacing=(sz, sy * pixel, sx * pixel), slice_labels=slice_labels, start=start, key=f"explore_viewer::{key}",
+                spacing=(geo.spacing[2], row_mm, col_mm), slice_labels=slice_labels, start=start, key=f"explore_viewer::{key}",
                 colours={"classes": {1: ui.PRED_COLOURS["TP"], 2: ui.PRED_COLOURS["FP"], 3: ui.PRED_COLOURS["FN"]},
                          "contour": ui.GT_CONTOUR, "labels": {}},
                 heat={"vmax": vmax, "threshold": thr, "lut": ui.INFERNO.tolist(), "floor": 0.2, "max_alpha": 0.85,
                       "label": "anomaly score (every model)"},
                 legend=legend, stats=stats, strip=strip, notes=notes, version=(key, thr, channel, tuple(m for m, _ in models)),
                 max_cell_height=300)
-
-
-def _aligned(prep: WorkingCase, other: WorkingCase, other_vs):
-    """Another model's scores on the primary model's slices: resized when only the working size differs."""
-    from uad.scoring.maps import VolumeScores
-
-    a, b = prep.geometry, other.geometry
-    if not (np.array_equal(a.kept, b.kept) and (a.top, a.left, a.side) == (b.top, b.left, b.side)):
-        return None
-    if other_vs.maps.shape == prep.images.shape[:1] + prep.images.shape[2:]:
-        return other_vs
-    import cv2
-
-    size = prep.images.shape[-1]
-    maps = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in other_vs.maps.astype(np.float32)])
-    return VolumeScores(maps * prep.brain, other_vs.scores, prep.brain.copy(), None)
 
 
 def _download(v: run_jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
@@ -234,33 +224,38 @@ def _page() -> None:
     ui.training_data_caption(v.info, root, [x.info for x in views])
     if v.state in ("cancelled", "failed") or v.active:
         st.warning(f"{name} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
-    scored = _score(v, case, root)
+    recipe, summary = _recipe(v, root)
+    scored = _score(v, case, root, recipe)
     if scored is None:
         return
     prep, vs, modalities = scored
     models = [(name, vs)]
     for other in others:
         ov = next((x for x in views if x.info.name == other), None)
-        got = _score(ov, case, root) if ov is not None else None
+        got = _score(ov, case, root, _recipe(ov, root)[0]) if ov is not None else None
         if got is None:
             continue
-        aligned = _aligned(prep, got[0], got[1])
+        aligned = view.aligned(prep, got[0], got[1])
         if aligned is None:
             st.warning(f"{other} crops the slices differently from {name} (other preprocessing): not shown side by side.")
             continue
         models.append((other, aligned))
-    inside = vs.maps[vs.mask]
-    own_vmax = max(float(np.percentile(inside, 99.5)) if inside.size else 1.0, 1e-6)
-    # One colour scale for every model on this case: the largest of their 99.5th percentiles.
-    vmax = max([own_vmax] + [float(np.percentile(m.maps[m.mask], 99.5)) for _, m in models[1:] if m.mask.any()])
-    presets = _presets(v, root)
+    own_vmax = view.colour_max([vs])
+    vmax = view.colour_max([m for _, m in models])  # one colour scale for every model on this case
+    presets = summary.presets() if summary is not None else []
+    evals.presets_notice(v, root, summary)
+    st.caption(f"Scored with {'the recipe of this evaluation' if summary is not None else 'the default recipe'}: "
+               f"{vs.recipe.describe()}.")
+    stale = summary.staleness(state.weights_sha256(v.path)) if summary is not None else None
+    if stale:
+        st.warning(f"The evaluation these presets come from may not describe {name}'s current weights: {stale}.")
     hi = max([own_vmax * 1.5, float(vs.maps.max())] + [t * 1.2 for _, t in presets] + [1e-3])
     key = f"{name}::{case_id}"
     _viewer(prep, models, presets, vmax, own_vmax, float(f"{hi * 1.01:.3g}"), modalities, key, str(case.modalities[modalities[0]].parent))
     _download(v, prep, vs, case_id)
 
 
-def _score(v: run_jobs.RunView, case, root):
+def _score(v: run_jobs.RunView, case, root, recipe):
     """(prep, scores, modalities) of a run on a case, or None after writing why not."""
     name = v.info.name
     if not v.path.exists():
@@ -276,7 +271,8 @@ def _score(v: run_jobs.RunView, case, root):
                      f"(it has {', '.join(sorted(case.modalities))}). Choose another case or a run trained on available modalities.")
             return None
         with st.spinner(f"Computing anomaly maps of {case.case_id} with {name} (once per run and case)…"):
-            prep, vs = state.score_case(str(v.path), ckpt_stamp, str(root), case.case_id, state.case_stamp(case))
+            prep, vs = state.score_case(str(v.path), ckpt_stamp, str(root), case.case_id, state.case_stamp(case),
+                                        json.dumps(recipe.to_dict(), sort_keys=True))
     except state.APP_ERRORS as exc:
         st.error(f"Cannot use {name} on {case.case_id}: {exc}")
         return None

@@ -13,6 +13,7 @@ from uad.core import paths, processes
 from uad.data.demo import demo_ready
 from uad.evaluation import columns
 from uad.jobs import background, eval_jobs
+from uad.scoring.recipe import CASE_RATE
 
 SYNTH_LAUNCH = "synth-launch.json"  # in the data folder: the generator the app started
 SYNTH_LOG = "synth.log"
@@ -106,14 +107,14 @@ def _runs_table() -> None:
         })
     df = pd.DataFrame(rows)
     # Widths in pixels, so names and numbers are not cut; the key columns first, the run's name pinned.
-    num = st.column_config.NumberColumn(format="%.3f", width=95)
     st.dataframe(df, hide_index=True, width="stretch", placeholder="–", height=min(38 + 35 * len(df), 600), column_config={
         "run": st.column_config.TextColumn("run", width=230, pinned=True, help="the run's name (its folder), or its folder"),
         "model": st.column_config.TextColumn("model", width=100),
         "status": st.column_config.TextColumn("status", width=100, help="completed, time budget (stopped by its time "
                                               "budget), cancelled, failed, running, queued"),
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width=95),
-        "slice AUROC": num, "slice AP": num, "pixel AP": num, "best Dice*": num, "Dice @5% FPR": num,
+        **{columns.column(k).short: st.column_config.NumberColumn(format="%.3f", width=95, help=columns.column(k).help or None)
+           for k in columns.OVERVIEW},
         "evaluated on": st.column_config.TextColumn("evaluated on", width=190, help="dataset and split of the metrics"),
         "epochs": st.column_config.TextColumn("epochs", width=85),
         "input": st.column_config.TextColumn("input", width=120),
@@ -126,7 +127,7 @@ def _runs_table() -> None:
                "Progress is 100 % for a run that ended as asked: all its epochs, or its whole time budget (status "
                "'time budget'; the epochs column says how far it got). "
                "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
-               "Dice @5% FPR uses a threshold set on healthy validation slices only. "
+               f"{columns.column(columns.dice_key(CASE_RATE)).short} uses a threshold set on healthy validation slices only. "
                "Shipped checkpoints come in two sets: trained on the synthetic demo cohort (`checkpoints/<model>`) "
                "and on 25 real glioma patients (`checkpoints/real/<model>`, research use under the BraTS terms; "
                "see the README). Explore picks the set that suits the active dataset.")

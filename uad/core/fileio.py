@@ -211,6 +211,14 @@ def _pid_alive(pid: int) -> bool:
     return pid_alive(pid)
 
 
+def mtime(path: str | Path) -> float:
+    """A file's or folder's modification time, 0.0 when it is gone: a stamp for caches keyed by what changed."""
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)

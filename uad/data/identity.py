@@ -11,8 +11,6 @@ from typing import Any
 from uad.core import paths
 
 DEMO_ID = "demo"
-
-
 LEGACY = "(legacy)"  # the dataset id shown for an old evaluation that recorded no data root
 
 
@@ -39,15 +37,39 @@ def repo_path(root: str | Path) -> Path:
     return (p if p.is_absolute() else paths.REPO_ROOT / p).resolve()
 
 
+MAX_SLUG = 60  # folder names derived from a dataset's name stay far below every file system's limit
+
+
+def folder_key(root: str | Path) -> str:
+    """``<name>-<hash of the absolute path>``: the one name derived from a folder (slice cache entries, evaluation
+    folders), bounded in length whatever the folder is called."""
+    resolved = repo_path(root)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.")[:MAX_SLUG].strip("-.") or "dataset"
+    return f"{slug}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+
+
+def same_folder(a: str | Path | None, b: str | Path | None) -> bool:
+    """Whether two recorded or given paths name the same folder on this machine."""
+    if not a or not b:
+        return False
+    try:
+        return repo_path(a) == repo_path(b)
+    except OSError:
+        return False
+
+
 def dataset_ref(root: str | Path | None) -> DatasetRef:
-    """The dataset identity of a folder: ``demo`` for the demo cohort, else ``<name>-<path hash>``."""
+    """The dataset identity of a folder: ``demo`` for the demo cohort, else its ``folder_key``."""
     if root is None or str(root) == "":
         return DatasetRef(LEGACY, "unknown dataset (not recorded)", "")
     resolved = repo_path(root)
     if resolved == paths.demo_dir().resolve() or Path(root).as_posix().rstrip("/") == "data/demo":
         return DatasetRef(DEMO_ID, "demo cohort", str(resolved))
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.") or "dataset"
-    return DatasetRef(f"{slug}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}", resolved.name, str(resolved))
+    return DatasetRef(folder_key(resolved), resolved.name, str(resolved))
+
+
+def is_demo(root: str | Path | None) -> bool:
+    return root is not None and dataset_ref(root).id == DEMO_ID
 
 
 def trained_data_root(info: dict[str, Any]) -> Path | None:

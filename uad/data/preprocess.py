@@ -93,6 +93,24 @@ class SliceGeometry:
                    np.asarray(d["ornt"], float), int(d["top"]), int(d["left"]), int(d["side"]),
                    int(d["image_size"]), np.asarray(d["kept"], int))
 
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the RAS+ axes (x, y, z) of the canonical volume (source spacing, reordered)."""
+        return canonical_spacing(self.affine, self.ornt)
+
+    @property
+    def working_pixel_mm(self) -> tuple[float, float]:
+        """A working-size pixel's (row, column) size in mm: the in-plane spacing enlarged by the crop's resize."""
+        sx, sy, _ = self.spacing
+        f = self.side / self.image_size
+        return sy * f, sx * f
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one working-size voxel (one pixel of one kept slice) in mL."""
+        r, c = self.working_pixel_mm
+        return float(r * c * self.spacing[2] / 1000.0)
+
     # -- forward: volume → slices ---------------------------------------------------------------------
     def to_working(self, canonical: np.ndarray, kind: str = "image") -> np.ndarray:
         """(X, Y, Z) RAS+ volume → (S, size, size) kept slices. ``kind`` 'mask' resizes by area then ≥ 0.5."""
@@ -169,6 +187,28 @@ class WorkingCase:
         """
         return replace(self, images=np.array(self.images, np.float32), tumour=np.array(self.tumour, bool),
                        brain=np.array(self.brain, bool), table=self.table.copy(), norm=list(self.norm))
+
+
+def canonical_spacing(affine: np.ndarray, ornt: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the RAS+ axes of a volume reoriented by ``ornt`` from a file with ``affine``."""
+    zooms = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))  # per source axis
+    out = [1.0, 1.0, 1.0]
+    for src_axis, (ras_axis, _) in enumerate(np.asarray(ornt)):
+        out[int(ras_axis)] = float(zooms[src_axis])
+    return out[0], out[1], out[2]
+
+
+CONVENTIONS = ("radiological", "neurological")
+
+
+def screen_columns(width: int, convention: str) -> np.ndarray:
+    """For each screen column of an axial or coronal view of a display stack, the X index (patient left → right)
+    drawn there. Radiological (3D Slicer's and ITK-SNAP's default): the patient's right on the screen's left,
+    X mirrored; neurological: X as stored. The app's viewer (viewer.js ``flipped()``) and the HTML report follow it."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
+    x = np.arange(width)
+    return x[::-1] if convention == "radiological" else x
 
 
 def display_stack(canonical: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ import pandas as pd
 from uad.core import fileio, paths
 from uad.core.errors import DataError, UADError
 from uad.core.workers import spawn_pool, submit_all
-from uad.data import cache
+from uad.data import cache, identity
 from uad.data.cases import Case, Skipped, discover_cases
 from uad.data.preprocess import (
     SLICE_TABLE_COLUMNS,
@@ -69,9 +69,7 @@ def fingerprint(case: Case, config: PreprocessConfig) -> dict[str, Any]:
 
 
 def store_dir(data_root: str | Path, config: PreprocessConfig, cache_root: str | Path | None = None) -> Path:
-    root = Path(data_root).resolve()
-    tag = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-    return Path(cache_root or paths.cache_dir()) / f"{root.name}-{tag}" / config.key()
+    return Path(cache_root or paths.cache_dir()) / identity.folder_key(Path(data_root).resolve()) / config.key()
 
 
 def _write_case(case: Case, config: PreprocessConfig, case_dir: Path, fp: dict) -> dict:

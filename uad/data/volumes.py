@@ -54,11 +54,6 @@ class CaseVolumes:
     shape: tuple[int, int, int]  # the source files' shape
     ornt: np.ndarray  # nibabel orientation of the source → RAS+ (io_orientation of the affine)
 
-    def to_source_orientation(self, canonical: np.ndarray) -> np.ndarray:
-        """Map a RAS+ volume (X, Y, Z) back to the source files' voxel order."""
-        back = ornt_mod.ornt_transform(ornt_mod.axcodes2ornt(("R", "A", "S")), self.ornt)
-        return ornt_mod.apply_orientation(canonical, back)
-
     def source_axial_index(self, k: int) -> int:
         """The index in the source file of canonical axial slice ``k`` (equal to ``k`` for BraTS files)."""
         axis = int(np.flatnonzero(self.ornt[:, 0] == 2)[0])

@@ -9,70 +9,91 @@ from typing import Any
 import numpy as np
 
 from uad.data.store import SliceStore
-from uad.evaluation import metrics, summaries
+from uad.evaluation import metrics
+from uad.evaluation.columns import dice_key
+from uad.scoring import overlap
 from uad.scoring.maps import score_case
 from uad.scoring.nifti import write_nifti
-from uad.scoring.postprocess import threshold_maps
-from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.recipe import CASE_RATE, FPR_RATES, ScoringRecipe
 
 
 @dataclass
-class _Tally:
-    """Everything one scorer accumulates over the evaluated cases."""
+class Tally:
+    """Everything one scorer accumulates over the evaluated cases, kept per case so that a patient bootstrap
+    (and a paired one between two scorers on the same cases) can resample it."""
 
-    thresholds: list[dict]
+    thresholds: list[dict]  # {"rate", "threshold", "calibration_fpr"} per rate of FPR_RATES
     pixels: metrics.PixelAccumulator = field(default_factory=metrics.PixelAccumulator)
-    case_pos: list[np.ndarray] = field(default_factory=list)
-    case_neg: list[np.ndarray] = field(default_factory=list)
-    at_fpr: list[np.ndarray] = field(default_factory=list)  # per threshold: [tp, fp, fn]
-    case_ids: list[str] = field(default_factory=list)
+    case_order: list[str] = field(default_factory=list)  # labelled cases, one entry each, in scoring order
+    case_pos: list[np.ndarray] = field(default_factory=list)  # per case: tumour-pixel histogram
+    case_neg: list[np.ndarray] = field(default_factory=list)  # per case: healthy-pixel histogram
+    case_counts: list[np.ndarray] = field(default_factory=list)  # per case: (rates, 3) [tp, fp, fn] at each threshold
+    # per case: [pixels of its tumour-free slices, how many of them each threshold flags]: the healthy FPR reached
+    case_healthy: list[np.ndarray] = field(default_factory=list)
+    case_ids: list[str] = field(default_factory=list)  # per slice
     labels: list[np.ndarray] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
 
 
-CASES_NOTE = ("per case, at the threshold where 5% of healthy calibration pixels are flagged; Dice, precision and "
+CASES_NOTE = ("per case, at the threshold where 5 % of healthy calibration pixels are flagged; Dice, precision and "
               "recall inside the eroded brain mask; volumes at working resolution from the voxel spacing "
               "(tumour: every labelled voxel of the kept slices; detected: flagged voxels inside the brain mask)")
 
 
-def working_voxel_ml(geometry) -> float:
-    """Volume of one working-size voxel in mL: the source voxel spacing (mm), in-plane enlarged by the
-    square crop's resize (``side`` source pixels become ``image_size`` pixels)."""
-    zooms = np.sqrt((np.asarray(geometry.affine, float)[:3, :3] ** 2).sum(axis=0))  # per source axis
-    canonical = np.empty(3)
-    for src_axis, (target, _flip) in enumerate(np.asarray(geometry.ornt)):
-        canonical[int(target)] = zooms[src_axis]  # the RAS+ axis this source axis became
-    in_plane = canonical[0] * canonical[1] * (geometry.side / geometry.image_size) ** 2
-    return float(in_plane * canonical[2] / 1000.0)
-
-
-def _case_row(cid: str, case, vs, thr: float | None, post: PostprocessConfig) -> dict[str, Any]:
-    """One row of cases.csv for the evaluated model (see CASES_NOTE)."""
-    ml = working_voxel_ml(case.geometry)
+def _case_row(cid: str, case, vs, thr: float | None, thresholds: list[dict]) -> dict[str, Any]:
+    """One row of cases.csv for the evaluated model (see CASES_NOTE); Dice at every calibrated threshold too."""
+    ml = case.geometry.voxel_ml
     ok = thr is not None and np.isfinite(thr)
-    pred = (threshold_maps(vs.maps, thr, post.min_component) & vs.mask) if ok else None
+    pred = vs.prediction(thr) if ok else None
     row: dict[str, Any] = {"case_id": cid, "labelled": bool(case.labelled), "slices": int(len(vs.scores)),
                            "tumour_slices": "", "tumour_ml": "", "detected_ml": round(float(pred.sum()) * ml, 3) if ok else "",
                            "dice": "", "precision": "", "recall": "", "slice_auroc": "",
-                           "max_slice_score": float(np.max(vs.scores)) if len(vs.scores) else "", "threshold": thr if ok else ""}
+                           "max_slice_score": float(np.max(vs.scores)) if len(vs.scores) else "", "threshold": thr if ok else "",
+                           **{dice_key(r): "" for r in FPR_RATES}}
     if case.labelled:
         tumour = np.asarray(case.tumour)
         labels = np.asarray(case.label).astype(np.int64)
         row["tumour_slices"] = int(labels.sum())
         row["tumour_ml"] = round(float(tumour.sum()) * ml, 3)
+        truth = tumour & vs.mask
         if ok:
-            gt = tumour & vs.mask
-            tp, fp, fn = int((pred & gt).sum()), int((pred & ~gt).sum()), int((~pred & gt).sum())
-            row.update(dice=_safe_div(2 * tp, 2 * tp + fp + fn), precision=_safe_div(tp, tp + fp), recall=_safe_div(tp, tp + fn))
+            c = overlap.Counts.of(pred, truth)
+            row.update(dice=c.dice, precision=c.precision, recall=c.recall)
+        for t in thresholds:
+            if t["threshold"] is not None and np.isfinite(t["threshold"]):
+                row[dice_key(t["rate"])] = overlap.Counts.of(vs.prediction(t["threshold"]), truth).dice
         if 0 < labels.sum() < len(labels):
             row["slice_auroc"] = metrics.slice_metrics(labels, np.asarray(vs.scores))["auroc"]
     return {k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
 
 
+def calibrate(store: SliceStore, scorer, cases: list[str], recipe: ScoringRecipe, on_case=None) -> list[dict]:
+    """Label-free thresholds: where ``FPR_RATES`` of the healthy slices' pixels of ``cases`` score at or above.
+
+    Only slices without any tumour label are used, so tumour pixels never move a threshold. Returns one
+    {"rate", "threshold", "calibration_fpr"} per rate (threshold None when there were no healthy pixels).
+    """
+    healthy = metrics.PixelAccumulator()
+    for cid in cases:
+        if on_case is not None:
+            on_case()
+        case = store.case(cid)
+        ok = ~case.label
+        if ok.any():
+            vs = score_case(scorer, case, recipe, ok)
+            healthy.update_healthy(vs.maps, vs.mask)
+        store.release(cid)
+    return [{"rate": t["rate"], "threshold": t["threshold"], "calibration_fpr": t["achieved_fpr"]}
+            for t in metrics.healthy_fpr_thresholds(healthy, FPR_RATES)]
+
+
 def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_cases: list[str],
-                 post: PostprocessConfig, maps_dir: Path | None = None, progress: bool = False,
-                 case_rows: list[dict] | None = None, on_progress=None) -> tuple[dict[str, "_Tally"], list[dict]]:
-    """Score ``eval_cases`` with every scorer; thresholds calibrated on the healthy slices of ``calib_cases``.
+                 recipe: ScoringRecipe, maps_dir: Path | None = None, progress: bool = False,
+                 case_rows: list[dict] | None = None, on_progress=None,
+                 thresholds: dict[str, list[dict]] | None = None) -> tuple[dict[str, Tally], list[dict]]:
+    """Score ``eval_cases`` with every scorer, all with ``recipe``; thresholds calibrated on the healthy slices of
+    ``calib_cases``, except for scorers whose thresholds are given in ``thresholds`` (by scorer name: e.g. a
+    run's own calibration applied to another folder).
 
     The first scorer's maps go to ``maps_dir`` and its slice score fills the rows' ``score`` column; the
     others (the baselines) get ``score_<name>`` columns. ``case_rows``, when given, receives one row per
@@ -81,40 +102,35 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
     report_progress = on_progress or (lambda phase, done, total: None)
     from tqdm.auto import tqdm
 
-    # 1. Label-free thresholds from healthy validation pixels only.
-    tallies: dict[str, _Tally] = {}
-    steps, step = len(scorers) * len(calib_cases), 0
+    given = thresholds or {}
+    tallies: dict[str, Tally] = {}
+    todo = [s for s in scorers if s.name not in given]
+    steps = iter(range(len(todo) * len(calib_cases) + 1))
     for scorer in scorers:
-        healthy = metrics.PixelAccumulator()
-        for cid in calib_cases:
-            report_progress("calibrating", step, steps)
-            step += 1
-            case = store.case(cid)
-            ok = ~case.label
-            if ok.any():
-                vs = score_case(scorer, case, post, ok)
-                healthy.update_healthy(vs.maps, vs.mask)
-            store.release(cid)
-        tallies[scorer.name] = _Tally(thresholds=metrics.healthy_fpr_thresholds(healthy))
+        if scorer.name in given:
+            tallies[scorer.name] = Tally(thresholds=[dict(t) for t in given[scorer.name]])
+            continue
+        found = calibrate(store, scorer, calib_cases, recipe,
+                          on_case=lambda: report_progress("calibrating", next(steps), len(todo) * len(calib_cases)))
+        tallies[scorer.name] = Tally(thresholds=found)
 
-    # 2. Score every evaluated slice with every scorer.
     rows: list[dict[str, Any]] = []
-    first_thr = (at_rate(tallies[scorers[0].name].thresholds, summaries.CASE_RATE) or {}).get("threshold") if scorers else None
+    first_thr = (at_rate(tallies[scorers[0].name].thresholds, CASE_RATE) or {}).get("threshold") if scorers else None
     for done, cid in enumerate(tqdm(eval_cases, desc="evaluating", unit="case", disable=not progress)):
         report_progress("scoring", done, len(eval_cases))
         case = store.case(cid)
         table = case.table
         per_case_scores = {}
         for scorer in scorers:
-            vs = score_case(scorer, case, post)
+            vs = score_case(scorer, case, recipe)
             per_case_scores[scorer.name] = vs.scores
             if scorer is scorers[0]:
                 if maps_dir is not None:
                     write_nifti(vs.maps, case.geometry, maps_dir / f"{cid}_anomaly.nii.gz")
                 if case_rows is not None:
-                    case_rows.append(_case_row(cid, case, vs, first_thr, post))
+                    case_rows.append(_case_row(cid, case, vs, first_thr, tallies[scorer.name].thresholds))
             if case.labelled:
-                _tally_case(tallies[scorer.name], cid, case.label, vs, np.asarray(case.tumour), post)
+                _tally_case(tallies[scorer.name], cid, case.label, vs, np.asarray(case.tumour))
         for i, r in enumerate(table.itertuples()):
             rows.append({
                 "case_id": cid, "slice_index": int(r.slice_index),
@@ -131,61 +147,74 @@ def at_rate(thresholds: list[dict], rate: float) -> dict | None:
     return next((t for t in thresholds if abs(t["rate"] - rate) < 1e-9), None)
 
 
-def merge_tallies(parts: list["_Tally"]) -> "_Tally":
+def merge_tallies(parts: list[Tally]) -> Tally:
     """One tally from several folds' (disjoint patients): pooled pixels, slices and threshold counts.
 
     Each fold keeps the thresholds its own calibration set chose; the pooled entry lists them all.
     """
-    merged = _Tally(thresholds=[{"rate": th["rate"], "threshold": None,
-                                 "per_fold_thresholds": [p.thresholds[i]["threshold"] for p in parts]}
-                                for i, th in enumerate(parts[0].thresholds)])
+    merged = Tally(thresholds=[{"rate": th["rate"], "threshold": None, "calibration_fpr": None,
+                                "per_fold_thresholds": [p.thresholds[i]["threshold"] for p in parts]}
+                               for i, th in enumerate(parts[0].thresholds)])
     for p in parts:
         merged.pixels.merge(p.pixels)
-        merged.case_pos += p.case_pos
-        merged.case_neg += p.case_neg
-        merged.at_fpr += p.at_fpr
-        merged.case_ids += p.case_ids
-        merged.labels += p.labels
-        merged.scores += p.scores
+        for name in ("case_order", "case_pos", "case_neg", "case_counts", "case_healthy", "case_ids", "labels", "scores"):
+            getattr(merged, name).extend(getattr(p, name))
     return merged
 
 
-def _tally_case(t: _Tally, cid: str, labels: np.ndarray, vs, tumour: np.ndarray, post: PostprocessConfig) -> None:
+def _tally_case(t: Tally, cid: str, labels: np.ndarray, vs, tumour: np.ndarray) -> None:
     case_pixels = metrics.PixelAccumulator()
     case_pixels.update(vs.maps, tumour, vs.mask)
     t.pixels.merge(case_pixels)
+    healthy_slices = ~np.asarray(labels, bool)
+    healthy_px = vs.maps[healthy_slices][vs.mask[healthy_slices]]
     # Per-case histograms (same bins as the headline metric) feed the patient bootstrap.
+    t.case_order.append(cid)
     t.case_pos.append(case_pixels.pos)
     t.case_neg.append(case_pixels.neg)
     counts = []
+    truth = tumour & vs.mask
     for th in t.thresholds:
         thr = th["threshold"]
         if thr is None or not np.isfinite(thr):
             counts.append(np.zeros(3, np.int64))
             continue
-        pred = threshold_maps(vs.maps, thr, post.min_component) & vs.mask
-        gt = tumour & vs.mask
-        counts.append(np.array([(pred & gt).sum(), (pred & ~gt).sum(), (~pred & gt).sum()], np.int64))
-    t.at_fpr.append(np.stack(counts))
+        c = overlap.Counts.of(vs.prediction(thr), truth)
+        counts.append(np.array([c.tp, c.fp, c.fn], np.int64))
+    t.case_counts.append(np.stack(counts))
+    t.case_healthy.append(np.array([healthy_px.size] + [
+        int(np.count_nonzero(healthy_px >= th["threshold"])) if th["threshold"] is not None and np.isfinite(th["threshold"]) else 0
+        for th in t.thresholds], np.int64))
     t.case_ids += [cid] * len(labels)
     t.labels.append(labels.astype(np.int64))
     t.scores.append(vs.scores)
 
 
-def summarise(t: _Tally, n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _reached_fpr(t: Tally) -> list[float | None]:
+    """Per threshold: the fraction of the evaluated tumour-free slices' pixels it flags (what the nominal rate
+    became on these patients; over folds, each fold's pixels against that fold's own thresholds)."""
+    if not t.case_healthy:
+        return [None] * len(t.thresholds)
+    total = np.sum(t.case_healthy, axis=0)
+    return [float(f) / total[0] if total[0] else None for f in total[1:]]
+
+
+def summarise(t: Tally, n_boot: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
     labels = np.concatenate(t.labels) if t.labels else np.zeros(0, np.int64)
     scores = np.concatenate(t.scores) if t.scores else np.zeros(0, np.float32)
     sm = metrics.slice_metrics(labels, scores)
     pix = t.pixels.summary()
-    sort_idx = np.argsort(list(dict.fromkeys(t.case_ids)))  # bootstrap_pixel expects sorted case-id order
-    at_fpr = []
-    totals = np.sum(t.at_fpr, axis=0) if t.at_fpr else np.zeros((len(t.thresholds), 3), np.int64)
-    for th, (tp, fp, fn) in zip(t.thresholds, totals):
-        at_fpr.append({
-            "healthy_fpr": th["rate"], "threshold": th["threshold"], "calibration_fpr": th.get("healthy_fpr"),
-            "dice": _safe_div(2 * tp, 2 * tp + fp + fn), "precision": _safe_div(tp, tp + fp),
-            "recall": _safe_div(tp, tp + fn), "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
-            "tp": int(tp), "fp": int(fp), "fn": int(fn),
+    sort_idx = np.argsort(t.case_order)  # bootstrap_pixel expects sorted case-id order
+    operating = []
+    totals = np.sum(t.case_counts, axis=0) if t.case_counts else np.zeros((len(t.thresholds), 3), np.int64)
+    for th, (tp, fp, fn), reached in zip(t.thresholds, totals, _reached_fpr(t)):
+        c = overlap.Counts(int(tp), int(fp), int(fn))
+        if th["threshold"] is None and not th.get("per_fold_thresholds"):
+            reached = None
+        operating.append({
+            "rate": th["rate"], "threshold": th["threshold"], "calibration_fpr": th.get("calibration_fpr"),
+            "reached_fpr": reached, "dice": c.dice, "precision": c.precision, "recall": c.recall, "f1": c.dice,
+            "tp": c.tp, "fp": c.fp, "fn": c.fn,
             **({"per_fold_thresholds": th["per_fold_thresholds"]} if "per_fold_thresholds" in th else {}),
         })
     result = {
@@ -196,7 +225,7 @@ def summarise(t: _Tally, n_boot: int, seed: int) -> tuple[dict[str, Any], dict[s
         "pixel_auroc": pix["auroc"], "pixel_ap": pix["ap"],
         "pixel_ap_ci": _ci(metrics.bootstrap_pixel(np.stack(t.case_pos)[sort_idx], np.stack(t.case_neg)[sort_idx], "ap", n_boot=n_boot, seed=seed)) if t.case_pos and n_boot else None,
         "best_dice": pix["best_dice"],
-        "healthy_fpr_thresholds": at_fpr,
+        "healthy_fpr_thresholds": operating,
         "n_slices": int(len(labels)), "n_tumour_slices": int(labels.sum()),
         "n_pixels": int(t.pixels.n_pos + t.pixels.n_neg), "n_tumour_pixels": int(t.pixels.n_pos),
     }
@@ -208,6 +237,4 @@ def _ci(boot: dict[str, Any]) -> dict[str, Any]:
     return {"low": boot["low"], "high": boot["high"], "n_used": boot["n_used"]}
 
 
-def _safe_div(a, b) -> float:
-    return float(a) / float(b) if b else float("nan")
 

@@ -29,7 +29,7 @@ from uad.data.store import build_store
 from uad.evaluation.cohort import merge_tallies, score_cohort, summarise
 from uad.models import canonical_name, model_options
 from uad.runs import folders
-from uad.scoring.recipe import PostprocessConfig
+from uad.scoring.recipe import PostprocessConfig, ScoringRecipe
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
 
 log = logging.getLogger("uad.crossval")
@@ -43,8 +43,8 @@ REAL_EPOCHS = {"autoencoder": 30, "vae": 20, "gan": 60, "ganomaly": 20, "vit": 2
 class MethodSpec:
     """One model to cross-validate: registry name, a label for the tables, options and training length.
 
-    ``score_options`` override model options that only change scoring (e.g. ``residual``), so several
-    methods can share one set of trained fold models: runs are named by model and training options.
+    ``score_options`` change only the scoring recipe (``residual`` and post-processing, e.g. ``median_3d=true``),
+    so several methods can share one set of trained fold models: runs are named by model and training options.
     """
 
     model: str
@@ -58,17 +58,21 @@ class MethodSpec:
         self.model = canonical_name(self.model)
         self.label = self.label or self.model
 
-    def scoring(self, post: PostprocessConfig) -> tuple[dict[str, Any], PostprocessConfig]:
-        """``score_options`` split into model options and post-processing (e.g. ``slice_score=model``).
+    def recipe(self, base: ScoringRecipe) -> ScoringRecipe:
+        """``base`` with ``score_options`` applied (``residual`` and post-processing fields; anything else is refused).
 
         The residual is a scoring choice that a checkpoint also records: a fold run reused from before a
         default changed must be scored with today's default unless the method names one, or the same
         command would give different rows depending on which runs were already on disk."""
         fields = PostprocessConfig.__dataclass_fields__
-        model_opts = {k: v for k, v in self.score_options.items() if k not in fields}
-        if "residual" not in self.options and "residual" not in model_opts:
-            model_opts["residual"] = model_options(self.model)["residual"].default
-        return model_opts, replace(post, **{k: v for k, v in self.score_options.items() if k in fields})
+        unknown = sorted(set(self.score_options) - set(fields) - {"residual"})
+        if unknown:
+            raise ConfigError(f"{self.label}: {', '.join(unknown)} is not a scoring option (residual or post-processing: "
+                              f"{', '.join(fields)})")
+        residual = self.score_options.get("residual") or self.options.get("residual") or base.residual \
+            or model_options(self.model)["residual"].default
+        post = replace(base.post, **{k: v for k, v in self.score_options.items() if k in fields})
+        return ScoringRecipe(residual, post)
 
     @property
     def run_name(self) -> str:
@@ -93,7 +97,7 @@ class CrossValConfig:
     # Only patients who have all of these sequences: compares input choices on one cohort (e.g. FLAIR alone
     # vs four channels on the patients that have all four).
     cohort_modalities: tuple[str, ...] = ()
-    post: PostprocessConfig = field(default_factory=PostprocessConfig)
+    recipe: ScoringRecipe = field(default_factory=ScoringRecipe)
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
@@ -106,7 +110,7 @@ class CrossValConfig:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
         d["cohort_modalities"] = list(self.cohort_modalities)
-        d["post"] = self.post.to_dict()
+        d["recipe"] = self.recipe.to_dict()
         return d
 
 
@@ -155,17 +159,15 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
     for k, fold in enumerate(folds):
         log.info("fold %d/%d: %d train, %d val, %d test patients", k + 1, len(folds), len(fold["train"]),
                  len(fold["val"]), len(fold["test"]))
-        tallies, _ = score_cohort(store, [baseline(b) for b in BASELINES], fold["test"], fold["val"], config.post)
+        tallies, _ = score_cohort(store, [baseline(b) for b in BASELINES], fold["test"], fold["val"], config.recipe)
         for b in BASELINES:
             per_fold[b].append(tallies[b])
         for spec in config.methods:
             t_method = time.perf_counter()
             ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k + 1}", progress)
             ckpt = ckpt_weights.load(ckpt_dir, device=device)
-            model_opts, post = spec.scoring(config.post)
-            ckpt.model.hparams.update(model_opts)
             scorer = ModelScorer(ckpt.model, device=device)
-            tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], post)
+            tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], spec.recipe(config.recipe))
             per_fold[spec.label].append(tallies[scorer.name])
             timings[spec.label] += time.perf_counter() - t_method
         for name, parts in per_fold.items():
@@ -175,6 +177,8 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
     for name, parts in per_fold.items():
         methods[name] = summarise(merge_tallies(parts), n_boot=config.n_boot, seed=config.seed)[0]
         methods[name]["model"] = name
+        spec = next((m for m in config.methods if m.label == name), None)
+        methods[name]["recipe"] = (spec.recipe(config.recipe) if spec is not None else config.recipe).to_dict()
         methods[name]["per_fold"] = fold_summaries[name]
         if name in timings:
             methods[name]["seconds"] = timings[name]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,14 @@ import numpy as np
 
 from uad.core import fileio
 from uad.data import identity
-from uad.evaluation import columns, summaries
+from uad.data.preprocess import screen_columns
+from uad.evaluation import columns, figures, summaries
+from uad.scoring import view
+from uad.scoring.recipe import CASE_RATE, rate_label
 
-MODEL_COLOUR = "#0072B2"
-BASELINE_STYLE = {"intensity": ("#888888", "dash"), "brain_area": ("#BBBBBB", "dot")}
-TP, FP, FN = (240, 228, 66), (204, 121, 167), (86, 180, 233)  # Okabe–Ito, as in the app
-GT = (0, 255, 255)
+MODEL_COLOUR = figures.MODEL_COLOURS[-1]
+TP, FP, FN = (figures.PRED_COLOURS[k] for k in ("TP", "FP", "FN"))
+GT = figures.GT_CONTOUR
 EXAMPLE_PX = 256
 
 _CSS = """
@@ -38,7 +39,10 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0} th,td{padding:.3em 
 th:first-child,td:first-child{text-align:left} th{background:#f4f4f4} .meta td{text-align:left} .meta td:first-child{color:#555}
 .note{color:#555;font-size:.85em;max-width:60em} .grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .examples figure{display:inline-block;margin:0 .6em .6em 0;text-align:center;font-size:.8em;color:#444}
-.examples img{width:220px;height:220px;image-rendering:pixelated;border:1px solid #ccc}
+.examples img{width:220px;height:220px;image-rendering:pixelated;border:1px solid #ccc;display:block}
+.slice{position:relative;display:inline-block} .ol{position:absolute;color:#ff8;font:bold 13px sans-serif;text-shadow:0 0 3px #000}
+.ol.t{top:2px;left:50%;transform:translateX(-50%)} .ol.b{bottom:2px;left:50%;transform:translateX(-50%)}
+.ol.l{left:4px;top:50%;transform:translateY(-50%)} .ol.r{right:4px;top:50%;transform:translateY(-50%)}
 th.sortable{cursor:pointer} th.sortable:after{content:" \\2195";color:#aaa}
 .swatch{display:inline-block;width:.9em;height:.9em;vertical-align:-.1em;margin:0 .3em 0 .8em;border-radius:2px}
 """
@@ -71,38 +75,17 @@ def _table(header: list[str], rows: list[list[Any]], cls: str = "", raw_values: 
 
 
 # -- figures ---------------------------------------------------------------------------------------------------
-def _curve_figure(curves: dict[str, Any], model: str, level: str, kind: str):
-    import plotly.graph_objects as go
-
-    key = f"{level}_{kind}"
-    xk, yk = ("fpr", "tpr") if kind == "roc" else ("recall", "precision")
-    data = []
-    if kind == "roc":
-        data.append(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#cccccc", width=1), showlegend=False, hoverinfo="skip"))
-    for b, (colour, dash) in BASELINE_STYLE.items():
-        c = (curves.get(b) or {}).get(key)
-        if c:
-            data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=summaries.BASELINE_LABELS.get(b, b),
-                                   line=dict(color=colour, dash=dash, width=1.5)))
-    c = (curves.get(model) or {}).get(key)
-    if c:
-        data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=model, line=dict(color=MODEL_COLOUR, width=2.5)))
-    titles = ("false-positive rate", "true-positive rate") if kind == "roc" else ("recall", "precision")
-    name = f"{level}-level {'ROC' if kind == 'roc' else 'precision-recall'}"
-    return go.Figure(data=data, layout=dict(
-        title=dict(text=name), height=380, margin=dict(l=50, r=10, t=40, b=45), template="plotly_white",
-        xaxis=dict(title=dict(text=titles[0]), range=[0, 1]), yaxis=dict(title=dict(text=titles[1]), range=[0, 1.02]),
-        legend=dict(orientation="h", yanchor="bottom", y=0.0, x=0.35 if kind == "roc" else 0.0))), name
-
-
-def _figures_html(curves: dict[str, Any], model: str) -> str:
+def _figures_html(curves: dict[str, Any], model: str, label: str, file_stem: str) -> str:
     parts, first = [], True
+    series = [figures.CurveSeries(label, curves.get(model) or {}, MODEL_COLOUR)]
     for level in ("slice", "pixel"):
         for kind in ("roc", "pr"):
-            fig, name = _curve_figure(curves, model, level, kind)
-            if not fig.data:
+            name = figures.curve_title(kind, level)
+            fig = figures.curve_figure(kind, level, series, [("", curves)], theme="light", title=f"{name} · {label}")
+            if len(fig.data) <= (1 if kind == "roc" else 0):
                 continue
-            config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": name.replace(" ", "_")}}
+            config = {"displaylogo": False, "toImageButtonOptions": {
+                "format": "png", "scale": 2, "filename": f"{file_stem}-{level}-{kind}"}}
             # plotly.js inlined once (the first figure), so the file works without a network.
             parts.append("<div>" + fig.to_html(full_html=False, include_plotlyjs=True if first else False, config=config) + "</div>")
             first = False
@@ -116,14 +99,6 @@ def _png(rgb: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _inferno() -> np.ndarray:
-    import plotly.colors as pc
-
-    stops = np.array([[int(h[i:i + 2], 16) for i in (1, 3, 5)] for h in pc.sequential.Inferno], np.float32)
-    x, t = np.linspace(0, 1, len(stops)), np.linspace(0, 1, 256)
-    return np.stack([np.interp(t, x, stops[:, c]) for c in range(3)], axis=1).astype(np.uint8)
 
 
 def _up(a: np.ndarray) -> np.ndarray:
@@ -148,8 +123,21 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndi.binary_erosion(mask)
 
 
+def _radiological(a: np.ndarray) -> np.ndarray:
+    """A display-order slice (patient left → right across) as drawn in the radiological convention, as the app does."""
+    return a[:, screen_columns(a.shape[1], "radiological")]
+
+
+def _lettered(src: str, caption: str) -> str:
+    """A figure with the orientation letters of a radiological axial view (patient's right on the screen's left)."""
+    letters = "".join(f"<span class='ol {pos}'>{t}</span>" for pos, t in (("t", "A"), ("b", "P"), ("l", "R"), ("r", "L")))
+    return f"<figure><div class='slice'><img alt='{_e(caption)}' src='{src}'>{letters}</div><figcaption>{_e(caption)}</figcaption></figure>"
+
+
 def _example_panels(image, heat, vmax, pred, truth) -> list[tuple[str, str]]:
-    lut = _inferno()
+    """Input, anomaly map with the tumour outline, prediction vs truth: radiological convention (the app's)."""
+    image, heat, pred, truth = (_radiological(np.asarray(a)) for a in (image, heat, pred, truth))
+    lut = figures.inferno()
     h = np.clip(heat / max(vmax, 1e-6), 0, 1)
     alpha = (0.85 * np.clip((h - 0.2) / 0.8, 0, 1) ** 0.6)[..., None]
     heat_rgb = (_grey(image) * (1 - alpha) + lut[(h * 255).astype(np.uint8)] * alpha).astype(np.uint8)
@@ -165,7 +153,8 @@ def _example_panels(image, heat, vmax, pred, truth) -> list[tuple[str, str]]:
 
 
 def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path | None, n_each: int = 1) -> str:
-    """Best and worst labelled cases by Dice at the per-case threshold, scored again now with uad.score."""
+    """Best and worst labelled cases by Dice at the per-case threshold, scored again now with the evaluation's
+    own recipe and threshold, and only with the weights it scored (a changed checkpoint is refused)."""
     if cases is None or "dice" not in cases.columns:
         return "<p class='note'>Example slices need the per-case table (cases.csv), which this evaluation predates.</p>"
     ranked = cases[cases["dice"].notna()].sort_values("dice", ascending=False)
@@ -173,7 +162,8 @@ def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path 
         return "<p class='note'>No labelled case with a defined Dice: no example slices.</p>"
     picks = [("best", r) for _, r in ranked.head(n_each).iterrows()]
     picks += [("worst", r) for _, r in ranked.tail(n_each).iloc[::-1].iterrows() if r.case_id not in {p[1].case_id for p in picks}]
-    ckpt_path = Path(run) if run is not None else identity.repo_path(summary.raw.get("checkpoint", ""))
+    recorded = summary.raw.get("checkpoint")
+    ckpt_path = Path(run) if run is not None else identity.repo_path(recorded.get("path", "") if isinstance(recorded, dict) else recorded or "")
     root = summary.local_root
     if root is None or not root.is_dir():
         return f"<p class='note'>Example slices left out: the dataset folder {_e(root)} is not on this machine.</p>"
@@ -181,45 +171,55 @@ def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path 
         from uad.checkpoints import weights as ckpt_weights
         from uad.data.store import load_working_case
         from uad.scoring.maps import score_case
-        from uad.scoring.postprocess import threshold_maps
-        from uad.scoring.recipe import PostprocessConfig
         from uad.scoring.scorers import ModelScorer
 
         ckpt = ckpt_weights.load(ckpt_path)
-        scorer = ModelScorer(ckpt.model)
-        post = PostprocessConfig.from_dict(summary.raw.get("postprocess") or {})
+        recipe = summary.recipe
     except Exception as exc:  # noqa: BLE001 - a report without pictures is still a report
         return f"<p class='note'>Example slices left out: cannot load the checkpoint {_e(ckpt_path)} ({_e(exc)}).</p>"
-    thr = summary.at_fpr(summaries.CASE_RATE).get("threshold")
+    stale = summary.staleness(ckpt.info.get("weights_sha256"))
+    if stale:
+        return f"<p class='note'>Example slices left out: {_e(stale)} (they would show other weights than the numbers above).</p>"
+    scorer = ModelScorer(ckpt.model)
+    thr = summary.calibration.threshold(CASE_RATE)
     blocks = []
     for which, r in picks:
         try:
             case = load_working_case(root, str(r.case_id), ckpt.preprocess)
-            vs = score_case(scorer, case, post)
+            vs = score_case(scorer, case, recipe)
         except Exception as exc:  # noqa: BLE001
             blocks.append(f"<p class='note'>{_e(r.case_id)}: cannot be scored now ({_e(exc)}).</p>")
             continue
         tumour = np.asarray(case.tumour)
         k = int(np.argmax(tumour.sum(axis=(1, 2))))
-        inside = vs.maps[vs.mask]
-        vmax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
-        pred = (threshold_maps(vs.maps[k], thr, post.min_component) & vs.mask[k]) if thr is not None else np.zeros_like(tumour[k])
-        panels = _example_panels(np.asarray(case.images[k, 0], np.float32), vs.maps[k], vmax, pred, tumour[k] & vs.mask[k])
-        figs = "".join(f"<figure><img alt='{_e(cap)}' src='{src}'><figcaption>{_e(cap)}</figcaption></figure>" for cap, src in panels)
-        blocks.append(f"<h3>{_e(which)} case: {_e(r.case_id)} · Dice {columns._fmt(r.dice)} · slice {int(case.slice_index[k])}</h3>"
+        pred = vs.prediction(thr)[k] if thr is not None else np.zeros_like(tumour[k])
+        panels = _example_panels(np.asarray(case.images[k, 0], np.float32), vs.maps[k], view.colour_max([vs]), pred,
+                                 tumour[k] & vs.mask[k])
+        figs = "".join(_lettered(src, cap) for cap, src in panels)
+        blocks.append(f"<h3>{_e(which)} case: {_e(r.case_id)} · Dice {columns.fmt(r.dice)} · slice {int(case.slice_index[k])}</h3>"
                       f"<div class='examples'>{figs}</div>")
-    legend = "".join(f"<span class='swatch' style='background:rgb{c}'></span>{t}" for c, t in
-                     ((GT, "tumour outline"), (TP, "detected tumour (TP)"), (FP, "false alarm (FP)"), (FN, "missed tumour (FN)")))
+    legend = "".join(f"<span class='swatch' style='background:rgb{c}'></span>{_e(t)}" for c, t in figures.PRED_LEGEND)
     thr_text = f"{thr:.4f}" if isinstance(thr, (int, float)) else "–"
-    return (f"<p class='note'>The axial slice with the most tumour of the best and worst case by Dice, at the "
-            f"threshold {thr_text} (5% healthy FPR). Channel shown: {_e(ckpt.preprocess.modalities[0])}. {legend}</p>" + "".join(blocks))
+    return (f"<p class='note'>The axial slice with the most tumour of the best and worst case by Dice, at the calibrated "
+            f"threshold {thr_text} ({rate_label(CASE_RATE)} healthy FPR), scored with this evaluation's recipe. "
+            f"Radiological convention (the patient's right on the left), as in the app. "
+            f"Channel shown: {_e(ckpt.preprocess.modalities[0])}. {legend}</p>" + "".join(blocks))
 
 
 # -- the document ---------------------------------------------------------------------------------------------
-def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = None, examples: bool = True) -> str:
-    """The report's HTML (one string, no outside references)."""
+def run_label(run: str | Path | None, summary: summaries.EvaluationSummary) -> str:
+    """How the report names the run: ``real/autoencoder`` for a shipped checkpoint, else the run's folder name."""
+    if run is None:
+        return str(summary.raw.get("run") or summary.model)
+    return summaries.shipped_name(Path(run)) or Path(run).name
+
+
+def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = None, examples: bool = True,
+                 label: str | None = None) -> str:
+    """The report's HTML (one string, no outside references). ``label``: the run's name as the caller lists it."""
     m = summary.raw
-    title = f"{summary.model} · {m.get('run') or (Path(run).name if run else '')}".rstrip(" ·")
+    label = label or run_label(run, summary)
+    title = f"{label} · {summary.model}" if label != summary.model else label
     curves = {}
     if summary.folder is not None and (summary.folder / "curves.json").is_file():
         try:
@@ -227,28 +227,33 @@ def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = 
         except (OSError, ValueError):
             curves = {}
     cases = summary.cases()
-    pre, post, boot = summary.preprocess, m.get("postprocess") or {}, m.get("bootstrap") or {}
+    pre, boot = summary.preprocess, m.get("bootstrap") or {}
+    recipe, calibration = summary.recipe, summary.calibration
+    ck = m.get("checkpoint")
+    checkpoint = (f"{ck.get('path', '?')} · epoch {ck.get('epoch', '?')} · weights SHA-256 {str(ck.get('weights_sha256') or '?')[:12]}…"
+                  if isinstance(ck, dict) else str(ck or run or "–"))
     meta = [
-        ("run / checkpoint", m.get("checkpoint") or (str(run) if run else "–")),
+        ("run", label),
+        ("checkpoint", checkpoint),
         ("model", summary.model),
         ("dataset", f"{summary.dataset.label} · id {summary.dataset.id}"),
         ("dataset folder", summary.dataset.root or m.get("data_root") or "–"),
         ("split", f"{summaries.SPLIT_WORDS.get(summary.split, summary.split)} ({m.get('split_source', '?')})"),
         ("cases", f"{m.get('n_labelled_cases', '?')} labelled, {m.get('n_unlabelled_cases', 0)} unlabelled; "
                   f"{m.get('n_slices', '?')} labelled slices ({m.get('n_tumour_slices', '?')} with tumour)"),
-        ("thresholds calibrated on", f"healthy slices of {len(m.get('calibration_cases') or [])} cases: "
-                                     + ", ".join(m.get("calibration_cases") or []) or "–"),
+        ("scoring recipe", f"{recipe.describe()} (key {recipe.key})"),
+        ("thresholds", f"{m.get('calibration_words') or 'calibrated'}: healthy slices of {len(calibration.cases)} cases"
+                       + (f" ({', '.join(calibration.cases)})" if calibration.cases else "")
+                       + (f" in {dict(calibration.dataset).get('label')}" if calibration.dataset else "")),
         ("preprocessing", f"{summary.image_size} px, {'+'.join(summary.modalities)}, " + ", ".join(
             f"{k} {v}" for k, v in pre.items() if k not in ("image_size", "modalities"))),
-        ("post-processing", ", ".join(f"{k} {v}" for k, v in post.items()) or "–"),
         ("bootstrap", f"{boot.get('n_boot', '?')} resamples by {boot.get('unit', 'patient')}, seed {boot.get('seed', '?')}"),
         ("evaluated", m.get("evaluated", "–")),
     ]
-    rows = columns.comparison_rows([(summary.model, summary)])
+    rows = columns.comparison_rows([(label, summary)])
     metric_cells = [list(columns.cells(r).values()) for r in rows]
-    ops = [[f"{t.get('healthy_fpr', 0):.0%}", columns._fmt(t.get("threshold")) if t.get("threshold") is None else f"{t['threshold']:.4f}",
-            columns._fmt(t.get("dice")), columns._fmt(t.get("precision")), columns._fmt(t.get("recall")),
-            columns._fmt(t.get("calibration_fpr"))] for t in m.get("healthy_fpr_thresholds") or []]
+    ops = columns.operating_rows(m)
+    file_stem = f"uad-{label.replace('/', '-')}-{summary.dataset.id}-{summary.split}"
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>uad report: {_e(title)}</title>"
              f"<style>{_CSS}</style></head><body>",
@@ -256,12 +261,12 @@ def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = 
              f"<p class='note'>{_e(summary.where)}. Written by uad on {time.strftime('%Y-%m-%d %H:%M')}; self-contained "
              f"(no network needed).</p>",
              _table(["", ""], meta, "meta"),
-             "<h2>Metrics</h2>", _table(columns.COLUMNS, metric_cells),
+             "<h2>Metrics</h2>", _table(columns.header(), metric_cells),
              f"<p class='note'>{_e(columns.TABLE_NOTES)} Baselines are computed on the same slices and pixels as the model. "
              f"{_e(m.get('best_dice_note', ''))}</p>",
-             "<h2>Operating points at calibrated thresholds</h2>",
-             _table(["healthy FPR", "threshold", "Dice", "precision", "recall", "achieved calibration FPR"], ops),
-             "<h2>Curves</h2>", _figures_html(curves, summary.model),
+             "<h2>Operating points at the calibrated thresholds</h2>",
+             _table(list(ops[0]) if ops else ["healthy FPR"], [list(r.values()) for r in ops]),
+             "<h2>Curves</h2>", _figures_html(curves, summary.model, label, file_stem),
              "<p class='note'>Slice level: one score per slice. Pixel level: every pixel inside the eroded brain mask. "
              "Each figure's toolbar downloads it as PNG.</p>",
              "<h2>Per case</h2>", _cases_html(cases, m),
@@ -271,34 +276,18 @@ def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = 
     return "\n".join(parts)
 
 
-CASE_HEADERS = {"case_id": "case", "labelled": "labelled", "slices": "slices", "tumour_slices": "tumour slices",
-                "tumour_ml": "tumour mL", "detected_ml": "detected mL", "dice": "Dice", "precision": "precision",
-                "recall": "recall", "slice_auroc": "slice AUROC", "max_slice_score": "max slice score"}
-
-
 def _cases_html(cases, m: dict[str, Any]) -> str:
     if cases is None:
         return "<p class='note'>This evaluation predates per-case tables: evaluate the run again to get one.</p>"
-    cols = [c for c in CASE_HEADERS if c in cases.columns]
+    spec = [c for c in columns.CASES if c.key in cases.columns]
+    head = ["case", "labelled"] + [c.label for c in spec]
     shown, raw = [], []
     for _, r in cases.iterrows():
-        row, vals = [], []
-        for c in cols:
-            v = r[c]
-            missing = v is None or (isinstance(v, float) and math.isnan(v))
-            if c in ("tumour_ml", "detected_ml"):
-                text = "–" if missing else f"{float(v):.2f}"
-            elif c in ("dice", "precision", "recall", "slice_auroc", "max_slice_score"):
-                text = columns._fmt(None if missing else v)
-            elif c == "labelled":
-                text = "yes" if str(v).lower() in ("true", "1") else "no"
-            else:
-                text = "–" if missing else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-            row.append(text)
-            vals.append("" if missing else v)
-        shown.append(row)
-        raw.append(vals)
-    return (_table([CASE_HEADERS[c] for c in cols], shown, "sortable", raw)
+        labelled = "yes" if str(r.get("labelled")).lower() in ("true", "1") else "no"
+        values = [columns.number(r[c.key]) for c in spec]
+        shown.append([str(r["case_id"]), labelled] + [c.cell({c.key: v}) for c, v in zip(spec, values)])
+        raw.append(["", ""] + ["" if v is None else v for v in values])
+    return (_table(head, shown, "sortable", raw)
             + f"<p class='note'>{_e(m.get('cases_note', ''))}. Click a header to sort.</p>")
 
 

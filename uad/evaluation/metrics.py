@@ -383,6 +383,22 @@ class PixelAccumulator:
         the dict's ``threshold`` is the edge used, ``requested_threshold`` the one asked for)."""
         return {**self._point(self._edge_index(threshold)), "requested_threshold": float(threshold)}
 
+    def quantile(self, q: float, which: str = "all") -> float:
+        """The ``q`` quantile (0..1) of the scores seen (``"all"``, or only ``"neg"``/``"pos"`` pixels), as the
+        upper edge of the bin it falls in; NaN with no pixels."""
+        counts = {"all": self.pos + self.neg, "neg": self.neg, "pos": self.pos}[which]
+        n = int(counts.sum())
+        if n == 0:
+            return NAN
+        k = int(np.searchsorted(np.cumsum(counts), q * n, side="left"))
+        return float(self.edges[min(k + 1, self.n_bins)])
+
+    def exceedance(self, threshold: float, which: str = "neg") -> float:
+        """Fraction of the pixels seen (``"neg"`` by default) scoring at or above ``threshold`` (snapped to a bin edge)."""
+        counts = {"all": self.pos + self.neg, "neg": self.neg, "pos": self.pos}[which]
+        n = int(counts.sum())
+        return float(counts[self._edge_index(threshold):].sum()) / n if n else NAN
+
     def auroc(self) -> float:
         return float(_binned_auroc(self.pos, self.neg))
 
@@ -461,13 +477,13 @@ def healthy_fpr_thresholds(healthy: PixelAccumulator | Any,
         return _hist_fpr_thresholds(healthy, rates)
     s = np.asarray(healthy, dtype=np.float64).ravel()
     if s.size == 0:
-        return [{"rate": float(r), "threshold": NAN, "healthy_fpr": NAN,
+        return [{"rate": float(r), "threshold": NAN, "achieved_fpr": NAN,
                  "reason": "no healthy pixels"} for r in rates]
     out = []
     for rate in rates:
         t = float(np.quantile(s, 1.0 - float(rate)))
         out.append({"rate": float(rate), "threshold": t,
-                    "healthy_fpr": float(np.mean(s >= t)), "reason": None})
+                    "achieved_fpr": float(np.mean(s >= t)), "reason": None})
     return out
 
 
@@ -477,7 +493,7 @@ def _hist_fpr_thresholds(acc: PixelAccumulator, rates: Sequence[float]) -> list[
     out = []
     for rate in rates:
         if n == 0:
-            out.append({"rate": float(rate), "threshold": NAN, "healthy_fpr": NAN,
+            out.append({"rate": float(rate), "threshold": NAN, "achieved_fpr": NAN,
                         "reason": "no healthy pixels"})
             continue
         k = int(np.argmax(exceed <= float(rate) * n))  # exceed is non-increasing and ends at 0
@@ -486,7 +502,7 @@ def _hist_fpr_thresholds(acc: PixelAccumulator, rates: Sequence[float]) -> list[
             reason = "score_range upper bound too low: the true threshold lies above it"
             warnings.warn(f"healthy_fpr_thresholds: {reason} ({acc.score_range})", stacklevel=2)
         out.append({"rate": float(rate), "threshold": float(acc.edges[k]),
-                    "healthy_fpr": float(exceed[k] / n), "reason": reason})
+                    "achieved_fpr": float(exceed[k] / n), "reason": reason})
     return out
 
 

@@ -1,12 +1,16 @@
-"""Evaluation summaries: one typed reading of what ``uad evaluate`` wrote, and its where evaluations live.
+"""Evaluation summaries: one typed reading of what ``uad evaluate`` wrote, and where evaluations live.
 
 The CLI's ``compare`` and ``report``, the app's Overview, Explore and Compare pages, the HTML report and
 the benchmarks all shape metrics through this module, so a number means the same everywhere.
 
 An evaluation is stored per dataset and split::
 
-    <run>/eval/<dataset-id>/<split>/   metrics.json, curves.json, slices.csv, cases.csv, progress.json
+    <run>/eval/<dataset-id>/<split>/   metrics.json, curves.json, slices.csv, cases.csv, cases.npz, progress.json
     <run>/eval/                        the older layout (one evaluation per run), still read
+    <run>/calibrations/<recipe key>.json   the run's own thresholds per scoring recipe (its validation patients)
+
+metrics.json records the scoring recipe, the calibration (thresholds with the patients and data they came
+from) and the checkpoint (weights hash, epoch) it was made with: an evaluation of other weights is stale.
 
 ``<dataset-id>`` is ``demo`` for the demo cohort, else ``<folder name>-<hash of its absolute path>``.
 Torch-free: listing and reading evaluations never imports a model.
@@ -14,11 +18,13 @@ Torch-free: listing and reading evaluations never imports a model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from uad.core import fileio, paths
+from uad.core.errors import ConfigError
 from uad.data.identity import (
     DEMO_ID,
     DatasetRef,
@@ -26,17 +32,16 @@ from uad.data.identity import (
     repo_path,
     trained_data_root,
 )
-
-CASE_RATE = 0.05  # the per-case table's threshold: where 5 % of healthy calibration pixels are flagged
-
+from uad.scoring.recipe import Calibration, PostprocessConfig, ScoringRecipe, Threshold
 
 BASELINE_LABELS = {"intensity": "intensity baseline", "brain_area": "brain-area baseline"}
 
 
 SPLIT_WORDS = {"test": "test split", "val": "validation split", "train": "training split", "all": "all cases"}
+CALIBRATIONS = "calibrations"  # beside eval/: the run's own thresholds per recipe
 
 
-def _shipped_name(run: Path) -> str | None:
+def shipped_name(run: Path) -> str | None:
     """``autoencoder`` or ``real/autoencoder`` for a checkpoint shipped in the repository, else None."""
     try:
         return Path(run).resolve().relative_to(paths.checkpoints_dir()).as_posix()
@@ -47,8 +52,35 @@ def _shipped_name(run: Path) -> str | None:
 def write_base(run: str | Path) -> Path:
     """The ``eval/`` folder new evaluations of ``run`` go to: ``<run>/eval``, or for a shipped checkpoint
     ``runs/shipped-eval/<name>/eval`` (nothing is ever written into the repository's checkpoints folder)."""
-    name = _shipped_name(Path(run))
+    name = shipped_name(Path(run))
     return paths.runs_dir() / "shipped-eval" / name / "eval" if name else Path(run) / "eval"
+
+
+def calibration_file(run: str | Path, recipe: ScoringRecipe) -> Path:
+    """Where the run's own calibration for ``recipe`` is written (never inside a shipped checkpoint)."""
+    return write_base(run).parent / CALIBRATIONS / f"{recipe.key}.json"
+
+
+def calibration_files(run: str | Path, recipe: ScoringRecipe) -> list[Path]:
+    """Where the run's own calibration for ``recipe`` may be: shipped with the checkpoint, or written since."""
+    own = Path(run) / CALIBRATIONS / f"{recipe.key}.json"
+    written = calibration_file(run, recipe)
+    return [own] if own == written else [own, written]
+
+
+def read_calibrations(path: Path) -> dict[str, Calibration]:
+    """A calibration file: {scorer name: Calibration}; {} when it is missing or malformed (it is then made again)."""
+    try:
+        raw = fileio.read_json(path)
+        if not isinstance(raw, dict):
+            return {}
+        return {str(name): Calibration.from_dict(c) for name, c in raw.items()}
+    except (OSError, ValueError, ConfigError):
+        return {}
+
+
+def write_calibrations(path: Path, calibrations: dict[str, Calibration]) -> None:
+    fileio.write_json(path, {name: c.to_dict() for name, c in calibrations.items()})
 
 
 def eval_bases(run: str | Path) -> list[Path]:
@@ -143,26 +175,87 @@ class EvaluationSummary:
         """What baselines depend on: the same slices and pixels (dataset, split, cases, working size,
         channels), post-processing and bootstrap. Equal keys give equal baseline numbers."""
         boot = self.raw.get("bootstrap") or {}
+        try:
+            post = tuple(sorted(self.recipe.post.to_dict().items()))
+        except ValueError:
+            post = ()
         return (self.dataset.id, self.split, tuple(self.raw.get("eval_cases") or []), self.image_size,
-                tuple(self.modalities), tuple(sorted((self.raw.get("postprocess") or {}).items())),
-                boot.get("n_boot"), boot.get("seed"))
+                tuple(self.modalities), post, boot.get("n_boot"), boot.get("seed"))
 
-    def at_fpr(self, rate: float) -> dict[str, Any]:
-        return at_fpr(self.raw, rate)
+    def operating_point(self, rate: float) -> dict[str, Any]:
+        """The model's numbers at its threshold calibrated for healthy FPR ``rate`` ({} when there is none)."""
+        return operating_point(self.raw, rate)
+
+    @property
+    def recipe(self) -> ScoringRecipe:
+        """The scoring recipe the evaluation used (older evaluations recorded only post-processing: residual None)."""
+        rec = self.raw.get("recipe")
+        try:
+            if isinstance(rec, dict):
+                return ScoringRecipe.from_dict(rec)
+            return ScoringRecipe(None, PostprocessConfig.from_dict(self.raw.get("postprocess") or {}))
+        except ConfigError as exc:
+            raise ValueError(f"{self.folder}: the recorded scoring recipe is invalid ({exc})") from None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The model's calibrated thresholds and where they come from (older evaluations: rebuilt from their
+        operating points and calibration cases)."""
+        rec = self.raw.get("calibration")
+        try:
+            if isinstance(rec, dict):
+                return Calibration.from_dict(rec)
+        except ConfigError as exc:
+            raise ValueError(f"{self.folder}: the recorded calibration is invalid ({exc})") from None
+        thresholds = []
+        for t in self.raw.get("healthy_fpr_thresholds") or []:
+            rate, thr = _rate_of(t), t.get("threshold") if isinstance(t, dict) else None
+            if rate is not None:
+                thresholds.append(Threshold(rate, float(thr) if isinstance(thr, (int, float)) and math.isfinite(thr) else None,
+                                            t.get("calibration_fpr") if isinstance(t.get("calibration_fpr"), (int, float)) else None))
+        cases = [c for c in self.raw.get("calibration_cases") or [] if isinstance(c, str)]
+        return Calibration(self.recipe, tuple(thresholds), tuple(cases), tuple(sorted(self.dataset.to_dict().items())),
+                           self.weights_sha256, "folder" if self.raw.get("split_source") == "external" else "run")
 
     def presets(self) -> list[tuple[float, float]]:
-        """(healthy FPR, threshold) pairs calibrated on the healthy slices of this evaluation's calibration cases."""
-        import math
+        """(healthy FPR, threshold) pairs of this evaluation's calibration (undefined thresholds left out)."""
+        return self.calibration.presets()
 
-        out = []
-        for t in self.raw.get("healthy_fpr_thresholds") or []:
-            try:
-                rate, thr = float(t["healthy_fpr"]), float(t["threshold"])
-            except (KeyError, TypeError, ValueError):
-                continue  # an undefined threshold (no healthy pixels) is stored as null
-            if math.isfinite(thr):
-                out.append((rate, thr))
-        return out
+    @property
+    def weights_sha256(self) -> str | None:
+        """The SHA-256 of the weights the evaluation scored (None for evaluations older than that record)."""
+        ck = self.raw.get("checkpoint")
+        sha = ck.get("weights_sha256") if isinstance(ck, dict) else None
+        return sha if isinstance(sha, str) else None
+
+    @property
+    def checkpoint_epoch(self) -> int | None:
+        ck = self.raw.get("checkpoint")
+        epoch = ck.get("epoch") if isinstance(ck, dict) else None
+        return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+    def staleness(self, current_sha256: str | None) -> str | None:
+        """Why this evaluation may not describe the run's current weights, or None when it does."""
+        if current_sha256 is None:
+            return None
+        if self.weights_sha256 is None:
+            return "it predates recording which weights it scored: evaluate again to be sure"
+        if self.weights_sha256 != current_sha256:
+            return "the checkpoint changed since (new weights): evaluate again"
+        return None
+
+    def provenance(self, current_sha256: str | None = None) -> str:
+        """What produced these numbers, in one line: the scoring recipe, the weights, where the thresholds come
+        from; and, when the run's weights are now others (``current_sha256``), that the numbers are stale."""
+        try:
+            recipe = f"recipe {self.recipe.key} ({self.recipe.describe()})"
+        except ValueError as exc:
+            recipe = str(exc)
+        sha = (self.weights_sha256 or "not recorded")[:12]
+        epoch = f", epoch {self.checkpoint_epoch}" if self.checkpoint_epoch is not None else ""
+        words = self.raw.get("calibration_words") if isinstance(self.raw.get("calibration_words"), str) else "calibrated thresholds"
+        stale = self.staleness(current_sha256)
+        return f"{recipe}; weights {sha}{epoch}; {words}" + (f" — STALE: {stale}" if stale else "")
 
     def cases(self):
         """The per-case table (cases.csv) as a DataFrame, or None for evaluations that wrote none."""
@@ -212,10 +305,19 @@ def pick(summaries: list[EvaluationSummary], dataset_id: str | None = None, spli
                  and (split is None or s.split == split)), None)
 
 
-def at_fpr(m: dict[str, Any], rate: float) -> dict[str, Any]:
-    """The operating point calibrated at a healthy false-positive rate ({} when the evaluation has none)."""
+def _rate_of(t: Any) -> float | None:
+    """The nominal healthy-FPR rate of an operating point (``rate``; ``healthy_fpr`` in older evaluations)."""
+    if not isinstance(t, dict):
+        return None
+    r = t.get("rate", t.get("healthy_fpr"))
+    return float(r) if isinstance(r, (int, float)) and not isinstance(r, bool) else None
+
+
+def operating_point(m: dict[str, Any], rate: float) -> dict[str, Any]:
+    """The numbers at the threshold calibrated for healthy FPR ``rate`` in one method's metrics ({} when none)."""
     for t in m.get("healthy_fpr_thresholds") or []:
-        if isinstance(t, dict) and isinstance(t.get("healthy_fpr"), (int, float)) and abs(t["healthy_fpr"] - rate) < 1e-9:
+        r = _rate_of(t)
+        if r is not None and abs(r - rate) < 1e-9:
             return t
     return {}
 

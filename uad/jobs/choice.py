@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from uad.data import identity
 from uad.evaluation import summaries
 from uad.runs import listing
 
@@ -20,15 +21,6 @@ def _auroc(info: listing.RunInfo) -> float:
     summary = summaries.home_evaluation(info.path, info.checkpoint_info)
     value = summary.raw.get("slice_auroc") if summary is not None else None
     return float(value) if isinstance(value, (int, float)) else float("-inf")
-
-
-def _same_folder(a: str | Path | None, b: str | Path | None) -> bool:
-    if not a or not b:
-        return False
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
 
 
 def default_run(infos: list[listing.RunInfo], demo_active: bool, data_root: str | Path | None = None) -> tuple[listing.RunInfo | None, str]:
@@ -44,7 +36,7 @@ def default_run(infos: list[listing.RunInfo], demo_active: bool, data_root: str 
         return suggested, f"the shipped checkpoint for {kind}"
     completed = [i for i in infos if i.state == "completed" and not i.shipped]
     if completed:
-        here = [i for i in completed if _same_folder((i.config or {}).get("data_root"), data_root)]
+        here = [i for i in completed if identity.same_folder((i.config or {}).get("data_root"), data_root)]
         pool = here or completed
         order = {id(i): n for n, i in enumerate(infos)}  # newest first
         best = max(pool, key=lambda i: (_auroc(i), -order[id(i)]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from uad.core import paths, processes
+from uad.core import fileio, paths, processes
 from uad.data import identity
 from uad.evaluation import summaries
 from uad.jobs.background import launch_info, reap, start_process, tail
@@ -39,7 +39,7 @@ def eval_split(v: RunView, root: str | Path) -> str:
     """The split an evaluation on ``root`` uses: the recorded test patients on the run's own training data,
     every case ("all", thresholds calibrated on that cohort's own healthy slices) on any other folder."""
     trained = trained_root(v)
-    return "test" if trained is not None and trained.resolve() == Path(root).resolve() else "all"
+    return "test" if identity.same_folder(trained, root) else "all"
 
 
 def eval_out(v: RunView, root: str | Path, split: str | None = None) -> Path:
@@ -99,20 +99,13 @@ def eval_job(v: RunView, root: str | Path, split: str | None = None) -> EvalJob:
         prog = launch_info(out / "progress.json")
         return EvalJob("running", out, str(prog.get("phase") or ""), int(prog.get("done") or 0), int(prog.get("total") or 0),
                        tail(out / EVAL_LOG, 3))
-    if metrics.is_file() and (not launch or _mtime(metrics) >= launch.get("started", 0)):
+    if metrics.is_file() and (not launch or fileio.mtime(metrics) >= launch.get("started", 0)):
         return EvalJob("done", out)
     if launch:
         return EvalJob("failed", out, log=tail(out / EVAL_LOG))
     if evaluation_on(v, root, split) is not None:  # e.g. an older layout, or written by the CLI elsewhere
         return EvalJob("done", out)
     return EvalJob("none", out)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def home_evaluation(v: RunView) -> summaries.EvaluationSummary | None:

@@ -29,31 +29,13 @@ def check_train_config(config) -> None:
     check_config(config)
 
 
-def train_argv(config) -> list[str]:
-    """``uad train`` arguments that reproduce ``config`` (a ``uad.train.TrainConfig``)."""
-    from uad.models import model_options
-
-    argv = ["--model", config.model, "--modalities", *config.modalities, "--image-size", str(config.image_size),
-            "--epochs", str(config.epochs), "--batch-size", str(config.batch_size), "--lr", repr(float(config.lr)),
-            "--seed", str(config.seed), "--split-ratios", ",".join(repr(float(r)) for r in config.split_ratios),
-            "--num-workers", str(config.num_workers)]
-    if config.max_minutes:
-        argv += ["--max-minutes", repr(float(config.max_minutes))]
-    if config.data is not None:
-        argv += ["--data", str(config.data)]
-    if config.device:
-        argv += ["--device", config.device]
-    known = model_options(config.model)
-    for name, value in config.model_options.items():
-        if name in known and value != known[name].default:  # only what differs: the model's defaults stay its own
-            argv += [f"--{name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return argv
+REQUEST = "request.json"  # in a run folder the app or ``uad runs`` started: the validated TrainConfig it was asked to train
 
 
 def launch_train(config, run_dir: Path | None = None, name: str | None = None, tags: list[str] = (),
                  note: str = "") -> Path:
-    """Check ``config`` (a ``uad.train.TrainConfig``) and start ``uad train`` in the background in a new run
-    folder; returns the folder. A bad setting raises ConfigError before any folder exists."""
+    """Check ``config`` (a ``uad.training.config.TrainConfig``) and start ``uad train --config`` in the background in
+    a new run folder; returns the folder. A bad setting raises ConfigError before any folder exists."""
     check_train_config(config)
     for tag in tags:
         run_meta.check_tag(tag)
@@ -62,7 +44,8 @@ def launch_train(config, run_dir: Path | None = None, name: str | None = None, t
         if name or tags or note:
             run_meta.update_meta(run_dir, name=name, tags=list(tags), note=note)
         folders.write_status(run_dir, "queued", model=config.model, queued=time.time(), epochs=config.epochs)
-        start_process(str(run_dir), ["train", *train_argv(config), "--out", str(run_dir), "--no-progress"],
+        config.write(run_dir / REQUEST)  # the trainer reads this one object (``uad train --config``), not CLI strings
+        start_process(str(run_dir), ["train", "--config", str(run_dir / REQUEST), "--out", str(run_dir), "--no-progress"],
                       run_dir / STDOUT, run_dir / LAUNCH)
     except BaseException:
         if not (run_dir / LAUNCH).exists():  # nothing started: leave nothing behind

@@ -31,7 +31,8 @@ class AnomalyModel(nn.Module):
       wrapper (see ``uad.train``). ``progress`` in [0, 1]
       is the fraction of training done; multi-phase models (f-AnoGAN) use it to switch phase.
     * ``validation_loss(x)`` is a scalar on healthy slices; the trainer keeps the checkpoint with the lowest.
-    * ``anomaly_map(x)`` returns an :class:`AnomalyOutput`; models are in eval mode when it is called.
+    * ``anomaly_map(x, residual=None)`` returns an :class:`AnomalyOutput`; models are in eval mode when it is called.
+      ``residual`` (a scoring recipe's) overrides the model's own ``residual`` option.
     """
 
     name: ClassVar[str] = ""
@@ -43,10 +44,8 @@ class AnomalyModel(nn.Module):
         if image_size < 32 or image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {image_size}")
         self.hparams: dict[str, Any] = {"in_channels": in_channels, "image_size": image_size, **hparams}
-        if hparams.get("residual", "abs") not in RESIDUALS:
-            from uad.core.errors import ConfigError
-
-            raise ConfigError(f"residual must be one of {', '.join(RESIDUALS)}, got {hparams['residual']!r}")
+        # Every reconstruction model declares ``residual`` (with its default) on its own constructor.
+        self.residual: str | None = self.check_residual(hparams["residual"]) if "residual" in hparams else None
         self.in_channels = in_channels
         self.image_size = image_size
         # Installed by the trainer under torchrun: one DistributedDataParallel per optimizer, keyed by id().
@@ -91,11 +90,28 @@ class AnomalyModel(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    @staticmethod
+    def check_residual(kind: str) -> str:
+        if kind not in RESIDUALS:
+            from uad.core.errors import ConfigError
+
+            raise ConfigError(f"residual must be one of {', '.join(RESIDUALS)}, got {kind!r}")
+        return kind
+
+    def residual_kind(self, override: str | None = None) -> str:
+        """The residual a map is made with: ``override`` (a scoring recipe's) or the model's own option."""
+        if override is not None:
+            return self.check_residual(override)
+        if self.residual is None:
+            raise TypeError(f"{type(self).__name__} declares no residual option; pass one")
+        return self.residual
+
     @torch.no_grad()
-    def anomaly_map(self, x: Tensor) -> AnomalyOutput:
-        """Default for reconstruction models: channel-mean residual (see :func:`residual_map`); score = its mean."""
+    def anomaly_map(self, x: Tensor, residual: str | None = None) -> AnomalyOutput:
+        """Default for reconstruction models: channel-mean residual (see :func:`residual_map`) of the model's own
+        kind, or ``residual`` when a scoring recipe names one; score = its mean."""
         recon = self.reconstruct(x)
-        amap = residual_map(x, recon, self.hparams.get("residual", "abs"))
+        amap = residual_map(x, recon, self.residual_kind(residual))
         return AnomalyOutput(anomaly_map=amap, pred_score=amap.flatten(1).mean(dim=1), reconstruction=recon)
 
 

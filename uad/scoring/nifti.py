@@ -32,3 +32,22 @@ def write_nifti(maps: np.ndarray, geometry: SliceGeometry, path: str | Path) -> 
     fileio.write_bytes(path, nifti_bytes(maps, geometry))
     return Path(path)
 
+
+
+def mask_bytes(pred: np.ndarray, geometry: SliceGeometry) -> bytes:
+    """A working-size binary prediction (S, H, W) → gzipped uint8 NIfTI (0/1) on the source grid: resampled
+    back as a fraction of each source voxel covered, and kept where that is at least half."""
+    import gzip
+
+    vol = (geometry.to_source(np.asarray(pred, np.float32)) >= 0.5).astype(np.uint8)
+    img = nib.Nifti1Image(vol, geometry.affine)
+    img.set_data_dtype(np.uint8)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"uad predicted anomaly mask"
+    return gzip.compress(img.to_bytes(), compresslevel=1)
+
+
+def write_mask(pred: np.ndarray, geometry: SliceGeometry, path: str | Path) -> Path:
+    """Write ``mask_bytes`` atomically to ``path`` (a ``.nii.gz`` name)."""
+    fileio.write_bytes(path, mask_bytes(pred, geometry))
+    return Path(path)

@@ -17,31 +17,41 @@ BASELINES = ("intensity", "brain_area")
 class Scorer(Protocol):
     name: str
 
-    def raw(self, images: np.ndarray, brain: np.ndarray, brain_pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(S, C, H, W) images → raw maps (S, H, W), own scores (S,), reconstruction or None."""
+    def raw(self, images: np.ndarray, brain: np.ndarray, brain_pixels: np.ndarray,
+            residual: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(S, C, H, W) images → raw maps (S, H, W), own scores (S,), reconstruction or None.
+
+        ``residual`` is the scoring recipe's (None: the model's own); baselines have none and ignore it."""
+        ...
+
+    def model_residual(self) -> str | None:
+        """The residual this scorer uses when a recipe names none (None for baselines)."""
         ...
 
 
 class ModelScorer:
     """Anomaly maps from a trained model, computed in batches."""
 
-    def __init__(self, model, device: str = "cpu", batch_size: int = 64, keep_reconstruction: bool = False):
-        import torch
+    def __init__(self, model, device: str | None = None, batch_size: int = 64, keep_reconstruction: bool = False):
+        from uad.core.devices import pick_device
 
-        self.model = model.to(device).eval()
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
         self.name = model.name
-        self.device = torch.device(device)
         self.batch_size = batch_size
         self.keep_reconstruction = keep_reconstruction
 
-    def raw(self, images, brain, brain_pixels):
+    def model_residual(self) -> str | None:
+        return self.model.residual
+
+    def raw(self, images, brain, brain_pixels, residual=None):
         import torch
 
         maps, scores, recons = [], [], []
         with torch.inference_mode():
             for s in range(0, len(images), self.batch_size):
                 x = torch.from_numpy(np.asarray(images[s:s + self.batch_size], dtype=np.float32)).to(self.device)
-                out = self.model.anomaly_map(x)
+                out = self.model.anomaly_map(x, residual=residual)
                 maps.append(out.anomaly_map[:, 0].float().cpu().numpy())
                 scores.append(out.pred_score.float().cpu().numpy())
                 if self.keep_reconstruction and out.reconstruction is not None:
@@ -55,7 +65,10 @@ class IntensityBaseline:
 
     name = "intensity"
 
-    def raw(self, images, brain, brain_pixels):
+    def model_residual(self) -> None:
+        return None
+
+    def raw(self, images, brain, brain_pixels, residual=None):
         maps = np.asarray(images[:, 0], dtype=np.float32)
         return maps, maps.reshape(len(maps), -1).mean(axis=1), None
 
@@ -68,7 +81,10 @@ class BrainAreaBaseline:
 
     name = "brain_area"
 
-    def raw(self, images, brain, brain_pixels):
+    def model_residual(self) -> None:
+        return None
+
+    def raw(self, images, brain, brain_pixels, residual=None):
         frac = np.asarray(brain_pixels, np.float32) / max(float(np.max(brain_pixels)), 1.0)
         maps = brain.astype(np.float32) * frac[:, None, None]
         return maps, np.asarray(brain_pixels, np.float32), None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -15,8 +19,18 @@ from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios
 from uad.models import canonical_name, check_model_options, create_model
 
 
-@dataclass
+def _whole(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(f"{name} must be a whole number {bound}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """A training run's settings: a value (frozen, hashable, JSON both ways), checked when it is made and when
+    it is read back, so ``uad train --config FILE`` and the app start from one validated object."""
+
     model: str
     data: str | None = None  # dataset folder; None = demo cohort
     modalities: tuple[str, ...] = ("flair",)
@@ -29,46 +43,103 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # None = cuda, then mps, then cpu
     num_workers: int = 0  # DataLoader workers; reading the memory-mapped cache is cheap
-    model_options: dict[str, Any] = field(default_factory=dict)
+    model_options: Mapping[str, Any] = field(default_factory=dict)
     # Explicit patient lists {"train": [...], "val": [...], "test": [...]} instead of ratios + seed
     # (cross-validation folds); every listed case must exist in the dataset.
-    cases: dict[str, list[str]] | None = None
+    cases: Mapping[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
-        self.model = canonical_name(self.model)
-        self.modalities = tuple(self.modalities)
-        self.split_ratios = parse_ratios(self.split_ratios)
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(self.model, str):
+            raise ConfigError(f"model must be a name, got {self.model!r}")
+        put("model", canonical_name(self.model))
+        if self.data is not None and not isinstance(self.data, str):
+            put("data", str(self.data))
+        if isinstance(self.modalities, str) or not all(isinstance(m, str) for m in self.modalities):
+            raise ConfigError(f"modalities must be a list of names, got {self.modalities!r}")
+        put("modalities", tuple(self.modalities))
+        put("split_ratios", parse_ratios(self.split_ratios))
+        _whole("epochs", self.epochs, 1)
+        _whole("batch size", self.batch_size, 1)
+        _whole("image size", self.image_size, 32, 512)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr!r}")
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, (int, float))
+                                             or not math.isfinite(self.max_minutes) or self.max_minutes <= 0):
+            raise ConfigError(f"max minutes must be a finite number > 0, got {self.max_minutes!r}")
         if self.cases is not None:
-            self.cases = check_case_lists(self.cases)
-        if not 0 <= self.seed < 2**63:  # torch.manual_seed overflows above that
-            raise ConfigError(f"seed must be >= 0 and < 2**63, got {self.seed}")
-        if self.num_workers < 0:
-            raise ConfigError(f"number of data-loader workers must be >= 0, got {self.num_workers}")
+            put("cases", MappingProxyType({k: tuple(v) for k, v in check_case_lists(dict(self.cases)).items()}))
+        _whole("seed", self.seed, 0, 2**63 - 1)  # torch.manual_seed overflows above that
+        _whole("number of data-loader workers", self.num_workers, 0)
+        if self.device is not None and not isinstance(self.device, str):
+            raise ConfigError(f"device must be a name such as cpu or cuda, got {self.device!r}")
         if not self.modalities:
             raise ConfigError("choose at least one modality")
-        self.model_options = check_model_options(self.model, dict(self.model_options))
+        if not isinstance(self.model_options, Mapping):
+            raise ConfigError(f"model options must be an object, got {self.model_options!r}")
+        put("model_options", MappingProxyType(check_model_options(self.model, dict(self.model_options))))
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
 
     @property
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(modalities=self.modalities, image_size=self.image_size)
 
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A new config with ``changes`` applied (and checked)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["modalities"] = list(self.modalities)
         d["split_ratios"] = list(self.split_ratios)
+        d["model_options"] = dict(self.model_options)
+        d["cases"] = {k: list(v) for k, v in self.cases.items()} if self.cases is not None else None
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    def from_dict(cls, d: Any) -> "TrainConfig":
+        """Strict: not an object, an unknown field, or a bad value is a ConfigError naming it."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training configuration must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s): {', '.join(map(str, unknown))}")
+        if "model" not in d:
+            raise ConfigError("a training configuration needs a model")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ConfigError(f"training configuration: {exc}") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> "TrainConfig":
+        """A configuration written by ``write`` (``uad train --config FILE``), checked as it is read."""
+        from uad.core import fileio
+
+        try:
+            raw = fileio.read_json(path)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: not a readable JSON configuration ({exc})") from None
+        try:
+            return cls.from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def write(self, path: str | Path) -> Path:
+        from uad.core import fileio
+
+        fileio.write_json(path, self.to_dict())
+        return Path(path)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -79,7 +150,6 @@ def check_config(config: TrainConfig) -> None:
     The app and ``uad train`` call this before a run folder exists, so a bad value leaves nothing behind."""
     from uad.core.errors import CheckpointError
 
-    config = TrainConfig.from_dict(config.to_dict())  # re-run __post_init__: the fields may have been set since
     hparams = {"in_channels": len(config.modalities), "image_size": config.image_size, **config.model_options}
     try:
         ckpt_record.check_hparams(hparams)

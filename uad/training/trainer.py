@@ -443,7 +443,7 @@ def _load_data(config: TrainConfig, progress: bool, rank: int, world: int):
 
     labelled = store.labelled_ids
     if config.cases is not None:
-        split = config.cases
+        split = {k: list(v) for k, v in config.cases.items()}
         missing = sorted(set(split["train"] + split["val"]) - set(labelled))
         if missing:
             raise ConfigError(f"{data_root}: listed training/validation cases are missing or unlabelled: {', '.join(missing)}")
