@@ -30,7 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--models", nargs="+", default=["autoencoder", "vae", "gan", "ganomaly", "vit"],
                    help="models to cross-validate: NAME, NAME:key=value,... (training options) and/or "
-                        "NAME@key=value,... (scoring-only options such as residual=abs); the label is the text")
+                        "NAME@key=value,... (scoring-only options such as residual=abs); the label is the text; "
+                        "ensemble(A+B+...) combines methods A, B, ... listed before it, fold by fold")
     p.add_argument("--modalities", nargs="+", default=["flair"])
     p.add_argument("--cohort-modalities", nargs="+", default=[], metavar="MOD",
                    help="only the patients who have all of these sequences (to compare inputs on one cohort)")
@@ -66,10 +67,13 @@ def method_specs(args):
         return {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
 
     for item in args.models:
+        if item.startswith("ensemble(") and item.endswith(")"):  # ensemble(a+b+...): members are methods listed before
+            specs.append(MethodSpec(model="ensemble", label=item, options={"members": item[len("ensemble("):-1].split("+")}))
+            continue
         head, _, scoring = item.partition("@")
         name, _, training = head.partition(":")
         model = canonical_name(name)
-        epochs = args.epochs or (1 if args.quick else REAL_EPOCHS.get(model, 20))
+        epochs = args.epochs or (1 if args.quick else REAL_EPOCHS)
         specs.append(MethodSpec(model=model, label=item if (training or scoring) else model, options=options(training),
                                 epochs=epochs, max_minutes=args.max_minutes, score_options=options(scoring)))
     return specs
@@ -87,10 +91,34 @@ def table(result: dict, markdown: bool) -> str:
     return columns.format_table(rows)
 
 
+def paired_table(result: dict, markdown: bool) -> str:
+    """Paired differences (A − B, 95 % patient-level paired bootstrap interval); * where the interval excludes 0."""
+    pairs = result.get("paired") or []
+    if not pairs:
+        return ""
+    metrics = [d["label"] for d in pairs[0]["differences"]]
+    head = ["A − B"] + metrics
+    rows = []
+    for p in pairs:
+        b = "intensity" if p["b"] == "intensity" else p["b"] + " (best)"
+        cells = [f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" + ("*" if d["excludes_zero"] else "")
+                 for d in p["differences"]]
+        rows.append([f"{p['a']} − {b}"] + cells)
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(metrics)) + "|"]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+        out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    return "\n".join(out + ["* the 95 % paired interval excludes 0"])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_json:
-        print(table(json.loads(args.from_json.read_text()), args.markdown))
+        result = json.loads(args.from_json.read_text())
+        print(table(result, args.markdown))
+        print(paired_table(result, args.markdown))
         return 0
     if not args.data.is_dir():
         print(f"real_bench: skipped, no real data at {args.data} (see the README's 'Results on real scans')")
@@ -107,6 +135,7 @@ def main(argv=None) -> int:
     print(f"{result['n_cases']} patients, {len(result['folds'])} of {args.folds} folds, "
           f"{time.perf_counter() - t0:.0f} s -> {args.out / 'crossval.json'}")
     print(table(result, args.markdown))
+    print(paired_table(result, args.markdown))
     return 0
 
 

@@ -188,7 +188,7 @@ def main() -> None:
         parser.error("--run ships one run: name its model with --models")
     dest = args.dest / "real" if args.real else args.dest
     for model in args.models:
-        epochs = args.epochs or (REAL_EPOCHS[model] if args.real else EPOCHS[model])
+        epochs = args.epochs or (REAL_EPOCHS if args.real else EPOCHS[model])
         ship(model, epochs, args.max_minutes, dest, args.run, real=args.real, image_size=args.image_size)
 
 

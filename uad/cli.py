@@ -519,6 +519,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    from uad.evaluation.ensembles import create_ensemble
+
+    _check_device(args.device)
+    _check_out(args.out, "--out", folder=True)
+    out = create_ensemble(args.runs, args.out, rate=args.rate, recipe=_recipe(args), device=args.device)
+    print(f"wrote the ensemble of {len(args.runs)} runs to {out}; evaluate it like any run: "
+          f"python -m uad evaluate --run {out}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from uad.core import fileio
 
@@ -531,6 +542,14 @@ def cmd_compare(args) -> int:
     print(columns.format_table(rows))
     for run, s in chosen:
         print(f"{Path(run).name or run}: {_provenance(run, s)}")
+    from uad.evaluation import paired
+
+    pairs, notes = paired.evaluation_pairs([(Path(run).name or str(run), s) for run, s in chosen])
+    for a, b, diffs in pairs:
+        print(f"\npaired differences, {a} (A) - {b} (B), 95 % patient-level paired bootstrap:")
+        print(paired.format_differences(a, b, diffs))
+    for note in notes:
+        print(f"no paired differences for {note}")
     if args.csv is not None:  # only when asked: never a file the user did not name
         fileio.write_text(args.csv, columns.csv_text(rows))
         print(f"wrote {args.csv}")
@@ -653,7 +672,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help=text, description=text)
     p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines")
+    p = sub.add_parser("ensemble", help="combine trained runs into one method: each map divided by its own healthy "
+                                        "calibration, then averaged (a run folder like any other)")
+    p.add_argument("--runs", nargs="+", type=Path, required=True, help="two or more run folders trained on the same data and split")
+    p.add_argument("--out", type=Path, required=True, help="the ensemble's run folder (new), e.g. runs/ensemble-ae-vit")
+    p.add_argument("--rate", type=float, default=0.01,
+                   help="each map is divided by its threshold at this healthy FPR on its validation patients (default 0.01)")
+    p.add_argument("--device", default=None)
+    _add_recipe_args(p)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("compare", help="side-by-side table of evaluated runs and the baselines, with paired differences")
     p.add_argument("runs", nargs="+", type=Path, help="run or checkpoint folders (evaluated)")
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV to this file")
     p.add_argument("--dataset", default=None, help="dataset id or folder (default: the one every run was evaluated on)")

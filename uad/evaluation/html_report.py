@@ -264,6 +264,7 @@ def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = 
              "<h2>Metrics</h2>", _table(columns.header(), metric_cells),
              f"<p class='note'>{_e(columns.TABLE_NOTES)} Baselines are computed on the same slices and pixels as the model. "
              f"{_e(m.get('best_dice_note', ''))}</p>",
+             "<h2>Paired differences</h2>", _paired_html(summary, label),
              "<h2>Operating points at the calibrated thresholds</h2>",
              _table(list(ops[0]) if ops else ["healthy FPR"], [list(r.values()) for r in ops]),
              "<h2>Curves</h2>", _figures_html(curves, summary.model, label, file_stem),
@@ -274,6 +275,31 @@ def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = 
              _examples_html(summary, cases, run) if examples else "<p class='note'>Left out (--no-examples).</p>",
              f"<script>{_SORT_JS}</script></body></html>"]
     return "\n".join(parts)
+
+
+def _paired_html(summary: summaries.EvaluationSummary, label: str) -> str:
+    """The model against each baseline on the same patients: A − B with a paired patient-bootstrap interval."""
+    from uad.evaluation import paired
+
+    try:
+        model = paired.case_arrays(summary)
+    except ValueError as exc:
+        return f"<p class='note'>{_e(exc)}</p>"
+    blocks = []
+    for b in summary.baselines:
+        try:
+            diffs = paired.paired_differences(model, paired.case_arrays(summary, b),
+                                              int((summary.raw.get("bootstrap") or {}).get("n_boot") or 1000) or 1000)
+        except (ValueError, paired.ConfigError) as exc:
+            blocks.append(f"<p class='note'>{_e(b)}: {_e(exc)}</p>")
+            continue
+        name_b = summaries.BASELINE_LABELS.get(b, b)
+        rows = [[d.label, f"{d.a:.3f}", f"{d.b:.3f}", f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}]",
+                 {"A better": f"{label} better", "B better": f"{name_b} better"}.get(d.verdict, d.verdict)] for d in diffs]
+        blocks.append(f"<h3>{_e(label)} (A) − {_e(name_b)} (B)</h3>"
+                      + _table(["metric", "A", "B", "A − B [95% paired CI]", "verdict"], rows))
+    return "".join(blocks) + ("<p class='note'>Each bootstrap resample draws patients with replacement once and computes "
+                              "both methods on it; a difference is called only when its 95 % interval excludes zero.</p>")
 
 
 def _cases_html(cases, m: dict[str, Any]) -> str:

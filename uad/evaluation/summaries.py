@@ -49,11 +49,21 @@ def shipped_name(run: Path) -> str | None:
         return None
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder a path names: the path itself, or for a checkpoint folder inside a run (``best/``,
+    ``last/``) its run, so nothing is ever written into a checkpoint folder (a later save replaces it whole)."""
+    p = Path(path)
+    if p.name in ("best", "last") and (p / "checkpoint.json").is_file():
+        return p.parent
+    return p
+
+
 def write_base(run: str | Path) -> Path:
     """The ``eval/`` folder new evaluations of ``run`` go to: ``<run>/eval``, or for a shipped checkpoint
     ``runs/shipped-eval/<name>/eval`` (nothing is ever written into the repository's checkpoints folder)."""
-    name = shipped_name(Path(run))
-    return paths.runs_dir() / "shipped-eval" / name / "eval" if name else Path(run) / "eval"
+    run = run_folder(run)
+    name = shipped_name(run)
+    return paths.runs_dir() / "shipped-eval" / name / "eval" if name else run / "eval"
 
 
 def calibration_file(run: str | Path, recipe: ScoringRecipe) -> Path:
@@ -63,7 +73,7 @@ def calibration_file(run: str | Path, recipe: ScoringRecipe) -> Path:
 
 def calibration_files(run: str | Path, recipe: ScoringRecipe) -> list[Path]:
     """Where the run's own calibration for ``recipe`` may be: shipped with the checkpoint, or written since."""
-    own = Path(run) / CALIBRATIONS / f"{recipe.key}.json"
+    own = run_folder(run) / CALIBRATIONS / f"{recipe.key}.json"
     written = calibration_file(run, recipe)
     return [own] if own == written else [own, written]
 
@@ -85,7 +95,7 @@ def write_calibrations(path: Path, calibrations: dict[str, Calibration]) -> None
 
 def eval_bases(run: str | Path) -> list[Path]:
     """Every ``eval/`` folder holding evaluations of ``run`` (its own, and for shipped ones the runs/ copy)."""
-    own = Path(run) / "eval"
+    own = run_folder(run) / "eval"
     other = write_base(run)
     return [own] if other == own else [own, other]
 

@@ -1,6 +1,6 @@
 """Anomaly models. Importing this package registers every model with the registry."""
 
-from uad.models import autoencoder, gan, ganomaly, vae, vit  # noqa: F401  (registration side effects)
+from uad.models import autoencoder, ensemble, gan, ganomaly, vae, vit  # noqa: F401  (registration side effects)
 from uad.models.base import AnomalyModel, AnomalyOutput
 from uad.models.registry import (
     ModelOption,

@@ -38,6 +38,7 @@ class AnomalyModel(nn.Module):
     name: ClassVar[str] = ""
     # One line for people choosing a model (the app's Train page); the docstring's first line when empty.
     description: ClassVar[str] = ""
+    trainable: ClassVar[bool] = True  # False for models built from trained ones (an ensemble)
 
     def __init__(self, in_channels: int = 1, image_size: int = 128, **hparams: Any):
         super().__init__()

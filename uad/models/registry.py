@@ -37,8 +37,9 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def list_models() -> list[str]:
-    return list(_REGISTRY)
+def list_models(include_untrainable: bool = False) -> list[str]:
+    """Registered model names; only the ones a user can train (not ensembles) unless asked."""
+    return [n for n, cls in _REGISTRY.items() if include_untrainable or cls.trainable]
 
 
 def model_class(name: str) -> type[AnomalyModel]:

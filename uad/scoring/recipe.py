@@ -126,7 +126,7 @@ class ScoringRecipe:
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
     def describe(self) -> str:
-        residual = {"abs": "|x − x̂|", "positive": "positive residual max(x − x̂, 0)"}.get(self.residual or "", "model's residual")
+        residual = {"abs": "|x − x̂|", "positive": "positive residual max(x − x̂, 0)"}.get(self.residual or "", "the model's own residual")
         return f"{residual}; {self.post.describe()}"
 
 

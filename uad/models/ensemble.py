@@ -1,0 +1,77 @@
+"""An ensemble: several trained runs' anomaly maps, each divided by its own healthy calibration, then averaged.
+
+Models with different inductive biases miss in different places; dividing each map by the value its own
+healthy validation pixels reach at a low false-positive rate puts them on one scale before averaging (a
+common, training-free lever; the README says what it measured). An ensemble is a model like any other
+(``create_model("ensemble", members=..., scales=...)``), saved as one checkpoint holding every member's
+weights, so evaluating, comparing, exploring and reporting it need nothing special. It is built from
+trained runs (``uad ensemble``, ``uad.evaluation.ensembles``), never trained itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from uad.core.errors import ConfigError
+from uad.models.base import AnomalyModel, AnomalyOutput
+from uad.models.registry import create_model, register_model
+
+MAX_MEMBERS = 8
+
+
+@register_model()
+class Ensemble(AnomalyModel):
+    """Mean of the members' maps, each divided by its scale (its own healthy calibration threshold)."""
+
+    name = "ensemble"
+    description = "the average of several trained runs' anomaly maps, each on the scale of its own healthy calibration"
+    trainable = False
+
+    def __init__(self, in_channels: int = 1, image_size: int = 128, members: list | None = None,
+                 scales: list | None = None):
+        members, scales = list(members or []), [float(s) for s in (scales or [])]
+        super().__init__(in_channels, image_size, members=members, scales=scales)
+        if not 2 <= len(members) <= MAX_MEMBERS:
+            raise ConfigError(f"an ensemble has 2 to {MAX_MEMBERS} members, got {len(members)}")
+        if len(scales) != len(members) or not all(s > 0 and s == s and s != float("inf") for s in scales):
+            raise ConfigError("an ensemble needs one finite scale > 0 per member")
+        nets = []
+        for m in members:
+            if not isinstance(m, dict) or not isinstance(m.get("model"), str) or not isinstance(m.get("hparams"), dict):
+                raise ConfigError(f"an ensemble member must be {{'model': name, 'hparams': {{...}}}}, got {m!r:.120}")
+            if m["model"] == self.name:
+                raise ConfigError("an ensemble cannot contain an ensemble")
+            hp = dict(m["hparams"])
+            if hp.get("in_channels", in_channels) != in_channels or hp.get("image_size", image_size) != image_size:
+                raise ConfigError("every ensemble member must take the ensemble's channels and image size")
+            hp.update(in_channels=in_channels, image_size=image_size)
+            nets.append(create_model(m["model"], **hp))
+        self.members = nn.ModuleList(nets)
+        self.register_buffer("scale", torch.tensor(scales, dtype=torch.float32), persistent=False)
+
+    def training_step(self, x: Tensor, optimizers: dict[str, Any], progress: float) -> dict[str, float]:
+        raise ConfigError("an ensemble is built from trained runs (python -m uad ensemble), not trained")
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        raise ConfigError("an ensemble is built from trained runs (python -m uad ensemble), not trained")
+
+    @torch.no_grad()
+    def validation_loss(self, x: Tensor) -> Tensor:
+        return torch.stack([m.validation_loss(x) for m in self.members]).mean()
+
+    @torch.no_grad()
+    def anomaly_map(self, x: Tensor, residual: str | None = None) -> AnomalyOutput:
+        """Each member's map (its own residual, or ``residual`` for all) over its scale, averaged; the slice score
+        likewise; the reconstruction is the members' mean."""
+        maps, scores, recons = [], [], []
+        for m, s in zip(self.members, self.scale):
+            out = m.anomaly_map(x, residual=residual)
+            maps.append(out.anomaly_map.float() / s)
+            scores.append(out.pred_score.float() / s)
+            if out.reconstruction is not None:
+                recons.append(out.reconstruction.float())
+        recon = torch.stack(recons).mean(dim=0) if recons else None
+        return AnomalyOutput(torch.stack(maps).mean(dim=0), torch.stack(scores).mean(dim=0), recon)
