@@ -216,7 +216,7 @@ def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_st
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
     recipe = ScoringRecipe.from_dict(json.loads(recipe_json))
-    vs = maps.score_case(scorers.ModelScorer(ckpt.model, keep_reconstruction=True), prep, recipe)
+    vs = maps.score_case(scorers.ModelScorer.of(ckpt, keep_reconstruction=True), prep, recipe)
     return prep, vs
 
 

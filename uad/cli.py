@@ -341,6 +341,8 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     d = PostprocessConfig()
     g = p.add_argument_group("scoring recipe (residual, post-processing, slice score)")
     g.add_argument("--residual", choices=RESIDUALS, default=None, help="the map: |x - x^| or max(x - x^, 0) (default: the model's own)")
+    g.add_argument("--residual-channels", nargs="+", default=None, metavar="MOD",
+                   help="average the residual over these input sequences only, e.g. flair t2 (default: every input)")
     g.add_argument("--erode", type=int, default=None, help=f"brain-mask erosion in pixels (default {d.erode_brain})")
     g.add_argument("--median", type=int, default=None, help=f"median filter size, odd, 0 = none (default {d.median_size})")
     g.add_argument("--median-3d", action="store_const", const=True, default=None, help="median filter across neighbouring slices too")
@@ -364,11 +366,12 @@ def _recipe(args, base=None):
     base = base or ScoringRecipe()
     post = replace(base.post, **{field: getattr(args, flag) for flag, field in _RECIPE_FLAGS.items()
                                  if getattr(args, flag) is not None})
-    return ScoringRecipe(args.residual or base.residual, post)
+    channels = tuple(args.residual_channels) if args.residual_channels else base.channels
+    return ScoringRecipe(args.residual or base.residual, post, channels)
 
 
 def _recipe_given(args) -> bool:
-    return args.residual is not None or any(getattr(args, f) is not None for f in _RECIPE_FLAGS)
+    return args.residual is not None or args.residual_channels is not None or any(getattr(args, f) is not None for f in _RECIPE_FLAGS)
 
 
 def cmd_evaluate(args) -> int:
@@ -387,6 +390,8 @@ def cmd_evaluate(args) -> int:
     print(f"{m['model']} on {s.dataset.title}, {summaries.SPLIT_WORDS.get(args.split, args.split)} "
           f"({m['n_labelled_cases']} labelled cases, {m['n_slices']} slices) -> {out}")
     print(f"recipe: {s.recipe.describe()}; {m['calibration_words']}")
+    if s.drift_warning:
+        print(f"WARNING: {s.drift_warning}")
     print(columns.format_table(columns.comparison_rows([(m["model"], s)])))
     ops = columns.operating_rows(m)
     if ops:
@@ -493,7 +498,7 @@ def cmd_score(args) -> int:
     # The folder holding the case is the dataset root a slice cache (prepare, train, evaluate) is keyed by;
     # a case cached under another root is preprocessed now, which only costs time.
     pre = load_working_case(case.folder.parent, case, ckpt.preprocess)
-    vs = score_case(ModelScorer(ckpt.model, device=args.device), pre, recipe)
+    vs = score_case(ModelScorer.of(ckpt, device=args.device), pre, recipe)
     path = write_nifti(vs.maps, pre.geometry, Path(args.out) / f"{case.case_id}_anomaly.nii.gz")
     print(f"recipe ({where}): {recipe.describe()}")
     print(f"wrote {path}")
@@ -503,6 +508,15 @@ def cmd_score(args) -> int:
         print(f"no mask: {exc}")
         calibration = None
     thr = calibration.threshold(CASE_RATE) if calibration is not None else None
+    if calibration is not None:
+        from uad.evaluation import drift, metrics
+
+        brain = metrics.PixelAccumulator()
+        brain.update_healthy(vs.maps, vs.mask)
+        check = drift.check(calibration.healthy_quantiles, brain,
+                            [{"rate": t.rate, "threshold": t.value} for t in calibration.thresholds])
+        if check["warning"]:
+            print(f"WARNING: {check['warning']}")
     if thr is not None:
         pred = vs.prediction(thr)
         mask_path = write_mask(pred, pre.geometry, Path(args.out) / f"{case.case_id}_mask.nii.gz")

@@ -23,6 +23,8 @@ class Tally:
     (and a paired one between two scorers on the same cases) can resample it."""
 
     thresholds: list[dict]  # {"rate", "threshold", "calibration_fpr"} per rate of FPR_RATES
+    healthy_quantiles: list[tuple[float, float]] = field(default_factory=list)  # of the calibration's healthy pixels
+    brain: metrics.PixelAccumulator = field(default_factory=metrics.PixelAccumulator)  # every evaluated brain pixel
     pixels: metrics.PixelAccumulator = field(default_factory=metrics.PixelAccumulator)
     case_order: list[str] = field(default_factory=list)  # labelled cases, one entry each, in scoring order
     case_pos: list[np.ndarray] = field(default_factory=list)  # per case: tumour-pixel histogram
@@ -67,11 +69,15 @@ def _case_row(cid: str, case, vs, thr: float | None, thresholds: list[dict]) -> 
     return {k: ("" if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
 
 
-def calibrate(store: SliceStore, scorer, cases: list[str], recipe: ScoringRecipe, on_case=None) -> list[dict]:
+DRIFT_QUANTILES = (0.75, 0.9, 0.99)  # of healthy calibration pixels, kept for the drift check on other folders
+
+
+def calibrate(store: SliceStore, scorer, cases: list[str], recipe: ScoringRecipe, on_case=None) -> tuple[list[dict], list[tuple[float, float]]]:
     """Label-free thresholds: where ``FPR_RATES`` of the healthy slices' pixels of ``cases`` score at or above.
 
     Only slices without any tumour label are used, so tumour pixels never move a threshold. Returns one
-    {"rate", "threshold", "calibration_fpr"} per rate (threshold None when there were no healthy pixels).
+    {"rate", "threshold", "calibration_fpr"} per rate (threshold None when there were no healthy pixels),
+    and the healthy pixels' ``DRIFT_QUANTILES`` (what another folder's score distribution is held against).
     """
     healthy = metrics.PixelAccumulator()
     for cid in cases:
@@ -83,14 +89,16 @@ def calibrate(store: SliceStore, scorer, cases: list[str], recipe: ScoringRecipe
             vs = score_case(scorer, case, recipe, ok)
             healthy.update_healthy(vs.maps, vs.mask)
         store.release(cid)
-    return [{"rate": t["rate"], "threshold": t["threshold"], "calibration_fpr": t["achieved_fpr"]}
-            for t in metrics.healthy_fpr_thresholds(healthy, FPR_RATES)]
+    thresholds = [{"rate": t["rate"], "threshold": t["threshold"], "calibration_fpr": t["achieved_fpr"]}
+                  for t in metrics.healthy_fpr_thresholds(healthy, FPR_RATES)]
+    return thresholds, [(q, healthy.quantile(q, "neg")) for q in DRIFT_QUANTILES] if healthy.n_neg else []
 
 
 def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_cases: list[str],
                  recipe: ScoringRecipe, maps_dir: Path | None = None, progress: bool = False,
                  case_rows: list[dict] | None = None, on_progress=None,
-                 thresholds: dict[str, list[dict]] | None = None) -> tuple[dict[str, Tally], list[dict]]:
+                 thresholds: dict[str, list[dict]] | None = None,
+                 quantiles: dict[str, list[tuple[float, float]]] | None = None) -> tuple[dict[str, Tally], list[dict]]:
     """Score ``eval_cases`` with every scorer, all with ``recipe``; thresholds calibrated on the healthy slices of
     ``calib_cases``, except for scorers whose thresholds are given in ``thresholds`` (by scorer name: e.g. a
     run's own calibration applied to another folder).
@@ -103,16 +111,18 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
     from tqdm.auto import tqdm
 
     given = thresholds or {}
+    given_quantiles = quantiles or {}
     tallies: dict[str, Tally] = {}
     todo = [s for s in scorers if s.name not in given]
     steps = iter(range(len(todo) * len(calib_cases) + 1))
     for scorer in scorers:
         if scorer.name in given:
-            tallies[scorer.name] = Tally(thresholds=[dict(t) for t in given[scorer.name]])
+            tallies[scorer.name] = Tally(thresholds=[dict(t) for t in given[scorer.name]],
+                                         healthy_quantiles=list(given_quantiles.get(scorer.name, [])))
             continue
-        found = calibrate(store, scorer, calib_cases, recipe,
-                          on_case=lambda: report_progress("calibrating", next(steps), len(todo) * len(calib_cases)))
-        tallies[scorer.name] = Tally(thresholds=found)
+        found, found_q = calibrate(store, scorer, calib_cases, recipe,
+                                   on_case=lambda: report_progress("calibrating", next(steps), len(todo) * len(calib_cases)))
+        tallies[scorer.name] = Tally(thresholds=found, healthy_quantiles=found_q)
 
     rows: list[dict[str, Any]] = []
     first_thr = (at_rate(tallies[scorers[0].name].thresholds, CASE_RATE) or {}).get("threshold") if scorers else None
@@ -124,6 +134,7 @@ def score_cohort(store: SliceStore, scorers: list, eval_cases: list[str], calib_
         for scorer in scorers:
             vs = score_case(scorer, case, recipe)
             per_case_scores[scorer.name] = vs.scores
+            tallies[scorer.name].brain.update_healthy(vs.maps, vs.mask)  # every brain pixel, labels or not: drift
             if scorer is scorers[0]:
                 if maps_dir is not None:
                     write_nifti(vs.maps, case.geometry, maps_dir / f"{cid}_anomaly.nii.gz")
@@ -157,6 +168,7 @@ def merge_tallies(parts: list[Tally]) -> Tally:
                                for i, th in enumerate(parts[0].thresholds)])
     for p in parts:
         merged.pixels.merge(p.pixels)
+        merged.brain.merge(p.brain)
         for name in ("case_order", "case_pos", "case_neg", "case_counts", "case_healthy", "case_ids", "labels", "scores"):
             getattr(merged, name).extend(getattr(p, name))
     return merged

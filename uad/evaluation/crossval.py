@@ -68,7 +68,7 @@ class MethodSpec:
         default changed must be scored with today's default unless the method names one, or the same
         command would give different rows depending on which runs were already on disk."""
         fields = PostprocessConfig.__dataclass_fields__
-        unknown = sorted(set(self.score_options) - set(fields) - {"residual"})
+        unknown = sorted(set(self.score_options) - set(fields) - {"residual", "channels"})
         if unknown:
             raise ConfigError(f"{self.label}: {', '.join(unknown)} is not a scoring option (residual or post-processing: "
                               f"{', '.join(fields)})")
@@ -76,7 +76,10 @@ class MethodSpec:
         residual = self.score_options.get("residual") or self.options.get("residual") or base.residual \
             or (own.default if own is not None else None)
         post = replace(base.post, **{k: v for k, v in self.score_options.items() if k in fields})
-        return ScoringRecipe(residual, post)
+        channels = self.score_options.get("channels", base.channels)
+        if isinstance(channels, str):  # real_bench: channels=flair+t2
+            channels = tuple(channels.split("+"))
+        return ScoringRecipe(residual, post, channels)
 
     @property
     def run_name(self) -> str:
@@ -201,11 +204,12 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
         for spec in config.methods:
             t_method = time.perf_counter()
             if spec.model == "ensemble":  # built from this fold's member runs, scaled on this fold's validation patients
-                scorer = ModelScorer(_fold_ensemble(spec, fold_runs, spec.recipe(config.recipe), device), device=device)
+                scorer = ModelScorer(_fold_ensemble(spec, fold_runs, spec.recipe(config.recipe), device), device=device,
+                                     modalities=config.modalities)
             else:
                 ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k + 1}", progress)
                 fold_runs[spec.label] = ckpt_dir
-                scorer = ModelScorer(ckpt_weights.load(ckpt_dir, device=device).model, device=device)
+                scorer = ModelScorer.of(ckpt_weights.load(ckpt_dir, device=device), device=device)
             tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], spec.recipe(config.recipe))
             per_fold[spec.label].append(tallies[scorer.name])
             timings[spec.label] += time.perf_counter() - t_method

@@ -21,7 +21,7 @@ from uad.data import identity
 from uad.data.demo import resolve_data_root
 from uad.data.splits import split_cases
 from uad.data.store import SliceStore, build_store
-from uad.evaluation import metrics, summaries
+from uad.evaluation import drift, metrics, summaries
 from uad.evaluation.cohort import CASES_NOTE, Tally, calibrate, score_cohort, summarise
 from uad.scoring.recipe import Calibration, ScoringRecipe, Threshold
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
@@ -117,7 +117,7 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
 
 
 def _scorers(ckpt, device) -> list:
-    return [ModelScorer(ckpt.model, device=device)] + [baseline(b) for b in BASELINES]
+    return [ModelScorer.of(ckpt, device=device)] + [baseline(b) for b in BASELINES]
 
 
 def run_calibration(run: str | Path, ckpt, recipe: ScoringRecipe, device: str | None = None,
@@ -146,16 +146,17 @@ def run_calibration(run: str | Path, ckpt, recipe: ScoringRecipe, device: str | 
     dataset = identity.dataset_ref(trained)
     out = {}
     for scorer in _scorers(ckpt, device):
-        thresholds = calibrate(store, scorer, plan.calibration_cases, recipe)
+        thresholds, quantiles = calibrate(store, scorer, plan.calibration_cases, recipe)
         out[scorer.name] = _calibration(recipe, thresholds, plan.calibration_cases, dataset,
-                                        sha if scorer.name == ckpt.model.name else None, "run")
+                                        sha if scorer.name == ckpt.model.name else None, "run", quantiles)
     summaries.write_calibrations(summaries.calibration_file(run, recipe), out)
     return out
 
 
-def _calibration(recipe, thresholds: list[dict], cases, dataset, sha, source) -> Calibration:
+def _calibration(recipe, thresholds: list[dict], cases, dataset, sha, source, quantiles=()) -> Calibration:
     return Calibration(recipe, tuple(Threshold(t["rate"], t["threshold"], t.get("calibration_fpr")) for t in thresholds),
-                       tuple(cases), tuple(sorted(dataset.to_dict().items())), sha, source)
+                       tuple(cases), tuple(sorted(dataset.to_dict().items())), sha, source,
+                       tuple((float(q), float(v)) for q, v in quantiles))
 
 
 def evaluate(
@@ -197,16 +198,18 @@ def evaluate(
         missing = f" (recorded but missing here: {', '.join(plan.missing)})" if plan.missing else ""
         raise ConfigError(f"no case of the {split} split is in {root}{missing}")
     scorers = _scorers(ckpt, device)
-    given = None
+    given, given_quantiles = None, None
     if plan.source == "external" and plan.calibration == "run":
         progress_file.update("calibrating", 0, 1)
         given_cal = run_calibration(run, ckpt, recipe, device=device, progress=progress)
         given = {name: [{"rate": t.rate, "threshold": t.value, "calibration_fpr": t.calibration_fpr} for t in c.thresholds]
                  for name, c in given_cal.items()}
+        given_quantiles = {name: list(c.healthy_quantiles) for name, c in given_cal.items()}
     case_rows: list[dict[str, Any]] = []
     tallies, rows = score_cohort(store, scorers, plan.eval_cases, plan.calibration_cases, recipe,
                                  maps_dir=out_dir / "maps" if save_maps else None, progress=progress,
-                                 case_rows=case_rows, on_progress=progress_file.update, thresholds=given)
+                                 case_rows=case_rows, on_progress=progress_file.update, thresholds=given,
+                                 quantiles=given_quantiles)
 
     # Metrics, with patient-level bootstrap intervals.
     progress_file.update("summarising", 0, 1)
@@ -220,7 +223,7 @@ def evaluate(
     calibrations = {name: _calibration(recipe, tally.thresholds,
                                        given_cal[name].cases if given is not None else plan.calibration_cases,
                                        identity.dataset_ref(calib_dataset), sha if name == model_name else None,
-                                       plan.calibration)
+                                       plan.calibration, tally.healthy_quantiles)
                     for name, tally in tallies.items()}
     if plan.calibration == "run" and plan.source != "external":  # the run's own thresholds: keep them for other folders
         summaries.write_calibrations(summaries.calibration_file(run, recipe), calibrations)
@@ -245,6 +248,9 @@ def evaluate(
         "postprocess": recipe.post.to_dict(),
         "calibration": calibrations[model_name].to_dict(),
         "calibration_words": CALIBRATION_WORDS[plan.calibration],
+        # label-free: does the calibration's healthy scale still hold on this folder (every brain pixel scored here)?
+        "drift": drift.check(calibrations[model_name].healthy_quantiles, tallies[model_name].brain,
+                             tallies[model_name].thresholds),
         "pixel_metrics_note": "exact up to 10,000 score bins on [0, 1]; pixels inside the eroded brain mask",
         "best_dice_note": metrics.ORACLE_NOTE,
         "cases_note": CASES_NOTE,

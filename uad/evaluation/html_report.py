@@ -180,7 +180,7 @@ def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path 
     stale = summary.staleness(ckpt.info.get("weights_sha256"))
     if stale:
         return f"<p class='note'>Example slices left out: {_e(stale)} (they would show other weights than the numbers above).</p>"
-    scorer = ModelScorer(ckpt.model)
+    scorer = ModelScorer.of(ckpt)
     thr = summary.calibration.threshold(CASE_RATE)
     blocks = []
     for which, r in picks:

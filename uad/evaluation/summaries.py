@@ -244,6 +244,13 @@ class EvaluationSummary:
         epoch = ck.get("epoch") if isinstance(ck, dict) else None
         return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
+    @property
+    def drift_warning(self) -> str | None:
+        """The label-free drift check's warning (the run's thresholds may not fit this folder), if it raised one."""
+        d = self.raw.get("drift")
+        w = d.get("warning") if isinstance(d, dict) else None
+        return w if isinstance(w, str) else None
+
     def staleness(self, current_sha256: str | None) -> str | None:
         """Why this evaluation may not describe the run's current weights, or None when it does."""
         if current_sha256 is None:

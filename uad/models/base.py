@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, get_args
+from typing import Any, Callable, ClassVar, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +31,9 @@ class AnomalyModel(nn.Module):
       wrapper (see ``uad.train``). ``progress`` in [0, 1]
       is the fraction of training done; multi-phase models (f-AnoGAN) use it to switch phase.
     * ``validation_loss(x)`` is a scalar on healthy slices; the trainer keeps the checkpoint with the lowest.
-    * ``anomaly_map(x, residual=None)`` returns an :class:`AnomalyOutput`; models are in eval mode when it is called.
-      ``residual`` (a scoring recipe's) overrides the model's own ``residual`` option.
+    * ``anomaly_map(x, residual=None, channels=None)`` returns an :class:`AnomalyOutput`; models are in eval mode
+      when it is called. ``residual`` (a scoring recipe's) overrides the model's own ``residual`` option;
+      ``channels`` (input channel indices) limits the residual to those channels.
     """
 
     name: ClassVar[str] = ""
@@ -108,11 +109,11 @@ class AnomalyModel(nn.Module):
         return self.residual
 
     @torch.no_grad()
-    def anomaly_map(self, x: Tensor, residual: str | None = None) -> AnomalyOutput:
-        """Default for reconstruction models: channel-mean residual (see :func:`residual_map`) of the model's own
-        kind, or ``residual`` when a scoring recipe names one; score = its mean."""
+    def anomaly_map(self, x: Tensor, residual: str | None = None, channels: Sequence[int] | None = None) -> AnomalyOutput:
+        """Default for reconstruction models: the residual (see :func:`residual_map`) of the model's own kind, or
+        ``residual`` when a scoring recipe names one, averaged over ``channels`` (all by default); score = its mean."""
         recon = self.reconstruct(x)
-        amap = residual_map(x, recon, self.residual_kind(residual))
+        amap = residual_map(x, recon, self.residual_kind(residual), channels)
         return AnomalyOutput(anomaly_map=amap, pred_score=amap.flatten(1).mean(dim=1), reconstruction=recon)
 
 
@@ -120,13 +121,16 @@ Residual = Literal["abs", "positive"]  # the anomaly map; see residual_map
 RESIDUALS = get_args(Residual)
 
 
-def residual_map(x: Tensor, recon: Tensor, kind: str = "abs") -> Tensor:
-    """(B, C, H, W) image and reconstruction → (B, 1, H, W) channel-mean residual.
+def residual_map(x: Tensor, recon: Tensor, kind: str = "abs", channels: Sequence[int] | None = None) -> Tensor:
+    """(B, C, H, W) image and reconstruction → (B, 1, H, W) residual averaged over ``channels`` (all by default).
 
     ``abs`` = |x − x̂|. ``positive`` = max(x − x̂, 0): only tissue brighter than the model expects counts.
     Gliomas and their oedema are hyperintense on FLAIR and T2, while a reconstruction's misses on healthy
     anatomy (sulci, ventricle edges) go both ways, so keeping one sign halves that false-positive floor.
+    Only some channels: e.g. FLAIR and T2 of a four-sequence input, where oedema is bright (T1's misses only add noise).
     """
+    if channels is not None:
+        x, recon = x[:, list(channels)], recon[:, list(channels)]
     diff = x.float() - recon.float()
     diff = diff.clamp_min(0) if kind == "positive" else diff.abs()
     return diff.mean(dim=1, keepdim=True)

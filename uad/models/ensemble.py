@@ -63,12 +63,12 @@ class Ensemble(AnomalyModel):
         return torch.stack([m.validation_loss(x) for m in self.members]).mean()
 
     @torch.no_grad()
-    def anomaly_map(self, x: Tensor, residual: str | None = None) -> AnomalyOutput:
+    def anomaly_map(self, x: Tensor, residual: str | None = None, channels=None) -> AnomalyOutput:
         """Each member's map (its own residual, or ``residual`` for all) over its scale, averaged; the slice score
         likewise; the reconstruction is the members' mean."""
         maps, scores, recons = [], [], []
         for m, s in zip(self.members, self.scale):
-            out = m.anomaly_map(x, residual=residual)
+            out = m.anomaly_map(x, residual=residual, channels=channels)
             maps.append(out.anomaly_map.float() / s)
             scores.append(out.pred_score.float() / s)
             if out.reconstruction is not None:

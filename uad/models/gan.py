@@ -139,7 +139,7 @@ class FAnoGAN(AnomalyModel):
         return (img + self.kappa * feat).mean()
 
     @torch.no_grad()
-    def anomaly_map(self, x: Tensor, residual: str | None = None) -> AnomalyOutput:
+    def anomaly_map(self, x: Tensor, residual: str | None = None, channels=None) -> AnomalyOutput:
         recon, img, feat = self.izi_f(x)
-        amap = residual_map(x, recon, self.residual_kind(residual))
+        amap = residual_map(x, recon, self.residual_kind(residual), channels)
         return AnomalyOutput(anomaly_map=amap, pred_score=img + self.kappa * feat, reconstruction=recon)

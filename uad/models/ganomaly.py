@@ -123,7 +123,7 @@ class GANomaly(AnomalyModel):
         return self.w_con * recon_loss(recon, x, "l1") + self.w_enc * (z - z_hat).square().mean()
 
     @torch.no_grad()
-    def anomaly_map(self, x: Tensor, residual: str | None = None) -> AnomalyOutput:
+    def anomaly_map(self, x: Tensor, residual: str | None = None, channels=None) -> AnomalyOutput:
         recon, z, z_hat = self(x)
-        amap = residual_map(x, recon, self.residual_kind(residual))
+        amap = residual_map(x, recon, self.residual_kind(residual), channels)
         return AnomalyOutput(anomaly_map=amap, pred_score=(z - z_hat).square().mean(dim=1), reconstruction=recon)

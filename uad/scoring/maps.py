@@ -36,7 +36,7 @@ class VolumeScores:
 def score_slices(scorer: Scorer, images, brain, brain_pixels, recipe: ScoringRecipe) -> VolumeScores:
     """Score a stack of preprocessed slices (one case) end to end with ``recipe``."""
     brain = np.asarray(brain, bool)
-    raw, own, recon = scorer.raw(images, brain, brain_pixels, residual=recipe.residual)
+    raw, own, recon = scorer.raw(images, brain, brain_pixels, residual=recipe.residual, channels=recipe.channels)
     maps, mask = postprocess(raw, brain, recipe.post)
     return VolumeScores(maps, slice_scores(maps, mask, recipe.post, own), mask, recon, recipe.for_model(scorer.model_residual()))
 

@@ -100,10 +100,16 @@ class ScoringRecipe:
 
     residual: str | None = None  # None: the model's own (its checkpoint's ``residual`` option)
     post: PostprocessConfig = field(default_factory=PostprocessConfig)
+    channels: tuple[str, ...] | None = None  # the input sequences the residual averages over (None: every one)
 
     def __post_init__(self) -> None:
         if self.residual is not None and self.residual not in RESIDUALS:
             raise ConfigError(f"residual must be one of {', '.join(RESIDUALS)}, got {self.residual!r}")
+        if self.channels is not None:
+            if isinstance(self.channels, str) or not self.channels or not all(isinstance(c, str) and c for c in self.channels) \
+                    or len(set(self.channels)) != len(self.channels):
+                raise ConfigError(f"residual channels must be distinct sequence names, got {self.channels!r:.80}")
+            object.__setattr__(self, "channels", tuple(self.channels))
         if not isinstance(self.post, PostprocessConfig):
             raise ConfigError("post must be a PostprocessConfig")
 
@@ -112,13 +118,20 @@ class ScoringRecipe:
         return self if self.residual is not None or model_residual is None else replace(self, residual=model_residual)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"residual": self.residual, "postprocess": self.post.to_dict()}
+        d = {"residual": self.residual, "postprocess": self.post.to_dict()}
+        if self.channels is not None:  # absent when every channel counts: older recipes keep their keys
+            d["channels"] = list(self.channels)
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "ScoringRecipe":
-        if not isinstance(d, dict) or set(d) - {"residual", "postprocess"}:
-            raise ConfigError(f"a scoring recipe is {{'residual', 'postprocess'}}, got {d!r:.200}")
-        return cls(residual=d.get("residual"), post=PostprocessConfig.from_dict(d.get("postprocess", {})))
+        if not isinstance(d, dict) or set(d) - {"residual", "postprocess", "channels"}:
+            raise ConfigError(f"a scoring recipe is {{'residual', 'postprocess', 'channels'}}, got {d!r:.200}")
+        channels = d.get("channels")
+        if channels is not None and not isinstance(channels, list):
+            raise ConfigError(f"residual channels must be a list of sequence names, got {channels!r:.80}")
+        return cls(residual=d.get("residual"), post=PostprocessConfig.from_dict(d.get("postprocess", {})),
+                   channels=tuple(channels) if channels is not None else None)
 
     @property
     def key(self) -> str:
@@ -127,7 +140,8 @@ class ScoringRecipe:
 
     def describe(self) -> str:
         residual = {"abs": "|x − x̂|", "positive": "positive residual max(x − x̂, 0)"}.get(self.residual or "", "the model's own residual")
-        return f"{residual}; {self.post.describe()}"
+        on = f" on {'+'.join(self.channels)} only" if self.channels else ""
+        return f"{residual}{on}; {self.post.describe()}"
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,7 @@ class Calibration:
     dataset: tuple[tuple[str, str], ...] = ()  # DatasetRef.to_dict() items: id, label, root
     weights_sha256: str | None = None  # the checkpoint scored (None for baselines)
     source: str = "run"  # "run": the run's own validation patients; "folder": the evaluated folder's own
+    healthy_quantiles: tuple[tuple[float, float], ...] = ()  # (q, value) of the healthy calibration pixels: drift
 
     def threshold(self, rate: float) -> float | None:
         t = next((t for t in self.thresholds if abs(t.rate - rate) < 1e-9), None)
@@ -179,7 +194,7 @@ class Calibration:
                 "thresholds": [{"rate": t.rate, "threshold": t.value, "calibration_fpr": t.calibration_fpr}
                                for t in self.thresholds],
                 "cases": list(self.cases), "dataset": dict(self.dataset), "weights_sha256": self.weights_sha256,
-                "source": self.source}
+                "source": self.source, "healthy_quantiles": [list(q) for q in self.healthy_quantiles]}
 
     @classmethod
     def from_dict(cls, d: Any) -> "Calibration":
@@ -205,5 +220,11 @@ class Calibration:
             if rate is None or not 0 < rate < 1:
                 raise ConfigError(f"a calibrated rate must lie in (0, 1), got {t.get('rate')!r:.40}")
             out.append(Threshold(rate, _number(t.get("threshold")), _number(t.get("calibration_fpr"))))
+        quantiles = d.get("healthy_quantiles", [])
+        if not isinstance(quantiles, list) or not all(isinstance(q, list) and len(q) == 2 for q in quantiles):
+            raise ConfigError("calibration healthy_quantiles must be a list of [q, value] pairs")
+        pairs = tuple((_number(q), _number(v)) for q, v in quantiles)
+        if any(q is None or not 0 < q < 1 or v is None for q, v in pairs):
+            raise ConfigError("calibration healthy_quantiles must hold quantiles in (0, 1) and finite values")
         return cls(ScoringRecipe.from_dict(d.get("recipe")), tuple(out), tuple(cases), tuple(sorted(dataset.items())),
-                   sha, d.get("source", "run"))
+                   sha, d.get("source", "run"), pairs)
