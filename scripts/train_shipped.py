@@ -98,6 +98,7 @@ def ship(model: str, epochs: int, max_minutes: float | None, dest_root: Path, tr
         shutil.rmtree(dest, ignore_errors=True)
         staging.rename(dest)
         if real:  # every patient trained or validated: the cross-validation is its evaluation
+            ship_calibration(dest)
             print(f"{model} (real): trained {train_s / 60:.1f} min, float16 drift {drift:.2e}")
             return dest
         fileio.write_json(dest / "eval" / "shipped.json", {"train_seconds": train_s, "float16_drift": drift})
@@ -120,6 +121,7 @@ def evaluate_shipped(dest: Path) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
     metrics = evaluate(dest, out=staging, progress=False)
     fileio.write_json(staging / "metrics.json", portable(fileio.read_json(staging / "metrics.json")))
+    ship_calibration(dest)
     (staging / "progress.json").unlink(missing_ok=True)  # a finished job's progress; not shipped
     if (dest / "eval" / "shipped.json").is_file():
         shutil.copy2(dest / "eval" / "shipped.json", staging / "shipped.json")
@@ -128,6 +130,24 @@ def evaluate_shipped(dest: Path) -> dict:
     staging.rename(dest / "eval")
     shutil.rmtree(old, ignore_errors=True)
     return metrics
+
+
+def ship_calibration(dest: Path, device=None) -> Path:
+    """The checkpoint's own thresholds for the default scoring recipe (its validation patients), shipped beside it in
+    ``<dest>/calibrations/`` so that a site without the training data gets them too (``uad evaluate --data`` on
+    another folder, ``uad score``)."""
+    from uad.checkpoints import weights
+    from uad.core import fileio
+    from uad.evaluation import summaries
+    from uad.evaluation.evaluate import run_calibration
+    from uad.scoring.recipe import ScoringRecipe
+
+    ckpt = weights.load(dest, device=device)
+    recipe = ScoringRecipe().for_model(ckpt.model.residual)
+    found = run_calibration(dest, ckpt, recipe, device=device)
+    target = dest / summaries.CALIBRATIONS / f"{recipe.key}.json"
+    fileio.write_json(target, portable({name: c.to_dict() for name, c in found.items()}))
+    return target
 
 
 def portable(obj):
