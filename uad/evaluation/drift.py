@@ -4,9 +4,12 @@ A run's thresholds were calibrated on the healthy slices of its validation patie
 (another scanner, protocol or site) the same maps may sit higher or lower everywhere, and then a threshold
 that flagged 1 % of healthy pixels flags far more, or almost nothing. Without labels the healthy pixels of
 the new folder are not known, but a glioma occupies a small share of a brain's pixels, so the bulk of the
-new folder's brain-pixel scores is the healthy tissue's: their 75th and 90th percentiles, held against the
-calibration's healthy ones, say whether the run's scale still holds there. (Not the median: with the positive
-residual about half of all healthy pixels score exactly 0.)
+new folder's brain-pixel scores is the healthy tissue's: their 90th percentile, held against the calibration's
+healthy one, says whether the run's scale still holds there. (Not the median: with the positive residual about
+half of all healthy pixels score exactly 0. Not the 75th percentile either: it sits systematically lower on a
+whole folder than on the calibration's healthy slices, which are the brain's harder top and bottom slices
+where the calibration patients have tumours; measured on the shipped demo checkpoints' own test patients, its
+ratio was 0.63-0.80 while the 90th percentile's was 0.98-1.06. It is reported, not judged.)
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# A run's scale is taken to no longer fit when the new folder's 75th- or 90th-percentile brain score differs from
-# the calibration's healthy one by more than this factor, either way (the README's transfer table is how it was set:
-# real patients scored by a real-trained run stay within it, other cohorts do not).
+# A run's scale is taken to no longer fit when the new folder's 90th-percentile brain score differs from the
+# calibration's healthy one by more than this factor, either way. Measured (README, "Thresholds at a new site"):
+# 0.98-1.06 on the shipped demo checkpoints' own test patients, 1.84 for the demo-trained autoencoder on real scans.
 DRIFT_FACTOR = 1.5
 
 
@@ -42,9 +45,9 @@ def check(calibration_quantiles: list[tuple[float, float]] | tuple, brain, thres
         here = brain.quantile(q, "all")
         out[key] = here / ref
         ratios.append((key, here / ref))
-    off = [(k, r) for k, r in ratios if not (1 / DRIFT_FACTOR <= r <= DRIFT_FACTOR)]
+    off = [(k, r) for k, r in ratios if k == "q90_ratio" and not (1 / DRIFT_FACTOR <= r <= DRIFT_FACTOR)]
     if off:
-        words = ", ".join(f"{'75th' if k == 'q75_ratio' else '90th'} percentile × {r:.2f}" for k, r in off)
+        words = ", ".join(f"90th percentile × {r:.2f}" for k, r in off)
         out["warning"] = (f"the run's thresholds may not fit this folder: its brain-pixel scores differ from the run's "
                           f"healthy calibration ({words}; more than ×{DRIFT_FACTOR:g} either way). Calibrate on this "
                           f"folder (--calibration folder) or check the scans' contrast and preprocessing.")
