@@ -334,7 +334,7 @@ def test_labelled_ids_come_from_the_metadata_without_opening_cases(make_cohort, 
     assert store.labelled_ids == labelled
     from uad.evaluation.evaluate import split_for
 
-    assert split_for(store, {}, "all").eval_cases == labelled + ["unlabelled"]
+    assert split_for(store, None, "all").eval_cases == labelled + ["unlabelled"]
 
 
 def test_a_concurrent_builds_work_in_progress_is_not_removed_as_stale(make_cohort):

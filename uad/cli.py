@@ -157,18 +157,37 @@ def cmd_info(args) -> int:
 # -- train ----------------------------------------------------------------------------------------------
 
 
-def _model_options() -> dict[str, tuple[type, object, list[str], tuple | None]]:
-    """Every option of every registered model: name → (type, default, models that take it, choices or None)."""
+def _model_options() -> dict[str, tuple[type, object, list[str], tuple | None, tuple | None]]:
+    """Every option of every registered model: name → (type, default, models that take it, choices or None,
+    (low, high) bounds or None). Where models bound one option differently the flag shows the widest; each
+    model's own bounds are checked when the configuration is (``TrainConfig``)."""
     from uad.models import list_models, model_options
 
-    options: dict[str, tuple[type, object, list[str], tuple | None]] = {}
+    options: dict[str, tuple[type, object, list[str], tuple | None, tuple | None]] = {}
     for name in list_models():
         for opt, spec in model_options(name).items():
-            entry = options.setdefault(opt, (spec.type, spec.default, [], spec.choices))
+            bounds = (spec.low, spec.high) if spec.low is not None else None
+            entry = options.setdefault(opt, (spec.type, spec.default, [], spec.choices, bounds))
             entry[2].append(name)
             if entry[3] != spec.choices:  # same name, other choices in another model: accept the union
-                options[opt] = (entry[0], entry[1], entry[2], tuple(dict.fromkeys((entry[3] or ()) + (spec.choices or ()))) or None)
+                entry = options[opt] = (entry[0], entry[1], entry[2], tuple(dict.fromkeys((entry[3] or ()) + (spec.choices or ()))) or None, entry[4])
+            if bounds and entry[4] and bounds != entry[4]:
+                options[opt] = entry[:4] + ((min(bounds[0], entry[4][0]), max(bounds[1], entry[4][1])),)
     return options
+
+
+def _number_type(typ: type):
+    """argparse type for a numeric model option: a number, never NaN or infinity (they pass every bound check)."""
+    import math
+
+    def parse(text: str):
+        value = typ(text)  # ValueError: argparse says "invalid int value"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        return value
+
+    parse.__name__ = typ.__name__  # argparse's "invalid float value" names it
+    return parse
 
 
 def _parse_bool(text: str) -> bool:
@@ -199,15 +218,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="if --out already holds a run, move it aside to OUT.old-<time> and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = p.add_argument_group("model options (only for the models named)")
-    for opt, (typ, default, models, choices) in sorted(_model_options().items()):
+    for opt, (typ, default, models, choices, bounds) in sorted(_model_options().items()):
+        bounded = f", {bounds[0]:g} to {bounds[1]:g}" if bounds else ""
         group.add_argument(f"--{opt.replace('_', '-')}", dest=f"model_opt_{opt}", default=None,
-                           type=_parse_bool if typ is bool else typ, choices=choices,
+                           type=_parse_bool if typ is bool else _number_type(typ) if typ in (int, float) else typ,
+                           choices=choices,
                            metavar="{" + ",".join(map(str, choices)) + "}" if choices else typ.__name__.upper(),
-                           help=f"{', '.join(models)} (default {default})")
+                           help=f"{', '.join(models)} (default {default}{bounded})")
 
 
 def cmd_train(args) -> int:
-    from uad.core import fileio
     from uad.core.errors import ConfigError
     from uad.training.config import TrainConfig, check_config
     from uad.training.trainer import train
@@ -227,11 +247,13 @@ def cmd_train(args) -> int:
 
     given = {k[len("model_opt_"):]: v for k, v in vars(args).items() if k.startswith("model_opt_") and v is not None}
     if args.resume:
+        from uad.runs import folders
+
+        folders.refuse_shipped(args.resume, "resumed")  # before anything is read or written there
         config_path = Path(args.resume) / "config.json"
-        try:
-            saved = fileio.read_json(config_path)["train"]
-        except (FileNotFoundError, KeyError, ValueError):
-            raise ConfigError(f"{config_path}: cannot resume, no readable run configuration") from None
+        saved = (folders.read_config(args.resume) or {}).get("train")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{config_path}: cannot resume, no readable run configuration")
         if args.epochs is not None:
             saved["epochs"] = args.epochs
         train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress,
@@ -277,8 +299,11 @@ def cmd_runs(args) -> int:
 
     command = args.runs_command or "list"
     if command == "list":
-        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived)
+        skipped = []
+        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived, skipped=skipped)
         where = archive.archive_dir() if args.archived else paths.runs_dir()
+        for s in skipped:
+            print(f"warning: skipped {s.path}: {s.reason}", file=sys.stderr)
         if not views:
             print(f"no runs in {where}")
             return 0
@@ -286,6 +311,9 @@ def cmd_runs(args) -> int:
         return 0
 
     v = run_jobs.find_run(args.run, archived=True if command == "restore" else None)
+    words = {"cancel": "cancelled", "resume": "resumed", "rename": "renamed", "tag": "tagged", "note": "noted",
+             "archive": "archived", "restore": "restored", "delete": "deleted"}
+    run_jobs.require_own(v, words[command])
     if command == "cancel":
         print(run_jobs.cancel_run(v.path))
     elif command == "resume":

@@ -51,10 +51,12 @@ def _option_widget(col, model: str, name: str, opt):
         col.selectbox(label, list(opt.choices), key=key)
     elif opt.type is bool:
         col.checkbox(label, key=key)
-    elif opt.type is int:
-        col.number_input(label, step=1, key=key)
+    elif opt.type is int:  # bounds as the model declares them (uad.models.model_options)
+        col.number_input(label, min_value=opt.low, max_value=opt.high, step=1, key=key,
+                         help=f"{opt.low} to {opt.high}" if opt.low is not None else None)
     elif opt.type is float:
-        col.number_input(label, format="%g", key=key)
+        col.number_input(label, min_value=opt.low, max_value=opt.high, format="%g", key=key,
+                         help=f"{opt.low:g} to {opt.high:g}" if opt.low is not None else None)
     else:
         col.text_input(label, key=key)
     return _keep(key)

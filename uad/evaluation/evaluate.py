@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from uad.checkpoints import weights as ckpt_weights
+from uad.checkpoints.record import CheckpointRecord, SplitRecord
 from uad.core import fileio
 from uad.core.errors import ConfigError
 from uad.data import identity
 from uad.data.demo import resolve_data_root
-from uad.data.splits import split_cases
+from uad.data.splits import DEFAULT_RATIOS, split_cases
 from uad.data.store import SliceStore, build_store
 from uad.evaluation import metrics, summaries
 from uad.evaluation.cohort import CASES_NOTE, score_cohort, summarise
@@ -29,12 +30,12 @@ from uad.scoring.scorers import BASELINES, ModelScorer, baseline
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
 
-def data_root_for(info: dict[str, Any], data: str | Path | None) -> Path:
+def data_root_for(record: CheckpointRecord, data: str | Path | None) -> Path:
     """The dataset to evaluate on: the one given, else the one the checkpoint was trained on."""
     if data is not None:
         return Path(data)
-    trained = identity.trained_data_root(info)
-    if trained is None or info.get("data", {}).get("demo", False):
+    trained = record.trained_root
+    if trained is None or record.data.demo:
         return resolve_data_root(None)
     if not trained.is_dir():
         raise ConfigError(f"the checkpoint's training data {trained} is not here; pass --data DIR")
@@ -52,7 +53,7 @@ class SplitPlan:
     training_overlap: list[str] = field(default_factory=list)  # evaluated cases the model was trained on
 
 
-def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | None = None) -> SplitPlan:
+def split_for(store: SliceStore, record: CheckpointRecord | None, split: str, root: Path | None = None) -> SplitPlan:
     """The evaluation's cases, from the patient lists the checkpoint recorded at training time.
 
     Recomputing a split from whatever cases exist now would move training patients into the test set as
@@ -66,15 +67,16 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
     present = set(store.case_ids)
     labelled = store.labelled_ids
     unlabelled = [c for c in store.case_ids if c not in set(labelled)]
-    recipe = info.get("split", {})
-    recorded = recipe.get("cases")
-    trained_root = identity.trained_data_root(info)
+    recipe = record.split if record is not None else SplitRecord()
+    ratios = recipe.ratios or DEFAULT_RATIOS
+    recorded = recipe.cases
+    trained_root = record.trained_root if record is not None else None
     same_data = root is None or (trained_root is not None and trained_root.resolve() == Path(root).resolve())
     if recorded:
-        parts = {k: list(recorded.get(k, [])) for k in ("train", "val", "test")}
+        parts = {k: list(recorded.get(k, ())) for k in ("train", "val", "test")}
         source = "recorded"
     else:
-        parts = split_cases(labelled, recipe.get("ratios") or (0.7, 0.1, 0.2), recipe.get("seed", 0))
+        parts = split_cases(labelled, ratios, recipe.seed)
         source = "recipe"
     trained_on = set(parts["train"])
     calibration = [c for c in (parts["val"] or parts["train"]) if c in present and c in set(labelled)]
@@ -82,7 +84,7 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
         cases = labelled + unlabelled
         if not same_data:
             # Another cohort: its own healthy slices of the recipe's validation share calibrate thresholds.
-            own = split_cases(labelled, recipe.get("ratios") or (0.7, 0.1, 0.2), recipe.get("seed", 0)) if labelled else {"val": [], "train": []}
+            own = split_cases(labelled, ratios, recipe.seed) if labelled else {"val": [], "train": []}
             calibration = own["val"] or own["train"]
             source = "external"
         return SplitPlan(cases, calibration, source, [], sorted(trained_on & set(cases)))
@@ -119,13 +121,13 @@ def evaluate(
     metrics.json last (its presence marks a complete evaluation).
     """
     ckpt = ckpt_weights.load(run, device=device)
-    root = data_root_for(ckpt.info, data)
+    root = data_root_for(ckpt.record, data)
     dataset = identity.dataset_ref(root)
     out_dir = Path(out) if out else summaries.eval_folder(summaries.write_base(run), dataset, split)
     progress_file = ProgressFile(out_dir / PROGRESS)
     progress_file.update("preparing", 0, 0)  # the slice cache of a new dataset takes a while to build
     store = build_store(root, ckpt.preprocess, progress=progress)
-    plan = split_for(store, ckpt.info, split, root if data is not None else None)
+    plan = split_for(store, ckpt.record, split, root if data is not None else None)
     if not plan.eval_cases:
         missing = f" (recorded but missing here: {', '.join(plan.missing)})" if plan.missing else ""
         raise ConfigError(f"no case of the {split} split is in {root}{missing}")

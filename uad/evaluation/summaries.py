@@ -24,7 +24,6 @@ from uad.data.identity import (
     DatasetRef,
     dataset_ref,
     repo_path,
-    trained_data_root,
 )
 
 CASE_RATE = 0.05  # the per-case table's threshold: where 5 % of healthy calibration pixels are flagged
@@ -197,11 +196,10 @@ def find_evaluations(bases: list[str | Path]) -> list[EvaluationSummary]:
     return sorted(found.values(), key=lambda s: str(s.raw.get("evaluated") or ""), reverse=True)
 
 
-def home_evaluation(run: str | Path, checkpoint_info: dict[str, Any] | None) -> EvaluationSummary | None:
-    """The run's evaluation on the data it was trained on (``checkpoint_info``: its checkpoint.json) if there
-    is one, else its newest; None when it was never evaluated."""
+def home_evaluation(run: str | Path, trained: Path | None) -> EvaluationSummary | None:
+    """The run's evaluation on the data it was trained on (``trained``: the folder its checkpoint's record
+    names) if there is one, else its newest; None when it was never evaluated."""
     found = find_evaluations(eval_bases(run))
-    trained = trained_data_root(checkpoint_info) if checkpoint_info else None
     own = pick(found, dataset_ref(trained).id) if trained is not None else None
     return own or (found[0] if found else None)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from uad.core import paths, processes
-from uad.core.errors import ConfigError
+from uad.core.errors import ConfigError, DataError
 from uad.jobs.background import LAUNCH, STDOUT, launch_info, reap, start_process, tail
 from uad.runs import archive, folders, listing
 from uad.runs import meta as run_meta
@@ -90,19 +90,34 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> None:
     start_process(str(run_dir), argv, run_dir / STDOUT, run_dir / LAUNCH)
 
 
+TRAINER = ("uad", "train")  # words of a trainer's command line (python -m uad train, uad train, torchrun -m uad train)
+
+
 def cancel_run(run_dir: Path) -> str:
-    """SIGTERM the run's process group; the trainer saves a checkpoint and records 'cancelled'."""
+    """SIGTERM the run's trainer (its process group when it leads one); it saves a checkpoint and records
+    'cancelled'. Only a process shown to be this run's trainer is signalled: the pid recorded in status.json
+    (or launch.json while queued) must be alive, have started when recorded, and run ``uad train``. A
+    stale, reused or planted pid is never signalled."""
     if not run_dir.is_dir():
         return f"{run_dir.name} no longer exists."
     status = folders.read_status(run_dir) or {}
     if status.get("state") not in ("queued", "running"):
         return f"{run_dir.name} is not running ({status.get('state', 'no status')}); nothing to cancel."
-    pid = status.get("pid") if status.get("state") == "running" else launch_info(run_dir / LAUNCH).get("pid")
+    source = status if status.get("state") == "running" else launch_info(run_dir / LAUNCH)
+    pid, pid_start = source.get("pid"), source.get("pid_start")
     if not processes.pid_alive(pid):
         folders.write_status(run_dir, "cancelled", finished=time.time(), reason="no live process when cancelled")
         return "The run had no live process; marked cancelled."
+    ours, why = processes.is_recorded_process(pid, pid_start, TRAINER)
+    if not ours:
+        folders.write_status(run_dir, "cancelled", finished=time.time(),
+                             reason=f"its trainer was gone; {why}, so it was not signalled")
+        return f"Not signalled: {why}. The run's own trainer is gone; marked cancelled."
     try:
-        os.killpg(int(pid), signal.SIGTERM)
+        if os.getpgid(pid) == pid:  # started by uad in its own session: the group holds its data-loader workers
+            os.killpg(pid, signal.SIGTERM)
+        else:  # a trainer started from a terminal shares its shell's group: signal it alone
+            os.kill(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError) as exc:
         return f"Could not signal process {pid}: {exc}"
     time.sleep(0.3)
@@ -297,24 +312,27 @@ def run_view(info: listing.RunInfo) -> RunView:
     return RunView(info, state, int(status.get("epoch") or 0), epochs, error, log)
 
 
-def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[RunView]:
+def list_run_views(include_shipped: bool = True, archived: bool = False,
+                   skipped: list[listing.SkippedRun] | None = None) -> list[RunView]:
+    """Every run as the app and ``uad runs list`` show it; damaged folders are left out (and added to
+    ``skipped`` with the reason)."""
     reap()
-    return [run_view(r) for r in listing.list_runs(include_shipped=include_shipped, archived=archived)]
+    return [run_view(r) for r in listing.list_runs(include_shipped=include_shipped, archived=archived, skipped=skipped)]
 
 
 def _info(run_dir: Path) -> listing.RunInfo:
-    """The RunInfo of one run folder (runs/, its archive, or a shipped checkpoint)."""
+    """The RunInfo of one run folder (runs/, its archive, or a shipped checkpoint); a UADError naming the
+    file when one of its files is damaged."""
     run_dir = Path(run_dir)
     for archived in (False, True):
         for info in listing.list_runs(include_shipped=not archived, archived=archived):
             if info.path.resolve() == run_dir.resolve():
                 return info
-    status = folders.read_status(run_dir)
-    config = folders.read_object(run_dir / "config.json") or {}
-    if status is None and not config:
+    info = listing.read_run(run_dir, run_dir.name, shipped=paths.is_shipped(run_dir))
+    if info is None:
         raise ConfigError(f"{run_dir}: not a run folder (no status.json or config.json)")
-    return listing.RunInfo(run_dir, run_dir.name, config.get("model") or (status or {}).get("model", "?"),
-                        folders.effective_state(status), False, status or {}, config, run_meta.read_meta(run_dir))
+    return info
+
 
 
 def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
@@ -336,6 +354,17 @@ def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
     raise ConfigError(f"no run {str(ref)!r} in {where} (give a run folder, its folder name, or its name)")
 
 
+def require_own(v: RunView, action: str) -> None:
+    """A ConfigError unless the run is a folder directly under the runs folder or its archive: ``uad runs``
+    acts on nothing else (never a shipped checkpoint, never a folder the user keeps elsewhere)."""
+    if v.info.shipped or paths.is_shipped(v.path):
+        raise ConfigError(f"{v.info.name} is a shipped checkpoint; shipped checkpoints are never {action}")
+    parent = v.path.resolve().parent
+    if parent not in (paths.runs_dir().resolve(), archive.archive_dir().resolve()) or v.path.name.startswith("."):
+        raise ConfigError(f"{v.path}: not a run in {paths.runs_dir()}; `uad runs` works only on folders directly "
+                          "under it (and its archive)")
+
+
 def _refuse_active_or_shipped(v: RunView, action: str) -> None:
     if v.info.shipped:
         raise ConfigError(f"{v.info.name} is a shipped checkpoint; shipped checkpoints are never {action}")
@@ -343,11 +372,21 @@ def _refuse_active_or_shipped(v: RunView, action: str) -> None:
         raise ConfigError(f"{v.info.name} is {v.state}; cancel it first, then it can be {action}")
 
 
+def _view_unless_damaged(run_dir: Path) -> RunView | None:
+    """The run's view, or None when one of its files is damaged: such a run can still be archived or deleted
+    (the run lock, taken for the move, keeps a live trainer's folder where it is)."""
+    try:
+        return run_view(_info(run_dir))
+    except DataError:
+        return None
+
+
 def archive_run(run_dir: Path) -> Path:
     """Move a finished run into runs/.archive/ (restorable); refuses active runs and shipped checkpoints."""
-    v = run_view(_info(run_dir))
-    _refuse_active_or_shipped(v, "archived")
-    return archive.archive(v.path)
+    v = _view_unless_damaged(run_dir)
+    if v is not None:
+        _refuse_active_or_shipped(v, "archived")
+    return archive.archive(run_dir)
 
 
 def restore_run(run_dir: Path) -> Path:
@@ -357,7 +396,8 @@ def restore_run(run_dir: Path) -> Path:
 
 def delete_run(run_dir: Path) -> None:
     """Delete a run (or archived run) for good; refuses active runs and shipped checkpoints."""
-    v = run_view(_info(run_dir))
-    _refuse_active_or_shipped(v, "deleted")
-    archive.delete(v.path)
+    v = _view_unless_damaged(run_dir)
+    if v is not None:
+        _refuse_active_or_shipped(v, "deleted")
+    archive.delete(run_dir)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from uad.core import fileio, paths
 from uad.core.errors import ConfigError
-from uad.runs.folders import RunLock, read_status
+from uad.runs.folders import RunLock
 
 ARCHIVE = ".archive"  # under the runs folder: archived runs, listed separately and restorable
 
@@ -30,7 +30,7 @@ def _own_run(run_dir: str | Path, archived: bool, root: str | Path | None = None
     if run_dir.resolve().parent != parent or run_dir.name.startswith("."):
         raise ConfigError(f"{run_dir}: not a run in {where}; only runs there are archived, restored or deleted "
                           "(shipped checkpoints never are)")
-    if read_status(run_dir) is None and not (run_dir / "config.json").is_file():
+    if not (run_dir / "status.json").is_file() and not (run_dir / "config.json").is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no status.json or config.json)")
     return run_dir
 

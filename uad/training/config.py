@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
-from uad.checkpoints import record as ckpt_record
 from uad.core.errors import ConfigError, UADError
-from uad.data.preprocess import PreprocessConfig
+from uad.data.preprocess_config import PreprocessConfig
 from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios
-from uad.models import canonical_name, check_model_options, create_model
+from uad.models import canonical_name, check_hparams, check_model_options, create_model
+
+# Far above any sensible setting; a bound keeps a mistyped or hostile config.json from asking for years.
+MAX_EPOCHS, MAX_BATCH, MAX_WORKERS, MAX_MINUTES = 1_000_000, 65_536, 256, 1e7
 
 
 @dataclass
@@ -35,25 +37,33 @@ class TrainConfig:
     cases: dict[str, list[str]] | None = None
 
     def __post_init__(self) -> None:
+        # Every field is checked for type and bounds, as strictly when read back from config.json (resume)
+        # as when set by the CLI or the app; NaN and infinity are refused (NaN passes every comparison).
+        if not isinstance(self.model, str):
+            raise ConfigError(f"model must be a model name, got {self.model!r}")
         self.model = canonical_name(self.model)
-        self.modalities = tuple(self.modalities)
-        self.split_ratios = parse_ratios(self.split_ratios)
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max minutes must be > 0, got {self.max_minutes}")
-        if self.cases is not None:
-            self.cases = check_case_lists(self.cases)
-        if not 0 <= self.seed < 2**63:  # torch.manual_seed overflows above that
-            raise ConfigError(f"seed must be >= 0 and < 2**63, got {self.seed}")
-        if self.num_workers < 0:
-            raise ConfigError(f"number of data-loader workers must be >= 0, got {self.num_workers}")
+        if self.data is not None and not isinstance(self.data, str):
+            raise ConfigError(f"data must be a folder name, got {self.data!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ConfigError(f"device must be a name like cpu or cuda, got {self.device!r}")
         if not self.modalities:
             raise ConfigError("choose at least one modality")
+        self.modalities = PreprocessConfig(modalities=self.modalities, image_size=self.image_size).modalities
+        self.split_ratios = parse_ratios(self.split_ratios)
+        for name, low, high, words in (("epochs", 1, MAX_EPOCHS, "epochs"), ("batch_size", 1, MAX_BATCH, "batch size"),
+                                       ("seed", 0, 2**63 - 1, "seed"),  # torch.manual_seed overflows above 2**63
+                                       ("num_workers", 0, MAX_WORKERS, "number of data-loader workers")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{words} must be a whole number between {low} and {high}, got {value!r}")
+        if not (_number(self.lr) and 0 < self.lr <= 10):
+            raise ConfigError(f"learning rate must be a finite number > 0 and <= 10, got {self.lr!r}")
+        if self.max_minutes is not None and not (_number(self.max_minutes) and 0 < self.max_minutes <= MAX_MINUTES):
+            raise ConfigError(f"max minutes must be a finite number > 0, got {self.max_minutes!r}")
+        if self.cases is not None:
+            self.cases = check_case_lists(self.cases)
+        if not isinstance(self.model_options, dict):
+            raise ConfigError(f"model options must be a mapping, got {self.model_options!r}")
         self.model_options = check_model_options(self.model, dict(self.model_options))
 
     @property
@@ -68,23 +78,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, dict) or "model" not in d:
+            raise ConfigError("training settings must be a JSON object naming the model")
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def check_config(config: TrainConfig) -> None:
     """Raise a ConfigError for what the trainer would refuse, short of the data: everything ``TrainConfig``
-    checks (run when it is built), the model hyper-parameters against the checkpoint bounds, and the model
-    built from them on the meta device (so its own checks run, and no memory is allocated).
+    checks (run when it is built), the model hyper-parameters against the bounds the model declares (the
+    same check a checkpoint's record passes when loaded), and the model built from them on the meta device
+    (so its own checks run, and no memory is allocated).
 
-    The app and ``uad train`` call this before a run folder exists, so a bad value leaves nothing behind."""
-    from uad.core.errors import CheckpointError
-
+    The app, ``uad train`` and ``train`` itself call this before a run folder exists, so a bad value leaves
+    nothing behind."""
     config = TrainConfig.from_dict(config.to_dict())  # re-run __post_init__: the fields may have been set since
-    hparams = {"in_channels": len(config.modalities), "image_size": config.image_size, **config.model_options}
-    try:
-        ckpt_record.check_hparams(hparams)
-    except CheckpointError as exc:
-        raise ConfigError(exc.reason.replace("hparams ", "model option ", 1)) from None
+    hparams = check_hparams(config.model, {"in_channels": len(config.modalities), "image_size": config.image_size,
+                                           **config.model_options})
     try:
         with torch.device("meta"):
             create_model(config.model, **hparams)
