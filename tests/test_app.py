@@ -976,3 +976,78 @@ def test_overview_progress_status_and_unevaluated_runs(home, tmp_path, monkeypat
         assert list(df.columns[:5]) == ["run", "model", "status", "progress", "slice AUROC"]  # metrics without scrolling
     finally:
         shutil.rmtree(pending, ignore_errors=True)
+
+
+# -- labels are text (issue #17 E) and a damaged run folder hides no other (issue #17 G) --------------------------
+HOSTILE = "http://127.0.0.1:9/"
+
+
+def hostile_run(home: Path, name: str = "zz-hostile") -> Path:
+    """A copy of the fixture run whose every label a user or a file supplies is Markdown and HTML that would
+    fetch an address or draw a link if rendered: model name (config.json), run name, tags and note (meta.json)."""
+    import json
+
+    run = copy_run(home, name)
+    config = json.loads((run / "config.json").read_text())
+    config["model"] = f"<img src={HOSTILE}m.png>"
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "meta.json").write_text(json.dumps({
+        "name": f"[Sign in again]({HOSTILE}login) ![n]({HOSTILE}n.png)",
+        "tags": [f"![t]({HOSTILE}t.png)", "<b>bold</b>"],
+        "note": f"<img src='{HOSTILE}note.png'> [Sign in again]({HOSTILE}login) **x** :red[red] $x$",
+    }))
+    return run
+
+
+def markdown_bodies(at) -> list[str]:
+    """Every string the app handed to Streamlit to render as Markdown: bodies, labels and help texts."""
+    out = []
+    for group in (at.markdown, at.caption, at.error, at.warning, at.info, at.success, at.title, at.subheader, at.toast):
+        out += [str(e.value) for e in group]
+    for group in (at.button, at.selectbox, at.multiselect, at.text_input, at.number_input, at.checkbox, at.slider,
+                  at.expander, at.text_area, at.toggle):
+        for e in group:
+            out += [str(getattr(e, "label", "") or ""), str(getattr(e, "help", "") or "")]
+    return out
+
+
+def unescaped(bodies: list[str]) -> list[str]:
+    """Bodies in which a hostile label would render as a link, an image, HTML or a Streamlit directive: the
+    character that starts it is not backslash-escaped (a backslash-escaped one renders as itself)."""
+    import re
+
+    starts = re.compile(r"(?<!\\)\]\(http|(?<!\\)<img|(?<!\\)<b>|(?<!\\):red\[|(?<!\\)\*\*x")
+    return [b for b in bodies if starts.search(b)]
+
+
+@pytest.mark.parametrize("name", ["overview", "train", "explore", "compare"])
+def test_labels_from_users_and_files_reach_the_page_as_text(home, name):
+    run = hostile_run(home)
+    try:
+        at = new_app({"explore_run": run.name} if name == "explore" else None)
+        at = page(at, name)
+        if name == "train":
+            at.toggle(key="train_show_all").set_value(True).run() if at.toggle else None
+        if name == "compare":
+            at.multiselect(key="compare_runs").set_value([RUN, run.name]).run()
+        bodies = markdown_bodies(at)
+        assert not unescaped(bodies), unescaped(bodies)
+        shown = "\n".join(bodies)
+        if name in ("train",):
+            assert "Sign in again" in shown  # the name and note are shown, as text
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_a_damaged_run_folder_is_named_and_hides_no_run(home):
+    broken = copy_run(home, "zz-broken", with_eval=False)
+    (broken / "status.json").write_text('{"state": "running", "pid": "x"}')
+    try:
+        for name in ("overview", "train", "explore", "compare"):
+            at = page(new_app(), name)
+            assert not any("No run yet" in str(e.value) or "No run with a checkpoint" in str(e.value) for e in at.info), name
+            assert any("zz-broken" in w.value and "status.json" in w.value for w in at.warning), (name, [w.value for w in at.warning])
+        at = page(new_app(), "overview")
+        assert RUN in texts(at) or RUN in str(at.dataframe[0].value)
+    finally:
+        shutil.rmtree(broken, ignore_errors=True)

@@ -83,7 +83,7 @@ def cmd_prepare(args) -> int:
     from uad.data.store import build_store
 
     root = resolve_data_root(args.data)
-    store = build_store(root, _preprocess_config(args), workers=args.workers)
+    store = build_store(root, _preprocess_config(args), workers=args.workers, verify=True)  # every byte of every case
     s = store.summary()
     print(f"dataset      {root}")
     print(f"cache        {store.root}")
@@ -299,9 +299,14 @@ def cmd_runs(args) -> int:
 
     command = args.runs_command or "list"
     if command == "list":
-        skipped = []
-        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived, skipped=skipped)
+        skipped, finished = [], []
+        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived, skipped=skipped,
+                                        finished=finished)
         where = archive.archive_dir() if args.archived else paths.runs_dir()
+        from uad.data.cache import format_size
+
+        for folder, size in finished:
+            print(f"finished deleting {folder} ({format_size(size)}), a delete interrupted earlier", file=sys.stderr)
         for s in skipped:
             print(f"warning: skipped {s.path}: {s.reason}", file=sys.stderr)
         if not views:
@@ -310,7 +315,8 @@ def cmd_runs(args) -> int:
         print(_runs_table(views))
         return 0
 
-    v = run_jobs.find_run(args.run, archived=True if command == "restore" else None)
+    v = run_jobs.find_run(args.run, archived=True if command == "restore" else None,
+                          damaged_ok=command in ("archive", "delete"))  # a damaged run can still be cleared away
     words = {"cancel": "cancelled", "resume": "resumed", "rename": "renamed", "tag": "tagged", "note": "noted",
              "archive": "archived", "restore": "restored", "delete": "deleted"}
     run_jobs.require_own(v, words[command])
@@ -366,22 +372,43 @@ def _add_post_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score-percentile", type=float, default=d.score_percentile)
 
 
+POST_BOUNDS = {"erode": (0, 64), "median": (0, 31), "min_component": (0, 10**7)}
+
+
 def _post_config(args):
+    """The post-processing flags, each checked for its bounds first (a negative median size was accepted)."""
+    import math
+
+    from uad.core.errors import ConfigError
     from uad.scoring.recipe import PostprocessConfig
+
+    for name, (low, high) in POST_BOUNDS.items():
+        value = getattr(args, name)
+        if not low <= value <= high:
+            raise ConfigError(f"--{name.replace('_', '-')} must be between {low} and {high}, got {value}")
+    if not (math.isfinite(args.score_percentile) and 0 < args.score_percentile <= 100):
+        raise ConfigError(f"--score-percentile must be a number in (0, 100], got {args.score_percentile}")
 
     return PostprocessConfig(erode_brain=args.erode, median_size=args.median, median_3d=args.median_3d,
                              min_component=args.min_component, slice_score=args.slice_score,
                              score_percentile=args.score_percentile)
 
 
+MAX_BOOTSTRAP = 100_000
+
+
 def cmd_evaluate(args) -> int:
+    from uad.core.errors import ConfigError
     from uad.evaluation.evaluate import evaluate
 
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be between 0 and {MAX_BOOTSTRAP} resamples, got {args.bootstrap}")
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
 
+    post = _post_config(args)
     m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
-                 post=_post_config(args), n_boot=args.bootstrap, device=args.device or "cpu")
+                 post=post, n_boot=args.bootstrap, device=args.device or "cpu")
     s = summaries.EvaluationSummary.from_metrics(m)
     out = args.out or summaries.eval_folder(summaries.write_base(args.run), s.dataset, args.split)
     print(f"{m['model']} on {s.dataset.title}, {summaries.SPLIT_WORDS.get(args.split, args.split)} "
@@ -625,12 +652,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from uad.core.fileio import DISK_FULL
+        import errno
 
-        if exc.errno not in DISK_FULL:
+        from uad.core import fileio
+
+        named = fileio.write_error(exc, exc.filename or "a file")
+        if named is None and exc.errno == errno.ENAMETOOLONG:
+            named = UADError(f"{exc.filename or 'a path'}: file name too long")
+        if named is None:
             raise
-        # Anywhere a write was not already turned into a DataError: still one clear line, not a traceback.
-        print(f"error: {exc.filename or 'a file'}: disk full: {exc.strerror}", file=sys.stderr)
+        # Anywhere a write was not already turned into a UADError naming the file: still one clear line.
+        print(f"error: {named}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

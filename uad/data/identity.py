@@ -12,6 +12,9 @@ from uad.core import paths
 DEMO_ID = "demo"
 
 
+MAX_SLUG = 64
+
+
 LEGACY = "(legacy)"  # the dataset id shown for an old evaluation that recorded no data root
 
 
@@ -45,7 +48,8 @@ def dataset_ref(root: str | Path | None) -> DatasetRef:
     resolved = repo_path(root)
     if resolved == paths.demo_dir().resolve() or Path(root).as_posix().rstrip("/") == "data/demo":
         return DatasetRef(DEMO_ID, "demo cohort", str(resolved))
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.") or "dataset"
+    # Bounded: the id names a folder (eval/<id>/), and a file name has at most 255 bytes.
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", resolved.name).strip("-.")[:MAX_SLUG].strip("-.") or "dataset"
     return DatasetRef(f"{slug}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}", resolved.name, str(resolved))
 
 

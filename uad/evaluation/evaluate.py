@@ -16,7 +16,7 @@ from typing import Any
 
 from uad.checkpoints import weights as ckpt_weights
 from uad.checkpoints.record import CheckpointRecord, SplitRecord
-from uad.core import fileio
+from uad.core import fileio, paths
 from uad.core.errors import ConfigError
 from uad.data import identity
 from uad.data.demo import resolve_data_root
@@ -24,6 +24,7 @@ from uad.data.splits import DEFAULT_RATIOS, split_cases
 from uad.data.store import SliceStore, build_store
 from uad.evaluation import metrics, summaries
 from uad.evaluation.cohort import CASES_NOTE, score_cohort, summarise
+from uad.runs.folders import EvaluationLock
 from uad.scoring.recipe import PostprocessConfig
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
 
@@ -91,6 +92,15 @@ def split_for(store: SliceStore, record: CheckpointRecord | None, split: str, ro
     wanted = parts[split]
     missing = sorted(set(wanted) - present)
     cases = [c for c in store.case_ids if c in set(wanted)]
+    if source == "recorded" and not same_data:
+        # Another folder: the recorded ids name the recorded patients only if their files are the recorded ones.
+        differ = [c for c in cases if c not in set(unlabelled) and not _same_files(store, record, c)]
+        if differ:
+            shown = ", ".join(differ[:10]) + (f" and {len(differ) - 10} more" if len(differ) > 10 else "")
+            raise ConfigError(f"{root} is not the folder this checkpoint was trained on ({trained_root or 'not recorded'}), "
+                              f"and its cases {shown} differ from the recorded {split} patients of the same ids "
+                              "(file sizes): they are other patients. Use --split all to score this folder as "
+                              "external data")
     overlap = sorted(trained_on & set(cases))
     if overlap:
         raise ConfigError(f"the {split} split would score cases the model was trained on ({', '.join(overlap)}); "
@@ -100,6 +110,14 @@ def split_for(store: SliceStore, record: CheckpointRecord | None, split: str, ro
     if split == "test":
         cases += [c for c in unlabelled if c not in set(cases)]
     return SplitPlan(cases, calibration, source, missing, [])
+
+
+def _same_files(store: SliceStore, record: CheckpointRecord, case_id: str) -> bool:
+    """Whether the case's files here have the sizes the checkpoint recorded for that case id (by file name)."""
+    recorded = {Path(f.file).name: f.bytes for f in record.data.cases.get(case_id, ())}
+    here = {Path(str(path)).name: size for path, size, *_ in store.manifest["cases"].get(case_id, {}).get("files", [])}
+    common = set(recorded) & set(here)
+    return bool(common) and all(recorded[name] == here[name] for name in common)
 
 
 def evaluate(
@@ -120,6 +138,21 @@ def evaluate(
     slices.csv (one row per slice), cases.csv (one row per case), progress.json while it works, and
     metrics.json last (its presence marks a complete evaluation).
     """
+    with _evaluation_lock(run):  # the run is not archived or deleted from under this evaluation
+        return _evaluate(run, data, split, out, save_maps, post, n_boot, seed, device, progress)
+
+
+def _evaluation_lock(run: str | Path) -> EvaluationLock:
+    """The shared evaluation lock of the run folder holding the checkpoint (none for a shipped checkpoint,
+    which is never written, moved or deleted)."""
+    path = Path(run)
+    for folder in (path, path.parent):
+        if (folder / "status.json").is_file() or (folder / "config.json").is_file():
+            return EvaluationLock(None) if paths.is_shipped(folder) else EvaluationLock.shared(folder)
+    return EvaluationLock(None)
+
+
+def _evaluate(run, data, split, out, save_maps, post, n_boot, seed, device, progress) -> dict[str, Any]:
     ckpt = ckpt_weights.load(run, device=device)
     root = data_root_for(ckpt.record, data)
     dataset = identity.dataset_ref(root)

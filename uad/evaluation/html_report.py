@@ -86,7 +86,7 @@ def _curve_figure(curves: dict[str, Any], model: str, level: str, kind: str):
                                    line=dict(color=colour, dash=dash, width=1.5)))
     c = (curves.get(model) or {}).get(key)
     if c:
-        data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=model, line=dict(color=MODEL_COLOUR, width=2.5)))
+        data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=_e(model), line=dict(color=MODEL_COLOUR, width=2.5)))
     titles = ("false-positive rate", "true-positive rate") if kind == "roc" else ("recall", "precision")
     name = f"{level}-level {'ROC' if kind == 'roc' else 'precision-recall'}"
     return go.Figure(data=data, layout=dict(

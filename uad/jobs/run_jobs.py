@@ -313,10 +313,18 @@ def run_view(info: listing.RunInfo) -> RunView:
 
 
 def list_run_views(include_shipped: bool = True, archived: bool = False,
-                   skipped: list[listing.SkippedRun] | None = None) -> list[RunView]:
+                   skipped: list[listing.SkippedRun] | None = None,
+                   finished: list[tuple[Path, int]] | None = None) -> list[RunView]:
     """Every run as the app and ``uad runs list`` show it; damaged folders are left out (and added to
-    ``skipped`` with the reason)."""
+    ``skipped`` with the reason). Deletes that were killed midway (``runs/.deleting-<name>-<pid>``) are
+    finished first, and added to ``finished`` as (folder, bytes freed)."""
     reap()
+    try:
+        done = archive.finish_interrupted_deletes()
+    except OSError:  # e.g. a read-only runs folder: nothing could have been half-deleted there by uad
+        done = []
+    if finished is not None:
+        finished.extend(done)
     return [run_view(r) for r in listing.list_runs(include_shipped=include_shipped, archived=archived, skipped=skipped)]
 
 
@@ -335,13 +343,27 @@ def _info(run_dir: Path) -> listing.RunInfo:
 
 
 
-def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
+def find_run(ref: str | Path, archived: bool | None = None, damaged_ok: bool = False) -> RunView:
     """A run by folder path, folder name, or the name the user gave it (unique); archived runs when
-    ``archived`` (both when None). A ConfigError names what was looked for when nothing or several match."""
+    ``archived`` (both when None). A ConfigError names what was looked for when nothing or several match.
+
+    A run whose files are damaged is a DataError naming the file; with ``damaged_ok`` (archive, delete) a
+    folder given by its path or folder name is returned anyway, in the state "damaged"."""
     reap()
     path = Path(ref)
-    if path.is_dir() and ((path / "status.json").exists() or (path / "config.json").exists()):
-        return run_view(_info(path))
+    candidates = [path] + [root / str(ref) for root in (paths.runs_dir(), archive.archive_dir())
+                           if damaged_ok and str(ref) and "/" not in str(ref)]
+    for folder in candidates:
+        if folder.is_dir() and ((folder / "status.json").exists() or (folder / "config.json").exists()):
+            try:
+                return run_view(_info(folder))
+            except DataError:
+                if not damaged_ok:
+                    raise
+                return RunView(listing.RunInfo(folder, folder.name, "?", "damaged", paths.is_shipped(folder), {}, {}),
+                               "damaged", 0, 0, None, "")
+        if folder == path and not damaged_ok:
+            break
     pools = {False: [False], True: [True], None: [False, True]}[archived]
     views = [run_view(i) for a in pools for i in listing.list_runs(include_shipped=not a, archived=a)]
     for match in (lambda v: v.info.name == str(ref), lambda v: v.info.meta.get("name") == str(ref)):

@@ -88,7 +88,14 @@ class RunLock:
         self.moved_to: Path | None = None  # where claim(overwrite=True) moved the previous run
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            named = fileio.write_error(exc, self.run_dir)
+            if named is None:
+                raise
+            raise ConfigError(f"{self.run_dir}: cannot write this run folder ({exc.strerror}); it cannot be trained, "
+                              "resumed, archived or deleted from here") from None
         try:
             _lock_fd(fd)
         except OSError:
@@ -107,6 +114,87 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+
+
+EVAL_LOCK = "eval.lock"
+
+
+class EvaluationLock:
+    """``<run>/eval.lock``: every evaluation of the run holds it shared while it reads the checkpoint and
+    writes ``<run>/eval/...``; archive, restore and delete take it exclusively (without waiting) before
+    moving the run, so a run is never moved from under an evaluation."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    @classmethod
+    def shared(cls, run_dir: str | Path) -> "EvaluationLock":
+        """Held by an evaluation. Waits while a move holds it; a ConfigError when the run was moved or
+        deleted meanwhile. A read-only run folder cannot be moved either: then nothing is held."""
+        path = Path(run_dir) / EVAL_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # no run folder there (any more): never create one
+            raise ConfigError(f"{run_dir}: the run folder is gone (archived or deleted?)") from None
+        except OSError:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return cls(None)  # read-only and never locked: nobody can move it either
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except ImportError:
+            pass
+        try:
+            same = os.path.samestat(os.fstat(fd), path.stat())
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            raise ConfigError(f"{run_dir}: the run folder was moved (archived or deleted?) as the evaluation started")
+        return cls(fd)
+
+    @classmethod
+    def exclusive(cls, run_dir: str | Path) -> "EvaluationLock":
+        """Held while moving a run; a ConfigError when an evaluation holds it."""
+        path = Path(run_dir) / EVAL_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return cls(None)  # never evaluated since locks exist (or read-only): nothing to wait for
+        try:
+            _lock_fd(fd)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"{run_dir}: it is being evaluated right now; wait for the evaluation to finish") from None
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "EvaluationLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def evaluation_launches(run_dir: str | Path) -> list[Path]:
+    """Background evaluations of the run (``launch.json`` under its eval/ folder) whose process is still
+    that evaluation (same start time, ``uad evaluate`` on its command line)."""
+    from uad.core.processes import is_recorded_process
+
+    live = []
+    for launch in Path(run_dir).glob("eval/*/*/launch.json"):
+        info = read_object(launch) or {}
+        ours, _ = is_recorded_process(info.get("pid"), info.get("pid_start"), ("uad", "evaluate"))
+        if ours:
+            live.append(launch)
+    return live
 
 
 def _lock_fd(fd: int) -> None:

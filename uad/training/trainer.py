@@ -149,16 +149,19 @@ def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progr
         _train_loop(config, run_dir, resume, progress, device, rank, world, stop, monitor)
     except BaseException as exc:
         if is_main:
-            if isinstance(exc, KeyboardInterrupt):
-                reason = f"received {stop.reason or 'SIGINT'}"
-                folders.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
-                                  end=monitor.end("cancelled", reason=reason))
-            else:
-                message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
-                log.error("run failed: %s\n%s", message, traceback.format_exc())
-                extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
-                folders.write_status(run_dir, "failed", finished=time.time(), error=message,
-                                  end=monitor.end("failed", reason=message), **extra)
+            try:
+                if isinstance(exc, KeyboardInterrupt):
+                    reason = f"received {stop.reason or 'SIGINT'}"
+                    folders.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
+                                         end=monitor.end("cancelled", reason=reason))
+                else:
+                    message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
+                    log.error("run failed: %s\n%s", message, traceback.format_exc())
+                    extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
+                    folders.write_status(run_dir, "failed", finished=time.time(), error=message,
+                                         end=monitor.end("failed", reason=message), **extra)
+            except (UADError, OSError) as status_exc:  # e.g. the same full disk: the first error is the one to report
+                log.error("could not record the run's end in status.json: %s", status_exc)
         raise
     finally:
         if handler is not None:  # a later run in this process must not log into this run's train.log
