@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uad.core import fileio
+from uad.core import fields, fileio
 from uad.core.errors import CheckpointError, UADError
 from uad.data import identity, provenance
 from uad.data.preprocess_config import PreprocessConfig
@@ -310,7 +309,7 @@ def _show(value: Any) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    return fields.finite(value)
 
 
 def _int(raw: dict, key: str, low: int, high: int, default: int | None = None) -> int | None:

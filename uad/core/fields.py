@@ -26,7 +26,12 @@ def show(value: Any) -> str:
 
 
 def finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    """A number (not a bool) that is neither NaN nor infinite, nor an int too large to be a float."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(10**300) < value < 10**300
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def whole(d: dict, key: str, low: int = 0, high: int = 10**12, default: int | None = None) -> int | None:

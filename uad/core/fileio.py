@@ -250,8 +250,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file's content. ValueError for what is not JSON: bad syntax, not UTF-8, or nested so deeply
+    that the parser would overflow the stack (Python's json raises RecursionError for that)."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except RecursionError:
+            raise ValueError("nested too deeply to be a uad file") from None
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

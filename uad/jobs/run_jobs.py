@@ -227,8 +227,8 @@ class RunView:
         batch = self.batch
         done = self.epoch + (batch[0] / batch[1] if batch and batch[0] < batch[1] else 0.0)
         end = self.end
-        if end.get("batches") and end.get("batch", 0) < end["batches"]:
-            done = self.epochs_done + end["batch"] / end["batches"]
+        if end.get("batches") and (end.get("batch") or 0) < end["batches"]:
+            done = self.epochs_done + (end.get("batch") or 0) / end["batches"]
         return min(max(done / self.epochs, 0.0), 1.0)
 
     @property
@@ -288,9 +288,9 @@ def _where(end: dict[str, Any]) -> str:
     if not end.get("batches") or not end.get("epoch"):
         return ""
     epochs = f"/{end['epochs']}" if end.get("epochs") else ""
-    if end.get("batch", 0) >= end["batches"]:
+    if (end.get("batch") or 0) >= end["batches"]:
         return f"after epoch {end['epoch']}{epochs}"
-    return f"in epoch {end['epoch']}{epochs} at batch {end.get('batch', 0)}/{end['batches']}"
+    return f"in epoch {end['epoch']}{epochs} at batch {end.get('batch') or 0}/{end['batches']}"
 
 
 def run_view(info: listing.RunInfo) -> RunView:
