@@ -8,7 +8,7 @@ by a user go through one of these before they reach such a place:
 
 * ``md(s)``: for Markdown text; every ASCII punctuation character is backslash-escaped (CommonMark
   allows that for all of them), so no link, image, emphasis, HTML tag, LaTeX or Streamlit directive can
-  start inside ``s``;
+  start inside ``s``, and bare addresses get an invisible word joiner so they are not made links;
 * ``code(s)``: ``s`` as an inline code span (paths), fenced so that no backtick in ``s`` can end it;
 * ``plot(s)``: for plotly text, HTML-escaped (plotly shows entities as the characters they stand for).
 """
@@ -22,9 +22,15 @@ import string
 _PUNCTUATION = frozenset(string.punctuation)
 
 
+# GitHub-flavoured Markdown also turns bare addresses in the text into links, after escapes are resolved
+# (http://…, www.…, a@b.c): an invisible word joiner after the scheme or "www" and before "@" keeps them text.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|xmpp|www)(?=[:.])")
+_JOINER = "\u2060"
+
+
 def md(value) -> str:
-    """``value`` as Markdown that renders as exactly its text."""
-    text = str(value)
+    """``value`` as Markdown that renders as exactly its text (bare addresses included, not as links)."""
+    text = _AUTOLINK.sub(lambda m: m.group(1) + _JOINER, str(value)).replace("@", _JOINER + "@")
     return "".join("\\" + c if c in _PUNCTUATION else c for c in text).replace("\r", "")
 
 

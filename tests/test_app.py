@@ -1016,7 +1016,8 @@ def unescaped(bodies: list[str]) -> list[str]:
     character that starts it is not backslash-escaped (a backslash-escaped one renders as itself)."""
     import re
 
-    starts = re.compile(r"(?<!\\)\]\(http|(?<!\\)<img|(?<!\\)<b>|(?<!\\):red\[|(?<!\\)\*\*x")
+    starts = re.compile(r"(?<!\\)\]\(http|(?<!\\)<img|(?<!\\)<b>|(?<!\\):red\[|(?<!\\)\*\*x"
+                        r"|http\\?:")  # a bare address is made a link unless something stands between scheme and ":"
     return [b for b in bodies if starts.search(b)]
 
 
