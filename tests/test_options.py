@@ -11,7 +11,7 @@ import pytest
 from uad import cli
 from uad.core.errors import ConfigError, UADError
 from uad.jobs import run_jobs
-from uad.models import check_hparams, constructor_options, list_models, model_options
+from uad.models import list_models, model_options
 from uad.training import trainer
 from uad.training.config import TrainConfig
 
@@ -72,6 +72,8 @@ def test_every_numeric_option_is_accepted_at_its_bounds_and_refused_just_past_th
             assert _form(model, name, at) is None, f"{model} {name}={at}: the form refused a value at its bound"
             assert _train(model, name, at, tmp_path / "run", capsys) is None, f"{model} {name}={at}: training refused it"
             # The loader's check of a checkpoint's hyper-parameters is the same declaration.
+            from uad.models import check_hparams
+
             check_hparams(model, {"image_size": SIZE, name: at})
 
             past = _past(opt, side)
@@ -82,7 +84,7 @@ def test_every_numeric_option_is_accepted_at_its_bounds_and_refused_just_past_th
             assert "Traceback" not in err
             assert not (tmp_path / "run").exists(), f"{model} {name}={past}: a run folder was left behind"
             with pytest.raises(ConfigError, match=name):
-                check_hparams(model, {name: past})
+                check_hparams(model, {name: past})  # noqa: F821 - imported above, in this loop
 
 
 @pytest.mark.parametrize("model", list_models())
@@ -98,6 +100,8 @@ def test_float_options_refuse_nan_and_infinity_before_anything_starts(model, tmp
 
 def test_the_shared_sizes_are_bounded_too():
     """in_channels and image_size come from the data, but a checkpoint's record states them: bounded alike."""
+    from uad.models import check_hparams, constructor_options
+
     for model in list_models():
         opts = constructor_options(model)
         assert (opts["in_channels"].low, opts["in_channels"].high) == (1, 4)

@@ -27,7 +27,7 @@ from conftest import BRATS_AFFINE, phantom, write_case
 from uad import cli
 from uad.core import fileio, paths, processes
 from uad.data import store as store_mod
-from uad.data.preprocess_config import PreprocessConfig
+from uad.data.preprocess import PreprocessConfig
 from uad.jobs import run_jobs
 from uad.runs import folders
 from uad.runs import meta as run_meta
