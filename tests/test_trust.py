@@ -439,3 +439,17 @@ def test_every_header_is_checked_before_any_voxel_is_read(tmp_path):
     assert "ERR" in out and "differs from" in out, out
     peak = float(out.split("PEAK_MB")[1])
     assert peak < 100, f"read {peak:.0f} MB before refusing"
+
+
+# -- O: evaluation and scoring flags out of bounds ----------------------------------------------------------------------
+@pytest.mark.parametrize("argv, expected", [
+    (["evaluate", "--run", "X", "--bootstrap", "-5"], "--bootstrap must be between 0"),
+    (["evaluate", "--run", "X", "--median", "-3"], "--median must be between 0 and 31"),
+    (["evaluate", "--run", "X", "--erode", "-1"], "--erode must be between 0 and 64"),
+    (["evaluate", "--run", "X", "--score-percentile", "nan"], "--score-percentile must be a number in (0, 100]"),
+    (["score", "--run", "X", "--case", "Y", "--out", "Z", "--min-component", "-2"], "--min-component must be between 0"),
+])
+def test_out_of_bounds_evaluation_flags_are_refused_before_anything_runs(argv, expected, capsys, tmp_path):
+    argv = [str(tmp_path / a) if a in ("X", "Y", "Z") else a for a in argv]
+    _fails(argv, capsys, expected)
+    assert not any(tmp_path.iterdir())  # nothing was written

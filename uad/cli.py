@@ -472,6 +472,7 @@ def cmd_score(args) -> int:
     from uad.scoring.nifti import write_nifti
     from uad.scoring.scorers import ModelScorer
 
+    post = _post_config(args)  # a bad flag is one line before anything is loaded
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
     t0 = time.perf_counter()
@@ -484,7 +485,7 @@ def cmd_score(args) -> int:
     # The folder holding the case is the dataset root a slice cache (prepare, train, evaluate) is keyed by;
     # a case cached under another root is preprocessed now, which only costs time.
     pre = load_working_case(case.folder.parent, case, ckpt.preprocess)
-    vs = score_case(ModelScorer(ckpt.model, device=args.device or "cpu"), pre, _post_config(args))
+    vs = score_case(ModelScorer(ckpt.model, device=args.device or "cpu"), pre, post)
     path = write_nifti(vs.maps, pre.geometry, Path(args.out) / f"{case.case_id}_anomaly.nii.gz")
     print(f"wrote {path} ({time.perf_counter() - t0:.2f} s)")
     return 0

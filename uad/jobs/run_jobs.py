@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uad.checkpoints.record import META
 from uad.core import paths, processes
 from uad.core.errors import ConfigError, DataError
 from uad.jobs.background import LAUNCH, STDOUT, launch_info, reap, start_process, tail
 from uad.runs import archive, folders, listing
 from uad.runs import meta as run_meta
 
-CKPT_META = "checkpoint.json"  # = uad.checkpoints.META; not imported so listing runs does not import torch
+CKPT_META = META  # checkpoint.json (uad.checkpoints.record reads it without torch)
 
 
 def check_train_config(config) -> None:
