@@ -2,6 +2,8 @@
 
     python benchmarks/fault_table.py            # runs the fault tests, prints a Markdown table
     python benchmarks/fault_table.py --list     # the table's rows without running anything
+    python benchmarks/fault_table.py --junit report.xml   # the table from a finished test run
+                                                          # (python -m pytest --junitxml=report.xml)
 
 Each row is one test that does the thing in a temporary folder on tiny data (fills a small tmpfs, edits a
 record, plants a pid, injects a label, kills a process, mounts a folder read-only, ...) and checks what a
@@ -99,6 +101,10 @@ def run(rows, junit: Path) -> dict[str, tuple[str, str]]:
     env = dict(os.environ)
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *ids],
                    cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return read_junit(junit)
+
+
+def read_junit(junit: Path) -> dict[str, tuple[str, str]]:
     out = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         file = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
@@ -130,17 +136,20 @@ def verdict(tests: list[str], results: dict[str, tuple[str, str]]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the rows without running them")
+    p.add_argument("--junit", type=Path, help="read the outcomes from this pytest JUnit XML instead of running")
     args = p.parse_args()
     results: dict[str, tuple[str, str]] = {}
     t0 = time.perf_counter()
-    if not args.list:
+    if args.junit:
+        results = read_junit(args.junit)
+    elif not args.list:
         with tempfile.TemporaryDirectory() as tmp:
             results = run(ROWS, Path(tmp) / "junit.xml")
     print("| fault | what was tried | what held | result |")
     print("|---|---|---|---|")
     for fault, tried, held, tests in ROWS:
         print(f"| {fault} | {tried} | {held} | {verdict(tests, results) if results else '–'} |")
-    if results:
+    if results and not args.junit:
         print(f"\n{len(results)} tests, {time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores "
               f"({'root' if os.geteuid() == 0 else 'not root: mounting tests skip'}).")
     return 0

@@ -56,8 +56,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ConfigError(f"{words} must be a whole number between {low} and {high}, got {value!r}")
-        if not (_number(self.lr) and 0 < self.lr <= 10):
-            raise ConfigError(f"learning rate must be a finite number > 0 and <= 10, got {self.lr!r}")
+        if not (_number(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr!r}")
         if self.max_minutes is not None and not (_number(self.max_minutes) and 0 < self.max_minutes <= MAX_MINUTES):
             raise ConfigError(f"max minutes must be a finite number > 0, got {self.max_minutes!r}")
         if self.cases is not None:
