@@ -130,7 +130,8 @@ def verdict(tests: list[str], results: dict[str, tuple[str, str]]) -> str:
     skipped = [d for _, (o, d) in mine if o == "skipped"]
     if len(skipped) == len(mine):
         return f"skipped ({skipped[0]})"
-    return f"held ({len(mine) - len(skipped)} tests)" + (f", {len(skipped)} skipped" if skipped else "")
+    n = len(mine) - len(skipped)
+    return f"held ({n} test{'s' if n != 1 else ''})" + (f", {len(skipped)} skipped" if skipped else "")
 
 
 def main() -> int:
@@ -148,7 +149,8 @@ def main() -> int:
     print("| fault | what was tried | what held | result |")
     print("|---|---|---|---|")
     for fault, tried, held, tests in ROWS:
-        print(f"| {fault} | {tried} | {held} | {verdict(tests, results) if results else '–'} |")
+        cells = [fault, tried, held, verdict(tests, results) if results else "–"]
+        print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a | in a cell would split it
     if results and not args.junit:
         print(f"\n{len(results)} tests, {time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores "
               f"({'root' if os.geteuid() == 0 else 'not root: mounting tests skip'}).")
