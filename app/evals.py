@@ -10,6 +10,7 @@ from pathlib import Path
 
 import state
 import streamlit as st
+from safe import code, md
 
 from uad.data import identity
 from uad.evaluation import summaries
@@ -33,20 +34,20 @@ def _evaluate_body(v: run_jobs.RunView, root: Path, key: str, was_running: bool)
     job = eval_jobs.eval_job(v, root)
     name = identity.dataset_ref(root).label
     if job.state == "running":
-        st.progress(job.fraction, text=f"Evaluating {v.info.name} on {name}: {job.text}")
+        st.progress(job.fraction, text=f"Evaluating {md(v.info.name)} on {md(name)}: {job.text}")
         return
     if was_running:
         st.rerun()  # finished or failed since the last poll: the whole page shows the new results
     if job.state == "failed":
-        st.error(f"The evaluation of {v.info.name} on {name} failed:")
+        st.error(f"The evaluation of {md(v.info.name)} on {md(name)} failed:")
         st.code(job.log or "(no output)", language=None)
     split = eval_jobs.eval_split(v, root)
     what = ("its recorded test patients" if split == "test" else
             "every case, with thresholds calibrated on this folder's own healthy slices")
-    label = f"{'Evaluate again' if job.state == 'done' else 'Evaluate'}: {v.info.name} on {name}"
+    label = f"{'Evaluate again' if job.state == 'done' else 'Evaluate'}: {md(v.info.name)} on {md(name)}"
     if st.button(label, key=f"evaluate::{key}::{v.info.name}", disabled=v.active, icon=":material/play_arrow:",
-                 help=f"Runs `python -m uad evaluate --data {root} --split {split}` in the background: {what}. "
-                      f"Results go to {job.out}."):
+                 help=f"Runs {code(f'python -m uad evaluate --data {root} --split {split}')} in the background: {what}. "
+                      f"Results go to {code(job.out)}."):
         eval_jobs.launch_eval(v, root)
         st.rerun()
 
@@ -61,11 +62,12 @@ def presets(v: run_jobs.RunView, root: Path) -> tuple[list[tuple[float, float]],
 def presets_notice(v: run_jobs.RunView, root: Path, summary: summaries.EvaluationSummary | None) -> None:
     """Names where Explore's presets come from, or says there are none and offers the evaluation."""
     if summary is not None:
-        st.caption(f"Threshold presets (1/5/10 % healthy FPR) from {v.info.name}'s evaluation on **{summary.where}** "
-                   f"(calibrated on {len(summary.raw.get('calibration_cases') or [])} cases' healthy slices, "
-                   f"{summary.raw.get('evaluated', '')}).")
+        calibration = summary.raw.get("calibration_cases")
+        st.caption(f"Threshold presets (1/5/10 % healthy FPR) from {md(v.info.name)}'s evaluation on **{md(summary.where)}** "
+                   f"(calibrated on {len(calibration) if isinstance(calibration, list) else 0} cases' healthy slices, "
+                   f"{md(summary.raw.get('evaluated', ''))}).")
         return
-    st.info(f"{v.info.name} has not been evaluated on the active dataset, {dataset_words(root)}: no threshold presets "
+    st.info(f"{md(v.info.name)} has not been evaluated on the active dataset, {md(dataset_words(root))}: no threshold presets "
             "calibrated on its healthy slices.")
     evaluate_control(v, root, "explore")
 
@@ -91,5 +93,5 @@ def take_explore_request() -> dict | None:
             st.session_state[state.case_key("explore", state.active_root())] = req["case"]
         else:
             st.session_state.pop(state.case_key("explore", state.active_root()), None)
-            st.warning(f"Case {req['case']} is no longer in {state.active_root()}.")
+            st.warning(md(f"Case {req['case']} is no longer in {state.active_root()}."))
     return req

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from safe import md
 
 from uad.checkpoints import record as ckpt_record
 from uad.core import fileio, paths
@@ -75,7 +76,7 @@ def require_local_address() -> None:
     problem = address_problem()
     if problem:
         print(f"uad app: refusing to serve: {problem}", file=sys.stderr, flush=True)
-        st.error(problem)
+        st.error(md(problem))
         st.stop()
 
 
@@ -153,12 +154,22 @@ def load_display_case(root: str, case_id: str, stamp: tuple):
 
 
 # -- runs (state and processes live in uad.jobs) ---------------------------------------------------------
-def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[run_jobs.RunView]:
+def list_run_views(include_shipped: bool = True, archived: bool = False, warn: bool = False) -> list[run_jobs.RunView]:
+    """Every run (``uad.jobs.run_jobs.list_run_views``); one damaged folder never hides the others. ``warn``
+    (once per page) says which folders were left out and why, and which interrupted deletes were finished."""
+    skipped, finished = [], []
     try:
-        return run_jobs.list_run_views(include_shipped=include_shipped, archived=archived)
-    except APP_ERRORS as exc:  # e.g. a run folder whose config.json is valid JSON but not an object
-        st.error(f"Cannot list the runs in {paths.runs_dir()}: {exc}")
+        views = run_jobs.list_run_views(include_shipped=include_shipped, archived=archived, skipped=skipped,
+                                        finished=finished)
+    except APP_ERRORS as exc:
+        st.error(md(f"Cannot list the runs in {paths.runs_dir()}: {exc}"))
         return []
+    if warn:
+        for s in skipped:
+            st.warning(md(f"Skipped {s.path}: {s.reason}"))
+        for folder, _size in finished:
+            st.info(md(f"Finished deleting {folder}, a delete interrupted earlier."))
+    return views
 
 
 

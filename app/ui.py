@@ -15,6 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 import state
 import streamlit as st
+from safe import md
+from safe import plot as plot_text
 
 from uad.data import labels as seg_labels
 from uad.evaluation import figures
@@ -66,8 +68,8 @@ def loss_figure(records: list[dict], steps: list[dict] | None = None) -> go.Figu
         colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
         if steps:
             data.append(go.Scatter(x=[r["epoch"] for r in steps], y=[(r.get("train") or {}).get(k) for r in steps],
-                                   name=f"train {k} (steps)", mode="lines", line=dict(color=colour, width=1), opacity=0.6))
-        data.append(go.Scatter(x=epochs, y=[(r.get("train") or {}).get(k) for r in records], name=f"train {k} (epoch)",
+                                   name=plot_text(f"train {k} (steps)"), mode="lines", line=dict(color=colour, width=1), opacity=0.6))
+        data.append(go.Scatter(x=epochs, y=[(r.get("train") or {}).get(k) for r in records], name=plot_text(f"train {k} (epoch)"),
                                mode="markers" if steps else "lines+markers", marker=dict(color=colour, size=8),
                                line=dict(color=colour)))
     data.append(go.Scatter(x=epochs, y=[r.get("val_loss") for r in records], name="validation loss", mode="lines+markers",
@@ -85,14 +87,14 @@ def overlay_figure(series: list[tuple[str, list[dict], list[dict]]], curve: str 
     for i, (label, records, steps) in enumerate(series):
         colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
         if curve == "validation":
-            data.append(go.Scatter(x=[r["epoch"] for r in records], y=[r.get("val_loss") for r in records], name=label,
+            data.append(go.Scatter(x=[r["epoch"] for r in records], y=[r.get("val_loss") for r in records], name=plot_text(label),
                                    mode="lines+markers", line=dict(color=colour)))
             continue
         source = steps or records
         keys = [k for r in source for k in (r.get("train") or {})]
         key = "loss" if "loss" in keys else (keys[0] if keys else None)
         data.append(go.Scatter(x=[r["epoch"] for r in source], y=[(r.get("train") or {}).get(key) for r in source],
-                               name=f"{label} ({key})", mode="lines", line=dict(color=colour)))
+                               name=plot_text(f"{label} ({key})"), mode="lines", line=dict(color=colour)))
     title = "validation loss" if curve == "validation" else "training loss"
     return go.Figure(data=data, layout=layout(320, xaxis=dict(title=dict(text="epoch")), yaxis=dict(title=dict(text=title))))
 
@@ -100,17 +102,18 @@ def overlay_figure(series: list[tuple[str, list[dict], list[dict]]], curve: str 
 def training_data_caption(info: listing.RunInfo, root: Path, infos: list[listing.RunInfo]) -> None:
     """Which data a checkpoint learned from, with citation and terms; a hint when it does not suit the active data."""
     data = info.training_data
-    st.caption(f"**Trained on:** {data['name']}. {data.get('description', '')} "
-               + (f"Cite: {data['citation']} " if data.get("citation") else "")
-               + (f"Terms: {data['terms']}" if data.get("terms") else ""))
+    st.caption(f"**Trained on:** {md(data['name'])}. {md(data.get('description', ''))} "
+               + (f"Cite: {md(data['citation'])} " if data.get("citation") else "")
+               + (f"Terms: {md(data['terms'])}" if data.get("terms") else ""))
     suggested = listing.suggested_checkpoint(infos, demo_active=state.is_demo(root), model=info.model)
     if info.shipped and suggested is not None and suggested.name != info.name:
         where = "the demo cohort" if state.is_demo(root) else "real scans"
-        st.info(f"For {where}, the shipped checkpoint **{suggested.name}** ({suggested.training_data['name']}) suits better.")
+        st.info(f"For {where}, the shipped checkpoint **{md(suggested.name)}** ({md(suggested.training_data['name'])}) suits better.")
 
 
 def run_label(v: run_jobs.RunView) -> str:
-    """'<name> · <model> · <state>', the name the user gave the run (with its folder) when it has one, and its tags."""
+    """'<name> · <model> · <state>', the name the user gave the run (with its folder) when it has one, and its tags.
+    Plain text (for select boxes): wrap it in ``safe.md`` wherever Markdown is rendered."""
     tag = "shipped" if v.info.shipped else v.label
     name = f"{v.name} ({v.info.name})" if v.name != v.info.name else v.info.name
     tags = f" · #{' #'.join(v.tags)}" if v.tags else ""

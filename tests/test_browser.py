@@ -412,3 +412,68 @@ def test_viewer_orientation_scrubbing_and_folder_switch(browser_page, server, ho
     eventually(lambda: "BraTS2021_00000" in shown())
     wait_idle(page)
     assert viewer_state(viewer_frame(page))["caseId"] == "BraTS2021_00000" and "BraTS2021_00077" not in shown()
+
+
+# -- labels are text (issue #17 E) --------------------------------------------------------------------------------
+def _pick(page, label: str, text: str) -> None:
+    """Choose the option holding ``text`` in the select box or multiselect labelled ``label``."""
+    box = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]', has_text=label).first
+    box.locator("input").first.click()
+    box.locator("input").first.fill(text)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    wait_idle(page)
+
+
+def test_hostile_labels_never_reach_the_browser_as_markup(browser_page, server, home):
+    """A run whose model name (config.json), name, tags and note (meta.json) are HTML and Markdown pointing at
+    a local server: on every page the browser fetches nothing from it and draws no link or image to it, and
+    the labels are there as text."""
+    import http.server
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_app
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    trap = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=trap.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{trap.server_address[1]}/"
+    test_app.HOSTILE, saved = host, test_app.HOSTILE
+    run = test_app.hostile_run(home, "zz-hostile")
+    test_app.HOSTILE = saved
+    page = browser_page
+    found_markup = """host => [...document.querySelectorAll('*')].filter(e => [...e.attributes].some(
+        a => (a.name === 'href' || a.name === 'src' || a.name === 'xlink:href') && a.value.startsWith(host)))
+        .map(e => e.outerHTML.slice(0, 300))"""
+    try:
+        page.goto(server)
+        wait_idle(page)
+        for title, act in (("Overview", None), ("Train", None),
+                           ("Explore", lambda: _pick(page, "Run or shipped checkpoint", "zz-hostile")),
+                           ("Compare", lambda: _pick(page, "Runs to compare", "zz-hostile"))):
+            if title != "Overview":  # the start page, whose title is the app's
+                goto(page, title)
+            if act is not None:
+                act()
+            time.sleep(1.0)  # give any image a chance to be fetched
+            assert page.evaluate(found_markup, host) == [], title
+            assert hits == [], (title, hits)
+            shot(page, f"hostile-{title.lower()}")
+        goto(page, "Train")
+        assert page.get_by_text("[Sign in again]", exact=False).count() >= 1  # shown, as text
+        assert page.get_by_role("link", name="Sign in again").count() == 0
+    finally:
+        trap.shutdown()
+        shutil.rmtree(run, ignore_errors=True)

@@ -111,17 +111,17 @@ def test_out_of_range_hyper_parameters_are_refused_before_building(tmp_path):
     model, _ = _model_and_optimizers()
     ckpt_weights.save(tmp_path / "ckpt", model, {})
 
-    def edit(**hparams):
+    def edit(**hparams):  # and seal the record again, as someone who knows the format could
         path = tmp_path / "ckpt" / ckpt_record.META
-        info = json.loads(path.read_text())
+        info = {k: v for k, v in json.loads(path.read_text()).items() if k != "record_sha256"}
         info["hparams"].update(hparams)
-        path.write_text(json.dumps(info))
+        path.write_text(json.dumps({**info, "record_sha256": ckpt_record.canonical_hash(info)}))
 
     edit(latent_dim=100_000)
-    with pytest.raises(CheckpointError, match=r"checkpoint.json: hparams latent_dim = 100000 is outside the sane range"):
+    with pytest.raises(CheckpointError, match=r"checkpoint.json: latent_dim must be between 1 and 4096, got 100000"):
         ckpt_weights.load(tmp_path / "ckpt")
     edit(latent_dim="8")
-    with pytest.raises(CheckpointError, match="hparams latent_dim must be a number"):
+    with pytest.raises(CheckpointError, match="latent_dim must be a whole number"):
         ckpt_weights.load(tmp_path / "ckpt")
     # Within bounds but far larger than the file: found on a model built without memory, then refused.
     edit(latent_dim=8, base_channels=256, image_size=256)

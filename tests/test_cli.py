@@ -197,7 +197,7 @@ def test_runs_resume_in_the_background_refuses_what_it_cannot_resume(capsys):
     "extra, expected",
     [
         (["--bottleneck", "nope"], "invalid choice: 'nope'"),
-        (["--base-channels", "100000"], "model option base_channels = 100000 is outside the sane range"),
+        (["--base-channels", "100000"], "model option base_channels must be between 1 and 256, got 100000"),
         (["--noise-res", "0"], "noise_res"),
     ],
     ids=["choice", "bounds", "model-check"],

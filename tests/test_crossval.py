@@ -87,12 +87,19 @@ def test_evaluate_refuses_a_test_split_that_overlaps_training(tmp_path):
              "test": ["BraTS2021_00004"]}
     run = train(TrainConfig(model="autoencoder", data=str(root), image_size=64, epochs=1, batch_size=8, cases=lists),
                 run_dir=tmp_path / "run", progress=False)
-    # Tamper with the recorded lists so that test and train overlap: evaluation must refuse.
+    # Tamper with the recorded lists so that test and train overlap: evaluation must refuse. Edited, the
+    # record's hash no longer matches; sealed again, its own check of the lists refuses the overlap.
+    from uad.checkpoints.record import canonical_hash
+    from uad.core.errors import CheckpointError
+
     meta_path = run / "best" / "checkpoint.json"
-    meta = json.loads(meta_path.read_text())
+    meta = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "record_sha256"}
     meta["split"]["cases"]["test"] = ["BraTS2021_00000", "BraTS2021_00004"]
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match="trained on"):
+    meta_path.write_text(json.dumps(meta | {"record_sha256": "0" * 64}))
+    with pytest.raises(CheckpointError, match="changed after it was saved"):
+        evaluate(run / "best", data=root, out=tmp_path / "eval", n_boot=10, progress=False)
+    meta_path.write_text(json.dumps(meta | {"record_sha256": canonical_hash(meta)}))
+    with pytest.raises(CheckpointError, match="BraTS2021_00000 is in both the train and the test list"):
         evaluate(run / "best", data=root, out=tmp_path / "eval", n_boot=10, progress=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -122,6 +123,15 @@ def test_checkpoint_roundtrip_gives_identical_outputs(cohort, tmp_path):
     assert torch.allclose(a.model.anomaly_map(x).anomaly_map, c.model.anomaly_map(x).anomaly_map, atol=2e-2)
 
 
+def reseal(folder, **changes):
+    """Edit checkpoint.json and seal it again with its record hash, as someone who knows the format could:
+    what is left to refuse it are the checks of its fields."""
+    path = folder / "checkpoint.json"
+    info = {k: v for k, v in json.loads(path.read_text()).items() if k != "record_sha256"}
+    info.update(changes)
+    path.write_text(json.dumps({**info, "record_sha256": ckpt_record.canonical_hash(info)}))
+
+
 def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
     from uad.data import PreprocessConfig
 
@@ -141,9 +151,7 @@ def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
 
     garbage = variant("garbage")
     (garbage / "model.safetensors").write_bytes(b"\x00" * 100)
-    info = json.loads((garbage / "checkpoint.json").read_text())
-    info.pop("weights_sha256")
-    (garbage / "checkpoint.json").write_text(json.dumps(info))
+    reseal(garbage, weights_sha256=hashlib.sha256(b"\x00" * 100).hexdigest())
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         ckpt_weights.load(garbage)
 
@@ -153,16 +161,13 @@ def test_bad_checkpoints_are_refused_with_clear_errors(cohort, tmp_path):
         ckpt_weights.load(bad_json)
 
     other = variant("other")
-    info = json.loads((other / "checkpoint.json").read_text())
-    info["model"] = "vae"
-    (other / "checkpoint.json").write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match="checkpoint.json: cannot rebuild model vae"):
+    reseal(other, model="vae")
+    with pytest.raises(CheckpointError, match="checkpoint.json: model .vae. has no option bottleneck"):
         ckpt_weights.load(other)
 
     resized = variant("resized")
-    info = json.loads((resized / "checkpoint.json").read_text())
-    info["hparams"]["base_channels"] = 7  # every layer's shape changes (latent_dim is unused by the U-Net)
-    (resized / "checkpoint.json").write_text(json.dumps(info))
+    # every layer's shape changes (latent_dim is unused by the U-Net)
+    reseal(resized, hparams={**json.loads((resized / "checkpoint.json").read_text())["hparams"], "base_channels": 7})
     with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
         ckpt_weights.load(resized)
 
@@ -207,7 +212,7 @@ def test_a_folder_that_holds_a_run_is_refused_unless_resumed_or_overwritten(coho
     assert files() == before  # not touched, not even status.json
 
     assert main(args + ["--overwrite"]) == 0
-    assert ckpt_record.read_info(run)["model"] == "vae"
+    assert ckpt_record.CheckpointRecord.read(run).model == "vae"
     assert [r["epoch"] for r in folders.read_metrics(run)] == [1]
     (aside,) = tmp_path.glob("run.old-*")  # the old run, moved aside whole, still usable
     assert ckpt_weights.load(aside).info["model"] == "autoencoder"
@@ -265,9 +270,9 @@ def test_a_second_trainer_on_a_folder_in_use_fails_fast(cohort, tmp_path):
 
 def test_without_validation_slices_best_follows_the_latest_epoch(cohort, tmp_path):
     run = train(_config(cohort, epochs=2, split_ratios=(1, 0, 0)), run_dir=tmp_path / "run", progress=False)
-    best = ckpt_record.read_info(run / "best")
-    assert best["epoch"] == 2 and best["weights_sha256"] == ckpt_record.read_info(run / "last")["weights_sha256"]
-    assert best["best_selection"] == "latest epoch (no validation slices)"
+    best = ckpt_record.CheckpointRecord.read(run / "best")
+    assert best.epoch == 2 and best.weights_sha256 == ckpt_record.CheckpointRecord.read(run / "last").weights_sha256
+    assert best.best_selection == "latest epoch (no validation slices)"
     assert folders.read_status(run)["best_selection"] == "latest epoch (no validation slices)"
 
 
@@ -373,7 +378,7 @@ def test_a_time_budget_mid_epoch_is_recorded_as_such(cohort, tmp_path, monkeypat
     assert status["epoch"] == 0  # the partial epoch is not counted as done (it used to read "completed 1/1")
     last = folders.read_metrics(run)[-1]
     assert last["partial"] is True and last["batches"] == [end["batch"], end["batches"]]
-    assert ckpt_record.read_info(run / "last")["epoch"] == 0  # a resume trains epoch 1 again, in full
+    assert ckpt_record.CheckpointRecord.read(run / "last").epoch == 0  # a resume trains epoch 1 again, in full
     (info,) = listing.list_runs(include_shipped=False, root=tmp_path)
     view = run_jobs.run_view(info)
     assert view.label == "time budget" and view.progress == 1.0

@@ -83,7 +83,7 @@ def cmd_prepare(args) -> int:
     from uad.data.store import build_store
 
     root = resolve_data_root(args.data)
-    store = build_store(root, _preprocess_config(args), workers=args.workers)
+    store = build_store(root, _preprocess_config(args), workers=args.workers, verify=True)  # every byte of every case
     s = store.summary()
     print(f"dataset      {root}")
     print(f"cache        {store.root}")
@@ -157,18 +157,37 @@ def cmd_info(args) -> int:
 # -- train ----------------------------------------------------------------------------------------------
 
 
-def _model_options() -> dict[str, tuple[type, object, list[str], tuple | None]]:
-    """Every option of every registered model: name → (type, default, models that take it, choices or None)."""
+def _model_options() -> dict[str, tuple[type, object, list[str], tuple | None, tuple | None]]:
+    """Every option of every registered model: name → (type, default, models that take it, choices or None,
+    (low, high) bounds or None). Where models bound one option differently the flag shows the widest; each
+    model's own bounds are checked when the configuration is (``TrainConfig``)."""
     from uad.models import list_models, model_options
 
-    options: dict[str, tuple[type, object, list[str], tuple | None]] = {}
+    options: dict[str, tuple[type, object, list[str], tuple | None, tuple | None]] = {}
     for name in list_models():
         for opt, spec in model_options(name).items():
-            entry = options.setdefault(opt, (spec.type, spec.default, [], spec.choices))
+            bounds = (spec.low, spec.high) if spec.low is not None else None
+            entry = options.setdefault(opt, (spec.type, spec.default, [], spec.choices, bounds))
             entry[2].append(name)
             if entry[3] != spec.choices:  # same name, other choices in another model: accept the union
-                options[opt] = (entry[0], entry[1], entry[2], tuple(dict.fromkeys((entry[3] or ()) + (spec.choices or ()))) or None)
+                entry = options[opt] = (entry[0], entry[1], entry[2], tuple(dict.fromkeys((entry[3] or ()) + (spec.choices or ()))) or None, entry[4])
+            if bounds and entry[4] and bounds != entry[4]:
+                options[opt] = entry[:4] + ((min(bounds[0], entry[4][0]), max(bounds[1], entry[4][1])),)
     return options
+
+
+def _number_type(typ: type):
+    """argparse type for a numeric model option: a number, never NaN or infinity (they pass every bound check)."""
+    import math
+
+    def parse(text: str):
+        value = typ(text)  # ValueError: argparse says "invalid int value"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        return value
+
+    parse.__name__ = typ.__name__  # argparse's "invalid float value" names it
+    return parse
 
 
 def _parse_bool(text: str) -> bool:
@@ -201,15 +220,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="if --out already holds a run, move it aside to OUT.old-<time> and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = p.add_argument_group("model options (only for the models named)")
-    for opt, (typ, default, models, choices) in sorted(_model_options().items()):
+    for opt, (typ, default, models, choices, bounds) in sorted(_model_options().items()):
+        bounded = f", {bounds[0]:g} to {bounds[1]:g}" if bounds else ""
         group.add_argument(f"--{opt.replace('_', '-')}", dest=f"model_opt_{opt}", default=None,
-                           type=_parse_bool if typ is bool else typ, choices=choices,
+                           type=_parse_bool if typ is bool else _number_type(typ) if typ in (int, float) else typ,
+                           choices=choices,
                            metavar="{" + ",".join(map(str, choices)) + "}" if choices else typ.__name__.upper(),
-                           help=f"{', '.join(models)} (default {default})")
+                           help=f"{', '.join(models)} (default {default}{bounded})")
 
 
 def cmd_train(args) -> int:
-    from uad.core import fileio
     from uad.core.errors import ConfigError
     from uad.training.config import TrainConfig, check_config
     from uad.training.trainer import train
@@ -229,11 +249,13 @@ def cmd_train(args) -> int:
 
     given = {k[len("model_opt_"):]: v for k, v in vars(args).items() if k.startswith("model_opt_") and v is not None}
     if args.resume:
+        from uad.runs import folders
+
+        folders.refuse_shipped(args.resume, "resumed")  # before anything is read or written there
         config_path = Path(args.resume) / "config.json"
-        try:
-            saved = fileio.read_json(config_path)["train"]
-        except (FileNotFoundError, KeyError, ValueError):
-            raise ConfigError(f"{config_path}: cannot resume, no readable run configuration") from None
+        saved = (folders.read_config(args.resume) or {}).get("train")
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{config_path}: cannot resume, no readable run configuration")
         if args.epochs is not None:
             saved["epochs"] = args.epochs
         train(TrainConfig.from_dict(saved), run_dir=args.resume, resume=True, progress=not args.no_progress,
@@ -287,15 +309,27 @@ def cmd_runs(args) -> int:
 
     command = args.runs_command or "list"
     if command == "list":
-        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived)
+        skipped, finished = [], []
+        views = run_jobs.list_run_views(include_shipped=args.shipped, archived=args.archived, skipped=skipped,
+                                        finished=finished)
         where = archive.archive_dir() if args.archived else paths.runs_dir()
+        from uad.data.cache import format_size
+
+        for folder, size in finished:
+            print(f"finished deleting {folder} ({format_size(size)}), a delete interrupted earlier", file=sys.stderr)
+        for s in skipped:
+            print(f"warning: skipped {s.path}: {s.reason}", file=sys.stderr)
         if not views:
             print(f"no runs in {where}")
             return 0
         print(_runs_table(views))
         return 0
 
-    v = run_jobs.find_run(args.run, archived=True if command == "restore" else None)
+    v = run_jobs.find_run(args.run, archived=True if command == "restore" else None,
+                          damaged_ok=command in ("archive", "delete"))  # a damaged run can still be cleared away
+    words = {"cancel": "cancelled", "resume": "resumed", "rename": "renamed", "tag": "tagged", "note": "noted",
+             "archive": "archived", "restore": "restored", "delete": "deleted"}
+    run_jobs.require_own(v, words[command])
     if command == "cancel":
         print(run_jobs.cancel_run(v.path))
     elif command == "resume":
@@ -361,30 +395,40 @@ def _recipe(args, base=None):
     """The recipe the flags ask for: ``base`` (default: the default recipe) with every given flag applied."""
     from dataclasses import replace
 
+    from uad.core.errors import ConfigError
     from uad.scoring.recipe import ScoringRecipe
 
     base = base or ScoringRecipe()
-    post = replace(base.post, **{field: getattr(args, flag) for flag, field in _RECIPE_FLAGS.items()
-                                 if getattr(args, flag) is not None})
-    channels = tuple(args.residual_channels) if args.residual_channels else base.channels
-    return ScoringRecipe(args.residual or base.residual, post, channels)
+    try:
+        post = replace(base.post, **{field: getattr(args, flag) for flag, field in _RECIPE_FLAGS.items()
+                                     if getattr(args, flag) is not None})
+        channels = tuple(args.residual_channels) if args.residual_channels else base.channels
+        return ScoringRecipe(args.residual or base.residual, post, channels)
+    except ConfigError as exc:  # the recipe's own bounds, said with the flag the user typed
+        text = str(exc)
+        for flag, field in _RECIPE_FLAGS.items():
+            text = text.replace(f"{field} must", f"--{flag.replace('_', '-')} must", 1)
+        raise ConfigError(text.replace("residual channels must", "--residual-channels must", 1)) from None
 
 
 def _recipe_given(args) -> bool:
     return args.residual is not None or args.residual_channels is not None or any(getattr(args, f) is not None for f in _RECIPE_FLAGS)
 
 
+MAX_BOOTSTRAP = 100_000
+
+
 def cmd_evaluate(args) -> int:
+    from uad.core.errors import ConfigError
     from uad.evaluation.evaluate import evaluate
 
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be between 0 and {MAX_BOOTSTRAP} resamples, got {args.bootstrap}")
+    recipe = _recipe(args)  # a bad flag is one line before anything is loaded
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
-    if args.bootstrap < 0:
-        from uad.core.errors import ConfigError
-
-        raise ConfigError(f"--bootstrap must be >= 0 resamples, got {args.bootstrap}")
     m = evaluate(args.run, data=args.data, split=args.split, out=args.out, save_maps=args.save_maps,
-                 recipe=_recipe(args), calibration=args.calibration, n_boot=args.bootstrap, device=args.device)
+                 recipe=recipe, calibration=args.calibration, n_boot=args.bootstrap, device=args.device)
     s = summaries.EvaluationSummary.from_metrics(m)
     out = args.out or summaries.eval_folder(summaries.write_base(args.run), s.dataset, args.split)
     print(f"{m['model']} on {s.dataset.title}, {summaries.SPLIT_WORDS.get(args.split, args.split)} "
@@ -480,6 +524,7 @@ def cmd_score(args) -> int:
     from uad.scoring.recipe import CASE_RATE, rate_label
     from uad.scoring.scorers import ModelScorer
 
+    _recipe(args)  # a bad flag is one line before anything is loaded
     _check_device(args.device)
     _check_out(args.out, "--out", folder=True)
     t0 = time.perf_counter()
@@ -491,7 +536,7 @@ def cmd_score(args) -> int:
     case = cases[0]
     evals = summaries.find_evaluations(summaries.eval_bases(args.run))
     source = (summaries.pick(evals, identity.dataset_ref(case.folder.parent).id)
-              or summaries.home_evaluation(args.run, ckpt.info))
+              or summaries.home_evaluation(args.run, ckpt.record.trained_root))
     base = source.recipe if source is not None else None
     recipe = _recipe(args, base).for_model(ckpt.model.residual)
     where = "the flags given" if _recipe_given(args) else (f"the evaluation on {source.where}" if source else "the defaults")
@@ -730,12 +775,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from uad.core.fileio import DISK_FULL
+        import errno
 
-        if exc.errno not in DISK_FULL:
+        from uad.core import fileio
+
+        named = fileio.write_error(exc, exc.filename or "a file")
+        if named is None and exc.errno == errno.ENAMETOOLONG:
+            named = UADError(f"{exc.filename or 'a path'}: file name too long")
+        if named is None:
             raise
-        # Anywhere a write was not already turned into a DataError: still one clear line, not a traceback.
-        print(f"error: {exc.filename or 'a file'}: disk full: {exc.strerror}", file=sys.stderr)
+        # Anywhere a write was not already turned into a UADError naming the file: still one clear line.
+        print(f"error: {named}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

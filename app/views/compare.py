@@ -10,6 +10,7 @@ import pandas as pd
 import state
 import streamlit as st
 import ui
+from safe import code, md
 
 from uad.data import identity
 from uad.evaluation import columns, figures, metrics, summaries
@@ -21,6 +22,7 @@ MAX_DEFAULT = 3
 
 
 def _label(v: run_jobs.RunView) -> str:
+    """Plain text (select boxes, tables); ``md`` for Markdown, ``plot_text`` for plotly."""
     return f"{v.info.model} · {v.info.name}"
 
 
@@ -52,13 +54,13 @@ def _evaluate_panel(views: list[run_jobs.RunView], found, root) -> None:
     pending = [v for v in views if summaries.pick(found[v.info.name], active.id) is None]
     if not pending:
         return
-    with st.expander(f"{len(pending)} run(s) not evaluated on the active dataset, {active.label}",
+    with st.expander(f"{len(pending)} run(s) not evaluated on the active dataset, {md(active.label)}",
                      expanded=not any(found.values())):
-        st.caption(f"Active dataset (Data page): `{active.root}`. On a run's own training data the evaluation scores its "
+        st.caption(f"Active dataset (Data page): {code(active.root)}. On a run's own training data the evaluation scores its "
                    "recorded test patients; on any other folder it scores every case, with thresholds calibrated on "
                    "that folder's own healthy slices.")
         for v in pending:
-            st.markdown(f"**{_label(v)}** · {v.state}")
+            st.markdown(f"**{md(_label(v))}** · {md(v.state)}")
             evals.evaluate_control(v, root, "compare")
 
 
@@ -90,10 +92,10 @@ def _cases_table(chosen, root_of) -> None:
     try:
         df = s.cases()
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     if df is None:
-        st.info(f"This evaluation of {name} predates per-case tables: evaluate it again to get one.")
+        st.info(f"This evaluation of {md(name)} predates per-case tables: evaluate it again to get one.")
         return
     thr = s.calibration.threshold(CASE_RATE)
     spec = [c for c in columns.CASES if c.key in df.columns]
@@ -103,8 +105,8 @@ def _cases_table(chosen, root_of) -> None:
         df[[k for k in ("case_id", "labelled") if k in df.columns] + [c.key for c in spec]], hide_index=True, width="stretch",
         key=f"cases::{s.key}::{name}", on_select="rerun", selection_mode="single-row", column_config=config)
     note = s.raw.get("cases_note") or ""
-    st.caption(f"{s.where}; calibrated threshold {ui.fmt(thr, 4)} ({rate_label(CASE_RATE)} healthy FPR). "
-               f"{note[:1].upper()}{note[1:]}. Click a column header to sort; select a row to open that case in Explore.")
+    st.caption(f"{md(s.where)}; calibrated threshold {ui.fmt(thr, 4)} ({rate_label(CASE_RATE)} healthy FPR). "
+               f"{md(note[:1].upper() + note[1:])}. Click a column header to sort; select a row to open that case in Explore.")
     rows = (event.selection.rows if event is not None and hasattr(event, "selection") else [])
     if rows:
         evals.open_in_explore(name, str(df.iloc[rows[0]]["case_id"]), root_of(s))
@@ -120,7 +122,7 @@ def _report_buttons(chosen) -> None:
     cols = st.columns(min(len(chosen), 3))
     for i, (v, s, _) in enumerate(chosen):
         cols[i % len(cols)].download_button(
-            f"Report: {v.info.name}", data=lambda v=v, s=s: html_report.build_report(s, run=v.path).encode("utf-8"),
+            f"Report: {md(v.info.name)}", data=lambda v=v, s=s: html_report.build_report(s, run=v.path).encode("utf-8"),
             file_name=f"uad-report-{v.info.name.replace('/', '-')}-{s.dataset.id}-{s.split}.html", mime="text/html",
             key=f"report::{v.info.name}", icon=":material/description:", width="stretch")
 
@@ -172,7 +174,9 @@ def _operating_panel(v: run_jobs.RunView, s: summaries.EvaluationSummary, e: dic
     if key not in st.session_state:
         youden = (s.raw.get("slice_youden") or {}).get("threshold")
         st.session_state[key] = float(np.clip(youden if youden is not None else np.median(scores), lo, hi))
-    st.markdown(f"<span style='color:{colour};font-size:1.3em'>●</span> **{_label(v)}**", unsafe_allow_html=True)
+    # The colour is the app's own (ui.MODEL_COLOURS); the label is text: Markdown-escaped, so no tag, link or
+    # image can start in it even though this line allows the HTML of the colour dot.
+    st.markdown(f"<span style='color:{colour};font-size:1.3em'>●</span> **{md(_label(v))}**", unsafe_allow_html=True)
     thr = st.slider("Slice-score threshold", lo, hi if hi > lo else lo + 1e-6, step=max((hi - lo) / 500, 1e-9), format="%.4f", key=key,
                     help="A slice is called anomalous when its score is at or above this value. Starts at Youden's J.")
     p = metrics.operating_point(labels, scores, thr)
@@ -227,7 +231,7 @@ def _curves(chosen, colours) -> None:
 
 # -- the page ---------------------------------------------------------------------------------------------------
 def _page() -> None:
-    views = [v for v in state.list_run_views() if v.has_checkpoint]
+    views = [v for v in state.list_run_views(warn=True) if v.has_checkpoint]
     if not views:
         st.info("No run with a checkpoint yet: train one on the **Train** page.")
         return
@@ -242,14 +246,14 @@ def _page() -> None:
     in_key = [(v, summaries.pick(found[v.info.name], *key)) for v in views]
     in_key = [(v, s) for v, s in in_key if s is not None]
     first = in_key[0][1]
-    st.caption(f"Dataset folder: `{first.dataset.root or '(not recorded)'}` · {summaries.SPLIT_WORDS.get(key[1], key[1])}"
-               + ("" if key[0] == identity.dataset_ref(root).id else f" · the active dataset is another folder: `{root}`"))
+    st.caption(f"Dataset folder: {code(first.dataset.root or '(not recorded)')} · {md(summaries.SPLIT_WORDS.get(key[1], key[1]))}"
+               + ("" if key[0] == identity.dataset_ref(root).id else f" · the active dataset is another folder: {code(root)}"))
     evaluated, broken = [], []
     for v, s in in_key:
         e = state.read_eval(s)
         (broken if e.get("error") else evaluated).append((v, s, e))
     for _, _, e in broken:
-        st.error(e["error"])
+        st.error(md(e["error"]))
     names = [v.info.name for v, _, _ in evaluated]
     if not names:
         return
@@ -265,7 +269,7 @@ def _page() -> None:
     kept = st.session_state.get("compare_runs")
     if kept and any(n not in names for n in kept):
         st.warning("No longer available (deleted, moved or its evaluation unreadable): "
-                   + ", ".join(n for n in kept if n not in names))
+                   + md(", ".join(n for n in kept if n not in names)))
         st.session_state["compare_runs"] = [n for n in kept if n in names]
     picked = st.multiselect("Runs to compare", names, key="compare_runs",
                             format_func=lambda n: _label(next(v for v, _, _ in evaluated if v.info.name == n)))
@@ -273,7 +277,7 @@ def _page() -> None:
     if not chosen:
         st.info("Choose at least one run.")
         return
-    st.subheader(f"Metrics on {first.where}")
+    st.subheader(f"Metrics on {md(first.where)}")
     _metrics_table(chosen)
     _curves(chosen, colours)
     _cases_table(chosen, lambda s: str(s.local_root or root))

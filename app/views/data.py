@@ -10,6 +10,7 @@ import state
 import streamlit as st
 import ui
 import viewer
+from safe import code, md
 
 from uad.core import paths
 from uad.data import display
@@ -90,16 +91,16 @@ def _case_section(root: Path) -> None:
     cases, skipped, error = state.discover(root)
     failed = st.session_state.setdefault("failed_cases", {}).setdefault(str(root), {})
     if error:
-        st.error(error)
+        st.error(md(error))
         return
     if not cases:
-        st.warning(f"No BraTS-style case found in `{root}`. Expected one folder per case, e.g. "
+        st.warning(f"No BraTS-style case found in {code(root)}. Expected one folder per case, e.g. "
                    "`BraTS2021_00000/BraTS2021_00000_flair.nii.gz` (2021) or "
                    "`BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz` (2023).")
         _skipped_table(skipped, failed)
         return
     labelled = sum(c.labelled for c in cases)
-    st.caption(f"`{state.dataset_label(root)}` · {len(cases)} cases ({labelled} labelled) · {len(skipped)} skipped")
+    st.caption(f"{code(state.dataset_label(root))} · {len(cases)} cases ({labelled} labelled) · {len(skipped)} skipped")
     _skipped_table(skipped, failed)
     ids = [c.case_id for c in cases]
     # The widget belongs to this folder: another folder gets another widget, so the box can never keep a
@@ -107,16 +108,16 @@ def _case_section(root: Path) -> None:
     case_id = st.selectbox("Case", ids, key=case_key(root),
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     case = next(c for c in cases if c.case_id == case_id)
-    with st.spinner(f"Loading {case_id}…"):
+    with st.spinner(f"Loading {md(case_id)}…"):
         d = state.load_display_case(str(root), case_id, state.case_stamp(case))
     if d is None:
-        st.error(f"case {case_id} is no longer in {root}")
+        st.error(md(f"case {case_id} is no longer in {root}"))
         return
     for mod, msg in d.errors.items():
-        st.error(f"{mod}: {msg}")
+        st.error(md(f"{mod}: {msg}"))
         failed[case_id] = msg
     if d.seg_error:
-        st.error(f"Segmentation unreadable: {d.seg_error}")
+        st.error(md(f"Segmentation unreadable: {d.seg_error}"))
         failed[case_id] = d.seg_error
     if not d.mods:
         st.warning("No modality of this case could be read.")

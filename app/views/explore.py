@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import evals
 import numpy as np
@@ -10,6 +11,7 @@ import state
 import streamlit as st
 import ui
 import viewer
+from safe import md
 
 from uad.data import display
 from uad.data.demo import demo_ready
@@ -56,7 +58,7 @@ def _viewer_body(prep: WorkingCase, models: list[tuple[str, object]], presets: l
     st.session_state[thr_key] = min(float(st.session_state[thr_key]), hi)  # the range follows a retrained checkpoint
 
     c_thr, c_chan = st.columns([3, 1])
-    thr = c_thr.slider(f"Pixel threshold on {name}'s anomaly map", 0.0, hi, step=hi / 1000, format="%.4f", key=thr_key,
+    thr = c_thr.slider(f"Pixel threshold on {md(name)}'s anomaly map", 0.0, hi, step=hi / 1000, format="%.4f", key=thr_key,
                        help="Pixels whose anomaly score is at least this are flagged; marked on the colour bar.")
     if presets:
         cols = c_thr.columns(len(presets) + 1)
@@ -171,7 +173,7 @@ def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray,
 def _download(v: run_jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
     # Built only when clicked: the inverse resampling to the source grid takes a fraction of a second.
     st.download_button("Download this volume's anomaly map (NIfTI, source grid)", data=lambda: nifti_bytes(vs.maps, prep.geometry),
-                       file_name=f"{case_id}_{v.info.model}_anomaly.nii.gz", mime="application/gzip", key="explore_download",
+                       file_name=re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{case_id}_{v.info.model}_anomaly") + ".nii.gz", mime="application/gzip", key="explore_download",
                        icon=":material/download:")
 
 
@@ -183,7 +185,7 @@ def _page() -> None:
     # selectors keyed "explore_run" / state.case_key("explore", root) start on that run and case (they must honour session state).
     evals.take_explore_request()
     # ------------------------------------------------------------------------------------------------------------
-    views = [v for v in state.list_run_views() if v.has_checkpoint]
+    views = [v for v in state.list_run_views(warn=True) if v.has_checkpoint]
     if not views:
         st.info("No run with a checkpoint yet: train one on the **Train** page (or ship checkpoints in `checkpoints/`).")
         return
@@ -193,12 +195,12 @@ def _page() -> None:
         return
     cases, _, error = state.discover(root)
     if error or not cases:
-        st.error(error or f"No case in {root}: choose a dataset on the Data page.")
+        st.error(md(error or f"No case in {root}: choose a dataset on the Data page."))
         return
     names = [v.info.name for v in views]
     previous = st.session_state.get("explore_run")
     if previous and previous not in names:
-        st.warning(f"Run {previous} is no longer in the runs folder (deleted or moved): choose another.")
+        st.warning(f"Run {md(previous)} is no longer in the runs folder (deleted or moved): choose another.")
         del st.session_state["explore_run"]
     c1, c2, c3 = st.columns([2, 2, 2])
     # Start from the run that suits the active data: the shipped checkpoint for it, else the best completed
@@ -207,7 +209,7 @@ def _page() -> None:
     default = names.index(suggested.name) if suggested is not None else 0
     name = c1.selectbox("Run or shipped checkpoint", names, index=default, key="explore_run",
                         format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
-                        help=f"Opens first with {names[default]}: {why}.")
+                        help=f"Opens first with {md(names[default])}: {md(why)}.")
     ids = [c.case_id for c in cases]
     default_case = next((i for i, c in enumerate(cases) if c.labelled), 0)
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
@@ -223,7 +225,7 @@ def _page() -> None:
     case = next(c for c in cases if c.case_id == case_id)
     ui.training_data_caption(v.info, root, [x.info for x in views])
     if v.state in ("cancelled", "failed") or v.active:
-        st.warning(f"{name} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
+        st.warning(f"{md(name)} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
     recipe, summary = _recipe(v, root)
     scored = _score(v, case, root, recipe)
     if scored is None:
@@ -237,7 +239,7 @@ def _page() -> None:
             continue
         aligned = view.aligned(prep, got[0], got[1])
         if aligned is None:
-            st.warning(f"{other} crops the slices differently from {name} (other preprocessing): not shown side by side.")
+            st.warning(f"{md(other)} crops the slices differently from {md(name)} (other preprocessing): not shown side by side.")
             continue
         models.append((other, aligned))
     own_vmax = view.colour_max([vs])
@@ -259,7 +261,7 @@ def _score(v: run_jobs.RunView, case, root, recipe):
     """(prep, scores, modalities) of a run on a case, or None after writing why not."""
     name = v.info.name
     if not v.path.exists():
-        st.error(f"Run {name} was deleted: choose another.")
+        st.error(f"Run {md(name)} was deleted: choose another.")
         return None
     try:
         ckpt_stamp = state.checkpoint_stamp(v.path)
@@ -267,17 +269,17 @@ def _score(v: run_jobs.RunView, case, root, recipe):
         modalities = list(ckpt.preprocess.modalities)
         missing = [m for m in modalities if m not in case.modalities]
         if missing:
-            st.error(f"{name} was trained on {' + '.join(modalities)}, but case {case.case_id} has no {', '.join(missing)} "
-                     f"(it has {', '.join(sorted(case.modalities))}). Choose another case or a run trained on available modalities.")
+            st.error(md(f"{name} was trained on {' + '.join(modalities)}, but case {case.case_id} has no {', '.join(missing)} "
+                        f"(it has {', '.join(sorted(case.modalities))}). Choose another case or a run trained on available modalities."))
             return None
-        with st.spinner(f"Computing anomaly maps of {case.case_id} with {name} (once per run and case)…"):
+        with st.spinner(f"Computing anomaly maps of {md(case.case_id)} with {md(name)} (once per run and case)…"):
             prep, vs = state.score_case(str(v.path), ckpt_stamp, str(root), case.case_id, state.case_stamp(case),
                                         json.dumps(recipe.to_dict(), sort_keys=True))
     except state.APP_ERRORS as exc:
-        st.error(f"Cannot use {name} on {case.case_id}: {exc}")
+        st.error(md(f"Cannot use {name} on {case.case_id}: {exc}"))
         return None
     if v.active:
-        st.caption(f"{name} is still training: showing its current best checkpoint.")
+        st.caption(f"{md(name)} is still training: showing its current best checkpoint.")
     return prep, vs, modalities
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import state
 import streamlit as st
 import ui
+from safe import code, md
 
 from uad.core import paths, processes
 from uad.data.demo import demo_ready
@@ -46,7 +47,9 @@ def _synth_progress() -> None:
     else:
         log = background.tail(paths.data_dir() / SYNTH_LOG)
         st.session_state.pop("synth_started", None)  # the next page visit offers to generate it again
-        st.error("The demo generator stopped before finishing." + (f"\n\n```\n{log}\n```" if log else ""))
+        st.error("The demo generator stopped before finishing.")
+        if log:
+            st.code(log, language=None)
 
 
 def _dataset_section() -> None:
@@ -68,12 +71,12 @@ def _dataset_section() -> None:
         return
     cases, skipped, error = state.discover(root)
     if error:
-        st.error(error)
+        st.error(md(error))
         st.caption("Choose another folder on the Data page.")
         return
     labelled = sum(c.labelled for c in cases)
     cols = st.columns([3, 1, 1, 1])
-    cols[0].markdown(f"**Active dataset**  \n`{state.dataset_label(root)}`")
+    cols[0].markdown(f"**Active dataset**  \n{code(state.dataset_label(root))}")
     cols[1].metric("Cases", len(cases))
     cols[2].metric("Labelled", labelled)
     cols[3].metric("Skipped", len(skipped))
@@ -83,7 +86,7 @@ def _dataset_section() -> None:
 
 def _runs_table() -> None:
     st.subheader("Runs and shipped checkpoints")
-    views = state.list_run_views()
+    views = state.list_run_views(warn=True)
     if not views:
         st.info("No run yet. Launch one on the **Train** page (a 1-epoch autoencoder at 64 px takes about a minute on CPU).")
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import state
 import streamlit as st
 import ui
+from safe import code, md
 
 from uad.core.errors import UADError
 from uad.data.cases import MODALITIES
@@ -51,10 +52,12 @@ def _option_widget(col, model: str, name: str, opt):
         col.selectbox(label, list(opt.choices), key=key)
     elif opt.type is bool:
         col.checkbox(label, key=key)
-    elif opt.type is int:
-        col.number_input(label, step=1, key=key)
+    elif opt.type is int:  # bounds as the model declares them (uad.models.model_options)
+        col.number_input(label, min_value=opt.low, max_value=opt.high, step=1, key=key,
+                         help=f"{opt.low} to {opt.high}" if opt.low is not None else None)
     elif opt.type is float:
-        col.number_input(label, format="%g", key=key)
+        col.number_input(label, min_value=opt.low, max_value=opt.high, format="%g", key=key,
+                         help=f"{opt.low:g} to {opt.high:g}" if opt.low is not None else None)
     else:
         col.text_input(label, key=key)
     return _keep(key)
@@ -94,7 +97,7 @@ def _form() -> None:
                          key=_kept("train_lr", DEFAULTS["train_lr"]))
         c2.number_input("Time budget (minutes, 0 = none)", 0.0, 10_000.0, step=5.0, key=_kept("train_minutes", DEFAULTS["train_minutes"]))
         c3.number_input("Seed", 0, 2**31 - 1, key=_kept("train_seed", DEFAULTS["train_seed"]))
-        c4.markdown(f"**Dataset**  \n`{state.dataset_label(state.active_root())}`")
+        c4.markdown(f"**Dataset**  \n{code(state.dataset_label(state.active_root()))}")
         c1, c2, c3 = st.columns([1, 1, 2])
         c1.text_input("Run name (optional)", key=_kept("train_name", ""), max_chars=run_meta.MAX_NAME)
         c2.text_input("Tags (optional, space-separated)", key=_kept("train_tags", ""))
@@ -126,34 +129,34 @@ def _start(model: str, values: dict) -> None:
         )
         run_jobs.check_train_config(config)
     except UADError as exc:
-        st.error(f"Cannot start: {exc}.")
+        st.error(f"Cannot start: {md(exc)}.")
         return
     problem = _check_dataset(list(config.modalities))
     if problem:
-        st.error(f"Cannot train on this dataset: {problem}.")
+        st.error(f"Cannot train on this dataset: {md(problem)}.")
         return
     try:
         run_dir = run_jobs.launch_train(config, name=ss["train_name"].strip() or None, tags=ss["train_tags"].split(),
                                     note=ss["train_note"])
     except UADError as exc:
-        st.error(f"Cannot start: {exc}.")
+        st.error(f"Cannot start: {md(exc)}.")
         return
     except OSError as exc:
-        st.error(f"Could not start the training process: {exc}")
+        st.error(f"Could not start the training process: {md(exc)}")
         return
     ss["train_last"] = run_dir.name
-    st.toast(f"Started {run_dir.name}")
+    st.toast(f"Started {md(run_dir.name)}")
 
 
 # -- one run ------------------------------------------------------------------------------------------------
 def _heading(v: run_jobs.RunView) -> str:
     folder = v.info.name
-    title = f"**{v.name}** `{folder}`" if v.name != folder else f"**{folder}**"
-    tags = " ".join(f":violet-badge[{t}]" for t in v.tags)
+    title = f"**{md(v.name)}** {code(folder)}" if v.name != folder else f"**{md(folder)}**"
+    tags = " ".join(f":violet-badge[{md(t)}]" for t in v.tags)
     cfg = v.info.config.get("train") or {}
     detail = " ".join(cfg.get("modalities", [])) + (f" · {cfg['image_size']} px" if cfg.get("image_size") else "")
-    return (f"{STATE_ICON.get(v.label, ':material/help:')} {title} {tags}  \n{v.info.model} · {v.label}"
-            + (f" · {detail}" if detail else ""))
+    return (f"{STATE_ICON.get(v.label, ':material/help:')} {title} {tags}  \n{md(v.info.model)} · {md(v.label)}"
+            + (f" · {md(detail)}" if detail else ""))
 
 
 def _manage(v: run_jobs.RunView) -> None:
@@ -164,20 +167,20 @@ def _manage(v: run_jobs.RunView) -> None:
         tags = st.text_input("Tags (space-separated)", value=" ".join(v.tags), key=f"meta_tags::{folder}")
         note = st.text_area("Note", value=v.note, key=f"meta_note::{folder}", height=80)
         if st.button("Save", key=f"meta_save::{folder}", type="primary"):
-            _act(lambda: run_meta.update_meta(v.path, name=name, tags=tags.split(), note=note), f"Saved {folder}.")
+            _act(lambda: run_meta.update_meta(v.path, name=name, tags=tags.split(), note=note), f"Saved {md(folder)}.")
         st.divider()
         blocked = "Cancel the run first." if v.active else None
         c1, c2 = st.columns(2)
         if c1.button("Archive", key=f"archive::{folder}", disabled=v.active, help=blocked or "Move to runs/.archive/ (restorable)"):
-            _act(lambda: run_jobs.archive_run(v.path), f"Archived {folder}.")
+            _act(lambda: run_jobs.archive_run(v.path), f"Archived {md(folder)}.")
         if c2.button("Delete…", key=f"delete::{folder}", disabled=v.active, help=blocked or "Delete for good (asks first)"):
             st.session_state[f"confirm_delete::{folder}"] = True
         if st.session_state.get(f"confirm_delete::{folder}") and not v.active:
-            st.warning(f"Delete **{folder}** and everything in it (checkpoints, evaluation) for good?")
+            st.warning(f"Delete **{md(folder)}** and everything in it (checkpoints, evaluation) for good?")
             d1, d2 = st.columns(2)
             if d1.button("Yes, delete", key=f"delete_yes::{folder}", type="primary"):
                 st.session_state.pop(f"confirm_delete::{folder}", None)
-                _act(lambda: run_jobs.delete_run(v.path), f"Deleted {folder}.")
+                _act(lambda: run_jobs.delete_run(v.path), f"Deleted {md(folder)}.")
             if d2.button("Keep it", key=f"delete_no::{folder}"):
                 st.session_state.pop(f"confirm_delete::{folder}", None)
                 st.rerun()
@@ -187,7 +190,7 @@ def _act(action, done: str) -> None:
     try:
         action()
     except (UADError, OSError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     st.toast(done)
     st.rerun()  # the whole page: the archive list below changes too
@@ -199,13 +202,13 @@ def _run_card(v: run_jobs.RunView) -> None:
         head, bar, buttons = st.columns([3, 3, 2], vertical_alignment="center")
         head.markdown(_heading(v))
         if v.epochs or v.active:
-            bar.progress(v.progress, text=v.outcome)
+            bar.progress(v.progress, text=md(v.outcome))
         else:
-            bar.caption(v.outcome)
+            bar.caption(md(v.outcome))
         b1, b2 = buttons.columns(2)
         if v.active:
             if b1.button("Cancel", key=f"cancel::{folder}"):
-                st.toast(run_jobs.cancel_run(v.path))
+                st.toast(md(run_jobs.cancel_run(v.path)))
         elif v.resumable:
             with b1.popover("Resume"):
                 total = st.number_input("Total epochs", min_value=max(v.epochs_done, 1), value=max(v.epochs, v.epochs_done, 1),
@@ -213,15 +216,15 @@ def _run_card(v: run_jobs.RunView) -> None:
                 if st.button("Resume training", key=f"resume::{folder}", type="primary"):
                     try:
                         run_jobs.resume_run(v.path, int(total) if int(total) != v.epochs else None)
-                        st.toast(f"Resumed {folder}")
+                        st.toast(f"Resumed {md(folder)}")
                     except (UADError, OSError) as exc:
-                        st.error(f"Could not resume: {exc}")
+                        st.error(f"Could not resume: {md(exc)}")
         with b2:
             _manage(v)
         if v.note:
-            st.caption(v.note)
+            st.caption(md(v.note))
         if v.state == "failed":
-            st.error(f"Run {v.outcome}")
+            st.error(f"Run {md(v.outcome)}")
             if v.log:
                 st.code(v.log, language=None)
         records = folders.read_metrics(v.path)
@@ -242,7 +245,7 @@ def _run_card(v: run_jobs.RunView) -> None:
 
 
 def _runs_panel() -> None:
-    views = state.list_run_views(include_shipped=False)
+    views = state.list_run_views(include_shipped=False, warn=True)
     if not views:
         st.info("No run yet: start one above.")
     else:
@@ -281,16 +284,16 @@ def _archived() -> None:
         for v in archived:
             folder = v.info.name
             c1, c2, c3 = st.columns([5, 1, 1], vertical_alignment="center")
-            c1.markdown(ui.run_label(v))
+            c1.markdown(md(ui.run_label(v)))
             if c2.button("Restore", key=f"restore::{folder}"):
-                _act(lambda: run_jobs.restore_run(v.path), f"Restored {folder}.")
+                _act(lambda: run_jobs.restore_run(v.path), f"Restored {md(folder)}.")
             if c3.button("Delete…", key=f"adelete::{folder}"):
                 st.session_state[f"confirm_adelete::{folder}"] = True
             if st.session_state.get(f"confirm_adelete::{folder}"):
-                st.warning(f"Delete the archived run **{folder}** for good?")
+                st.warning(f"Delete the archived run **{md(folder)}** for good?")
                 if st.button("Yes, delete", key=f"adelete_yes::{folder}", type="primary"):
                     st.session_state.pop(f"confirm_adelete::{folder}", None)
-                    _act(lambda: run_jobs.delete_run(v.path), f"Deleted {folder}.")
+                    _act(lambda: run_jobs.delete_run(v.path), f"Deleted {md(folder)}.")
 
 
 ui.page_header("Train", "Each run is a separate `python -m uad train` process writing to its own folder under runs/: "

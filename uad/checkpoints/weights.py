@@ -31,30 +31,35 @@ from uad.checkpoints.record import (
     TRAINING_META,
     TRAINING_STATE,
     WEIGHTS,
+    CheckpointRecord,
     _recover,
     check_compatible,
-    check_hparams,
-    read_info,
-    resolve,
 )
 from uad.core import fileio
 from uad.core.errors import CheckpointError, ConfigError
-from uad.models import AnomalyModel, canonical_name, create_model
+from uad.models import AnomalyModel, canonical_name, check_hparams, create_model
 
 log = logging.getLogger("uad.checkpoints")
+
+MAX_WEIGHTS_BYTES = 4 * 1024**3  # far above any model the declared option bounds allow at a sane size
 
 
 @dataclass
 class Checkpoint:
     model: AnomalyModel
-    info: dict[str, Any]
+    record: CheckpointRecord
     path: Path
 
     @property
     def preprocess(self):
-        from uad.data.preprocess import PreprocessConfig
+        if self.record.preprocess is None:
+            raise CheckpointError(self.path / META, "records no preprocessing settings, so data cannot be prepared for it")
+        return self.record.preprocess
 
-        return PreprocessConfig.from_dict(self.info["preprocess"])
+    @property
+    def info(self) -> dict[str, Any]:
+        """The record as a plain dict (checked, as ``checkpoint.json`` stores it), e.g. to save it again."""
+        return self.record.to_dict()
 
 
 def versions() -> dict[str, str]:
@@ -91,13 +96,19 @@ def save(folder: str | Path, model: AnomalyModel, info: dict[str, Any], dtype: t
         "format_version": FORMAT_VERSION,
         "model": model.name,
         "hparams": dict(model.hparams),
-        **info,
+        **{k: v for k, v in info.items() if k != "record_sha256"},
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "weights_dtype": str(dtype or torch.float32).replace("torch.", ""),
         "versions": versions(),
         "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    files[META] = fileio.json_bytes(meta)  # last: a folder with a readable description is complete
+    # Through the reader's checks, so nothing is written that would be refused when read; then sealed
+    # with its own hash (record_sha256).
+    try:
+        record = CheckpointRecord.from_dict(fileio.json_safe(meta), folder)
+    except CheckpointError as exc:
+        raise ValueError(f"refusing to save a checkpoint whose record would not load: {exc}") from None
+    files[META] = fileio.json_bytes(record.sealed())  # last: a folder with a readable description is complete
     return fileio.write_folder(folder, files)
 
 
@@ -155,19 +166,32 @@ def load(path: str | Path, expect_model: str | None = None, preprocess=None, dev
     match, weights of another architecture, a model other than ``expect_model``, and a checkpoint whose
     channels or image size disagree with ``preprocess`` (a PreprocessConfig).
     """
-    folder = resolve(path)
-    info = read_info(folder)
-    name = info["model"]
-    if expect_model is not None and canonical_name(expect_model) != canonical_name(name):
+    record = CheckpointRecord.read(path)
+    folder = record.folder
+    try:
+        name = canonical_name(record.model)
+        # The same declared types and bounds as training (the model's constructor signature), before anything
+        # is built: a hostile record must not buy memory or minutes (e.g. test_time_drops: 1024).
+        hparams = check_hparams(name, record.hparams)
+    except ConfigError as exc:
+        raise CheckpointError(folder / META, str(exc)) from None
+    if not record.verified:
+        log.warning("%s: written by an older uad without a record hash: its fields were checked, but an edit to "
+                    "them cannot be detected", folder / META)
+    if expect_model is not None and canonical_name(expect_model) != name:
         raise CheckpointError(folder, f"is a {name} checkpoint, not {canonical_name(expect_model)}")
     if preprocess is not None:
-        check_compatible(info, preprocess, folder)
+        check_compatible(record, preprocess, folder)
     weights = folder / WEIGHTS
     try:
+        if weights.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise CheckpointError(weights, f"{weights.stat().st_size:,} bytes: larger than any model uad builds")
         blob = weights.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(weights, "weights file is missing") from None
-    if info.get("weights_sha256") and hashlib.sha256(blob).hexdigest() != info["weights_sha256"]:
+    except OSError as exc:  # e.g. a folder where the file should be, or no permission
+        raise CheckpointError(weights, f"weights file unreadable ({exc.strerror or exc})") from None
+    if hashlib.sha256(blob).hexdigest() != record.weights_sha256:
         raise CheckpointError(weights, "weights file is corrupt or truncated (SHA-256 does not match checkpoint.json)")
     try:
         state = st_load(blob)
@@ -177,17 +201,16 @@ def load(path: str | Path, expect_model: str | None = None, preprocess=None, dev
     if bad:
         raise CheckpointError(weights, f"weights contain NaN or infinite values (in {', '.join(bad[:3])}); "
                                        "the run that saved them diverged")
-    check_hparams(info["hparams"], folder / META)
     # Built first without memory (meta device) and compared with the file, so only a model whose weights
     # are all in the file (and so bounded by its size) is ever allocated.
     with torch.device("meta"):
-        skeleton = _build(name, info["hparams"], folder)
+        skeleton = _build(name, hparams, folder)
     _check_fits(skeleton.state_dict(), state, weights, name)
-    model = _build(name, info["hparams"], folder)
+    model = _build(name, hparams, folder)
     expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.to(device).eval()
-    return Checkpoint(model=model, info=info, path=folder)
+    return Checkpoint(model=model, record=record, path=folder)
 
 
 def _build(name: str, hparams: dict[str, Any], folder: Path) -> AnomalyModel:

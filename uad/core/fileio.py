@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,15 +21,34 @@ TMP_TAG = ".tmp-"  # <folder>.tmp-<pid>: a folder being written by process <pid>
 OLD_TAG = ".old-"  # <folder>.old-<pid>: the previous version, moved aside by <pid> during the swap
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile/np.save when the disk fills
 
 
 def disk_full_error(exc: BaseException, path: str | Path):
-    """A DiskFullError naming ``path`` if ``exc`` is a full disk (or quota), else None."""
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+    """A DiskFullError naming ``path`` if ``exc`` is a full disk (or quota, or a file size limit), else None.
+
+    A short write is a full disk too: numpy's ``np.save`` reports one as ``OSError("N requested and M
+    written")`` with no errno, and going on would keep a truncated file."""
+    if isinstance(exc, OSError) and (exc.errno in DISK_FULL or (exc.errno is None and _SHORT_WRITE.search(str(exc)))):
         from uad.core.errors import DiskFullError
 
-        return DiskFullError(path, f"disk full: no space left to write it ({exc.strerror})")
+        return DiskFullError(path, f"disk full: no space left to write it ({exc.strerror or exc})")
+    return None
+
+
+def write_error(exc: BaseException, path: str | Path):
+    """A UADError naming ``path`` for a write that failed because the disk is full, the file system is
+    read-only or permission is denied; None for anything else."""
+    full = disk_full_error(exc, path)
+    if full is not None:
+        return full
+    if isinstance(exc, OSError) and exc.errno in NOT_WRITABLE:
+        from uad.core.errors import DataError
+
+        why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return DataError(path, f"cannot write here ({why})")
     return None
 
 
@@ -39,8 +59,15 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     ``suffix`` keeps the extension for writers that infer the format from it (nibabel: ``.nii.gz``).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # The name is bounded: a 250-character target name plus a prefix would pass the file system's limit.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=suffix + ".tmp", dir=target.parent)
+    except OSError as exc:
+        named = write_error(exc, target)
+        if named is not None:
+            raise named from exc
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -53,9 +80,9 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, target)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        full = disk_full_error(exc, target)  # the target, not the temporary name, means something to the user
-        if full is not None:
-            raise full from exc
+        named = write_error(exc, target)  # the target, not the temporary name, means something to the user
+        if named is not None:
+            raise named from exc
         raise
 
 
@@ -118,29 +145,40 @@ def write_folder(target: str | Path, files: Mapping[str, bytes]) -> Path:
     """
     target = Path(target)
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(target)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(target)
+    except OSError as exc:
+        named = write_error(exc, target)
+        if named is not None:
+            raise named from exc
+        raise
     tmp = parent / f"{target.name}{TMP_TAG}{os.getpid()}"
     old = parent / f"{target.name}{OLD_TAG}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     moved = False
+    name = ""
     try:
+        tmp.mkdir()
         for name, data in files.items():
             with open(tmp / name, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        name = ""
         fsync_dir(tmp)
         if target.exists():
             os.replace(target, old)
             moved = True
         os.replace(tmp, target)
         fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         if moved and not target.exists():
             os.replace(old, target)
         shutil.rmtree(tmp, ignore_errors=True)
+        named = write_error(exc, target / name if name else target)  # the file it was writing, by its final name
+        if named is not None:
+            raise named from exc
         raise
     shutil.rmtree(old, ignore_errors=True)
     return target
@@ -220,16 +258,27 @@ def mtime(path: str | Path) -> float:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file's content. ValueError for what is not JSON: bad syntax, not UTF-8, or nested so deeply
+    that the parser would overflow the stack (Python's json raises RecursionError for that)."""
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except RecursionError:
+            raise ValueError("nested too deeply to be a uad file") from None
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line. A single ``write`` of a short line on an O_APPEND file is not interleaved."""
     line = json.dumps(json_safe(record), allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+    except OSError as exc:
+        named = write_error(exc, path)
+        if named is not None:
+            raise named from exc
+        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

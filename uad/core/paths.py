@@ -36,3 +36,12 @@ def runs_dir() -> Path:
 def checkpoints_dir() -> Path:
     """Pretrained checkpoints shipped with the repository (``$UAD_CHECKPOINTS`` overrides, e.g. in tests)."""
     return Path(os.environ.get("UAD_CHECKPOINTS", REPO_ROOT / "checkpoints")).resolve()
+
+
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` lies in the shipped checkpoints' folder, which uad reads and never writes."""
+    try:
+        Path(path).resolve().relative_to(checkpoints_dir())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True

@@ -8,7 +8,7 @@ from importlib import import_module
 _WHERE = {
     "MODALITIES": "cases", "Case": "cases", "Skipped": "cases", "discover_cases": "cases",
     "CaseVolumes": "volumes", "load_case": "volumes",
-    "PreprocessConfig": "preprocess", "WorkingCase": "preprocess", "SliceGeometry": "preprocess",
+    "PreprocessConfig": "preprocess_config", "WorkingCase": "preprocess", "SliceGeometry": "preprocess",
     "preprocess_case": "preprocess",
     "SliceStore": "store", "build_store": "store", "store_dir": "store", "load_working_case": "store",
     "DEFAULT_RATIOS": "splits", "parse_ratios": "splits", "split_cases": "splits",

@@ -6,7 +6,6 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from uad.core import paths
 
@@ -72,10 +71,10 @@ def is_demo(root: str | Path | None) -> bool:
     return root is not None and dataset_ref(root).id == DEMO_ID
 
 
-def trained_data_root(info: dict[str, Any]) -> Path | None:
-    """The folder a checkpoint was trained on (from checkpoint.json's ``data``), None when not recorded."""
-    data = info.get("data") or {}
-    if data.get("demo"):
+def trained_data_root(root: str | None, demo: bool = False) -> Path | None:
+    """The folder a checkpoint was trained on, from what its record says (``uad.checkpoints.record``): the
+    demo cohort wherever this home keeps it, else the recorded root; None when not recorded."""
+    if demo:
         return paths.demo_dir()
-    return repo_path(data["root"]) if data.get("root") else None
+    return repo_path(root) if root else None
 

@@ -8,57 +8,20 @@ from the slice store (``uad.data.store``).
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from uad.core.errors import ConfigError, DataError
-from uad.data.cases import Case, check_modalities
+from uad.core.errors import DataError
+from uad.data.cases import Case
+from uad.data.preprocess_config import PreprocessConfig  # noqa: F401  (re-exported: the config lives with its steps)
 from uad.data.volumes import CaseVolumes, load_case
 
 if TYPE_CHECKING:  # pandas is imported where a table is built: PreprocessConfig alone must stay light
     import pandas as pd
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    modalities: tuple[str, ...] = ("flair",)
-    image_size: int = 128
-    # Per-volume normalisation inside the brain: clip to these percentiles of brain voxels, scale to [0, 1].
-    percentile_low: float = 1.0
-    percentile_high: float = 99.0
-    # An axial slice is kept when its brain area is at least this fraction of the volume's largest one.
-    min_brain_fraction: float = 0.1
-    crop_margin: int = 4  # pixels kept around the brain's bounding box before resizing
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "modalities", check_modalities(self.modalities))
-        if not 64 <= self.image_size <= 256 or self.image_size % 16:
-            raise ConfigError(f"image size must be a multiple of 16 between 64 and 256, got {self.image_size}")
-        if not 0 <= self.percentile_low < self.percentile_high <= 100:
-            raise ConfigError(f"need 0 <= percentile_low < percentile_high <= 100, got {self.percentile_low}, {self.percentile_high}")
-        if not 0 <= self.min_brain_fraction < 1:
-            raise ConfigError(f"min_brain_fraction must be in [0, 1), got {self.min_brain_fraction}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["modalities"] = list(self.modalities)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        known["modalities"] = tuple(known.get("modalities", ("flair",)))
-        return cls(**known)
-
-    def key(self) -> str:
-        """Short stable hash: two configs with the same key produce the same slices."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What a checkpoint was trained on, in words a user can cite: shown by the README, the CLI and the app.
 
-A checkpoint's ``checkpoint.json`` may carry a ``training_data`` entry (the shipped ones do); otherwise
+A checkpoint's record (``uad.checkpoints.record``) may carry a ``training_data`` entry (the shipped ones do); otherwise
 it is derived here from the recorded data root.
 """
 
@@ -26,12 +26,12 @@ REAL_DEV = {
 }
 
 
-def training_data(info: dict[str, Any]) -> dict[str, Any]:
-    """The ``training_data`` description of a checkpoint's info (never None)."""
-    if info.get("training_data"):
-        return dict(info["training_data"])
-    data = info.get("data", {})
-    if data.get("demo"):
+def training_data(recorded: dict[str, str] | None, demo: bool = False, root: str | None = None) -> dict[str, Any]:
+    """What a checkpoint was trained on (never None): the ``training_data`` its record carries, else the
+    demo cohort's description, else one made from the recorded data root."""
+    if recorded:
+        return {"name": "", "description": "", "citation": "", "terms": "", **recorded}
+    if demo:
         return dict(DEMO)
-    root = data.get("root") or "unknown"
+    root = root or "unknown"
     return {"name": str(root).rstrip("/").split("/")[-1], "description": f"trained on {root}", "citation": "", "terms": ""}

@@ -85,8 +85,8 @@ def _check_header(path: Path, img, shape: tuple[int, ...], max_axis: int) -> Non
                                   "truncated file or wrong header")
 
 
-def _read(path: Path, max_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """Read one file → (RAS+ float32 data, source affine, orientation, source shape). Raises DataError."""
+def _open(path: Path, max_axis: int | None = None):
+    """Open one file and check its header, reading no voxel → (image, shape). Raises DataError."""
     try:
         img = nib.load(str(path))
     except FileNotFoundError:
@@ -95,7 +95,10 @@ def _read(path: Path, max_axis: int | None = None) -> tuple[np.ndarray, np.ndarr
         raise DataError(path, "permission denied") from None
     except Exception as exc:  # nibabel raises many types for bad headers
         raise DataError(path, f"not a readable NIfTI file ({exc})") from None
-    shape = tuple(int(s) for s in img.shape)
+    try:
+        shape = tuple(int(s) for s in img.shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(path, f"not a readable NIfTI header ({exc})") from None
     # Some exporters write (X, Y, Z, 1); anything else beyond 3-D is not a single volume.
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -103,16 +106,31 @@ def _read(path: Path, max_axis: int | None = None) -> tuple[np.ndarray, np.ndarr
         raise DataError(path, f"expected a 3-D volume, got shape {tuple(img.shape)}")
     _check_header(path, img, shape, max_voxels_per_axis() if max_axis is None else max_axis)
     try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - a header nibabel cannot turn into an affine
+        raise DataError(path, f"not a readable NIfTI header ({exc})") from None
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise DataError(path, "invalid affine (not finite or singular)")
+    return img, shape
+
+
+def _voxels(path: Path, img, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Read the voxels of an image ``_open`` checked → (RAS+ float32 data, source affine, orientation, shape)."""
+    try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except MemoryError:
         raise DataError(path, f"not enough memory to load a {shape} volume") from None
     except Exception as exc:  # truncated gzip streams, bad scaling, exotic types: never a traceback
         raise DataError(path, f"truncated or corrupt image data ({exc})") from None
     affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise DataError(path, "invalid affine (not finite or singular)")
     ornt = ornt_mod.io_orientation(affine)
     return np.ascontiguousarray(ornt_mod.apply_orientation(data, ornt)), affine, ornt, shape
+
+
+def _read(path: Path, max_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Read one file → (RAS+ float32 data, source affine, orientation, source shape). Raises DataError."""
+    img, shape = _open(path, max_axis)
+    return _voxels(path, img, shape)
 
 
 def _check_intensities(path: Path, data: np.ndarray) -> None:
@@ -138,26 +156,31 @@ def load_case(case: Case, modalities: tuple[str, ...] | list[str], max_voxels_pe
     modalities = tuple(modalities)
     case.require(modalities)
     ref_path = case.modalities[modalities[0]]
+    # Every header first, before any voxel is read: a file that claims a huge volume, or one on another
+    # grid than the others, costs a header read, not gigabytes.
+    paths_ = [case.modalities[m] for m in modalities] + ([case.seg] if case.seg is not None else [])
+    opened = [(p, *_open(p, max_voxels_per_axis)) for p in paths_]
+    ref_img, ref_shape = opened[0][1], opened[0][2]
+    ref_affine = np.asarray(ref_img.affine, dtype=np.float64)
+    for path, img, shape in opened[1:]:
+        _check_same_grid(path, shape, np.asarray(img.affine, dtype=np.float64), ref_path, ref_shape, ref_affine)
+
     channels = []
-    ref_affine = ref_shape = ref_ornt = src_shape = None
-    for mod in modalities:
-        path = case.modalities[mod]
-        data, affine, ornt, shape = _read(path, max_voxels_per_axis)
-        if ref_affine is None:
-            ref_affine, ref_shape, ref_ornt, src_shape = affine, data.shape, ornt, shape
-        else:
-            _check_same_grid(path, data.shape, affine, ref_path, ref_shape, ref_affine)
+    ornt = None
+    for path, img, shape in opened[:len(modalities)]:
+        data, _, ornt_, _ = _voxels(path, img, shape)
+        ornt = ornt if ornt is not None else ornt_
         _check_intensities(path, data)
         channels.append(data)
     images = np.stack(channels)
 
     tumour = labels = None
     if case.seg is not None:
-        seg, affine, _, _ = _read(case.seg, max_voxels_per_axis)
-        _check_same_grid(case.seg, seg.shape, affine, ref_path, ref_shape, ref_affine)
+        path, img, shape = opened[-1]
+        seg = _voxels(path, img, shape)[0]
         labels = _check_labels(case.seg, seg)
         tumour = labels > 0  # whole tumour in every label convention (2021: 1/2/4, 2023: 1/2/3, older: 1–4)
-    return CaseVolumes(case.case_id, modalities, images, tumour, labels, ref_affine, src_shape, ref_ornt)
+    return CaseVolumes(case.case_id, modalities, images, tumour, labels, ref_affine, tuple(ref_shape), ornt)
 
 
 def _check_same_grid(path: Path, shape, affine, ref_path: Path, ref_shape, ref_affine) -> None:

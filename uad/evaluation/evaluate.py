@@ -15,26 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from uad.checkpoints import weights as ckpt_weights
-from uad.core import fileio
+from uad.checkpoints.record import CheckpointRecord, SplitRecord
+from uad.core import fileio, paths
 from uad.core.errors import ConfigError
 from uad.data import identity
 from uad.data.demo import resolve_data_root
-from uad.data.splits import split_cases
+from uad.data.splits import DEFAULT_RATIOS, split_cases
 from uad.data.store import SliceStore, build_store
 from uad.evaluation import drift, metrics, summaries
 from uad.evaluation.cohort import CASES_NOTE, Tally, calibrate, score_cohort, summarise
+from uad.runs.folders import EvaluationLock
 from uad.scoring.recipe import Calibration, ScoringRecipe, Threshold
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
 
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
 
-def data_root_for(info: dict[str, Any], data: str | Path | None) -> Path:
+def data_root_for(record: CheckpointRecord, data: str | Path | None) -> Path:
     """The dataset to evaluate on: the one given, else the one the checkpoint was trained on."""
     if data is not None:
         return Path(data)
-    trained = identity.trained_data_root(info)
-    if trained is None or info.get("data", {}).get("demo", False):
+    trained = record.trained_root
+    if trained is None or record.data.demo:
         return resolve_data_root(None)
     if not trained.is_dir():
         raise ConfigError(f"the checkpoint's training data {trained} is not here; pass --data DIR")
@@ -60,7 +62,7 @@ CALIBRATION_WORDS = {
 }
 
 
-def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | None = None,
+def split_for(store: SliceStore, record: CheckpointRecord | None, split: str, root: Path | None = None,
               calibration: str = "run") -> SplitPlan:
     """The evaluation's cases, from the patient lists the checkpoint recorded at training time.
 
@@ -79,15 +81,16 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
     present = set(store.case_ids)
     labelled = store.labelled_ids
     unlabelled = [c for c in store.case_ids if c not in set(labelled)]
-    recipe = info.get("split", {})
-    recorded = recipe.get("cases")
-    trained_root = identity.trained_data_root(info)
+    recipe = record.split if record is not None else SplitRecord()
+    ratios = recipe.ratios or DEFAULT_RATIOS
+    recorded = recipe.cases
+    trained_root = record.trained_root if record is not None else None
     same_data = root is None or (trained_root is not None and identity.same_folder(trained_root, root))
     if recorded:
-        parts = {k: list(recorded.get(k, [])) for k in ("train", "val", "test")}
+        parts = {k: list(recorded.get(k, ())) for k in ("train", "val", "test")}
         source = "recorded"
     else:
-        parts = split_cases(labelled, recipe.get("ratios") or (0.7, 0.1, 0.2), recipe.get("seed", 0))
+        parts = split_cases(labelled, ratios, recipe.seed)
         source = "recipe"
     trained_on = set(parts["train"])
     own_calibration = [c for c in (parts["val"] or parts["train"]) if c in present and c in set(labelled)]
@@ -98,13 +101,22 @@ def split_for(store: SliceStore, info: dict[str, Any], split: str, root: Path | 
         if calibration == "run":  # what a new site without labels gets: the run's own thresholds
             return SplitPlan(cases, [], "external", [], sorted(trained_on & set(cases)), "run")
         # This folder's own healthy slices of the recipe's validation share calibrate; they are not scored.
-        own = split_cases(labelled, recipe.get("ratios") or (0.7, 0.1, 0.2), recipe.get("seed", 0)) if labelled else {"val": [], "train": []}
+        own = split_cases(labelled, ratios, recipe.seed) if labelled else {"val": [], "train": []}
         calib = own["val"] or own["train"][:1]
         scored = [c for c in cases if c not in set(calib)]
         return SplitPlan(scored, calib, "external", [], sorted(trained_on & set(scored)), "folder")
     wanted = parts[split]
     missing = sorted(set(wanted) - present)
     cases = [c for c in store.case_ids if c in set(wanted)]
+    if source == "recorded" and not same_data:
+        # Another folder: the recorded ids name the recorded patients only if their files are the recorded ones.
+        differ = [c for c in cases if c not in set(unlabelled) and not _same_files(store, record, c)]
+        if differ:
+            shown = ", ".join(differ[:10]) + (f" and {len(differ) - 10} more" if len(differ) > 10 else "")
+            raise ConfigError(f"{root} is not the folder this checkpoint was trained on ({trained_root or 'not recorded'}), "
+                              f"and its cases {shown} differ from the recorded {split} patients of the same ids "
+                              "(file sizes): they are other patients. Use --split all to score this folder as "
+                              "external data")
     overlap = sorted(trained_on & set(cases))
     if overlap:
         raise ConfigError(f"the {split} split would score cases the model was trained on ({', '.join(overlap)}); "
@@ -128,19 +140,19 @@ def run_calibration(run: str | Path, ckpt, recipe: ScoringRecipe, device: str | 
     Read from the run's calibration files when one was made for these weights and this recipe; otherwise
     computed (the training data must be here) and kept for next time (``summaries.calibration_file``).
     """
-    sha = ckpt.info.get("weights_sha256")
+    sha = ckpt.record.weights_sha256
     recipe = recipe.for_model(ckpt.model.residual)
     for path in summaries.calibration_files(run, recipe):
         found = summaries.read_calibrations(path)
         if found and all(c.weights_sha256 == sha and c.recipe == recipe for n, c in found.items() if n == ckpt.model.name):
             return found
-    trained = identity.trained_data_root(ckpt.info)
+    trained = ckpt.record.trained_root
     if trained is None or not trained.is_dir():
         raise ConfigError(f"{run}: its thresholds are calibrated on its validation patients in {trained or 'its training data'}, "
                           "which is not on this machine; evaluate with --calibration folder to calibrate on this "
                           "folder's own healthy slices instead (those patients are then left out of the scored set)")
     store = build_store(trained, ckpt.preprocess, progress=progress)
-    plan = split_for(store, ckpt.info, "val")
+    plan = split_for(store, ckpt.record, "val")
     if not plan.calibration_cases:
         raise ConfigError(f"{run}: none of its validation patients is in {trained}: its thresholds cannot be calibrated")
     dataset = identity.dataset_ref(trained)
@@ -157,6 +169,14 @@ def _calibration(recipe, thresholds: list[dict], cases, dataset, sha, source, qu
     return Calibration(recipe, tuple(Threshold(t["rate"], t["threshold"], t.get("calibration_fpr")) for t in thresholds),
                        tuple(cases), tuple(sorted(dataset.to_dict().items())), sha, source,
                        tuple((float(q), float(v)) for q, v in quantiles))
+
+
+def _same_files(store: SliceStore, record: CheckpointRecord, case_id: str) -> bool:
+    """Whether the case's files here have the sizes the checkpoint recorded for that case id (by file name)."""
+    recorded = {Path(f.file).name: f.bytes for f in record.data.cases.get(case_id, ())}
+    here = {Path(str(path)).name: size for path, size, *_ in store.manifest["cases"].get(case_id, {}).get("files", [])}
+    common = set(recorded) & set(here)
+    return bool(common) and all(recorded[name] == here[name] for name in common)
 
 
 def evaluate(
@@ -185,15 +205,30 @@ def evaluate(
     presence marks a complete evaluation). metrics.json records the recipe, the calibration (thresholds, the
     patients and data they came from) and the checkpoint's identity (weights hash, epoch).
     """
+    with _evaluation_lock(run):  # the run is not archived or deleted from under this evaluation
+        return _evaluate(run, data, split, out, save_maps, recipe, calibration, n_boot, seed, device, progress)
+
+
+def _evaluation_lock(run: str | Path) -> EvaluationLock:
+    """The shared evaluation lock of the run folder holding the checkpoint (none for a shipped checkpoint,
+    which is never written, moved or deleted)."""
+    path = Path(run)
+    for folder in (path, path.parent):
+        if (folder / "status.json").is_file() or (folder / "config.json").is_file():
+            return EvaluationLock(None) if paths.is_shipped(folder) else EvaluationLock.shared(folder)
+    return EvaluationLock(None)
+
+
+def _evaluate(run, data, split, out, save_maps, recipe, calibration, n_boot, seed, device, progress) -> dict[str, Any]:
     ckpt = ckpt_weights.load(run, device=device)
     recipe = recipe.for_model(ckpt.model.residual)
-    root = data_root_for(ckpt.info, data)
+    root = data_root_for(ckpt.record, data)
     dataset = identity.dataset_ref(root)
     out_dir = Path(out) if out else summaries.eval_folder(summaries.write_base(run), dataset, split)
     progress_file = ProgressFile(out_dir / PROGRESS)
     progress_file.update("preparing", 0, 0)  # the slice cache of a new dataset takes a while to build
     store = build_store(root, ckpt.preprocess, progress=progress)
-    plan = split_for(store, ckpt.info, split, root if data is not None else None, calibration)
+    plan = split_for(store, ckpt.record, split, root if data is not None else None, calibration)
     if not plan.eval_cases:
         missing = f" (recorded but missing here: {', '.join(plan.missing)})" if plan.missing else ""
         raise ConfigError(f"no case of the {split} split is in {root}{missing}")
@@ -218,8 +253,8 @@ def evaluate(
     for name, tally in tallies.items():
         results[name], curves[name] = summarise(tally, n_boot, seed)
     model_name = scorers[0].name
-    sha = ckpt.info.get("weights_sha256")
-    calib_dataset = identity.trained_data_root(ckpt.info) if given is not None else root
+    sha = ckpt.record.weights_sha256
+    calib_dataset = ckpt.record.trained_root if given is not None else root
     calibrations = {name: _calibration(recipe, tally.thresholds,
                                        given_cal[name].cases if given is not None else plan.calibration_cases,
                                        identity.dataset_ref(calib_dataset), sha if name == model_name else None,
@@ -229,8 +264,8 @@ def evaluate(
         summaries.write_calibrations(summaries.calibration_file(run, recipe), calibrations)
     summary = {
         "model": model_name,
-        "checkpoint": {"path": str(ckpt.path), "weights_sha256": sha, "epoch": ckpt.info.get("epoch"),
-                       "saved": ckpt.info.get("saved")},
+        "checkpoint": {"path": str(ckpt.path), "weights_sha256": sha, "epoch": ckpt.record.epoch,
+                       "saved": ckpt.record.saved},
         "run": Path(run).name,
         "data_root": str(root),
         "dataset": dataset.to_dict(),

@@ -7,6 +7,7 @@ app (``theme="app"``: transparent, Streamlit styles it) or for a document and do
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,12 @@ PRED_LEGEND = [(GT_CONTOUR, "tumour outline"), (PRED_COLOURS["TP"], "detected tu
 CURVE_AXES = {"roc": (("fpr", "false-positive rate"), ("tpr", "true-positive rate (recall)")),
               "pr": (("recall", "recall"), ("precision", "precision"))}
 CURVE_NAMES = {"roc": "ROC", "pr": "precision-recall"}
+
+
+def plot_text(value: Any) -> str:
+    """A trace name, title or hover text from a user or a file, as its characters: plotly renders a subset of HTML
+    (links among it) there, and shows entities as the characters they stand for."""
+    return html.escape(str(value), quote=False)
 
 
 def colour_table(hex_colours: list[str]) -> np.ndarray:
@@ -63,7 +70,7 @@ def layout(height: int, theme: str = "app", title: str | None = None, **kw) -> d
     else:
         base.update(template="none", margin=dict(l=10, r=10, t=40 if title else 30, b=10))
     if title:
-        base["title"] = dict(text=title, x=0.01, xanchor="left")
+        base["title"] = dict(text=plot_text(title), x=0.01, xanchor="left")
         base["legend"] = dict(orientation="h", yanchor="top", y=-0.18, x=0)
     return base | kw
 
@@ -87,17 +94,17 @@ def curve_figure(kind: str, level: str, series: list[CurveSeries], baselines: li
         for b, (name, colour, dash) in BASELINE_STYLE.items():
             c = (curves.get(b) or {}).get(key)
             if c:
-                data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=name + (f" ({suffix})" if suffix else ""),
+                data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=plot_text(name + (f" ({suffix})" if suffix else "")),
                                        line=dict(color=colour, dash=dash, width=1.5)))
     for s in series:
         c = (s.curves or {}).get(key)
         if c:
-            data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=s.name, line=dict(color=s.colour, width=2.5)))
+            data.append(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=plot_text(s.name), line=dict(color=s.colour, width=2.5)))
         p = s.point
         if p:
             x, y = (p.get("fpr"), p.get("recall")) if kind == "roc" else (p.get("recall"), p.get("precision"))
             if x is not None and y is not None and np.isfinite(x) and np.isfinite(y):
-                data.append(go.Scatter(x=[x], y=[y], mode="markers", showlegend=False, name=f"{s.name} operating point",
+                data.append(go.Scatter(x=[x], y=[y], mode="markers", showlegend=False, name=plot_text(f"{s.name} operating point"),
                                        marker=dict(color=s.colour, size=13, line=dict(color="white", width=2))))
     return go.Figure(data=data, layout=layout(height, theme, title, xaxis=dict(title=dict(text=xtitle), range=[0, 1]),
                                               yaxis=dict(title=dict(text=ytitle), range=[0, 1.02])))

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uad.core import fileio, paths
+from uad.core import fields, fileio, paths
 from uad.core.errors import ConfigError
 from uad.data.identity import (
     DEMO_ID,
     DatasetRef,
     dataset_ref,
     repo_path,
-    trained_data_root,
 )
 from uad.scoring.recipe import Calibration, PostprocessConfig, ScoringRecipe, Threshold
 
@@ -134,6 +133,10 @@ class EvaluationSummary:
             raise ValueError(f"{path}: unreadable evaluation ({exc})") from None
         if not isinstance(m, dict):
             raise ValueError(f"{path}: not a uad evaluation (expected a JSON object)")
+        try:
+            check_metrics(m)
+        except fields.FieldError as exc:
+            raise ValueError(f"{path}: damaged evaluation ({exc})") from None
         return cls.from_metrics(m, folder)
 
     # what was evaluated
@@ -290,6 +293,74 @@ class EvaluationSummary:
         return df
 
 
+_NUMBERS = ("slice_auroc", "slice_ap", "pixel_auroc", "pixel_ap")
+_COUNTS = ("n_slices", "n_tumour_slices", "n_pixels", "n_tumour_pixels", "n_labelled_cases", "n_unlabelled_cases")
+_TEXTS = ("model", "run", "checkpoint", "split", "split_source", "data_root", "evaluated", "cases_note",
+          "pixel_metrics_note", "best_dice_note")
+_CASE_LISTS = ("eval_cases", "calibration_cases", "missing_cases", "training_cases_evaluated")
+
+
+def _check_method(m: dict[str, Any], where: str) -> None:
+    """The metrics of one method (the model or a baseline), as ``uad evaluate`` writes them."""
+    try:
+        for key in _NUMBERS:
+            fields.number(m, key)
+        for key in _COUNTS:
+            fields.whole(m, key)
+        for key in ("slice_auroc_ci", "pixel_ap_ci", "best_dice", "slice_youden", "slice_best_f1"):
+            part = fields.obj(m, key)
+            if part is not None:
+                for k in ("low", "high", "dice", "threshold"):
+                    fields.number(part, k)
+        thresholds = m.get("healthy_fpr_thresholds")
+        if thresholds is not None:
+            if not isinstance(thresholds, list) or not all(isinstance(t, dict) for t in thresholds):
+                raise fields.FieldError(f"healthy_fpr_thresholds must be a list of objects, got {fields.show(thresholds)}")
+            for t in thresholds:
+                for k in ("healthy_fpr", "threshold", "calibration_fpr", "dice", "precision", "recall", "f1"):
+                    fields.number(t, k)
+                for k in ("tp", "fp", "fn"):
+                    fields.whole(t, k)
+    except fields.FieldError as exc:
+        raise fields.FieldError(f"{where}{exc}") from None
+
+
+def check_metrics(m: dict[str, Any]) -> None:
+    """Every field a reader of metrics.json uses, of its type (FieldError naming the first that is not).
+    Fields this version does not know are left alone."""
+    fields.plain(m, "metrics")
+    for key in _TEXTS:
+        fields.text(m, key)
+    for key in _CASE_LISTS:
+        value = m.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+            raise fields.FieldError(f"{key} must be a list of case ids, got {fields.show(value)}")
+    dataset = fields.obj(m, "dataset")
+    if dataset is not None:
+        for key in ("id", "label", "root"):
+            fields.text(dataset, key, 4096)
+    pre = fields.obj(m, "preprocess")
+    if pre is not None:
+        fields.whole(pre, "image_size", 1, 4096)
+        mods = pre.get("modalities")
+        if mods is not None and not (isinstance(mods, list) and all(isinstance(x, str) for x in mods)):
+            raise fields.FieldError(f"preprocess modalities must be a list of names, got {fields.show(mods)}")
+    post = fields.obj(m, "postprocess")
+    if post is not None and any(isinstance(v, (list, dict)) for v in post.values()):
+        raise fields.FieldError("postprocess settings must be numbers, texts or true/false")
+    boot = fields.obj(m, "bootstrap")
+    if boot is not None:
+        fields.whole(boot, "n_boot")
+        fields.whole(boot, "seed", 0, 2**63 - 1)
+    _check_method(m, "")
+    baselines = fields.obj(m, "baselines")
+    if baselines is not None:
+        for name, b in baselines.items():
+            if not isinstance(b, dict):
+                raise fields.FieldError(f"baselines {name} must be an object, got {fields.show(b)}")
+            _check_method(b, f"baselines {name}: ")
+
+
 def find_evaluations(bases: list[str | Path]) -> list[EvaluationSummary]:
     """Every readable evaluation under the given ``eval/`` folders, newest first (unreadable ones skipped;
     ``load_evaluation`` reports why when one is opened)."""
@@ -307,11 +378,10 @@ def find_evaluations(bases: list[str | Path]) -> list[EvaluationSummary]:
     return sorted(found.values(), key=lambda s: str(s.raw.get("evaluated") or ""), reverse=True)
 
 
-def home_evaluation(run: str | Path, checkpoint_info: dict[str, Any] | None) -> EvaluationSummary | None:
-    """The run's evaluation on the data it was trained on (``checkpoint_info``: its checkpoint.json) if there
-    is one, else its newest; None when it was never evaluated."""
+def home_evaluation(run: str | Path, trained: Path | None) -> EvaluationSummary | None:
+    """The run's evaluation on the data it was trained on (``trained``: the folder its checkpoint's record
+    names) if there is one, else its newest; None when it was never evaluated."""
     found = find_evaluations(eval_bases(run))
-    trained = trained_data_root(checkpoint_info) if checkpoint_info else None
     own = pick(found, dataset_ref(trained).id) if trained is not None else None
     return own or (found[0] if found else None)
 

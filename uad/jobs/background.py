@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uad.core import fileio, paths
+from uad.core import fileio, paths, processes
 from uad.runs import folders
 
 LAUNCH = "launch.json"  # beside status.json: pid of the process started here, its command line and log
@@ -42,7 +42,8 @@ def start_process(key: str, argv: list[str], log_path: Path, info_path: Path, en
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env or os.environ.copy())
     with _children_lock:
         _children[key] = proc
-    fileio.write_json(info_path, {"pid": proc.pid, "argv": argv, "started": time.time(), "log": log_path.name})
+    fileio.write_json(info_path, {"pid": proc.pid, "pid_start": processes.process_start(proc.pid), "argv": argv,
+                                  "started": time.time(), "log": log_path.name})
     return proc
 
 

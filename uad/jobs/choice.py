@@ -18,7 +18,7 @@ from uad.runs import listing
 
 def _auroc(info: listing.RunInfo) -> float:
     """Slice AUROC of the run's evaluation on its own training data (any layout uad.report reads)."""
-    summary = summaries.home_evaluation(info.path, info.checkpoint_info)
+    summary = summaries.home_evaluation(info.path, info.trained_root)
     value = summary.raw.get("slice_auroc") if summary is not None else None
     return float(value) if isinstance(value, (int, float)) else float("-inf")
 

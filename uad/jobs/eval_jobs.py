@@ -30,9 +30,8 @@ def evaluation_on(v: RunView, root: str | Path, split: str | None = None) -> sum
 
 
 def trained_root(v: RunView) -> Path | None:
-    """The folder the run's checkpoint was trained on (checkpoint.json, read without torch)."""
-    info = v.info.checkpoint_info
-    return identity.trained_data_root(info) if info else None
+    """The folder the run's checkpoint was trained on (its record, read without torch)."""
+    return v.info.trained_root
 
 
 def eval_split(v: RunView, root: str | Path) -> str:
@@ -95,7 +94,7 @@ def eval_job(v: RunView, root: str | Path, split: str | None = None) -> EvalJob:
     out = eval_out(v, root, split)
     launch = launch_info(out / EVAL_LAUNCH)
     metrics = out / "metrics.json"
-    if launch and processes.pid_alive(launch.get("pid")):
+    if launch and _alive(launch):
         prog = launch_info(out / "progress.json")
         return EvalJob("running", out, str(prog.get("phase") or ""), int(prog.get("done") or 0), int(prog.get("total") or 0),
                        tail(out / EVAL_LOG, 3))
@@ -108,7 +107,15 @@ def eval_job(v: RunView, root: str | Path, split: str | None = None) -> EvalJob:
     return EvalJob("none", out)
 
 
+def _alive(launch: dict) -> bool:
+    """The evaluation process launch.json names is alive and is still that process (same start time)."""
+    pid, start = launch.get("pid"), launch.get("pid_start")
+    if not processes.pid_alive(pid):
+        return False
+    return start is None or processes.process_start(pid) in (None, start)
+
+
 def home_evaluation(v: RunView) -> summaries.EvaluationSummary | None:
     """The evaluation on the run's own training data if there is one, else its newest."""
-    return summaries.home_evaluation(v.path, v.info.checkpoint_info)
+    return summaries.home_evaluation(v.path, v.info.trained_root)
 

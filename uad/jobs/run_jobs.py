@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uad.checkpoints.record import META
 from uad.core import paths, processes
-from uad.core.errors import ConfigError
+from uad.core.errors import ConfigError, DataError
 from uad.jobs.background import LAUNCH, STDOUT, launch_info, reap, start_process, tail
 from uad.runs import archive, folders, listing
 from uad.runs import meta as run_meta
 
-CKPT_META = "checkpoint.json"  # = uad.checkpoints.META; not imported so listing runs does not import torch
+CKPT_META = META  # checkpoint.json (uad.checkpoints.record reads it without torch)
 
 
 def check_train_config(config) -> None:
@@ -73,19 +74,34 @@ def resume_run(run_dir: Path, epochs: int | None = None) -> None:
     start_process(str(run_dir), argv, run_dir / STDOUT, run_dir / LAUNCH)
 
 
+TRAINER = ("uad", "train")  # words of a trainer's command line (python -m uad train, uad train, torchrun -m uad train)
+
+
 def cancel_run(run_dir: Path) -> str:
-    """SIGTERM the run's process group; the trainer saves a checkpoint and records 'cancelled'."""
+    """SIGTERM the run's trainer (its process group when it leads one); it saves a checkpoint and records
+    'cancelled'. Only a process shown to be this run's trainer is signalled: the pid recorded in status.json
+    (or launch.json while queued) must be alive, have started when recorded, and run ``uad train``. A
+    stale, reused or planted pid is never signalled."""
     if not run_dir.is_dir():
         return f"{run_dir.name} no longer exists."
     status = folders.read_status(run_dir) or {}
     if status.get("state") not in ("queued", "running"):
         return f"{run_dir.name} is not running ({status.get('state', 'no status')}); nothing to cancel."
-    pid = status.get("pid") if status.get("state") == "running" else launch_info(run_dir / LAUNCH).get("pid")
+    source = status if status.get("state") == "running" else launch_info(run_dir / LAUNCH)
+    pid, pid_start = source.get("pid"), source.get("pid_start")
     if not processes.pid_alive(pid):
         folders.write_status(run_dir, "cancelled", finished=time.time(), reason="no live process when cancelled")
         return "The run had no live process; marked cancelled."
+    ours, why = processes.is_recorded_process(pid, pid_start, TRAINER)
+    if not ours:
+        folders.write_status(run_dir, "cancelled", finished=time.time(),
+                             reason=f"its trainer was gone; {why}, so it was not signalled")
+        return f"Not signalled: {why}. The run's own trainer is gone; marked cancelled."
     try:
-        os.killpg(int(pid), signal.SIGTERM)
+        if os.getpgid(pid) == pid:  # started by uad in its own session: the group holds its data-loader workers
+            os.killpg(pid, signal.SIGTERM)
+        else:  # a trainer started from a terminal shares its shell's group: signal it alone
+            os.kill(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError) as exc:
         return f"Could not signal process {pid}: {exc}"
     time.sleep(0.3)
@@ -195,8 +211,8 @@ class RunView:
         batch = self.batch
         done = self.epoch + (batch[0] / batch[1] if batch and batch[0] < batch[1] else 0.0)
         end = self.end
-        if end.get("batches") and end.get("batch", 0) < end["batches"]:
-            done = self.epochs_done + end["batch"] / end["batches"]
+        if end.get("batches") and (end.get("batch") or 0) < end["batches"]:
+            done = self.epochs_done + (end.get("batch") or 0) / end["batches"]
         return min(max(done / self.epochs, 0.0), 1.0)
 
     @property
@@ -256,9 +272,9 @@ def _where(end: dict[str, Any]) -> str:
     if not end.get("batches") or not end.get("epoch"):
         return ""
     epochs = f"/{end['epochs']}" if end.get("epochs") else ""
-    if end.get("batch", 0) >= end["batches"]:
+    if (end.get("batch") or 0) >= end["batches"]:
         return f"after epoch {end['epoch']}{epochs}"
-    return f"in epoch {end['epoch']}{epochs} at batch {end.get('batch', 0)}/{end['batches']}"
+    return f"in epoch {end['epoch']}{epochs} at batch {end.get('batch') or 0}/{end['batches']}"
 
 
 def run_view(info: listing.RunInfo) -> RunView:
@@ -280,33 +296,58 @@ def run_view(info: listing.RunInfo) -> RunView:
     return RunView(info, state, int(status.get("epoch") or 0), epochs, error, log)
 
 
-def list_run_views(include_shipped: bool = True, archived: bool = False) -> list[RunView]:
+def list_run_views(include_shipped: bool = True, archived: bool = False,
+                   skipped: list[listing.SkippedRun] | None = None,
+                   finished: list[tuple[Path, int]] | None = None) -> list[RunView]:
+    """Every run as the app and ``uad runs list`` show it; damaged folders are left out (and added to
+    ``skipped`` with the reason). Deletes that were killed midway (``runs/.deleting-<name>-<pid>``) are
+    finished first, and added to ``finished`` as (folder, bytes freed)."""
     reap()
-    return [run_view(r) for r in listing.list_runs(include_shipped=include_shipped, archived=archived)]
+    try:
+        done = archive.finish_interrupted_deletes()
+    except OSError:  # e.g. a read-only runs folder: nothing could have been half-deleted there by uad
+        done = []
+    if finished is not None:
+        finished.extend(done)
+    return [run_view(r) for r in listing.list_runs(include_shipped=include_shipped, archived=archived, skipped=skipped)]
 
 
 def _info(run_dir: Path) -> listing.RunInfo:
-    """The RunInfo of one run folder (runs/, its archive, or a shipped checkpoint)."""
+    """The RunInfo of one run folder (runs/, its archive, or a shipped checkpoint); a UADError naming the
+    file when one of its files is damaged."""
     run_dir = Path(run_dir)
     for archived in (False, True):
         for info in listing.list_runs(include_shipped=not archived, archived=archived):
             if info.path.resolve() == run_dir.resolve():
                 return info
-    status = folders.read_status(run_dir)
-    config = folders.read_object(run_dir / "config.json") or {}
-    if status is None and not config:
+    info = listing.read_run(run_dir, run_dir.name, shipped=paths.is_shipped(run_dir))
+    if info is None:
         raise ConfigError(f"{run_dir}: not a run folder (no status.json or config.json)")
-    return listing.RunInfo(run_dir, run_dir.name, config.get("model") or (status or {}).get("model", "?"),
-                        folders.effective_state(status), False, status or {}, config, run_meta.read_meta(run_dir))
+    return info
 
 
-def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
+
+def find_run(ref: str | Path, archived: bool | None = None, damaged_ok: bool = False) -> RunView:
     """A run by folder path, folder name, or the name the user gave it (unique); archived runs when
-    ``archived`` (both when None). A ConfigError names what was looked for when nothing or several match."""
+    ``archived`` (both when None). A ConfigError names what was looked for when nothing or several match.
+
+    A run whose files are damaged is a DataError naming the file; with ``damaged_ok`` (archive, delete) a
+    folder given by its path or folder name is returned anyway, in the state "damaged"."""
     reap()
     path = Path(ref)
-    if path.is_dir() and ((path / "status.json").exists() or (path / "config.json").exists()):
-        return run_view(_info(path))
+    candidates = [path] + [root / str(ref) for root in (paths.runs_dir(), archive.archive_dir())
+                           if damaged_ok and str(ref) and "/" not in str(ref)]
+    for folder in candidates:
+        if folder.is_dir() and ((folder / "status.json").exists() or (folder / "config.json").exists()):
+            try:
+                return run_view(_info(folder))
+            except DataError:
+                if not damaged_ok:
+                    raise
+                return RunView(listing.RunInfo(folder, folder.name, "?", "damaged", paths.is_shipped(folder), {}, {}),
+                               "damaged", 0, 0, None, "")
+        if folder == path and not damaged_ok:
+            break
     pools = {False: [False], True: [True], None: [False, True]}[archived]
     views = [run_view(i) for a in pools for i in listing.list_runs(include_shipped=not a, archived=a)]
     for match in (lambda v: v.info.name == str(ref), lambda v: v.info.meta.get("name") == str(ref)):
@@ -319,6 +360,17 @@ def find_run(ref: str | Path, archived: bool | None = None) -> RunView:
     raise ConfigError(f"no run {str(ref)!r} in {where} (give a run folder, its folder name, or its name)")
 
 
+def require_own(v: RunView, action: str) -> None:
+    """A ConfigError unless the run is a folder directly under the runs folder or its archive: ``uad runs``
+    acts on nothing else (never a shipped checkpoint, never a folder the user keeps elsewhere)."""
+    if v.info.shipped or paths.is_shipped(v.path):
+        raise ConfigError(f"{v.info.name} is a shipped checkpoint; shipped checkpoints are never {action}")
+    parent = v.path.resolve().parent
+    if parent not in (paths.runs_dir().resolve(), archive.archive_dir().resolve()) or v.path.name.startswith("."):
+        raise ConfigError(f"{v.path}: not a run in {paths.runs_dir()}; `uad runs` works only on folders directly "
+                          "under it (and its archive)")
+
+
 def _refuse_active_or_shipped(v: RunView, action: str) -> None:
     if v.info.shipped:
         raise ConfigError(f"{v.info.name} is a shipped checkpoint; shipped checkpoints are never {action}")
@@ -326,11 +378,21 @@ def _refuse_active_or_shipped(v: RunView, action: str) -> None:
         raise ConfigError(f"{v.info.name} is {v.state}; cancel it first, then it can be {action}")
 
 
+def _view_unless_damaged(run_dir: Path) -> RunView | None:
+    """The run's view, or None when one of its files is damaged: such a run can still be archived or deleted
+    (the run lock, taken for the move, keeps a live trainer's folder where it is)."""
+    try:
+        return run_view(_info(run_dir))
+    except DataError:
+        return None
+
+
 def archive_run(run_dir: Path) -> Path:
     """Move a finished run into runs/.archive/ (restorable); refuses active runs and shipped checkpoints."""
-    v = run_view(_info(run_dir))
-    _refuse_active_or_shipped(v, "archived")
-    return archive.archive(v.path)
+    v = _view_unless_damaged(run_dir)
+    if v is not None:
+        _refuse_active_or_shipped(v, "archived")
+    return archive.archive(run_dir)
 
 
 def restore_run(run_dir: Path) -> Path:
@@ -340,7 +402,8 @@ def restore_run(run_dir: Path) -> Path:
 
 def delete_run(run_dir: Path) -> None:
     """Delete a run (or archived run) for good; refuses active runs and shipped checkpoints."""
-    v = run_view(_info(run_dir))
-    _refuse_active_or_shipped(v, "deleted")
-    archive.delete(v.path)
+    v = _view_unless_damaged(run_dir)
+    if v is not None:
+        _refuse_active_or_shipped(v, "deleted")
+    archive.delete(run_dir)
 

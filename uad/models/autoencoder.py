@@ -7,7 +7,16 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from uad.models.base import AnomalyModel, Residual
+from uad.models.base import (
+    AnomalyModel,
+    BaseChannels,
+    ImageSize,
+    InChannels,
+    LatentDim,
+    NoiseRes,
+    NoiseStd,
+    Residual,
+)
 from uad.models.blocks import (
     LOSSES,
     NORMS,
@@ -64,9 +73,9 @@ class Autoencoder(AnomalyModel):
     name = "autoencoder"
     description = "convolutional autoencoder (by default a denoising U-Net; dense and spatial codes too)"
 
-    def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 bottleneck: Bottleneck = "unet", norm: Norm = "batch", loss: Loss = "l1", noise_std: float = 0.2,
-                 noise_res: int = 16, residual: Residual = "positive"):
+    def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, latent_dim: LatentDim = 128,
+                 base_channels: BaseChannels = 16, bottleneck: Bottleneck = "unet", norm: Norm = "batch", loss: Loss = "l1",
+                 noise_std: NoiseStd = 0.2, noise_res: NoiseRes = 16, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res,
                          residual=residual)

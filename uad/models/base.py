@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Sequence, get_args
+from typing import Annotated, Any, Callable, ClassVar, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Range:
+    """The bounds of a numeric model option, inclusive, declared once on the constructor's signature:
+    ``base_channels: Annotated[int, Range(1, 256)] = 16``. ``uad.models.registry`` reads it for the CLI's
+    flags, the app's Train form, the training settings' check and the checkpoint loader's check."""
+
+    low: float
+    high: float
+
+
+# Set by the data, not chosen as options: one channel per modality (uad.data.cases.MODALITIES), the working size.
+InChannels = Annotated[int, Range(1, 4)]
+ImageSize = Annotated[int, Range(32, 512)]
+# Options several models share, bounded alike.
+LatentDim = Annotated[int, Range(1, 4096)]
+BaseChannels = Annotated[int, Range(1, 256)]
+NoiseStd = Annotated[float, Range(0.0, 10.0)]
+NoiseRes = Annotated[int, Range(1, 256)]  # and at most the image size (``blocks.check_noise``)
+LossWeight = Annotated[float, Range(0.0, 1000.0)]
 
 
 @dataclass
@@ -41,7 +62,7 @@ class AnomalyModel(nn.Module):
     description: ClassVar[str] = ""
     trainable: ClassVar[bool] = True  # False for models built from trained ones (an ensemble)
 
-    def __init__(self, in_channels: int = 1, image_size: int = 128, **hparams: Any):
+    def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, **hparams: Any):
         super().__init__()
         if image_size < 32 or image_size % 16:
             raise ValueError(f"image_size must be a multiple of 16 and >= 32, got {image_size}")

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
 from uad.core.errors import ConfigError
-from uad.models.base import AnomalyModel, AnomalyOutput, Residual, residual_map
+from uad.models.base import (
+    AnomalyModel,
+    AnomalyOutput,
+    BaseChannels,
+    ImageSize,
+    InChannels,
+    LatentDim,
+    LossWeight,
+    Range,
+    Residual,
+    residual_map,
+)
 from uad.models.blocks import (
     Discriminator,
     LatentDecoder,
@@ -44,8 +57,9 @@ class FAnoGAN(AnomalyModel):
     name = "gan"
     description = "f-AnoGAN: a WGAN-GP, then an encoder trained into its latent space (izi_f)"
 
-    def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 gan_fraction: float = 0.8, n_critic: int = 2, gp_weight: float = 10.0, kappa: float = 1.0,
+    def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, latent_dim: LatentDim = 128,
+                 base_channels: BaseChannels = 16, gan_fraction: Annotated[float, Range(0.05, 0.95)] = 0.8,
+                 n_critic: Annotated[int, Range(1, 100)] = 2, gp_weight: LossWeight = 10.0, kappa: LossWeight = 1.0,
                  upsample: Upsample = "transpose", residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          gan_fraction=gan_fraction, n_critic=n_critic, gp_weight=gp_weight, kappa=kappa,

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from uad.models.base import AnomalyModel, AnomalyOutput, Residual, residual_map
+from uad.models.base import (
+    AnomalyModel,
+    AnomalyOutput,
+    BaseChannels,
+    ImageSize,
+    InChannels,
+    LatentDim,
+    LossWeight,
+    NoiseRes,
+    NoiseStd,
+    Range,
+    Residual,
+    residual_map,
+)
 from uad.models.blocks import (
     Discriminator,
     LatentDecoder,
@@ -44,9 +59,10 @@ class GANomaly(AnomalyModel):
     name = "ganomaly"
     description = "GANomaly: encoder-decoder-encoder GAN, scored in latent space"
 
-    def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 w_adv: float = 1.0, w_con: float = 50.0, w_enc: float = 1.0, reinit_below: float = 1e-5,
-                 noise_std: float = 0.2, noise_res: int = 16, residual: Residual = "positive"):
+    def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, latent_dim: LatentDim = 128,
+                 base_channels: BaseChannels = 16, w_adv: LossWeight = 1.0, w_con: LossWeight = 50.0,
+                 w_enc: LossWeight = 1.0, reinit_below: Annotated[float, Range(0.0, 1.0)] = 1e-5,
+                 noise_std: NoiseStd = 0.2, noise_res: NoiseRes = 16, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, w_adv=w_adv,
                          w_con=w_con, w_enc=w_enc, reinit_below=reinit_below, noise_std=noise_std, noise_res=noise_res,
                          residual=residual)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import math
 import typing
-from typing import Any, Callable, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, Callable, Literal, NamedTuple, TypeVar
 
 from uad.core.errors import ConfigError
-from uad.models.base import AnomalyModel
+from uad.models.base import AnomalyModel, Range
 
 _REGISTRY: dict[str, type[AnomalyModel]] = {}
 _ALIASES: dict[str, str] = {}
@@ -51,58 +52,96 @@ SHARED_ARGS = ("in_channels", "image_size")
 
 
 class ModelOption(NamedTuple):
-    """One constructor option of a model: its type, default, and fixed choices (``None`` when free)."""
+    """One constructor argument of a model: its type, default, fixed choices (``None`` when free) and, for a
+    number, its inclusive bounds (``low``/``high``, ``None`` when unbounded)."""
 
     type: type
     default: Any
     choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not a valid value of this option (wrong type, not a choice, out of bounds), or None.
+        A whole number where a float is expected is valid (the caller converts it)."""
+        typ = self.type
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if typ is not type(value) and not (typ is str and self.choices is None and value is None):
+            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(typ, "text")
+            return f"must be {kind}, got {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+            return f"must be a finite number, got {value}"
+        if self.low is not None and self.high is not None and not self.low <= value <= self.high:
+            return f"must be between {self.low:g} and {self.high:g}, got {value:g}"
+        return None
 
 
-def model_options(name: str) -> dict[str, ModelOption]:
-    """A model's own options, read from its constructor: name → ModelOption(type, default, choices).
-
-    An option with fixed choices declares them in its annotation as a ``typing.Literal`` (e.g.
-    ``norm: Norm = "batch"`` with ``Norm = Literal["batch", "group", "layer", "none"]``); that one place
-    gives the CLI's ``choices=``, the app's select box and the constructor's own check. The CLI's
-    ``--option`` flags and the app's Train form are both built from this, so a new constructor argument
-    shows up in both without further code.
-    """
+def constructor_options(name: str) -> dict[str, ModelOption]:
+    """Every keyword argument of a model's constructor (the shared ``in_channels``/``image_size`` too), read
+    from its signature: the default, and from the annotation the type, a ``typing.Literal``'s choices and
+    an ``Annotated[..., Range(low, high)]``'s bounds."""
     cls = model_class(name)
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__, include_extras=True)
     except (NameError, TypeError):  # an annotation that cannot be resolved: fall back to the defaults' types
         hints = {}
     out: dict[str, ModelOption] = {}
     for p in inspect.signature(cls.__init__).parameters.values():
-        if p.name == "self" or p.name in SHARED_ARGS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            continue
-        if p.default is inspect.Parameter.empty:
+        if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is inspect.Parameter.empty:
             continue
         hint = hints.get(p.name)
+        bounds = None
+        if typing.get_origin(hint) is Annotated:
+            bounds = next((m for m in hint.__metadata__ if isinstance(m, Range)), None)
+            hint = typing.get_args(hint)[0]
         choices = tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else None
         typ = type(p.default) if p.default is not None else (type(choices[0]) if choices else str)
-        out[p.name] = ModelOption(typ, p.default, choices)
+        low, high = (typ(bounds.low), typ(bounds.high)) if bounds is not None and typ in (int, float) else (None, None)
+        out[p.name] = ModelOption(typ, p.default, choices, low, high)
     return out
+
+
+def model_options(name: str) -> dict[str, ModelOption]:
+    """A model's own options, read from its constructor: name → ModelOption(type, default, choices, low, high).
+
+    An option with fixed choices declares them in its annotation as a ``typing.Literal`` (e.g.
+    ``norm: Norm = "batch"`` with ``Norm = Literal["batch", "group", "layer", "none"]``), a number its
+    bounds as ``typing.Annotated[int, Range(1, 256)]``; that one place gives the CLI's ``choices=`` and
+    range check, the app's select box or bounded number input, the training settings' check and the
+    checkpoint loader's. The CLI's ``--option`` flags and the app's Train form are both built from this,
+    so a new constructor argument shows up in both without further code.
+    """
+    return {k: v for k, v in constructor_options(name).items() if k not in SHARED_ARGS}
 
 
 def check_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Options as the constructor takes them, or a ConfigError naming the first wrong one (unknown name,
-    wrong type, not one of its choices). Numbers given as int where a float is expected are accepted."""
-    known = model_options(name)
-    unknown = sorted(set(options) - set(known))
+    wrong type, not one of its choices, out of its bounds, NaN or infinite). Numbers given as int where a
+    float is expected are accepted."""
+    return _check(name, options, model_options(name), "model option ")
+
+
+def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """Every constructor argument (``in_channels`` and ``image_size`` too) checked as ``check_model_options``
+    checks the options: what a checkpoint's hyper-parameters must pass before a model is built from them."""
+    return _check(name, hparams, constructor_options(name), "")
+
+
+def _check(name: str, values: dict[str, Any], known: dict[str, ModelOption], what: str) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"model {canonical_name(name)!r} has no option {', '.join(unknown)}; options: {', '.join(known)}")
+        raise ConfigError(f"model {canonical_name(name)!r} has no option {', '.join(map(str, unknown))}; "
+                          f"options: {', '.join(known)}")
     out = {}
-    for key, value in options.items():
+    for key, value in values.items():
         opt = known[key]
-        if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if opt.type is not type(value) and not (opt.type is str and opt.choices is None and value is None):
-            kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(opt.type, "text")
-            raise ConfigError(f"{key} must be {kind}, got {value!r}")
-        if opt.choices is not None and value not in opt.choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, opt.choices))}, got {value!r}")
-        out[key] = value
+        problem = opt.problem(value)
+        if problem:
+            raise ConfigError(f"{what}{key} {problem}")
+        out[key] = float(value) if opt.type is float else value
     return out
 
 

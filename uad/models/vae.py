@@ -6,7 +6,15 @@ import torch
 from torch import Tensor
 
 from uad.core.errors import ConfigError
-from uad.models.base import AnomalyModel, Residual
+from uad.models.base import (
+    AnomalyModel,
+    BaseChannels,
+    ImageSize,
+    InChannels,
+    LatentDim,
+    LossWeight,
+    Residual,
+)
 from uad.models.blocks import (
     LOSSES,
     NORMS,
@@ -37,8 +45,9 @@ class VAE(AnomalyModel):
     name = "vae"
     description = "variational autoencoder (reconstructs from the posterior mean)"
 
-    def __init__(self, in_channels: int = 1, image_size: int = 128, latent_dim: int = 128, base_channels: int = 16,
-                 norm: Norm = "batch", loss: Loss = "mse", kl_weight: float = 0.01, residual: Residual = "positive"):
+    def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, latent_dim: LatentDim = 128,
+                 base_channels: BaseChannels = 16, norm: Norm = "batch", loss: Loss = "mse", kl_weight: LossWeight = 0.01,
+                 residual: Residual = "positive"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels, norm=norm,
                          loss=loss, kl_weight=kl_weight, residual=residual)
         check_choice("norm", norm, NORMS)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uad.core.errors import ConfigError
-from uad.models.base import AnomalyModel, Residual
+from uad.models.base import (
+    AnomalyModel,
+    ImageSize,
+    InChannels,
+    NoiseRes,
+    NoiseStd,
+    Range,
+    Residual,
+)
 from uad.models.blocks import (
     LOSSES,
     Loss,
@@ -138,11 +146,16 @@ class ViTAE(AnomalyModel):
     name = "vit"
     description = "ViT autoencoder with context dropout (patches hidden during training)"
 
-    def __init__(self, in_channels: int = 1, image_size: int = 128, patch_size: int = 16, embed_dim: int = 256,
-                 depth: int = 4, num_heads: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.1,
-                 context_dropout: float = 0.2, decoder: Decoder = "linear", refine: bool = False, loss: Loss = "l1",
-                 masked_weight: float = 1.0, inpaint_groups: int = 0, test_time_drops: int = 0,
-                 noise_std: float = 0.2, noise_res: int = 16, residual: Residual = "positive"):
+    def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128,
+                 patch_size: Annotated[int, Range(2, 64)] = 16, embed_dim: Annotated[int, Range(8, 2048)] = 256,
+                 depth: Annotated[int, Range(1, 32)] = 4, num_heads: Annotated[int, Range(1, 64)] = 8,
+                 mlp_ratio: Annotated[float, Range(0.25, 16.0)] = 4.0, dropout: Annotated[float, Range(0.0, 0.9)] = 0.1,
+                 context_dropout: Annotated[float, Range(0.0, 0.9)] = 0.2, decoder: Decoder = "linear",
+                 refine: bool = False, loss: Loss = "l1", masked_weight: Annotated[float, Range(0.0, 100.0)] = 1.0,
+                 inpaint_groups: Annotated[int, Range(0, 256)] = 0,
+                 # each drop costs a forward pass per slice at scoring time: a hostile checkpoint must not buy minutes
+                 test_time_drops: Annotated[int, Range(0, 16)] = 0,
+                 noise_std: NoiseStd = 0.2, noise_res: NoiseRes = 16, residual: Residual = "positive"):
         super().__init__(in_channels, image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                          num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout, context_dropout=context_dropout,
                          decoder=decoder, refine=refine, loss=loss, masked_weight=masked_weight,

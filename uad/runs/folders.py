@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from uad.core import fileio, paths
-from uad.core.errors import ConfigError
-from uad.core.processes import pid_alive
+from uad.core import fields, fileio, paths
+from uad.core.errors import ConfigError, DataError, UADError
+from uad.core.processes import pid_alive, process_start
 
 STATES = ("queued", "running", "completed", "failed", "cancelled")
 
@@ -88,7 +88,14 @@ class RunLock:
         self.moved_to: Path | None = None  # where claim(overwrite=True) moved the previous run
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            named = fileio.write_error(exc, self.run_dir)
+            if named is None:
+                raise
+            raise ConfigError(f"{self.run_dir}: cannot write this run folder ({exc.strerror}); it cannot be trained, "
+                              "resumed, archived or deleted from here") from None
         try:
             _lock_fd(fd)
         except OSError:
@@ -109,6 +116,87 @@ class RunLock:
             self._fd = None
 
 
+EVAL_LOCK = "eval.lock"
+
+
+class EvaluationLock:
+    """``<run>/eval.lock``: every evaluation of the run holds it shared while it reads the checkpoint and
+    writes ``<run>/eval/...``; archive, restore and delete take it exclusively (without waiting) before
+    moving the run, so a run is never moved from under an evaluation."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    @classmethod
+    def shared(cls, run_dir: str | Path) -> "EvaluationLock":
+        """Held by an evaluation. Waits while a move holds it; a ConfigError when the run was moved or
+        deleted meanwhile. A read-only run folder cannot be moved either: then nothing is held."""
+        path = Path(run_dir) / EVAL_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # no run folder there (any more): never create one
+            raise ConfigError(f"{run_dir}: the run folder is gone (archived or deleted?)") from None
+        except OSError:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return cls(None)  # read-only and never locked: nobody can move it either
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except ImportError:
+            pass
+        try:
+            same = os.path.samestat(os.fstat(fd), path.stat())
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            raise ConfigError(f"{run_dir}: the run folder was moved (archived or deleted?) as the evaluation started")
+        return cls(fd)
+
+    @classmethod
+    def exclusive(cls, run_dir: str | Path) -> "EvaluationLock":
+        """Held while moving a run; a ConfigError when an evaluation holds it."""
+        path = Path(run_dir) / EVAL_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return cls(None)  # never evaluated since locks exist (or read-only): nothing to wait for
+        try:
+            _lock_fd(fd)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"{run_dir}: it is being evaluated right now; wait for the evaluation to finish") from None
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "EvaluationLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def evaluation_launches(run_dir: str | Path) -> list[Path]:
+    """Background evaluations of the run (``launch.json`` under its eval/ folder) whose process is still
+    that evaluation (same start time, ``uad evaluate`` on its command line)."""
+    from uad.core.processes import is_recorded_process
+
+    live = []
+    for launch in Path(run_dir).glob("eval/*/*/launch.json"):
+        info = read_object(launch) or {}
+        ours, _ = is_recorded_process(info.get("pid"), info.get("pid_start"), ("uad", "evaluate"))
+        if ours:
+            live.append(launch)
+    return live
+
+
 def _lock_fd(fd: int) -> None:
     try:
         import fcntl
@@ -124,11 +212,13 @@ def existing_run(run_dir: str | Path) -> list[str]:
     """What in ``run_dir`` shows that a run has already been trained (or started) there; [] if nothing."""
     run_dir = Path(run_dir)
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    status = read_status(run_dir)
+    try:
+        status = read_status(run_dir)
+    except DataError:
+        found.append("status.json (unreadable)")
+        return found
     if status is not None and status.get("state") != "queued":
         found.append(f"status.json ({status.get('state')})")
-    elif status is None and (run_dir / "status.json").exists():
-        found.append("status.json (unreadable)")
     return found
 
 
@@ -163,6 +253,7 @@ def claim(run_dir: str | Path, resume: bool = False, overwrite: bool = False) ->
     refused, or with ``overwrite`` its contents are moved aside first (never deleted).
     """
     run_dir = Path(run_dir)
+    refuse_shipped(run_dir, "trained into")
     if resume and overwrite:
         raise ConfigError(f"{run_dir}: --resume continues a run and --overwrite moves it aside; choose one")
     if resume and not run_dir.is_dir():
@@ -182,28 +273,142 @@ def claim(run_dir: str | Path, resume: bool = False, overwrite: bool = False) ->
     return lock
 
 
-def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, Any]:
-    """Replace status.json, keeping earlier fields (e.g. started) unless overwritten."""
+def refuse_shipped(run_dir: str | Path, action: str) -> None:
+    """A ConfigError when ``run_dir`` is (or lies in) a shipped checkpoint: those are read, never written."""
+    if paths.is_shipped(run_dir):
+        raise ConfigError(f"{run_dir} is a shipped checkpoint; shipped checkpoints are never {action} "
+                          f"(copy it into {paths.runs_dir()} to work on a copy)")
+
+
+def write_status(run_dir: str | Path, state: str, **values: Any) -> dict[str, Any]:
+    """Replace status.json, keeping earlier fields (e.g. started) unless overwritten. A damaged status.json
+    is replaced whole (this process is the one that writes the run)."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
-    current = read_status(run_dir) or {}
-    current.update(fields)
+    refuse_shipped(run_dir, "written")
+    try:
+        current = read_status(run_dir) or {}
+    except DataError:
+        current = {}
+    current.update(values)
     current["state"] = state
     current["updated"] = time.time()
+    current = {k: v[:fields.MAX_TEXT - 1] + "…" if isinstance(v, str) and len(v) > fields.MAX_TEXT else v
+               for k, v in fileio.json_safe(current).items()}  # e.g. a very long error message
+    check_status(current, Path(run_dir) / "status.json")  # never write what a reader would refuse
     fileio.write_json(Path(run_dir) / "status.json", current)
     return current
 
 
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # a run's JSON files are a few kB; a larger one is not ours
+
+
+def read_record(path: Path) -> Any:
+    """A run folder's JSON file (status, config, meta): its content, None when it does not exist, or a
+    DataError naming the file when it cannot be read or parsed."""
+    try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            raise DataError(path, f"{path.stat().st_size:,} bytes: far larger than uad writes")
+        return fileio.read_json(path)
+    except FileNotFoundError:
+        return None
+    except UADError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise DataError(path, f"not valid JSON ({str(exc)[:200]})") from None
+    except OSError as exc:
+        raise DataError(path, f"unreadable ({exc.strerror or exc})") from None
+
+
+END_KINDS = ("completed", "time_budget", "cancelled", "failed")
+
+
+def check_status(raw: Any, path: Path) -> dict[str, Any]:
+    """A status.json's content with every field of its type and in bounds, else a DataError naming the file."""
+    if not isinstance(raw, dict):
+        raise DataError(path, f"damaged run status: expected a JSON object, got {type(raw).__name__}")
+    try:
+        fields.plain(raw, "status")
+        if fields.text(raw, "state", 20, STATES) is None:
+            raise fields.FieldError("state is missing")
+        fields.whole(raw, "pid", 1, 2**31 - 1)
+        fields.whole(raw, "pid_start", 0, 2**63 - 1)
+        fields.text(raw, "pid_cmd", 4096)
+        for key in ("started", "updated", "finished", "queued", "elapsed", "eta"):
+            fields.number(raw, key, 0)
+        for key in ("val_loss", "best_val_loss"):
+            fields.number(raw, key)
+        for key in ("epoch", "epochs", "batch", "batches", "step", "current_epoch", "world_size"):
+            fields.whole(raw, key)
+        for key in ("error", "reason", "device", "model", "best_selection"):
+            fields.text(raw, key)
+        end = fields.obj(raw, "end")
+        if end is not None:
+            fields.text(end, "kind", 20, END_KINDS)
+            for key in ("epoch", "batch", "batches", "epochs", "epochs_done"):
+                fields.whole(end, key)
+            fields.number(end, "elapsed", 0)
+            fields.number(end, "max_minutes", 0)
+            fields.text(end, "reason")
+    except fields.FieldError as exc:
+        raise DataError(path, f"damaged run status ({exc})") from None
+    return raw
+
+
 def read_status(run_dir: str | Path) -> dict[str, Any] | None:
-    """status.json as a dict; None when missing, unreadable or not a JSON object."""
-    return read_object(Path(run_dir) / "status.json")
+    """status.json, every field checked (``check_status``); None when there is none, a DataError naming the
+    file when it is unreadable or a field is wrong."""
+    path = Path(run_dir) / "status.json"
+    raw = read_record(path)
+    return None if raw is None else check_status(raw, path)
+
+
+def check_config(raw: Any, path: Path) -> dict[str, Any]:
+    """A run's config.json with every field the readers use of its type and in bounds, else a DataError."""
+    from uad.data.preprocess_config import PreprocessConfig
+
+    if not isinstance(raw, dict):
+        raise DataError(path, f"damaged run configuration: expected a JSON object, got {type(raw).__name__}")
+    try:
+        fields.plain(raw, "config")
+        if fields.text(raw, "model", 64) is None:
+            raise fields.FieldError("model is missing")
+        for key in ("data_root", "store", "device"):
+            fields.text(raw, key, 4096)
+        fields.whole(raw, "world_size", 1, 10**6)
+        for key in ("hparams", "split"):
+            fields.obj(raw, key)
+        train = fields.obj(raw, "train")
+        if train is not None:
+            fields.whole(train, "epochs", 1)
+            fields.whole(train, "image_size", 1, 4096)
+            fields.number(train, "max_minutes", 0)
+            mods = train.get("modalities")
+            if mods is not None and not (isinstance(mods, list) and all(isinstance(m, str) and len(m) <= 16 for m in mods)):
+                raise fields.FieldError(f"train modalities must be a list of names, got {fields.show(mods)}")
+        if raw.get("preprocess") is not None:
+            try:
+                PreprocessConfig.from_dict(raw["preprocess"])
+            except ConfigError as exc:
+                raise fields.FieldError(f"preprocess: {exc}") from None
+    except fields.FieldError as exc:
+        raise DataError(path, f"damaged run configuration ({exc})") from None
+    return raw
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """config.json, checked (``check_config``); None when there is none (a queued run has none yet)."""
+    path = Path(run_dir) / "config.json"
+    raw = read_record(path)
+    return None if raw is None else check_config(raw, path)
 
 
 def read_object(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, None when it is missing, unreadable or not an object."""
+    """A JSON object file written by uad with no fixed fields (launch.json, samples.json), None when it is
+    missing, unreadable or not an object. Its fields are checked where they are used."""
     try:
-        obj = fileio.read_json(path)
-    except (OSError, ValueError):
+        obj = read_record(path)
+    except DataError:
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -217,12 +422,22 @@ def read_steps(run_dir: str | Path) -> list[dict[str, Any]]:
     return fileio.read_jsonl(Path(run_dir) / STEPS)
 
 
+def trainer_alive(status: dict[str, Any]) -> bool:
+    """Whether the process a status names is alive and still the one that wrote it (same start time, where
+    recorded: a pid reused by another process after the trainer died is not the trainer)."""
+    pid = status.get("pid")
+    if not pid_alive(pid):
+        return False
+    recorded = status.get("pid_start")
+    return recorded is None or process_start(pid) in (None, recorded)
+
+
 def effective_state(status: dict[str, Any] | None) -> str:
     """The state to show: a 'running' run whose process is gone died without saying so."""
     if not status:
         return "unknown"
     state = status.get("state", "unknown")
-    if state == "running" and not pid_alive(status.get("pid")):
+    if state == "running" and not trainer_alive(status):
         return "failed"
     return state
 

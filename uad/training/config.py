@@ -12,18 +12,13 @@ from typing import Any
 
 import torch
 
-from uad.checkpoints import record as ckpt_record
 from uad.core.errors import ConfigError, UADError
-from uad.data.preprocess import PreprocessConfig
+from uad.data.preprocess_config import PreprocessConfig
 from uad.data.splits import DEFAULT_RATIOS, check_case_lists, parse_ratios
-from uad.models import canonical_name, check_model_options, create_model
+from uad.models import canonical_name, check_hparams, check_model_options, create_model
 
-
-def _whole(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ConfigError(f"{name} must be a whole number {bound}, got {value!r}")
-    return value
+# Far above any sensible setting; a bound keeps a mistyped or hostile config.json from asking for years.
+MAX_EPOCHS, MAX_BATCH, MAX_WORKERS, MAX_MINUTES = 1_000_000, 65_536, 256, 1e7
 
 
 @dataclass(frozen=True)
@@ -49,36 +44,36 @@ class TrainConfig:
     cases: Mapping[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
+        # Every field is checked for type and bounds, as strictly when read back (resume, --config FILE) as when set
+        # by the CLI or the app; NaN and infinity are refused (NaN passes every comparison).
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
         if not isinstance(self.model, str):
-            raise ConfigError(f"model must be a name, got {self.model!r}")
+            raise ConfigError(f"model must be a model name, got {self.model!r}")
         put("model", canonical_name(self.model))
         if self.data is not None and not isinstance(self.data, str):
-            put("data", str(self.data))
-        if isinstance(self.modalities, str) or not all(isinstance(m, str) for m in self.modalities):
-            raise ConfigError(f"modalities must be a list of names, got {self.modalities!r}")
-        put("modalities", tuple(self.modalities))
+            raise ConfigError(f"data must be a folder name, got {self.data!r}")
+        if self.device is not None and not isinstance(self.device, str):
+            raise ConfigError(f"device must be a name like cpu or cuda, got {self.device!r}")
+        if isinstance(self.modalities, str) or not self.modalities:
+            raise ConfigError("choose at least one modality")
+        put("modalities", PreprocessConfig(modalities=tuple(self.modalities), image_size=self.image_size).modalities)
         put("split_ratios", parse_ratios(self.split_ratios))
-        _whole("epochs", self.epochs, 1)
-        _whole("batch size", self.batch_size, 1)
-        _whole("image size", self.image_size, 32, 512)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0 and math.isfinite(self.lr)):
+        for name, low, high, words in (("epochs", 1, MAX_EPOCHS, "epochs"), ("batch_size", 1, MAX_BATCH, "batch size"),
+                                       ("seed", 0, 2**63 - 1, "seed"),  # torch.manual_seed overflows above 2**63
+                                       ("num_workers", 0, MAX_WORKERS, "number of data-loader workers")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{words} must be a whole number between {low} and {high}, got {value!r}")
+        if not (_number(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr!r}")
-        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not isinstance(self.max_minutes, (int, float))
-                                             or not math.isfinite(self.max_minutes) or self.max_minutes <= 0):
+        if self.max_minutes is not None and not (_number(self.max_minutes) and 0 < self.max_minutes <= MAX_MINUTES):
             raise ConfigError(f"max minutes must be a finite number > 0, got {self.max_minutes!r}")
         if self.cases is not None:
             put("cases", MappingProxyType({k: tuple(v) for k, v in check_case_lists(dict(self.cases)).items()}))
-        _whole("seed", self.seed, 0, 2**63 - 1)  # torch.manual_seed overflows above that
-        _whole("number of data-loader workers", self.num_workers, 0)
-        if self.device is not None and not isinstance(self.device, str):
-            raise ConfigError(f"device must be a name such as cpu or cuda, got {self.device!r}")
-        if not self.modalities:
-            raise ConfigError("choose at least one modality")
         if not isinstance(self.model_options, Mapping):
-            raise ConfigError(f"model options must be an object, got {self.model_options!r}")
+            raise ConfigError(f"model options must be a mapping, got {self.model_options!r}")
         put("model_options", MappingProxyType(check_model_options(self.model, dict(self.model_options))))
 
     def __hash__(self) -> int:
@@ -142,19 +137,20 @@ class TrainConfig:
         return Path(path)
 
 
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def check_config(config: TrainConfig) -> None:
     """Raise a ConfigError for what the trainer would refuse, short of the data: everything ``TrainConfig``
-    checks (run when it is built), the model hyper-parameters against the checkpoint bounds, and the model
-    built from them on the meta device (so its own checks run, and no memory is allocated).
+    checks (run when it is built), the model hyper-parameters against the bounds the model declares (the
+    same check a checkpoint's record passes when loaded), and the model built from them on the meta device
+    (so its own checks run, and no memory is allocated).
 
-    The app and ``uad train`` call this before a run folder exists, so a bad value leaves nothing behind."""
-    from uad.core.errors import CheckpointError
-
-    hparams = {"in_channels": len(config.modalities), "image_size": config.image_size, **config.model_options}
-    try:
-        ckpt_record.check_hparams(hparams)
-    except CheckpointError as exc:
-        raise ConfigError(exc.reason.replace("hparams ", "model option ", 1)) from None
+    The app, ``uad train`` and ``train`` itself call this before a run folder exists, so a bad value leaves
+    nothing behind."""
+    hparams = check_hparams(config.model, {"in_channels": len(config.modalities), "image_size": config.image_size,
+                                           **config.model_options})
     try:
         with torch.device("meta"):
             create_model(config.model, **hparams)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -27,7 +26,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from uad.checkpoints import weights as ckpt_weights
-from uad.core import fileio
+from uad.core import fileio, processes
 from uad.core.devices import pick_device
 from uad.core.errors import ConfigError, TrainingDiverged, UADError
 from uad.data.dataset import SliceDataset
@@ -35,7 +34,7 @@ from uad.data.splits import split_cases
 from uad.models import create_model
 from uad.runs import folders
 from uad.training import distributed
-from uad.training.config import TrainConfig
+from uad.training.config import TrainConfig, check_config
 
 log = logging.getLogger("uad.train")
 
@@ -91,7 +90,9 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
 
     The folder is locked for the whole run (a second trainer is refused at once). Unless ``resume``, a
     folder that already holds a run is refused, or with ``overwrite`` moved aside to ``<run>.old-<time>``.
+    Settings the trainer would refuse later are refused first, before any folder is made or written.
     """
+    check_config(config)
     device = pick_device(config.device)
     rank, world = distributed.setup(device)
     try:
@@ -142,21 +143,25 @@ def _train_claimed(config: TrainConfig, run_dir: Path, lock, resume: bool, progr
     monitor = _Monitor(run_dir, config, is_main)
     try:
         if is_main:
-            folders.write_status(run_dir, "running", pid=os.getpid(), started=time.time(), error=None, end=None, reason=None,
+            # pid and start time: `runs cancel` signals this process only while both still match.
+            folders.write_status(run_dir, "running", **processes.own_identity(), started=time.time(), error=None, end=None, reason=None,
                               epoch=0, epochs=config.epochs, world_size=world, device=str(device))
         _train_loop(config, run_dir, resume, progress, device, rank, world, stop, monitor)
     except BaseException as exc:
         if is_main:
-            if isinstance(exc, KeyboardInterrupt):
-                reason = f"received {stop.reason or 'SIGINT'}"
-                folders.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
-                                  end=monitor.end("cancelled", reason=reason))
-            else:
-                message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
-                log.error("run failed: %s\n%s", message, traceback.format_exc())
-                extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
-                folders.write_status(run_dir, "failed", finished=time.time(), error=message,
-                                  end=monitor.end("failed", reason=message), **extra)
+            try:
+                if isinstance(exc, KeyboardInterrupt):
+                    reason = f"received {stop.reason or 'SIGINT'}"
+                    folders.write_status(run_dir, "cancelled", finished=time.time(), reason=reason,
+                                         end=monitor.end("cancelled", reason=reason))
+                else:
+                    message = str(exc) if isinstance(exc, UADError) else f"{type(exc).__name__}: {exc}"
+                    log.error("run failed: %s\n%s", message, traceback.format_exc())
+                    extra = {"reason": exc.reason} if isinstance(exc, TrainingDiverged) else {}
+                    folders.write_status(run_dir, "failed", finished=time.time(), error=message,
+                                         end=monitor.end("failed", reason=message), **extra)
+            except (UADError, OSError) as status_exc:  # e.g. the same full disk: the first error is the one to report
+                log.error("could not record the run's end in status.json: %s", status_exc)
         raise
     finally:
         if handler is not None:  # a later run in this process must not log into this run's train.log
