@@ -215,6 +215,9 @@ class CheckpointRecord:
         if not isinstance(hparams, dict) or len(hparams) > 64:
             raise _Bad(f"hparams must be a JSON object of at most 64 settings, got {_show(hparams)}")
         for key, value in hparams.items():
+            if isinstance(value, (list, dict)) and len(key) <= 64:  # a composite model's parts (an ensemble's members)
+                _plain(value, f"hparams {key}")
+                continue
             if len(key) > 64 or not (value is None or isinstance(value, (bool, str)) or _finite(value)):
                 raise _Bad(f"hparams {key[:64]} must be a number, true/false or a short text, got {_show(value)}")
             if isinstance(value, str) and len(value) > 64:

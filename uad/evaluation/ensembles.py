@@ -78,7 +78,7 @@ def create_ensemble(runs: list[str | Path], out: str | Path, rate: float = DEFAU
                              "scale": s} for r, c, s in zip(runs, ckpts, scales)],
                 "scale_rate": rate, "recipe": recipe.to_dict()}
     info = {"preprocess": first.get("preprocess"), "data": first.get("data"), "split": first.get("split"),
-            "train": None, "epoch": 0, "ensemble": ensemble}
+            "train": {}, "epoch": 0, "ensemble": ensemble}
     out.mkdir(parents=True, exist_ok=True)
     ckpt_weights.save(out / "best", model, info)
     fileio.write_json(out / "config.json", {"model": "ensemble", "ensemble": ensemble, "data_root": (first.get("data") or {}).get("root"),

@@ -295,8 +295,8 @@ class EvaluationSummary:
 
 _NUMBERS = ("slice_auroc", "slice_ap", "pixel_auroc", "pixel_ap")
 _COUNTS = ("n_slices", "n_tumour_slices", "n_pixels", "n_tumour_pixels", "n_labelled_cases", "n_unlabelled_cases")
-_TEXTS = ("model", "run", "checkpoint", "split", "split_source", "data_root", "evaluated", "cases_note",
-          "pixel_metrics_note", "best_dice_note")
+_TEXTS = ("model", "run", "split", "split_source", "data_root", "evaluated", "cases_note",
+          "pixel_metrics_note", "best_dice_note", "calibration_words")
 _CASE_LISTS = ("eval_cases", "calibration_cases", "missing_cases", "training_cases_evaluated")
 
 
@@ -317,7 +317,8 @@ def _check_method(m: dict[str, Any], where: str) -> None:
             if not isinstance(thresholds, list) or not all(isinstance(t, dict) for t in thresholds):
                 raise fields.FieldError(f"healthy_fpr_thresholds must be a list of objects, got {fields.show(thresholds)}")
             for t in thresholds:
-                for k in ("healthy_fpr", "threshold", "calibration_fpr", "dice", "precision", "recall", "f1"):
+                for k in ("rate", "healthy_fpr", "threshold", "calibration_fpr", "reached_fpr", "dice", "precision",
+                          "recall", "f1"):
                     fields.number(t, k)
                 for k in ("tp", "fp", "fn"):
                     fields.whole(t, k)
@@ -335,6 +336,21 @@ def check_metrics(m: dict[str, Any]) -> None:
         value = m.get(key)
         if value is not None and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
             raise fields.FieldError(f"{key} must be a list of case ids, got {fields.show(value)}")
+    ck = m.get("checkpoint")  # a path in evaluations older than the weights' record, else an object
+    if isinstance(ck, dict):
+        for key in ("path", "weights_sha256", "saved"):
+            fields.text(ck, key, 4096)
+        fields.whole(ck, "epoch", 0, 10**9)
+    elif ck is not None:
+        fields.text(m, "checkpoint")
+    drift = fields.obj(m, "drift")
+    if drift is not None:
+        for key in ("q75_ratio", "q90_ratio", "factor"):
+            fields.number(drift, key)
+        fields.text(drift, "warning")
+    # The recipe and calibration are checked in full when read (EvaluationSummary.recipe / .calibration).
+    fields.obj(m, "recipe")
+    fields.obj(m, "calibration")
     dataset = fields.obj(m, "dataset")
     if dataset is not None:
         for key in ("id", "label", "root"):

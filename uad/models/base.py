@@ -74,6 +74,12 @@ class AnomalyModel(nn.Module):
         # Installed by the trainer under torchrun: one DistributedDataParallel per optimizer, keyed by id().
         self.data_parallel: dict[int, nn.Module] = {}
 
+    @classmethod
+    def check_parts(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """For models made of other models: check ``hparams`` (with each part's own checks) and return them.
+        Models with plain options never override this; the registry checks those from the constructor."""
+        return hparams
+
     # -- training -------------------------------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.parameters(), lr=lr)}

@@ -126,7 +126,11 @@ def check_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
     """Every constructor argument (``in_channels`` and ``image_size`` too) checked as ``check_model_options``
-    checks the options: what a checkpoint's hyper-parameters must pass before a model is built from them."""
+    checks the options: what a checkpoint's hyper-parameters must pass before a model is built from them.
+    A model made of other models (an ensemble) checks its own (``AnomalyModel.check_parts``)."""
+    cls = model_class(name)
+    if cls.check_parts is not AnomalyModel.check_parts:
+        return cls.check_parts(dict(hparams))
     return _check(name, hparams, constructor_options(name), "")
 
 
