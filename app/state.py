@@ -189,13 +189,11 @@ def checkpoint_stamp(run_dir: Path) -> tuple:
 
 
 def weights_sha256(run_dir: Path) -> str | None:
-    """The SHA-256 of the run's current weights, as its checkpoint.json records it (read without torch)."""
+    """The SHA-256 of the run's current weights, as its checkpoint.json records it (checked, read without torch)."""
     try:
-        info = ckpt_record.read_info(run_dir)
+        return ckpt_record.CheckpointRecord.read(run_dir).weights_sha256
     except (UADError, OSError, ValueError):
         return None
-    sha = info.get("weights_sha256")
-    return sha if isinstance(sha, str) else None
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

@@ -215,7 +215,8 @@ def test_fuzzed_evaluations_are_skipped_or_read_as_typed(tmp_path):
                 assert summaries.find_evaluations([base]) == []  # skipped
                 continue
             _ = (s.model, s.split, s.key, s.where, s.local_root, s.baselines, s.baseline_group, s.presets(),
-                 s.at_fpr(0.05), s.image_size, s.modalities)
+                 s.operating_point(0.05), s.image_size, s.modalities, s.recipe, s.calibration,
+                     s.drift_warning, s.provenance(), s.cases)
             rows = columns.comparison_rows([("x", s)])
             columns.format_table(rows)
             columns.csv_text(rows)

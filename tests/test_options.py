@@ -128,7 +128,8 @@ def test_bad_settings_leave_no_run_folder(make_cohort, tmp_path, capsys):
         assert expected in err and "Traceback" not in err, (extra, err)
         assert not (tmp_path / "run").exists(), extra
     config = TrainConfig(model="autoencoder", data=str(root), image_size=64, epochs=1)
-    config.model_options = {"noise_std": math.nan}  # set after the checks ran: train() checks again
+    # Forced past the frozen config's own checks (as a careless caller could): train() checks again.
+    object.__setattr__(config, "model_options", {"noise_std": math.nan})
     with pytest.raises(ConfigError, match="noise_std must be a finite number"):
         trainer.train(config, run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

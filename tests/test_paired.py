@@ -22,7 +22,7 @@ class NoisyIntensity:
     def model_residual(self):
         return None
 
-    def raw(self, images, brain, brain_pixels, residual=None):
+    def raw(self, images, brain, brain_pixels, residual=None, channels=None):
         maps = np.asarray(images[:, 0], np.float32).copy()
         h, w = maps.shape[1:]
         maps[:, h // 2 - 6:h // 2 + 6, w // 4 - 6:w // 4 + 6] += 0.8

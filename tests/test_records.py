@@ -88,7 +88,7 @@ def test_test_time_drops_1024_cannot_make_scoring_run_for_minutes(tmp_path, caps
     ({"preprocess": "x"}, "preprocess: preprocessing settings must be a JSON object"),
     ({"preprocess": {"image_size": "64"}}, "image size must be a whole number"),
     ({"preprocess": {"modalities": ["flair", "flair"], "image_size": 64}}, "modality listed twice"),
-    ({"hparams": {"latent_dim": {"a": 1}}}, "hparams latent_dim must be a number"),
+    ({"hparams": {"latent_dim": {"a": 1}}}, "latent_dim must be a whole number"),
     ({"hparams": {"image_size": 128}}, "disagree with preprocess"),
     ({"epoch": -1}, "epoch must be a whole number between 0"),
     ({"val_loss": "low"}, "val_loss must be a finite number or null"),

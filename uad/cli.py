@@ -487,7 +487,7 @@ def _provenance(run, s: "summaries.EvaluationSummary") -> str:
     from uad.checkpoints import record as ckpt_record
 
     try:
-        current = ckpt_record.read_info(run).get("weights_sha256")
+        current = ckpt_record.CheckpointRecord.read(run).weights_sha256
     except UADError:
         current = None
     return s.provenance(current)

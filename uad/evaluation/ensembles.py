@@ -74,7 +74,7 @@ def create_ensemble(runs: list[str | Path], out: str | Path, rate: float = DEFAU
     scales = member_scales(runs, ckpts, recipe, rate, device)
     model = build(ckpts, scales)
     first = ckpts[0].info
-    ensemble = {"members": [{"run": str(r), "model": c.model.name, "weights_sha256": c.info.get("weights_sha256"),
+    ensemble = {"members": [{"run": str(r), "model": c.model.name, "weights_sha256": c.record.weights_sha256,
                              "scale": s} for r, c, s in zip(runs, ckpts, scales)],
                 "scale_rate": rate, "recipe": recipe.to_dict()}
     info = {"preprocess": first.get("preprocess"), "data": first.get("data"), "split": first.get("split"),

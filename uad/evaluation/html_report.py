@@ -177,7 +177,7 @@ def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path 
         recipe = summary.recipe
     except Exception as exc:  # noqa: BLE001 - a report without pictures is still a report
         return f"<p class='note'>Example slices left out: cannot load the checkpoint {_e(ckpt_path)} ({_e(exc)}).</p>"
-    stale = summary.staleness(ckpt.info.get("weights_sha256"))
+    stale = summary.staleness(ckpt.record.weights_sha256)
     if stale:
         return f"<p class='note'>Example slices left out: {_e(stale)} (they would show other weights than the numbers above).</p>"
     scorer = ModelScorer.of(ckpt)

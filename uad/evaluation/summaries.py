@@ -137,7 +137,12 @@ class EvaluationSummary:
             check_metrics(m)
         except fields.FieldError as exc:
             raise ValueError(f"{path}: damaged evaluation ({exc})") from None
-        return cls.from_metrics(m, folder)
+        summary = cls.from_metrics(m, folder)
+        try:  # the recipe and thresholds are checked when read, not first when shown
+            _ = summary.recipe, summary.calibration
+        except ValueError as exc:
+            raise ValueError(f"{path}: damaged evaluation ({str(exc).split(': ', 1)[-1]})") from None
+        return summary
 
     # what was evaluated
     @property

@@ -129,7 +129,7 @@ def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
     checks the options: what a checkpoint's hyper-parameters must pass before a model is built from them.
     A model made of other models (an ensemble) checks its own (``AnomalyModel.check_parts``)."""
     cls = model_class(name)
-    if cls.check_parts is not AnomalyModel.check_parts:
+    if cls.check_parts.__func__ is not AnomalyModel.check_parts.__func__:  # overridden (bound methods differ each time)
         return cls.check_parts(dict(hparams))
     return _check(name, hparams, constructor_options(name), "")
 
