@@ -117,13 +117,14 @@ def goto(page, title: str) -> None:
 
 
 def shot(page, name: str) -> None:
-    """Screenshot of the whole page: the viewport is stretched to the main column's height first."""
+    """Screenshot of the whole page at the current width: the viewport is stretched to the main column's height first."""
     page.mouse.move(5, 5)  # no hover tooltip in the picture
+    width, tall = page.viewport_size["width"], page.viewport_size["height"]
     height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
-    page.set_viewport_size({"width": 1600, "height": max(1000, min(int(height) + 40, 8000))})
+    page.set_viewport_size({"width": width, "height": max(1000, min(int(height) + 40, 8000))})
     time.sleep(0.6)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.set_viewport_size({"width": width, "height": tall})
 
 
 def slider(page, label: str):
@@ -350,6 +351,46 @@ def test_compare_numbers_are_not_cut_off_at_1500_px(browser_page, server, home):
         page.set_viewport_size({"width": 1600, "height": 1000})
         for dst in extra:
             shutil.rmtree(dst, ignore_errors=True)
+
+
+# -- Overview and Train at common laptop widths ---------------------------------------------------------------------
+@pytest.mark.parametrize("width", [1280, 1500])
+def test_overview_and_train_are_not_cut_off(browser_page, server, home, width):
+    """Issue #20 defects 4 and 7: at 1280 and 1500 px the Overview table needs no sideways scrolling (its
+    'evaluated on' column and every number in view, the pinned run names whole) and Train's dataset path is one
+    unbroken line."""
+    page = browser_page
+    try:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.wait_for()
+        eventually(lambda: grid.locator("[role=columnheader]").count() >= 7)  # the grid's accessible headers are built
+        fit = grid.evaluate("""d => { const s = d.querySelector('.dvn-scroller');
+            return {scroll: s.scrollWidth, client: s.clientWidth,
+                    headers: [...d.querySelectorAll('[role=columnheader]')].map(e => e.textContent)}; }""")
+        assert fit["scroll"] <= fit["client"] + 1, fit  # every column in view
+        assert {"run", "status", "evaluated on", "Dice @5 % FPR"} <= set(fit["headers"]), fit
+        # The pinned run column (app/views/overview.py: 7 px a character + 24, 140-220 px) holds the longest name
+        # as the grid draws it (its font, its 8-px cell padding each side).
+        names = [p.name for p in (home / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")] + ["autoencoder"]
+        font = grid.evaluate("d => { const c = d.querySelector('canvas'); return c ? getComputedStyle(c).fontFamily : ''; }")
+        drawn = page.evaluate("([names, family]) => { const c = document.createElement('canvas').getContext('2d'); "
+                              "c.font = `14px ${family || 'sans-serif'}`; return Math.max(...names.map(n => c.measureText(n).width)); }",
+                              [names, font])
+        longest = max(len(n) for n in names)
+        assert drawn + 16 <= min(max(7 * longest + 24, 140), 220), (drawn, longest)
+        shot(page, f"11-overview-{width}px")
+
+        goto(page, "Train")
+        path = page.locator('[data-testid="stCode"]', has_text=str(home / "data" / "demo")).first
+        lines = path.evaluate("e => { const r = e.querySelector('code').getBoundingClientRect(); "
+                              "return r.height / parseFloat(getComputedStyle(e.querySelector('code')).lineHeight); }")
+        assert lines < 1.5, f"the dataset path wraps ({lines:.1f} lines) at {width} px"
+        shot(page, f"12-train-{width}px")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
 
 
 # -- Compare's operating points, computed in the browser ------------------------------------------------------------

@@ -87,8 +87,8 @@ def _form() -> None:
     model_key = _kept("train_model", models[0])
     if st.session_state[model_key] not in models:
         st.session_state[model_key] = models[0]
-    model = st.columns([2, 1])[0].selectbox("Model", models, key=model_key,
-                                            format_func=lambda m: f"{m} — {model_description(m)}")
+    # Full width: a model's description in two thirds of a 1280-px window was cut off.
+    model = st.selectbox("Model", models, key=model_key, format_func=lambda m: f"{m} — {model_description(m)}")
     _keep(model_key)
     with st.container(border=True):
         c1, c2, c3, c4 = st.columns(4)
@@ -205,7 +205,7 @@ def _act(action, done: str) -> None:
 def _run_card(v: run_jobs.RunView) -> None:
     folder = v.info.name
     with st.container(border=True):
-        head, bar, buttons = st.columns([3, 3, 2], vertical_alignment="center")
+        head, bar, buttons = st.columns([4, 3, 3], vertical_alignment="center")  # room for "Resume" at 1280 px
         head.markdown(_heading(v))
         if v.epochs or v.active:
             bar.progress(v.progress, text=v.outcome)
@@ -339,6 +339,9 @@ def _runs_table(views: list[run_jobs.RunView]) -> list[run_jobs.RunView]:
                "batch": "%d", "size": "%d", "seed": "%d", "budget (min)": "%g"}
     config = {c: st.column_config.NumberColumn(c, format=f) for c, f in numbers.items() if c in df.columns}
     config["run"] = st.column_config.TextColumn("run", pinned=True, help="the run's name (its folder when unnamed)")
+    if "train loss" in config:
+        config["train loss"] = st.column_config.NumberColumn("train loss", format="%.4f", help="the last epoch's mean "
+                                                             "training loss: 'loss' where the model has one, else its first")
     st.dataframe(df, hide_index=True, width="stretch", height=min(38 + 35 * len(df), 400), column_config=config,
                  placeholder="–", key="train_runs_table")
     st.caption(f"{len(shown)} of {len(views)} runs. Click a column header to sort; model options follow the training "

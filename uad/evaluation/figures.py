@@ -85,7 +85,8 @@ def layout(height: int, theme: str = "app", title: str | None = None, subtitle: 
         base["title"] = dict(text=text(title), x=0.01, xanchor="left", font=dict(size=15))
         if subtitle:
             base["title"]["subtitle"] = dict(text=text(subtitle), font=dict(size=12))
-        base["legend"] = dict(orientation="h", yanchor="top", y=-0.18, x=0)
+        # Below the plot, at the figure's foot: plotly makes room for it, so it never covers the x-axis title.
+        base["legend"] = dict(orientation="h", yref="container", yanchor="bottom", y=0, x=0)
     return base | kw
 
 
@@ -208,7 +209,7 @@ def _epoch_axis(n_epochs: int) -> dict:
 
 
 def loss_figure(h, smoothing: float = 0.0, log_y: bool = False, theme: str = "app", title: str | None = None,
-                subtitle: str | None = None, height: int = 280):
+                subtitle: str | None = None, height: int = 380):
     """A run's losses on one epoch axis (``h``: a ``uad.runs.history.History``, each epoch once): every training
     loss every few steps (thin; with ``smoothing`` > 0 TensorBoard's smoothed line over a faint raw one) and per
     epoch (markers; a partial epoch hollow, where it stopped), and the validation loss per epoch."""
@@ -243,7 +244,7 @@ def loss_figure(h, smoothing: float = 0.0, log_y: bool = False, theme: str = "ap
 
 
 def overlay_figure(series: list[tuple[str, Any]], curve: str = "validation", smoothing: float = 0.0, log_y: bool = False,
-                   theme: str = "app", title: str | None = None, subtitle: str | None = None, height: int = 320):
+                   theme: str = "app", title: str | None = None, subtitle: str | None = None, height: int = 380):
     """Several runs' loss curves on one epoch axis: ``series`` is (label, History) per run. ``curve="validation"``:
     the validation loss per epoch; ``"training"``: each run's main training loss every few steps where recorded
     (else per epoch), smoothed like ``loss_figure``."""
@@ -272,7 +273,7 @@ def overlay_figure(series: list[tuple[str, Any]], curve: str = "validation", smo
                                               yaxis=_loss_axis(log_y, name)))
 
 
-def rates_figure(h, theme: str = "app", title: str | None = None, subtitle: str | None = None, height: int = 300):
+def rates_figure(h, theme: str = "app", title: str | None = None, subtitle: str | None = None, height: int = 360):
     """Per epoch: the learning rate of each optimizer (log axis), training throughput (slices/s) and, when trained
     on a GPU, its peak memory, stacked on one epoch axis. Runs recorded before a quantity existed lack its panel."""
     import plotly.graph_objects as go

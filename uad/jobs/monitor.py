@@ -56,7 +56,8 @@ def run_row(v: RunView) -> dict[str, Any]:
         "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
         "best val loss": h.best_val_loss,
         "last val loss": last.val_loss if last else None,
-        "train loss": last.train.get(main) if last and main else None,
+        # "loss" when the model records one, else the last epoch's first (f-AnoGAN's keys change with its phase)
+        "train loss": (last.train.get(main) if main in last.train else next(iter(last.train.values()), None)) if last else None,
         "slices/s": last.slices_per_s if last else None,
         "lr": _number(train.get("lr")),
         "batch": _number(train.get("batch_size")),
