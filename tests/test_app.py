@@ -889,6 +889,11 @@ def test_train_shows_step_losses_learning_rate_speed_and_samples(home):
     page(at, "overview")
     page(at, "train")  # the chart settings are kept across pages
     assert at.slider(key="train_smoothing").value == 0.0 and at.toggle(key="train_log_y").value is True
+    # Light chart style: every chart white with dark text, on screen and in its download; the browser's charts too.
+    at.segmented_control(key="figure_style").set_value("light").run()
+    loss = _chart(at, f"loss::{RUN}")
+    assert loss["layout"]["paper_bgcolor"] == "#FFFFFF" and loss["layout"]["title"]["text"] == f"Loss · {RUN}"
+    assert threshold_component(page(at, "compare"))[0]["style"] == "light"
 
 
 def test_train_chart_of_a_stopped_and_resumed_run_shows_each_epoch_once(home):

@@ -268,7 +268,8 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     assert len(new) == 1, new
     run_dir = new[0]
     try:
-        page.get_by_text(run_dir.name).first.wait_for()
+        # Its card (the runs table above the cards names it too, in the grid's hidden accessible cells).
+        page.locator('[data-testid="stMarkdownContainer"]', has_text=run_dir.name).first.wait_for()
         deadline = time.time() + 240
         state = None
         while time.time() < deadline:
@@ -488,6 +489,17 @@ def test_compare_thresholds_move_in_the_browser_as_uad_counts_them(browser_page,
         state = panel_state(frame, "fixture-ae")
         shown = frame.locator(".panel[data-model='fixture-ae'] [data-metric='recall']").inner_text()
         assert shown == ("–" if state["recall"] == "NaN" else f"{float(state['recall']):.3f}")
+        # A click on a point of a model's ROC curve puts its threshold there (the point's threshold, exactly).
+        target = frame.evaluate("""() => { const ch = S.charts.roc, line = ch.curve.lines.find(l => l.method === 0);
+            const i = line.thresholds.findIndex((t, j) => Number.isFinite(t) && j > line.x.length / 3);
+            const r = ch.over.getBoundingClientRect();
+            return {x: r.left + ch.tx.X(line.x[i]), y: r.top + ch.tx.Y(line.y[i]), threshold: line.thresholds[i],
+                    id: S.models[0].info.id}; }""")
+        box = page.locator('iframe[title*="uad_thresholds"]').bounding_box()
+        page.mouse.click(box["x"] + target["x"], box["y"] + target["y"])
+        eventually(lambda: float(panel_state(frame, target["id"])["threshold"]) == target["threshold"])
+        assert float(panel_state(frame, target["id"])["threshold"]) == target["threshold"]
+        state = panel_state(frame, "fixture-ae")
         # The threshold survives a page change (kept in the tab, not on the server).
         goto(page, "Train")
         goto(page, "Compare")

@@ -177,3 +177,22 @@ def test_legacy_single_sample_picture_is_read(tmp_path):
     (run / folders.SAMPLES_INFO).write_text(json.dumps({"epoch": 7, "slices": 4, "rows": ["input", 3]}))
     assert history.samples_by_epoch(run) == [(7, run / folders.SAMPLES)]
     assert history.samples_info(run) == {}  # an old "slices" count and a bad row name are not shown
+
+
+def test_monitor_figures_draw_what_the_history_holds():
+    """Partial epochs hollow where they stopped, a GPU-memory panel only when recorded, names as text."""
+    from uad.evaluation import figures
+
+    lines = [{"epoch": 1, "train": {"loss": 0.5}, "val_loss": 0.4, "slices_per_s": 100.0, "lr": {"model": 1e-4},
+              "gpu_memory_mb": 900.0},
+             {"epoch": 2, "train": {"loss": 0.4}, "val_loss": 0.35, "slices_per_s": 110.0, "lr": {"model": 1e-4},
+              "gpu_memory_mb": 910.0, "partial": True, "batches": [5, 10]}]
+    h = history.history(lines, [])
+    loss = figures.loss_figure(h, title="Loss · <b>run</b>")
+    val = next(t for t in loss.data if t.name == "validation loss")
+    assert list(val.x) == [1.0, 1.5] and list(val.marker.symbol) == ["circle", "circle-open"]
+    assert loss.layout.title.text == "Loss · &lt;b&gt;run&lt;/b&gt;"  # plotly would read the tags
+    rates = figures.rates_figure(h)
+    assert [t.name for t in rates.data] == ["learning rate", "training slices/s", "peak GPU memory (MB)"]
+    no_gpu = figures.rates_figure(history.history([{k: v for k, v in r.items() if k != "gpu_memory_mb"} for r in lines], []))
+    assert [t.name for t in no_gpu.data] == ["learning rate", "training slices/s"]
