@@ -270,7 +270,9 @@ function thresholdsWords() {
 // -- building the page --------------------------------------------------------------------------------------
 function onRender(args, theme) {
   S.theme = theme && theme.base === "light" ? "light" : "dark";
-  document.body.classList.toggle("light", S.theme === "light" || (args.spec && args.spec.style === "light"));
+  const paper = Boolean(args.spec && args.spec.style === "light");
+  document.body.classList.toggle("light", S.theme === "light" || paper);
+  document.body.classList.toggle("paper", paper);
   const spec = args.spec;
   if (!spec) return;
   if (spec.version === S.version) { fitHeight(); return; } // an unchanged rerun: thresholds stay as they are
