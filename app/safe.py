@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import string
 
-from uad.evaluation.figures import plot_text
+from uad.evaluation.figures import text as plot_text
 
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -45,5 +45,5 @@ def code(value) -> str:
 
 def plot(value) -> str:
     """``value`` for a plotly trace name, title or hover text: its characters, no markup (uad's figures, shared
-    with the HTML report, escape the same way: ``uad.evaluation.figures.plot_text``)."""
+    with the HTML report, escape the same way: ``uad.evaluation.figures.text``)."""
     return plot_text(value)

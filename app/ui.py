@@ -16,7 +16,6 @@ import plotly.graph_objects as go
 import state
 import streamlit as st
 from safe import md
-from safe import plot as plot_text
 
 from uad.data import labels as seg_labels
 from uad.evaluation import figures
@@ -56,47 +55,6 @@ def layout(height: int, **kw) -> dict:
 
 def vline(x: float, colour: str = "#FFFFFF", width: int = 2, dash: str = "solid") -> dict:
     return dict(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper", line=dict(color=colour, width=width, dash=dash))
-
-
-def loss_figure(records: list[dict], steps: list[dict] | None = None) -> go.Figure:
-    """Training losses every few steps (thin lines) and per epoch (markers), and the validation loss per epoch,
-    on one epoch axis (a step's position is its fraction of the way through training)."""
-    epochs = [r["epoch"] for r in records]
-    keys = sorted({k for r in records for k in (r.get("train") or {})} | {k for r in steps or [] for k in (r.get("train") or {})})
-    data = []
-    for i, k in enumerate(keys):
-        colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
-        if steps:
-            data.append(go.Scatter(x=[r["epoch"] for r in steps], y=[(r.get("train") or {}).get(k) for r in steps],
-                                   name=plot_text(f"train {k} (steps)"), mode="lines", line=dict(color=colour, width=1), opacity=0.6))
-        data.append(go.Scatter(x=epochs, y=[(r.get("train") or {}).get(k) for r in records], name=plot_text(f"train {k} (epoch)"),
-                               mode="markers" if steps else "lines+markers", marker=dict(color=colour, size=8),
-                               line=dict(color=colour)))
-    data.append(go.Scatter(x=epochs, y=[r.get("val_loss") for r in records], name="validation loss", mode="lines+markers",
-                           line=dict(color="#DDDDDD", dash="dash")))
-    return go.Figure(data=data, layout=layout(260, xaxis=dict(title=dict(text="epoch"), dtick=1 if 1 < len(epochs) < 15 else None),
-                                              yaxis=dict(title=dict(text="loss"))))
-
-
-def overlay_figure(series: list[tuple[str, list[dict], list[dict]]], curve: str = "validation") -> go.Figure:
-    """Several runs' loss curves on one figure: ``series`` is (label, epoch records, step records) per run.
-
-    ``curve="validation"``: the validation loss per epoch; ``"training"``: each run's main training loss
-    ("loss", else its first) every few steps where recorded, else per epoch."""
-    data = []
-    for i, (label, records, steps) in enumerate(series):
-        colour = MODEL_COLOURS[i % len(MODEL_COLOURS)]
-        if curve == "validation":
-            data.append(go.Scatter(x=[r["epoch"] for r in records], y=[r.get("val_loss") for r in records], name=plot_text(label),
-                                   mode="lines+markers", line=dict(color=colour)))
-            continue
-        source = steps or records
-        keys = [k for r in source for k in (r.get("train") or {})]
-        key = "loss" if "loss" in keys else (keys[0] if keys else None)
-        data.append(go.Scatter(x=[r["epoch"] for r in source], y=[(r.get("train") or {}).get(key) for r in source],
-                               name=plot_text(f"{label} ({key})"), mode="lines", line=dict(color=colour)))
-    title = "validation loss" if curve == "validation" else "training loss"
-    return go.Figure(data=data, layout=layout(320, xaxis=dict(title=dict(text="epoch")), yaxis=dict(title=dict(text=title))))
 
 
 def training_data_caption(info: listing.RunInfo, root: Path, infos: list[listing.RunInfo]) -> None:
@@ -139,28 +97,43 @@ def run_colours(names: list[str]) -> dict[str, str]:
 
 # -- plotly figures on the page: every one downloadable ----------------------------------------------------
 FIGURE_FORMATS = ("png", "svg")
+FIGURE_STYLES = {"app": "App", "light": "Light"}  # how charts are drawn, on screen and in downloads
+
+
+def figure_style() -> str:
+    """'light' (white, dark text: for documents) when chosen in the sidebar, else 'app' (Streamlit's theme)."""
+    return "light" if st.session_state.get("figure_style") == "light" else "app"
 
 
 def plot_config(name: str) -> dict:
     """Plotly config for a figure: its toolbar's camera button downloads it, client-side (works offline), as
-    PNG (2x) or SVG, whichever is chosen in the sidebar (``figure_format_control``)."""
+    PNG (2x) or SVG, whichever is chosen in the sidebar (``figure_format_control``), named ``name``."""
     fmt_ = st.session_state.get("figure_format") or "png"
-    return {"displaylogo": False, "toImageButtonOptions": {"format": fmt_, "filename": name.replace("::", "-"),
+    return {"displaylogo": False, "toImageButtonOptions": {"format": fmt_, "filename": figures.file_stem(name),
                                                            "scale": 2 if fmt_ == "png" else 1}}
 
 
-def plot(fig: go.Figure, key: str, **kwargs):
-    """``st.plotly_chart`` for every figure in the app: full width, with the download button configured.
-    Extra keyword arguments (e.g. ``on_select``) go to st.plotly_chart."""
+def plot(fig: go.Figure, key: str, name: str | None = None, **kwargs):
+    """``st.plotly_chart`` for every figure in the app: full width, in the chosen style, with the download button
+    configured. A download is the chart as drawn (its title names the run and the data), in a file called
+    ``name`` (what it shows: title, run, dataset; ``figures.file_stem``), else ``key``. Extra keyword arguments
+    (e.g. ``on_select``) go to st.plotly_chart."""
     kwargs.setdefault("width", "stretch")
-    return st.plotly_chart(fig, key=key, config=plot_config(key), **kwargs)
+    if figure_style() == "light":
+        figures.restyle(fig, "light")
+        kwargs.setdefault("theme", None)  # Streamlit's theme would paint it dark again
+    return st.plotly_chart(fig, key=key, config=plot_config(name or key), **kwargs)
 
 
 def figure_format_control() -> None:
-    """The sidebar choice of the format the figures' camera buttons download."""
+    """The sidebar choices of how charts are drawn and what their camera buttons download."""
     st.sidebar.segmented_control("Figure downloads", FIGURE_FORMATS, key="figure_format", default="png",
                                  format_func=str.upper, help="The camera button in each chart's toolbar (top right, on "
-                                 "hover) downloads the chart in this format. Made in the browser: works offline.")
+                                 "hover) downloads the chart in this format, titled with its run and data. Made in "
+                                 "the browser: works offline.")
+    st.sidebar.segmented_control("Chart style", list(FIGURE_STYLES), key="figure_style", default="app",
+                                 format_func=FIGURE_STYLES.get, help="App: the app's theme. Light: white background and "
+                                 "dark text, on screen and in downloads (for papers and slides).")
 
 
 class timed:

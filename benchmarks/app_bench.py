@@ -12,7 +12,12 @@ the demo cohort is generated first if missing), drives Debian's Chromium with Pl
   the next animation frame (when the browser paints it: what the 150 ms goal is about), and the
   Playwright round trip (press sent from Python until the page reports the new drawing);
 * per threshold move on Explore (server rerun of the viewer fragment, new prediction volume sent): the
-  server's time (``ui.timed``) and the round trip until the viewer has redrawn.
+  server's time (``ui.timed``) and the round trip until the viewer has redrawn;
+* per slice-threshold move on Compare (→ on the first model's threshold, computed and drawn in the browser):
+  key to drawn and key to next frame (measured in the page), the Playwright round trip, and how many server
+  reruns the moves caused (the server log's page timings: the goal is none);
+* the Train page: the server's time to draw it (every run's card, table and charts), and a change of the loss
+  smoothing (a page rerun) until the charts are drawn again.
 
 Explore's first visit computes the run's maps for the case once; it is timed separately.
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
@@ -40,8 +45,10 @@ from test_browser import (  # noqa: E402
     CHROMIUM,
     IDLE,
     _free_port,
+    eventually,
     goto,
     slider,
+    threshold_frame,
     viewer_frame,
     viewer_state,
     viewer_step,
@@ -113,6 +120,55 @@ def threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list
     return server_timings(log_path, "explore_viewer")[before_server:], trips
 
 
+def compare_threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list[float], list[float], int]:
+    """Press → (then ←) on Compare's first slice-threshold slider ``moves`` times; (key to drawn, key to next frame,
+    Playwright round trip) in ms per move, and the server reruns the moves caused (none expected)."""
+    goto(page, "Compare")
+    frame = threshold_frame(page)
+    wait_idle(page)
+    time.sleep(0.5)
+    reruns_before = len(server_timings(log_path, "page Compare"))
+    rng = frame.locator('.panel input[data-role="slider"]').first
+    rng.focus()
+    rng.press("Home")  # from the lowest threshold, so → always moves
+    frame.wait_for_function("() => document.getElementById('root').dataset.frameFor === document.getElementById('root').dataset.drawnAt")
+    drawn_ms, frame_ms, trips = [], [], []
+    for i in range(moves):
+        before = frame.evaluate("() => document.getElementById('root').dataset.drawnAt")
+        t0 = time.perf_counter()
+        rng.press("ArrowRight" if i < moves // 2 else "ArrowLeft")
+        frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=before)
+        trips.append((time.perf_counter() - t0) * 1000)
+        frame.wait_for_function("() => { const d = document.getElementById('root').dataset; return d.frameFor === d.drawnAt; }")
+        state = frame.evaluate("() => ({...document.getElementById('root').dataset})")
+        drawn_ms.append(float(state["keyToDrawMs"]))
+        frame_ms.append(float(state["keyToFrameMs"]))
+    time.sleep(1.0)  # a rerun, had there been one, would have been logged by now
+    return drawn_ms, frame_ms, trips, len(server_timings(log_path, "page Compare")) - reruns_before
+
+
+def train_page(page, log_path: Path, changes: int) -> tuple[list[float], list[float], bool]:
+    """Open Train (server ms per page run), then change the loss smoothing ``changes`` times (round trip until the
+    page is idle again, ms); the last flag says whether any run's charts were on the page."""
+    before = len(server_timings(log_path, "page Train"))
+    goto(page, "Train")
+    time.sleep(0.5)
+    has_charts = page.locator('[data-testid="stPlotlyChart"]').count() > 0
+    s = slider(page, "Loss smoothing")
+    s.focus()
+    trips = []
+    for i in range(changes):
+        value = s.input_value()
+        t0 = time.perf_counter()
+        s.press("ArrowLeft" if i % 2 else "ArrowRight")
+        eventually(lambda: s.input_value() != value)
+        time.sleep(0.05)  # the rerun has started by then (it reads the new value at once)
+        page.wait_for_function(IDLE)
+        trips.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.3)
+    return server_timings(log_path, "page Train")[before:], trips, has_charts
+
+
 def row(name: str, values: list[float], unit: str = "ms") -> str:
     if not values:
         return f"| {name} | – | – | – |"
@@ -155,6 +211,8 @@ def main() -> None:
             explore_first = time.perf_counter() - t0
             explore = scrub(page, args.moves)
             thr_server, thr_trip = threshold_moves(page, log_path, max(args.moves // 4, 3))
+            cmp_drawn, cmp_frame, cmp_trip, cmp_reruns = compare_threshold_moves(page, log_path, args.moves)
+            train_server, train_trip, train_charts = train_page(page, log_path, max(args.moves // 4, 3))
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -171,6 +229,13 @@ def main() -> None:
             print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
     print(row("Explore: threshold move, server (per rerun)", thr_server))
     print(row("Explore: threshold move, round trip until redrawn", thr_trip))
+    print(row("Compare: slice-threshold move, key to drawn", cmp_drawn))
+    print(row("Compare: slice-threshold move, key to next frame", cmp_frame))
+    print(row("Compare: slice-threshold move, Playwright round trip", cmp_trip))
+    print(f"| Compare: server reruns caused by {len(cmp_drawn)} threshold moves | {cmp_reruns} | | |")
+    where = "" if train_charts else " (no run with charts on this home)"
+    print(row(f"Train: page drawn, server (per run of the page){where}", train_server))
+    print(row(f"Train: loss smoothing changed, round trip until idle{where}", train_trip))
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from uad.core import fileio, processes
@@ -59,7 +60,8 @@ def build_app_home(base: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def app_home(tmp_path_factory) -> Path:
-    return build_app_home(tmp_path_factory.getbasetemp() / "uad-app-home")
+    # UAD_TEST_APP_HOME: reuse a home built before (minutes on a busy CPU) across test sessions.
+    return build_app_home(Path(os.environ.get("UAD_TEST_APP_HOME") or tmp_path_factory.getbasetemp() / "uad-app-home"))
 
 
 @pytest.fixture
@@ -132,9 +134,9 @@ def test_overview_lists_runs_with_metrics(home):
     at = new_app()
     df = at.dataframe[0].value
     row = df[df.run == RUN].iloc[0]
-    assert row.status == "completed" and row.source == "run"
+    assert row.status == "completed" and row["evaluated on"] == "demo cohort · test split"
     assert 0 <= row["slice AUROC"] <= 1
-    assert (df[df.run == SHIPPED].source == "shipped").all()
+    assert (df.run == SHIPPED).sum() == 1
     assert [m.value for m in at.metric][:1] == ["6"]  # cases in the demo cohort
 
 
@@ -563,19 +565,75 @@ def test_explore_run_deleted_while_open(home):
 
 
 # -- Compare -------------------------------------------------------------------------------------------------
+def threshold_component(at) -> tuple[dict, dict[str, bytes]]:
+    """What Compare hands to its threshold component: the spec and the byte arguments (labels, scores)."""
+    import json
+
+    (comp,) = [c for c in at.get("component_instance") if "uad_thresholds" in c.proto.component_name]
+    return json.loads(comp.proto.json_args)["spec"], {a.key: a.bytes for a in comp.proto.special_args}
+
+
 def test_compare_curves_table_and_threshold(home):
     at = page(new_app(), "compare")
     assert set(at.multiselect(key="compare_runs").value) >= {RUN, SHIPPED}
     table = at.dataframe[0].value
     assert {"intensity baseline", "brain-area baseline"} <= set(table.method)
     assert table["slice AUROC [95% CI]"].str.contains(r"\[").any()
-    before = [metric(at, k) for k in ("Precision", "Recall", "F1", "Specificity")]
-    s = at.slider(key=f"cmp_thr::{RUN}")
-    s.set_value(float(np.quantile([s.min, s.max], 0.1))).run()
-    after = [metric(at, k) for k in ("Precision", "Recall", "F1", "Specificity")]
-    assert before != after
+    # The slice-level operating points are the browser's: it gets each evaluation's labelled slices, exactly.
+    spec, args = threshold_component(at)
+    model = next(m for m in spec["models"] if m["id"] == RUN)
+    slices = pd.read_csv(home / "runs" / RUN / "eval" / "demo" / "test" / "slices.csv")
+    assert np.array_equal(np.frombuffer(args[model["labels"]], np.uint8), slices.label.to_numpy())
+    assert np.array_equal(np.frombuffer(args[model["scores"]], "<f8"), slices.score.to_numpy())
+    youden = home_metrics(home)["slice_youden"]["threshold"]
+    assert model["start"] == youden and {"name": "Youden's J", "threshold": youden} in model["presets"]
+    assert [line["name"] for line in spec["curves"]["roc"]["lines"]][:2] == ["intensity baseline", "brain-area baseline"]
+    assert spec["where"] == "demo cohort · test split" and spec["files"]["roc"].startswith("slice-level-ROC_demo-cohort")
+    assert not at.slider  # no server-side threshold slider left: a move never reruns the page
     at.multiselect(key="compare_runs").set_value([RUN]).run()
     assert not at.exception and len(at.dataframe[0].value) == 3  # one model + two baselines
+    assert [m["id"] for m in threshold_component(at)[0]["models"]] == [RUN]
+
+
+def test_compare_keeps_its_runs_across_pages(home):
+    """Issue #20 defect 3: the runs chosen on Compare survive a visit to another page."""
+    at = page(new_app(), "compare")
+    at.multiselect(key="compare_runs").set_value([SHIPPED]).run()
+    page(at, "overview")
+    page(at, "compare")
+    assert at.multiselect(key="compare_runs").value == [SHIPPED]
+    assert "Choose at least one run." not in texts(at)
+
+
+def test_compare_turns_to_the_active_dataset_once_it_is_evaluated_there(home, tmp_path):
+    """Issue #20 defect 3: the active dataset is another folder with no evaluation, so Compare shows the demo
+    cohort's; once a run is evaluated on the active folder (the Evaluate button's job finishing), "Evaluated on"
+    turns to it instead of staying on the old dataset."""
+    import json
+
+    from uad.data import identity
+
+    other = tmp_path / "site-b"
+    shutil.copytree(home / "data" / "demo" / "BraTS2021_00001", other / "BraTS2021_00001")
+    run = copy_run(home, "zz-site-b")
+    try:
+        at = page(new_app({"data_root": str(other)}), "compare")
+        assert at.selectbox(key="compare_dataset").value == ("demo", "test")
+        ref = identity.dataset_ref(other)
+        out = run / "eval" / ref.id / "all"
+        shutil.copytree(run / "eval" / "demo" / "test", out)
+        m = json.loads((out / "metrics.json").read_text())
+        m["dataset"], m["split"], m["data_root"] = ref.to_dict(), "all", str(other)
+        (out / "metrics.json").write_text(json.dumps(m))
+        at.run()
+        assert at.selectbox(key="compare_dataset").value == (ref.id, "all")
+        assert at.multiselect(key="compare_runs").value == ["zz-site-b"]
+        at.selectbox(key="compare_dataset").set_value(("demo", "test")).run()  # the user's choice stands after that
+        page(at, "overview")
+        page(at, "compare")
+        assert at.selectbox(key="compare_dataset").value == ("demo", "test")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def test_compare_evaluates_a_run_in_the_background(home):
@@ -668,10 +726,8 @@ def _baseline_auroc(at, label: str) -> str:
 
 
 def _dot_colour(at, run: str) -> str:
-    import re
-
-    md = next(str(m.value) for m in at.markdown if f"· {run}**" in plain(m.value))
-    return re.search(r"color:(#[0-9A-Fa-f]{6})", md).group(1)
+    """The colour of a run's operating point (and curve) in Compare's threshold component."""
+    return next(m["colour"] for m in threshold_component(at)[0]["models"] if m["id"] == run)
 
 
 def test_compare_baselines_and_colours_do_not_depend_on_the_selection(home):
@@ -813,15 +869,126 @@ def test_train_says_how_each_run_ended(home):
             shutil.rmtree(run, ignore_errors=True)
 
 
-def test_train_shows_step_losses_and_sample_reconstructions(home):
+def _chart(at, key: str) -> dict:
+    """A plotly chart's figure and config as the browser receives them."""
     import json
 
+    (chart,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith(key)]
+    return {**json.loads(chart.proto.spec), "config": json.loads(chart.proto.config)}
+
+
+def test_train_shows_step_losses_learning_rate_speed_and_samples(home):
     at = page(new_app(), "train")
     captions = [i.caption for im in at.image for i in im.proto.imgs]
-    assert "After epoch 1: input, reconstruction and |difference| of 4 fixed validation slices" in captions
-    (chart,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"loss::{RUN}")]
-    names = [t["name"] for t in json.loads(chart.proto.spec)["data"]]
-    assert names == ["train loss (steps)", "train loss (epoch)", "validation loss"]  # per step and per epoch
+    assert any(c.startswith("After epoch 1: input / reconstruction / |difference| (rows) of 4 fixed validation slices (BraTS")
+               for c in captions), captions  # which slices they are, by case and source slice
+    loss = _chart(at, f"loss::{RUN}")
+    names = [t["name"] for t in loss["data"]]
+    # TensorBoard's smoothing by default: the raw step line faint behind the smoothed one; epochs and validation raw.
+    assert names == ["train loss (steps, raw)", "train loss (steps, smoothed 0.6)", "train loss (epoch)", "validation loss"]
+    assert loss["layout"]["title"]["text"] == f"Loss · {RUN}" and "trained on uad demo cohort" in loss["layout"]["title"]["subtitle"]["text"]
+    assert loss["config"]["toImageButtonOptions"]["filename"].startswith(f"loss_{RUN}_")  # not "loss" whatever the run
+    rates = _chart(at, f"rates::{RUN}")
+    assert [t["name"] for t in rates["data"]] == ["learning rate", "training slices/s"]
+    assert rates["data"][0]["y"] == [1e-4] and rates["layout"]["yaxis"]["type"] == "log"
+
+    at.slider(key="train_smoothing").set_value(0.0).run()
+    at.toggle(key="train_log_y").set_value(True).run()
+    loss = _chart(at, f"loss::{RUN}")
+    assert [t["name"] for t in loss["data"]] == ["train loss (steps)", "train loss (epoch)", "validation loss"]
+    assert loss["layout"]["yaxis"]["type"] == "log" and _chart(at, "train_overlay_chart")["layout"]["yaxis"]["type"] == "log"
+    page(at, "overview")
+    page(at, "train")  # the chart settings are kept across pages
+    assert at.slider(key="train_smoothing").value == 0.0 and at.toggle(key="train_log_y").value is True
+    # Light chart style: every chart white with dark text, on screen and in its download; the browser's charts too.
+    at.segmented_control(key="figure_style").set_value("light").run()
+    loss = _chart(at, f"loss::{RUN}")
+    assert loss["layout"]["paper_bgcolor"] == "#FFFFFF" and loss["layout"]["title"]["text"] == f"Loss · {RUN}"
+    assert threshold_component(page(at, "compare"))[0]["style"] == "light"
+
+
+def test_train_chart_of_a_stopped_and_resumed_run_shows_each_epoch_once(home):
+    """Issue #20 defect 6: cancelled mid-epoch 2, then resumed. The trainer records epoch 2 twice (partial, then
+    in full) and its step positions restart at 1.0; the chart (and the overlay) draw each epoch once, forward only."""
+    import json
+
+    run = copy_run(home, "zz-resumed", with_eval=False)
+    lines = [{"epoch": 1, "step": 10, "train": {"loss": 0.5}, "val_loss": 0.45, "slices_per_s": 90.0, "partial": False},
+             {"epoch": 2, "step": 14, "train": {"loss": 0.42}, "val_loss": 0.44, "slices_per_s": 85.0, "partial": True,
+              "batches": [4, 10]},
+             {"epoch": 2, "step": 24, "train": {"loss": 0.40}, "val_loss": 0.38, "slices_per_s": 88.0, "partial": False},
+             {"epoch": 3, "step": 34, "train": {"loss": 0.35}, "val_loss": 0.33, "slices_per_s": 91.0, "partial": False}]
+    steps = [{"step": i, "epoch": round(p, 2), "steps": 2, "train": {"loss": 0.6 - p / 10}}
+             for i, p in enumerate([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0])]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+    try:
+        at = page(new_app(), "train")
+        for trace in _chart(at, "loss::zz-resumed")["data"]:
+            assert all(b > a for a, b in zip(trace["x"], trace["x"][1:])), (trace["name"], trace["x"])
+        val = next(t for t in _chart(at, "loss::zz-resumed")["data"] if t["name"] == "validation loss")
+        assert val["x"] == [1, 2, 3] and val["y"] == [0.45, 0.38, 0.33]  # the epoch as trained again, once
+        assert any("records of epochs trained again after a stop are not drawn" in c.value for c in at.caption)
+        at.multiselect(key="train_overlay").set_value(["zz-resumed"]).run()
+        for curve in ("validation", "training"):
+            at.segmented_control(key="train_overlay_curve").set_value(curve).run()
+            for trace in _chart(at, "train_overlay_chart")["data"]:  # the smoothed line and its faint raw one
+                assert all(b > a for a, b in zip(trace["x"], trace["x"][1:])), (curve, trace["x"])
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_train_steps_through_sample_reconstructions_by_epoch(home):
+    run = copy_run(home, "zz-samples", with_eval=False)
+    picture = (run / "samples" / "epoch-0001.png").read_bytes()
+    for epoch in (2, 3):
+        (run / "samples" / f"epoch-{epoch:04d}.png").write_bytes(picture)
+    try:
+        at = page(new_app(), "train")
+        epochs = at.select_slider(key="samples_epoch::zz-samples")
+        assert epochs.options == ["1", "2", "3"] and epochs.value == 3  # the latest first
+        epochs.set_value(1).run()
+        captions = [i.caption for im in at.image for i in im.proto.imgs]
+        assert any(c.startswith("After epoch 1:") for c in captions) and not any(c.startswith("After epoch 3:") for c in captions)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_train_runs_table_has_hyper_parameters_filters_and_old_runs(home):
+    """Every run with its settings, model options and results; the filter narrows the table and the cards.
+    A run written before learning rates were recorded has no learning-rate curve and no error."""
+    import json
+
+    other = copy_run(home, "zz-dense-run", with_eval=False)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["train"]["lr"] = 3e-4
+    cfg["hparams"]["bottleneck"] = "dense"
+    (other / "config.json").write_text(json.dumps(cfg))
+    run_meta.update_meta(other, name="Dense AE", tags=["sweep"])
+    old = [{k: v for k, v in r.items() if k != "lr"} for r in folders.read_metrics(other)]
+    (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    try:
+        at = page(new_app(), "train")
+        table = next(d.value for d in at.dataframe if "bottleneck" in d.value.columns)
+        rows = table.set_index("folder")
+        assert rows.loc["zz-dense-run", "bottleneck"] == "dense" and rows.loc[RUN, "bottleneck"] == "unet"
+        assert rows.loc["zz-dense-run", "lr"] == 3e-4 and rows.loc["zz-dense-run", "run"] == "Dense AE"
+        assert rows.loc[RUN, "best val loss"] == pytest.approx(min(r["val_loss"] for r in folders.read_metrics(home / "runs" / RUN)))
+        assert {"latent dim", "batch", "size", "input", "seed", "slices/s", "status", "tags"} <= set(table.columns)
+        rates = _chart(at, "rates::zz-dense-run")
+        assert [t["name"] for t in rates["data"]] == ["training slices/s"]  # no learning rate recorded: no curve
+
+        at.text_input(key="train_filter").input("sweep").run()
+        table = next(d.value for d in at.dataframe if "bottleneck" in d.value.columns)
+        assert list(table.folder) == ["zz-dense-run"]
+        assert not [c for c in at.get("plotly_chart") if c.proto.id.endswith(f"loss::{RUN}")]  # its card is filtered out
+        at.text_input(key="train_filter").input("").run()
+        at.multiselect(key="train_filter_states").set_value(["completed"]).run()
+        assert {RUN, "zz-dense-run"} <= set(next(d.value for d in at.dataframe if "bottleneck" in d.value.columns).folder)
+        at.text_input(key="train_filter").input("sweep no-such-word").run()  # every word must match
+        assert any(c.value == "No run matches the filter." for c in at.caption)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_train_overlays_several_runs(home):
@@ -829,7 +996,7 @@ def test_train_overlays_several_runs(home):
 
     def traces(at) -> list[str]:
         (chart,) = [c for c in at.get("plotly_chart") if c.proto.id.endswith("train_overlay_chart")]
-        return [t["name"] for t in json.loads(chart.proto.spec)["data"]]
+        return [t["name"] for t in json.loads(chart.proto.spec)["data"] if t.get("showlegend") is not False]  # not the faint raw lines
 
     other = copy_run(home, "zz-overlay")
     try:
@@ -956,6 +1123,14 @@ def test_train_name_tag_note_archive_restore_and_delete_a_run(home):
 
 
 # -- Overview ------------------------------------------------------------------------------------------------
+def _overview_details(at, row: int) -> dict[str, str]:
+    """The details the Overview shows when its ``row`` is selected."""
+    at.session_state["overview_runs"] = {"selection": {"rows": [row], "columns": []}}
+    at.run()
+    details = next(d.value for d in at.dataframe if "value" in d.value.columns)
+    return dict(zip(details.iloc[:, 0], details.value))
+
+
 def test_overview_progress_status_and_unevaluated_runs(home, tmp_path, monkeypatch):
     import json
 
@@ -973,16 +1148,21 @@ def test_overview_progress_status_and_unevaluated_runs(home, tmp_path, monkeypat
         table = at.dataframe[0]
         df = table.value
         gan = df[df.run == "gan"].iloc[0]
-        assert gan.progress == 1.0 and gan.status == "time budget" and gan.epochs == "87/5000"
+        assert gan.status == "time budget"
         row = df[df.run == "zz-not-evaluated"].iloc[0]
-        assert row.status == "completed" and row.progress == 1.0
+        assert row.status == "completed" and row["evaluated on"] == "–"
         assert np.isnan(row["slice AUROC"]) and table.proto.placeholder == "–"  # shown as "–", not "None"
         assert "– = not evaluated yet" in texts(at)
         columns = json.loads(table.proto.columns)
         assert all(isinstance(columns[c].get("width"), int) for c in df.columns)  # every column sized, none cut
-        assert columns["run"]["width"] >= 8 * max(len(r) for r in df.run)  # the longest name fits
+        assert columns["run"]["width"] >= 7 * max(len(r) for r in df.run)  # the longest name fits
         assert columns["run"].get("pinned") is True
-        assert list(df.columns[:5]) == ["run", "model", "status", "progress", "slice AUROC"]  # metrics without scrolling
+        # What the numbers are and where they come from, side by side: no scrolling to find "evaluated on".
+        assert list(df.columns) == ["run", "status", "evaluated on", "slice AUROC", "pixel AP", "best Dice*", "Dice @5 % FPR"]
+        assert sum(columns[c]["width"] for c in df.columns) <= OVERVIEW_WIDTH_AT_1280
+        details = _overview_details(at, int(np.flatnonzero(df.run == "gan")[0]))
+        assert details["epochs"] == "87/5000" and details["source"] == "shipped checkpoint"
+        assert details["trained on"] and details["evaluated on"] == "demo cohort · test split"
     finally:
         shutil.rmtree(pending, ignore_errors=True)
 
@@ -1062,3 +1242,36 @@ def test_a_damaged_run_folder_is_named_and_hides_no_run(home):
         assert RUN in texts(at) or RUN in str(at.dataframe[0].value)
     finally:
         shutil.rmtree(broken, ignore_errors=True)
+
+
+OVERVIEW_WIDTH_AT_1280 = 820  # px beside the sidebar in a 1280-px window (measured in Chromium, tests/test_browser.py)
+
+
+def test_overview_names_where_each_rows_numbers_come_from(home, tmp_path):
+    """Issue #20 defect 4: a run evaluated only on another folder shows that folder's numbers, and the page says
+    so: its row names the folder, and the caption no longer claims every number is from the run's own data."""
+    import json
+
+    from uad.data import identity
+
+    other_root = tmp_path / "other-site"
+    shutil.copytree(home / "data" / "demo" / "BraTS2021_00001", other_root / "BraTS2021_00001")
+    run = copy_run(home, "zz-elsewhere")
+    ref = identity.dataset_ref(other_root)
+    moved = run / "eval" / ref.id / "all"
+    moved.parent.mkdir(parents=True)
+    shutil.move(str(run / "eval" / "demo" / "test"), str(moved))
+    m = json.loads((moved / "metrics.json").read_text())
+    m["dataset"], m["split"], m["data_root"] = ref.to_dict(), "all", str(other_root)
+    m["slice_auroc"] = 0.123
+    (moved / "metrics.json").write_text(json.dumps(m))
+    try:
+        at = new_app()
+        df = at.dataframe[0].value
+        row = df[df.run == "zz-elsewhere"].iloc[0]
+        assert row["evaluated on"] == f"{ref.label} · all cases" and row["slice AUROC"] == pytest.approx(0.123)
+        caption = texts(at)
+        assert "Metrics come from each run's evaluation on its own training data" not in caption
+        assert "otherwise its newest, on whatever dataset that was" in caption
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
-    return build_app_home(tmp_path_factory.getbasetemp() / "uad-app-home")
+    return build_app_home(Path(os.environ.get("UAD_TEST_APP_HOME") or tmp_path_factory.getbasetemp() / "uad-app-home"))
 
 
 @pytest.fixture(scope="module")
@@ -117,13 +117,14 @@ def goto(page, title: str) -> None:
 
 
 def shot(page, name: str) -> None:
-    """Screenshot of the whole page: the viewport is stretched to the main column's height first."""
+    """Screenshot of the whole page at the current width: the viewport is stretched to the main column's height first."""
     page.mouse.move(5, 5)  # no hover tooltip in the picture
+    width, tall = page.viewport_size["width"], page.viewport_size["height"]
     height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
-    page.set_viewport_size({"width": 1600, "height": max(1000, min(int(height) + 40, 8000))})
+    page.set_viewport_size({"width": width, "height": max(1000, min(int(height) + 40, 8000))})
     time.sleep(0.6)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.set_viewport_size({"width": width, "height": tall})
 
 
 def slider(page, label: str):
@@ -240,11 +241,12 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     shot(page, "04-explore")
 
     goto(page, "Compare")
-    point = lambda: (metric_value(page, "Precision"), metric_value(page, "Recall"))  # noqa: E731
+    panel = threshold_frame(page).locator(".panel").first
+    point = lambda: (panel.locator("[data-metric='precision']").inner_text(), panel.locator("[data-metric='recall']").inner_text())  # noqa: E731
     before = point()
-    press(page, slider(page, "Slice-score threshold"), "Home")  # lowest threshold: every slice flagged
+    panel.locator('input[data-role="slider"]').press("Home")  # lowest threshold: every slice flagged
     assert eventually(lambda: point() != before), before
-    assert eventually(lambda: metric_value(page, "Recall") == "1.000")
+    assert eventually(lambda: point()[1] == "1.000")
     shot(page, "05-compare")
 
     # Launch a tiny run from the Train page, watch it complete, find it in Compare.
@@ -266,7 +268,8 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     assert len(new) == 1, new
     run_dir = new[0]
     try:
-        page.get_by_text(run_dir.name).first.wait_for()
+        # Its card (the runs table above the cards names it too, in the grid's hidden accessible cells).
+        page.locator('[data-testid="stMarkdownContainer"]', has_text=run_dir.name).first.wait_for()
         deadline = time.time() + 240
         state = None
         while time.time() < deadline:
@@ -325,15 +328,17 @@ def test_compare_numbers_are_not_cut_off_at_1500_px(browser_page, server, home):
         wait_idle(page)
         goto(page, "Compare")
         page.locator('[data-testid="stMultiSelect"]', has_text="zz-wide-1").first.wait_for()
-        values = page.locator('[data-testid="stMetric"] [data-testid="stMetricValue"]')
-        eventually(lambda: values.count() >= 12)
-        assert values.count() >= 12  # 3 runs x precision, recall, F1, specificity
+        frame = threshold_frame(page)
+        eventually(lambda: frame.locator(".panel").count() == 3)
+        values = frame.locator(".panel [data-metric]")
+        assert values.count() == 12  # 3 runs x precision, recall, F1, specificity
         for i in range(values.count()):
             v = values.nth(i)
             text = v.inner_text().strip()
             assert re.fullmatch(r"\d\.\d{3}|–", text), text
-            # Drawn in full: the text is not wider than its box (an ellipsis would hide the overflow).
-            clipped = v.evaluate("e => [...e.querySelectorAll('*'), e].some(x => x.scrollWidth > x.clientWidth + 1)")
+            # Drawn in full: the text is not wider than its box, nor its box than its panel.
+            clipped = v.evaluate("e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > "
+                                 "e.closest('.panel').getBoundingClientRect().right")
             assert not clipped, f"metric value {text!r} is cut off at 1500 px"
         page.set_viewport_size({"width": 1500, "height": 4000})
         time.sleep(0.5)
@@ -347,6 +352,197 @@ def test_compare_numbers_are_not_cut_off_at_1500_px(browser_page, server, home):
         page.set_viewport_size({"width": 1600, "height": 1000})
         for dst in extra:
             shutil.rmtree(dst, ignore_errors=True)
+
+
+# -- Overview and Train at common laptop widths ---------------------------------------------------------------------
+@pytest.mark.parametrize("width", [1280, 1500])
+def test_overview_and_train_are_not_cut_off(browser_page, server, home, width):
+    """Issue #20 defects 4 and 7: at 1280 and 1500 px the Overview table needs no sideways scrolling (its
+    'evaluated on' column and every number in view, the pinned run names whole) and Train's dataset path is one
+    unbroken line."""
+    page = browser_page
+    try:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.wait_for()
+        eventually(lambda: grid.locator("[role=columnheader]").count() >= 7)  # the grid's accessible headers are built
+        fit = grid.evaluate("""d => { const s = d.querySelector('.dvn-scroller');
+            return {scroll: s.scrollWidth, client: s.clientWidth,
+                    headers: [...d.querySelectorAll('[role=columnheader]')].map(e => e.textContent)}; }""")
+        assert fit["scroll"] <= fit["client"] + 1, fit  # every column in view
+        assert {"run", "status", "evaluated on", "Dice @5 % FPR"} <= set(fit["headers"]), fit
+        # The pinned run column (app/views/overview.py: 7 px a character + 24, 140-220 px) holds the longest name
+        # as the grid draws it (its font, its 8-px cell padding each side).
+        names = [p.name for p in (home / "runs").iterdir() if p.is_dir() and not p.name.startswith(".")] + ["autoencoder"]
+        font = grid.evaluate("d => { const c = d.querySelector('canvas'); return c ? getComputedStyle(c).fontFamily : ''; }")
+        drawn = page.evaluate("([names, family]) => { const c = document.createElement('canvas').getContext('2d'); "
+                              "c.font = `14px ${family || 'sans-serif'}`; return Math.max(...names.map(n => c.measureText(n).width)); }",
+                              [names, font])
+        longest = max(len(n) for n in names)
+        assert drawn + 16 <= min(max(7 * longest + 24, 140), 220), (drawn, longest)
+        shot(page, f"11-overview-{width}px")
+
+        goto(page, "Train")
+        path = page.locator('[data-testid="stCode"]', has_text=str(home / "data" / "demo")).first
+        lines = path.evaluate("e => { const r = e.querySelector('code').getBoundingClientRect(); "
+                              "return r.height / parseFloat(getComputedStyle(e.querySelector('code')).lineHeight); }")
+        assert lines < 1.5, f"the dataset path wraps ({lines:.1f} lines) at {width} px"
+        shot(page, f"12-train-{width}px")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+
+
+# -- Compare's operating points, computed in the browser ------------------------------------------------------------
+REAL_DEV = REPO.parent / "shared" / "data" / "real_dev"
+
+
+def threshold_frame(page):
+    """Compare's threshold component frame, once it has drawn."""
+    frame = page.wait_for_selector('iframe[title*="uad_thresholds"]').content_frame()
+    frame.wait_for_selector('#root[data-ready="1"]')
+    return frame
+
+
+def panel_state(frame, run: str) -> dict:
+    """What a model's panel shows, at full precision (its data attributes): threshold, counts and rates."""
+    return frame.evaluate("id => ({...document.querySelector(`.panel[data-model='${id}']`).dataset})", run)
+
+
+def assert_same_as_uad(state: dict, labels: np.ndarray, scores: np.ndarray) -> None:
+    """The browser's numbers at its threshold are uad's (uad.evaluation.metrics.operating_point): counts exactly,
+    rates to 1e-9, undefined rates undefined in both."""
+    import math
+
+    from uad.evaluation import metrics
+
+    want = metrics.operating_point(labels, scores, float(state["threshold"]))
+    for k in ("tp", "fp", "fn", "tn"):
+        assert int(state[k]) == want[k], (k, state, want)
+    for k in ("precision", "recall", "f1", "specificity", "fpr", "accuracy"):
+        got = float(state[k])
+        assert (math.isnan(got) and math.isnan(want[k])) or abs(got - want[k]) <= 1e-9, (k, state, want)
+
+
+def thresholds_match_uad(page, frame, run: str, slices_csv: Path) -> int:
+    """Move one model's threshold every way the panel offers (keys, typed values between, on, below and above
+    the scores, presets) and compare the browser's numbers with uad's each time; returns how many were checked."""
+    import pandas as pd
+
+    slices = pd.read_csv(slices_csv)
+    slices = slices[pd.to_numeric(slices.label, errors="coerce").notna()]
+    labels, scores = slices.label.to_numpy(int), slices.score.to_numpy(np.float64)
+    panel = frame.locator(f".panel[data-model='{run}']")
+    rng, box = panel.locator('input[data-role="slider"]'), panel.locator('input[data-role="value"]')
+    checked = 0
+
+    def check():
+        nonlocal checked
+        assert_same_as_uad(panel_state(frame, run), labels, scores)
+        checked += 1
+
+    check()  # where it starts (Youden's J)
+    for key in ["Home", "ArrowRight", "ArrowRight", "PageUp", "End", "ArrowLeft", "PageDown"]:
+        before = panel_state(frame, run)["threshold"]
+        rng.press(key)
+        eventually(lambda: panel_state(frame, run)["threshold"] != before or key in ("Home", "End"))
+        check()
+    uniq = np.unique(scores)
+    for value in [uniq[len(uniq) // 3], (uniq[len(uniq) // 2] + uniq[len(uniq) // 2 + 1]) / 2, uniq.min() - 1,
+                  uniq.max() + 1, uniq.max()]:
+        box.fill(repr(float(value)))
+        box.press("Enter")
+        eventually(lambda: float(panel_state(frame, run)["threshold"]) == float(value))
+        check()
+    state = panel_state(frame, run)
+    assert float(state["threshold"]) == uniq.max() and int(state["tp"]) + int(state["fp"]) >= 1
+    for preset in panel.locator(".presets button").all():
+        preset.click()
+        check()
+    return checked
+
+
+def test_compare_thresholds_move_in_the_browser_as_uad_counts_them(browser_page, server, home):
+    """Task 1 (issue #16 item 2): each model's threshold, numbers, confusion matrix, operating-point dots and
+    distribution line are computed and drawn in the browser, equal to uad's at every threshold, and moving a
+    threshold sends nothing to the server (no rerun)."""
+    context = browser_page.context.browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()  # a fresh page: its websocket is watched from the start
+    page.set_default_timeout(60_000)
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(time.time())))
+    try:
+        page.set_viewport_size({"width": 1500, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        goto(page, "Compare")
+        frame = threshold_frame(page)
+        drawn = frame.evaluate("() => document.getElementById('root').dataset.drawnAt")
+        quiet_from = len(sent)
+        checked = thresholds_match_uad(page, frame, "fixture-ae", home / "runs" / "fixture-ae" / "eval" / "demo" / "test" / "slices.csv")
+        assert checked >= 14
+        time.sleep(0.5)
+        assert len(sent) == quiet_from, "a threshold move sent a message to the server (a rerun)"
+        assert frame.evaluate("() => document.getElementById('root').dataset.drawnAt") != drawn  # the dots moved
+        # The recall shown (3 decimals) is the one counted; the dot is drawn over the curve in the model's colour.
+        state = panel_state(frame, "fixture-ae")
+        shown = frame.locator(".panel[data-model='fixture-ae'] [data-metric='recall']").inner_text()
+        assert shown == ("–" if state["recall"] == "NaN" else f"{float(state['recall']):.3f}")
+        # A click on a point of a model's ROC curve puts its threshold there (the point's threshold, exactly).
+        target = frame.evaluate("""() => { const ch = S.charts.roc, line = ch.curve.lines.find(l => l.method === 0);
+            const i = line.thresholds.findIndex((t, j) => Number.isFinite(t) && j > line.x.length / 3);
+            const r = ch.over.getBoundingClientRect();
+            return {x: r.left + ch.tx.X(line.x[i]), y: r.top + ch.tx.Y(line.y[i]), threshold: line.thresholds[i],
+                    id: S.models[0].info.id}; }""")
+        box = page.locator('iframe[title*="uad_thresholds"]').bounding_box()
+        page.mouse.click(box["x"] + target["x"], box["y"] + target["y"])
+        eventually(lambda: float(panel_state(frame, target["id"])["threshold"]) == target["threshold"])
+        assert float(panel_state(frame, target["id"])["threshold"]) == target["threshold"]
+        state = panel_state(frame, "fixture-ae")
+        # The threshold survives a page change (kept in the tab, not on the server).
+        goto(page, "Train")
+        goto(page, "Compare")
+        assert panel_state(threshold_frame(page), "fixture-ae")["threshold"] == state["threshold"]
+        # A chart downloads titled, named after its data and runs.
+        with page.expect_download() as download:
+            threshold_frame(page).locator('[data-chart="roc"] button').click()
+        assert download.value.suggested_filename.startswith("slice-level-ROC_demo-cohort-test-split_")
+        assert Path(download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        shot(page, "09-compare-thresholds")
+    finally:
+        context.close()
+
+
+@pytest.mark.skipif(not REAL_DEV.is_dir(), reason=f"real-data check needs {REAL_DEV}")
+def test_compare_thresholds_match_uad_on_a_real_evaluation(browser_page, server, home):
+    """The same check on real scans: the shipped real-data autoencoder evaluated on two real glioma patients
+    (its validation patients in ../shared/data/real_dev), chosen under "Evaluated on"."""
+    import subprocess
+
+    from uad.data import identity
+
+    ref = identity.dataset_ref(REAL_DEV)
+    out = home / "runs" / "shipped-eval" / "real" / "autoencoder" / "eval" / ref.id / "val"
+    if not (out / "metrics.json").is_file():
+        env = dict(os.environ, UAD_HOME=str(home))
+        env.pop("UAD_CACHE_DIR", None)
+        proc = subprocess.run([sys.executable, "-m", "uad", "evaluate", "--run", str(REPO / "checkpoints" / "real" / "autoencoder"),
+                               "--data", str(REAL_DEV), "--split", "val", "--bootstrap", "20", "--out", str(out)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    page = browser_page
+    page.set_viewport_size({"width": 1500, "height": 1000})
+    page.goto(server)
+    wait_idle(page)
+    goto(page, "Compare")
+    page.locator('[data-testid="stSelectbox"]', has_text="Evaluated on").first.click()
+    page.get_by_role("option", name=re.compile(re.escape(ref.label))).first.click()
+    wait_idle(page)
+    frame = threshold_frame(page)
+    eventually(lambda: frame.locator(".panel[data-model='real/autoencoder']").count() == 1)
+    assert thresholds_match_uad(page, frame, "real/autoencoder", out / "slices.csv") >= 14
+    shot(page, "10-compare-thresholds-real")
 
 
 def test_viewer_orientation_scrubbing_and_folder_switch(browser_page, server, home, tmp_path):

@@ -1,6 +1,6 @@
 """Compare: evaluated runs on one dataset and split, against the baselines computed on the same slices;
-ROC / PR curves, an operating point per model, the per-case table (a click opens the case in Explore),
-the HTML report and a configuration diff."""
+ROC / PR curves, an operating point per model (``threshold.py``: computed and drawn in the browser), the
+per-case table (a click opens the case in Explore), the HTML report and a configuration diff."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import state
 import streamlit as st
+import threshold
 import ui
 from safe import code, md
 
 from uad.data import identity
-from uad.evaluation import columns, figures, metrics, summaries
+from uad.evaluation import columns, figures, summaries
 from uad.jobs import eval_jobs, run_jobs
 from uad.runs import configs
 from uad.scoring.recipe import CASE_RATE, rate_label
@@ -28,8 +29,10 @@ def _label(v: run_jobs.RunView) -> str:
 
 # -- which dataset --------------------------------------------------------------------------------------------
 def _choose_dataset(found: dict[str, list[summaries.EvaluationSummary]], root) -> tuple[str, str] | None:
-    """The (dataset id, split) to compare on: the user's choice, else the active dataset's, else the most
-    evaluated one. Every number below comes from this one dataset and split."""
+    """The (dataset id, split) to compare on: the user's choice (kept across pages while the active dataset stays
+    the same), else the active dataset's, else the most evaluated one; and the active dataset's as soon as it
+    gains an evaluation here (e.g. one started with the Evaluate button above). Every number below comes from
+    this one dataset and split."""
     counts: dict[tuple[str, str], int] = {}
     labels: dict[tuple[str, str], str] = {}
     for evals_ in found.values():
@@ -38,14 +41,28 @@ def _choose_dataset(found: dict[str, list[summaries.EvaluationSummary]], root) -
             labels[s.key] = s.where
     if not counts:
         return None
+    ss = st.session_state
     active = identity.dataset_ref(root).id
     keys = sorted(counts, key=lambda k: (k[0] != active, -counts[k], labels[k]))
-    if st.session_state.get("compare_dataset") not in keys:
-        st.session_state["compare_dataset"] = keys[0]
-    return st.selectbox("Evaluated on", keys, key="compare_dataset",
-                        format_func=lambda k: f"{labels[k]} · {counts[k]} run{'s' if counts[k] != 1 else ''}"
-                                              + ("  (active dataset)" if k[0] == active else ""),
-                        help="Metrics, curves, baselines and the per-case table all come from this dataset and split.")
+    before = ss.get("compare_counts")  # {key: runs evaluated there} at the last visit
+    grown = [k for k in keys if k[0] == active and before is not None and counts[k] > before.get(k, 0)]
+    kept = ss.get("compare_dataset_kept")  # (key, active dataset id when chosen): the widget's state is dropped off-page
+    if grown:
+        choice = grown[0]
+    elif ss.get("compare_dataset") in keys:
+        choice = ss["compare_dataset"]
+    elif kept and kept[0] in keys and kept[1] == active:
+        choice = kept[0]
+    else:
+        choice = keys[0]
+    ss["compare_dataset"] = choice
+    ss["compare_counts"] = counts
+    key = st.selectbox("Evaluated on", keys, key="compare_dataset",
+                       format_func=lambda k: f"{labels[k]} · {counts[k]} run{'s' if counts[k] != 1 else ''}"
+                                             + ("  (active dataset)" if k[0] == active else ""),
+                       help="Metrics, curves, baselines and the per-case table all come from this dataset and split.")
+    ss["compare_dataset_kept"] = (key, active)
+    return key
 
 
 def _evaluate_panel(views: list[run_jobs.RunView], found, root) -> None:
@@ -68,7 +85,8 @@ def _evaluate_panel(views: list[run_jobs.RunView], found, root) -> None:
 def _metrics_table(chosen) -> None:
     rows = columns.comparison_rows([(_label(v), s) for v, s, _ in chosen])
     st.dataframe(pd.DataFrame([columns.cells(r) for r in rows]), hide_index=True, width="stretch",
-                 column_config={c.label: st.column_config.TextColumn(c.label, help=c.help or None) for c in columns.METRICS})
+                 column_config={"method": st.column_config.TextColumn("method", pinned=True),  # stays in view when scrolled
+                                **{c.label: st.column_config.TextColumn(c.label, help=c.help or None) for c in columns.METRICS}})
     groups = {r["group"] for r in rows if r.get("kind") == "baseline"}
     notes = [columns.TABLE_NOTES,
              "Baselines are computed on the same slices and pixels as each model; they depend on the dataset, split, "
@@ -159,77 +177,72 @@ def _baseline_groups(chosen) -> list[tuple[str, dict]]:
     return [(words if len(ordered) > 1 else "", curves) for words, curves in ordered]
 
 
-def _curve_fig(kind: str, level: str, chosen, colours: dict[str, str], points: dict[str, dict] | None):
-    """ROC or PR curves at slice or pixel level, baselines dashed, operating points as dots."""
-    series = [figures.CurveSeries(_label(v), e["curves"].get(s.model) or {}, colours[v.info.name], (points or {}).get(v.info.name))
-              for v, s, e in chosen]
-    return figures.curve_figure(kind, level, series, _baseline_groups(chosen))
+def _curve_fig(kind: str, level: str, chosen, colours: dict[str, str], where: str):
+    """ROC or PR curves (baselines dashed), titled with what they show: a download says which data and runs."""
+    series = [figures.CurveSeries(_label(v), e["curves"].get(s.model) or {}, colours[v.info.name]) for v, s, e in chosen]
+    return figures.curve_figure(kind, level, series, _baseline_groups(chosen), title=figures.curve_title(kind, level),
+                                subtitle=f"{where} · " + ", ".join(v.info.name for v, _, _ in chosen))
 
 
-def _operating_panel(v: run_jobs.RunView, s: summaries.EvaluationSummary, e: dict, colour: str) -> dict:
-    slices = e["slices"]
-    labels, scores = slices.label.to_numpy(), slices.score.to_numpy()
-    lo, hi = float(scores.min()), float(scores.max())
-    key = f"cmp_thr::{v.info.name}"
-    if key not in st.session_state:
-        youden = (s.raw.get("slice_youden") or {}).get("threshold")
-        st.session_state[key] = float(np.clip(youden if youden is not None else np.median(scores), lo, hi))
-    # The colour is the app's own (ui.MODEL_COLOURS); the label is text: Markdown-escaped, so no tag, link or
-    # image can start in it even though this line allows the HTML of the colour dot.
-    st.markdown(f"<span style='color:{colour};font-size:1.3em'>●</span> **{md(_label(v))}**", unsafe_allow_html=True)
-    thr = st.slider("Slice-score threshold", lo, hi if hi > lo else lo + 1e-6, step=max((hi - lo) / 500, 1e-9), format="%.4f", key=key,
-                    help="A slice is called anomalous when its score is at or above this value. Starts at Youden's J.")
-    p = metrics.operating_point(labels, scores, thr)
-    # Two metrics per row: four in a third of a 1500-px window cut the numbers to "0.…".
-    for pair in (("Precision", "precision"), ("Recall", "recall")), (("F1", "f1"), ("Specificity", "specificity")):
-        c1, c2 = st.columns(2)
-        for col, (label, k) in zip((c1, c2), pair):
-            col.metric(label, ui.fmt(p[k]))
-    st.dataframe(pd.DataFrame({"predicted tumour": [p["tp"], p["fp"]], "predicted healthy": [p["fn"], p["tn"]]},
-                              index=["tumour slices", "healthy slices"]), width="stretch")
-    ui.plot(figures.distribution_figure(scores[labels == 0], scores[labels == 1], thr, colour), key=f"dist::{v.info.name}")
-    return p
+def _operating_points(chosen, colours, where: str, key: tuple[str, str]) -> None:
+    """Slice-level ROC and PR with an operating point per model, its threshold, numbers, confusion matrix and
+    score distribution: computed and drawn in the browser (``threshold.py``), so a threshold move reruns nothing."""
+    models = []
+    for v, s, e in chosen:
+        slices = e["slices"]
+        labels, scores = slices.label.to_numpy(), slices.score.to_numpy(np.float64)
+        presets = threshold.presets(s.raw)
+        start = presets[0][1] if presets else float(np.median(scores))  # Youden's J when recorded
+        models.append(threshold.Model(v.info.name, _label(v), colours[v.info.name], labels, scores,
+                                      e["curves"].get(s.model) or {}, presets, start))
+    with ui.timed("compare_thresholds"):
+        threshold.show(models, _baseline_groups(chosen), where, storage_key=f"uad-compare::{key[0]}::{key[1]}",
+                       key="compare_thresholds", style=ui.figure_style())
 
 
-@st.fragment
-def _interactive(chosen, colours) -> None:
-    # A fragment: moving a threshold reruns only the slice-level curves and the operating points.
-    with ui.timed("compare_interactive"):
-        _interactive_body(chosen, colours)
-
-
-def _interactive_body(chosen, colours) -> None:
-    curves = st.container()  # first on screen, drawn last: it shows the points the sliders below set
-    st.markdown("##### Operating points")
-    points = {}
-    cols = st.columns(max(2, min(len(chosen), 3)))  # one model: half width, not stretched across the page
-    for i, (v, s, e) in enumerate(chosen):
-        with cols[i % len(cols)]:
-            points[v.info.name] = _operating_panel(v, s, e, colours[v.info.name])
-    with curves:
-        a, b = st.columns(2)
-        with a:
-            ui.plot(_curve_fig("roc", "slice", chosen, colours, points), key="slice_roc")
-        with b:
-            ui.plot(_curve_fig("pr", "slice", chosen, colours, points), key="slice_pr")
-        st.caption("Dots: each model's operating point at its threshold below. Dashed/dotted: baselines.")
-
-
-def _curves(chosen, colours) -> None:
+def _curves(chosen, colours, where: str, key: tuple[str, str]) -> None:
     st.subheader("Curves")
     slice_tab, pixel_tab = st.tabs(["Slice level (with operating points)", "Pixel level"])
     with pixel_tab:
         a, b = st.columns(2)
-        with a:
-            ui.plot(_curve_fig("roc", "pixel", chosen, colours, None), key="pixel_roc")
-        with b:
-            ui.plot(_curve_fig("pr", "pixel", chosen, colours, None), key="pixel_pr")
+        runs = "+".join(v.info.name for v, _, _ in chosen)
+        for col, kind in ((a, "roc"), (b, "pr")):
+            with col:
+                ui.plot(_curve_fig(kind, "pixel", chosen, colours, where), key=f"pixel_{kind}",
+                        name=figures.file_stem(figures.curve_title(kind, "pixel"), where, runs))
         st.caption("Pixel level: every pixel inside the eroded brain mask of the evaluated cases. Dashed/dotted: baselines.")
     with slice_tab:
-        _interactive(chosen, colours)
+        _operating_points(chosen, colours, where, key)
 
 
 # -- the page ---------------------------------------------------------------------------------------------------
+def _choose_runs(names: list[str], evaluated, key: tuple[str, str]) -> list[str]:
+    """The runs compared on this dataset and split: the user's selection, kept per dataset in a key no widget owns
+    (Streamlit drops a widget's state when the page is left); at first the first ``MAX_DEFAULT``; a run evaluated
+    here since the last visit (e.g. with the Evaluate button above) joins it; a run gone is dropped, with a word."""
+    ss = st.session_state
+    kept_all = ss.setdefault("compare_kept_runs", {})  # {"dataset id|split": [run folder names]}
+    seen_all = ss.setdefault("compare_seen_runs", {})
+    k = "|".join(key)
+    if ss.get("compare_runs_for") == key and isinstance(ss.get("compare_runs"), list):
+        kept_all[k] = list(ss["compare_runs"])  # the widget's value, as the user left it (or just changed it)
+    if k not in kept_all:
+        kept_all[k] = names[:MAX_DEFAULT]
+    else:
+        kept_all[k] += [n for n in names if n not in seen_all.get(k, names) and n not in kept_all[k]]
+    seen_all[k] = names
+    gone = [n for n in kept_all[k] if n not in names]
+    if gone:
+        st.warning("No longer available (deleted, moved or its evaluation unreadable): " + ", ".join(gone))
+        kept_all[k] = [n for n in kept_all[k] if n in names]
+    ss["compare_runs_for"] = key
+    ss["compare_runs"] = kept_all[k]
+    picked = st.multiselect("Runs to compare", names, key="compare_runs",
+                            format_func=lambda n: _label(next(v for v, _, _ in evaluated if v.info.name == n)))
+    kept_all[k] = list(picked)
+    return picked
+
+
 def _page() -> None:
     views = [v for v in state.list_run_views(warn=True) if v.has_checkpoint]
     if not views:
@@ -257,29 +270,14 @@ def _page() -> None:
     names = [v.info.name for v, _, _ in evaluated]
     if not names:
         return
-    if st.session_state.get("compare_runs_for") != key:  # another dataset: its own selection
-        st.session_state["compare_runs_for"] = key
-        st.session_state["compare_runs"] = names[:MAX_DEFAULT]
-    else:  # a run evaluated since the last visit (e.g. with the Evaluate button above) joins the selection
-        seen = st.session_state.get("compare_runs_seen") or []
-        fresh = [n for n in names if n not in seen]
-        if fresh:
-            st.session_state["compare_runs"] = list(dict.fromkeys(list(st.session_state.get("compare_runs") or []) + fresh))
-    st.session_state["compare_runs_seen"] = names
-    kept = st.session_state.get("compare_runs")
-    if kept and any(n not in names for n in kept):
-        st.warning("No longer available (deleted, moved or its evaluation unreadable): "
-                   + md(", ".join(n for n in kept if n not in names)))
-        st.session_state["compare_runs"] = [n for n in kept if n in names]
-    picked = st.multiselect("Runs to compare", names, key="compare_runs",
-                            format_func=lambda n: _label(next(v for v, _, _ in evaluated if v.info.name == n)))
+    picked = _choose_runs(names, evaluated, key)
     chosen = [c for c in evaluated if c[0].info.name in picked]
     if not chosen:
         st.info("Choose at least one run.")
         return
     st.subheader(f"Metrics on {md(first.where)}")
     _metrics_table(chosen)
-    _curves(chosen, colours)
+    _curves(chosen, colours, first.where, key)
     _cases_table(chosen, lambda s: str(s.local_root or root))
     _report_buttons(chosen)
     _config_diff(views, chosen)

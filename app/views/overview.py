@@ -84,56 +84,74 @@ def _dataset_section() -> None:
         st.warning("No BraTS-style case in this folder. Choose another on the Data page.")
 
 
+RUN_WIDTH = (140, 220)  # px: the pinned run column fits names up to about 28 characters
+# The columns on screen at 1280 px (820 px beside the sidebar): run, status, where the numbers come from, the
+# headline metrics. Everything else about a run is in the details of the selected row.
+STATUS_WIDTH, WHERE_WIDTH = 95, 160
+METRIC_WIDTHS = {"slice_auroc": 88, "pixel_ap": 70, "best_dice": 80}  # px, by header; others 100
+
+
+def _details(v, summary) -> pd.DataFrame:
+    """Everything the table leaves out about one run, as text (names and tags are data, never Markdown)."""
+    pre = v.info.config.get("preprocess") or {}
+    row = columns.summary_row(summary.model, summary.raw) if summary is not None else {}
+    items = [("name", v.name), ("folder", v.info.name), ("model", v.info.model), ("status", v.outcome),
+             ("epochs", f"{v.epochs_done}/{v.epochs}" if v.epochs else "–"),
+             ("input", " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else "")),
+             ("trained on", v.info.training_data["name"]), ("tags", " ".join(v.tags) or "–"),
+             ("source", "shipped checkpoint" if v.info.shipped else "run"),
+             ("evaluated on", summary.where if summary is not None else "not evaluated yet")]
+    items += [(c.short, ui.fmt(row.get(c.key), c.digits)) for c in columns.METRICS] if summary is not None else []
+    return pd.DataFrame(items, columns=["", "value"])
+
+
 def _runs_table() -> None:
     st.subheader("Runs and shipped checkpoints")
     views = state.list_run_views(warn=True)
     if not views:
         st.info("No run yet. Launch one on the **Train** page (a 1-epoch autoencoder at 64 px takes about a minute on CPU).")
         return
-    rows = []
+    rows, summaries_ = [], []
     for v in views:
-        cells = columns.overview_cells(eval_jobs.home_evaluation(v))  # one shaping of the metrics, shared with Compare
-        pre = v.info.config.get("preprocess") or {}
+        summary = eval_jobs.home_evaluation(v)
+        summaries_.append(summary)
+        cells = columns.overview_cells(summary)  # one shaping of the metrics, shared with Compare
         rows.append({
-            # The name the user gave the run, with its folder; the folder alone otherwise.
-            "run": f"{v.name} ({v.info.name})" if v.name != v.info.name else v.info.name,
-            "model": v.info.model,
-            "status": v.label,
-            "progress": v.progress,
-            **{k: c for k, c in cells.items() if k != "evaluated on"},
-            "evaluated on": cells["evaluated on"],  # after the numbers: metrics stay visible without scrolling
-            "epochs": f"{v.epochs_done}/{v.epochs}" if v.epochs else "",
-            "input": " ".join(pre.get("modalities", [])) + (f" · {pre['image_size']} px" if pre.get("image_size") else ""),
-            "trained on": v.info.training_data["name"],
-            "tags": " ".join(v.tags),
-            "source": "shipped" if v.info.shipped else "run",
+            "run": v.name,
+            "status": v.label if v.state != "running" else f"running {v.progress:.0%}",
+            "evaluated on": cells.pop("evaluated on") or "–",  # beside the numbers it explains
+            **cells,
         })
     df = pd.DataFrame(rows)
-    # Widths in pixels, so names and numbers are not cut; the key columns first, the run's name pinned.
-    st.dataframe(df, hide_index=True, width="stretch", placeholder="–", height=min(38 + 35 * len(df), 600), column_config={
-        "run": st.column_config.TextColumn("run", width=230, pinned=True, help="the run's name (its folder), or its folder"),
-        "model": st.column_config.TextColumn("model", width=100),
-        "status": st.column_config.TextColumn("status", width=100, help="completed, time budget (stopped by its time "
-                                              "budget), cancelled, failed, running, queued"),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent", width=95),
-        **{columns.column(k).short: st.column_config.NumberColumn(format="%.3f", width=95, help=columns.column(k).help or None)
+    longest = max(len(r) for r in df.run)
+    run_width = int(min(max(7 * longest + 24, RUN_WIDTH[0]), RUN_WIDTH[1]))
+    event = st.dataframe(df, hide_index=True, width="stretch", placeholder="–", height=min(38 + 35 * len(df), 600),
+                         on_select="rerun", selection_mode="single-row", key="overview_runs", column_config={
+        "run": st.column_config.TextColumn("run", width=run_width, pinned=True, help="the run's name (its folder when unnamed)"),
+        "status": st.column_config.TextColumn("status", width=STATUS_WIDTH, help="completed, time budget (stopped by its time "
+                                              "budget), cancelled, failed, running, queued, shipped"),
+        "evaluated on": st.column_config.TextColumn("evaluated on", width=WHERE_WIDTH, help="the dataset and split the "
+                                                    "numbers on this row come from"),
+        **{columns.column(k).short: st.column_config.NumberColumn(format="%.3f", width=METRIC_WIDTHS.get(k, 100),
+                                                                  help=columns.column(k).help or None)
            for k in columns.OVERVIEW},
-        "evaluated on": st.column_config.TextColumn("evaluated on", width=190, help="dataset and split of the metrics"),
-        "epochs": st.column_config.TextColumn("epochs", width=85),
-        "input": st.column_config.TextColumn("input", width=120),
-        "trained on": st.column_config.TextColumn("trained on", width=330),
-        "tags": st.column_config.TextColumn("tags", width=120),
-        "source": st.column_config.TextColumn("source", width=80),
     })
-    st.caption("Metrics come from each run's evaluation on its own training data (column 'evaluated on'; other "
-               "datasets on the Compare page); – = not evaluated yet. "
-               "Progress is 100 % for a run that ended as asked: all its epochs, or its whole time budget (status "
-               "'time budget'; the epochs column says how far it got). "
+    st.caption("Each row's numbers come from one evaluation: the run's evaluation on the data it was trained on where "
+               "there is one, otherwise its newest, on whatever dataset that was: 'evaluated on' names it (every "
+               "evaluation, on every dataset, is on the Compare page); – = not evaluated yet. "
                "*best Dice uses the test labels to choose its threshold: an upper bound, not a deployable result. "
                f"{columns.column(columns.dice_key(CASE_RATE)).short} uses a threshold set on healthy validation slices only. "
-               "Shipped checkpoints come in two sets: trained on the synthetic demo cohort (`checkpoints/<model>`) "
-               "and on 25 real glioma patients (`checkpoints/real/<model>`, research use under the BraTS terms; "
-               "see the README). Explore picks the set that suits the active dataset.")
+               "Select a row for the run's details (model, epochs, input, training data, tags, every metric).")
+    picked = event.selection.rows if event is not None and hasattr(event, "selection") else []
+    if picked:
+        v = views[picked[0]]
+        st.dataframe(_details(v, summaries_[picked[0]]), hide_index=True, width=720, key="overview_details",
+                     column_config={"": st.column_config.TextColumn("", width=140),
+                                    "value": st.column_config.TextColumn("value", width=560)})
+    st.caption("Shipped checkpoints come in two sets: trained on the synthetic demo cohort (`checkpoints/<model>`) and "
+               "on 25 real glioma patients (`checkpoints/real/<model>`, research use under the BraTS terms; see the "
+               "README). Explore picks the set that suits the active dataset. Progress: 100 % for a run that ended as "
+               "asked, all its epochs or its whole time budget (status 'time budget').")
 
 
 ui.page_header("Unsupervised anomaly detection in brain MRI",

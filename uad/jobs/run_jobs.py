@@ -258,14 +258,6 @@ class RunView:
     def resumable(self) -> bool:
         return not self.info.shipped and not self.active and (self.path / "last" / CKPT_META).is_file()
 
-    @property
-    def samples(self) -> tuple[Path, int] | None:
-        """The sample reconstructions picture and the epoch it shows, when the trainer has written one."""
-        picture = self.path / folders.SAMPLES
-        if not picture.is_file():
-            return None
-        return picture, int(launch_info(self.path / folders.SAMPLES_INFO).get("epoch") or 0)
-
 
 def _where(end: dict[str, Any]) -> str:
     """'in epoch 3/20 at batch 40/120' for a stop mid-epoch, 'after epoch 3/20' at an epoch's end."""

@@ -4,9 +4,11 @@
         config.json      what was asked (model, data, preprocessing, split, training settings)
         status.json      queued | running | completed | failed | cancelled (+ pid, error, times); replaced atomically
         run.lock         locked (flock) by the training process for as long as it writes here
-        metrics.jsonl    one line per epoch, append-only
+        metrics.jsonl    one line per epoch, append-only (losses, validation loss, slices/s, learning rate, GPU memory)
         steps.jsonl      the mean training losses every few steps (``uad.train.log_every``), append-only
-        samples.png      input / reconstruction / |difference| of 4 fixed validation slices, after each epoch
+        samples.png      input / reconstruction / |difference| of 4 fixed validation slices, after the latest epoch
+        samples/         the same picture per epoch (epoch-0001.png, ...), at most ``history.SAMPLE_EPOCHS_KEPT``
+        samples.json     what the pictures show: the epoch of samples.png, the rows, the slices (case, index)
         meta.json        what the user calls the run: a name, tags and a note (``update_meta``)
         train.log        the trainer's log
         last/, best/     checkpoints (model.safetensors + checkpoint.json)
@@ -52,6 +54,9 @@ SAMPLES = "samples.png"
 
 
 SAMPLES_INFO = "samples.json"
+
+
+SAMPLES_DIR = "samples"  # samples/epoch-0001.png ...: the sample reconstructions kept per epoch (uad.runs.history)
 
 
 # What makes a folder a run that training would write over. A status.json that only says "queued" is

@@ -32,7 +32,7 @@ from uad.core.errors import ConfigError, TrainingDiverged, UADError
 from uad.data.dataset import SliceDataset
 from uad.data.splits import split_cases
 from uad.models import create_model
-from uad.runs import folders
+from uad.runs import folders, history
 from uad.training import distributed
 from uad.training.config import TrainConfig, check_config
 
@@ -186,7 +186,7 @@ STEP_POINTS_PER_EPOCH = 20  # about this many steps.jsonl lines per epoch ...
 STEP_LOG_MAX = 50  # ... but at least one every this many steps
 
 
-N_SAMPLES = 4  # fixed validation slices reconstructed into samples.png after every epoch
+N_SAMPLES = 4  # fixed validation slices reconstructed after every epoch (samples/, samples.png)
 
 
 def log_every(batches: int) -> int:
@@ -280,8 +280,9 @@ class _Monitor:
         return out
 
 
-def _save_samples(model, x: torch.Tensor, run_dir: Path, epoch: int) -> None:
-    """Input, reconstruction and |difference| of the fixed sample slices, as one grey PNG (rows) in the run folder."""
+def _save_samples(model, x: torch.Tensor, run_dir: Path, epoch: int, slices: list[dict[str, Any]]) -> None:
+    """Input, reconstruction and |difference| of the fixed sample slices, as one grey PNG (rows), kept for this
+    epoch (``uad.runs.history.save_samples``: samples/epoch-NNNN.png, samples.png the latest)."""
     import cv2
 
     model.eval()
@@ -295,9 +296,7 @@ def _save_samples(model, x: torch.Tensor, run_dir: Path, epoch: int) -> None:
     grid = np.concatenate([np.pad(r, ((0, gap), (0, 0))) for r in tiles], axis=0)[:-gap]
     ok, buf = cv2.imencode(".png", (grid * 255).astype(np.uint8))
     if ok:
-        fileio.write_bytes(run_dir / folders.SAMPLES, buf.tobytes())
-        fileio.write_json(run_dir / folders.SAMPLES_INFO, {"epoch": epoch, "slices": int(x.shape[0]),
-                                                        "rows": ["input", "reconstruction", "|difference|"]})
+        history.save_samples(run_dir, epoch, buf.tobytes(), {"slices": slices, "rows": ["input", "reconstruction", "|difference|"]})
 
 
 @dataclass
@@ -461,11 +460,36 @@ def _load_data(config: TrainConfig, progress: bool, rank: int, world: int):
     return data_root, store, split, train_ds, val_ds
 
 
-def _sample_slices(val_ds: SliceDataset, train_ds: SliceDataset, device) -> torch.Tensor:
-    """``N_SAMPLES`` fixed slices spread over the validation set (the training set when there is none)."""
+SAMPLE_MIN_BRAIN = 0.6  # sample slices hold at least this fraction of the most brain any slice of their set holds
+
+
+def _sample_rows(val_ds: SliceDataset, train_ds: SliceDataset) -> tuple[SliceDataset, list[int]]:
+    """The dataset (validation, else training) and rows of the ``N_SAMPLES`` sample slices: slices with plenty
+    of brain (``SAMPLE_MIN_BRAIN`` of the largest), spread evenly over the cases and positions among them, so
+    the pictures show anatomy rather than the skull's top or the cerebellum's last slices."""
     ds = val_ds if len(val_ds) else train_ds
-    idx = sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(N_SAMPLES, len(ds)))})
+    table = getattr(ds, "table", None)
+    rows = list(range(len(ds)))
+    if table is not None and "brain_pixels" in getattr(table, "columns", ()) and len(table) == len(ds):
+        brain = table["brain_pixels"].to_numpy(np.float64)
+        rows = [int(i) for i in np.flatnonzero(brain >= SAMPLE_MIN_BRAIN * brain.max())] or rows
+    picks = np.linspace(0, len(rows) - 1, min(N_SAMPLES, len(rows)))
+    return ds, sorted({rows[int(round(i))] for i in picks})
+
+
+def _sample_slices(val_ds: SliceDataset, train_ds: SliceDataset, device) -> torch.Tensor:
+    """The ``N_SAMPLES`` fixed sample slices (``_sample_rows``) as one batch on ``device``."""
+    ds, idx = _sample_rows(val_ds, train_ds)
     return torch.stack([torch.as_tensor(ds[i]) for i in idx]).to(device)
+
+
+def _sample_names(val_ds: SliceDataset, train_ds: SliceDataset) -> list[dict[str, Any]]:
+    """Which slices the samples show, left to right: {case_id, slice_index} (the axial index in the source file)."""
+    ds, idx = _sample_rows(val_ds, train_ds)
+    table = getattr(ds, "table", None)
+    if table is None or not {"case_id", "slice_index"} <= set(getattr(table, "columns", ())):
+        return []
+    return [{"case_id": str(table.case_id.iloc[i]), "slice_index": int(table.slice_index.iloc[i])} for i in idx]
 
 
 def _train_epoch(s: _Session, epoch: int, stop: _StopFlag, monitor: _Monitor) -> _EpochResult:
@@ -530,7 +554,11 @@ def _finish_epoch(s: _Session, epoch: int, epochs_done: int, r: _EpochResult, pa
         "epoch": epoch + 1, "step": s.step, "train": r.means(), "val_loss": val_loss,
         "slices_per_s": r.n_slices / max(r.seconds, 1e-9), "seconds": r.seconds,
         "elapsed": time.perf_counter() - s.t_start, "partial": partial,
+        "lr": {name: float(opt.param_groups[0]["lr"]) for name, opt in s.optimizers.items()},
     }
+    if s.device.type == "cuda":  # this epoch's peak (the first epoch's includes setting up)
+        record["gpu_memory_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(s.device)
     if partial:
         record["batches"] = [r.batches, len(s.loader)]
     selectable = s.model.checkpoint_selectable(s.progress_frac)
@@ -548,7 +576,7 @@ def _finish_epoch(s: _Session, epoch: int, epochs_done: int, r: _EpochResult, pa
         ckpt_weights.save(s.run_dir / "best", s.model, info)
     if s.sample_x is not None:
         try:
-            _save_samples(s.model, s.sample_x, s.run_dir, epoch + 1)
+            _save_samples(s.model, s.sample_x, s.run_dir, epoch + 1, _sample_names(s.val_ds, s.train_ds))
         except Exception as exc:  # noqa: BLE001 - a picture for watchers must never stop training
             log.warning("could not save sample reconstructions: %s", exc)
     folders.write_status(s.run_dir, "running", epoch=epochs_done, step=s.step, val_loss=val_loss, best_val_loss=s.best,
