@@ -146,11 +146,21 @@ def press(page, locator, key: str) -> float:
     return time.perf_counter() - t0
 
 
-def viewer_frame(page):
-    """The viewer component's frame (one per page), once it has drawn."""
-    frame = page.wait_for_selector('iframe[title*="uad_viewer"]').content_frame()
-    frame.wait_for_selector('#root[data-ready="1"]')
-    return frame
+def viewer_frame(page, timeout: float = 120.0):
+    """The viewer component's frame (one per page), once it has drawn. A frame replaced meanwhile (the page
+    puts a notice in the viewer's place while another case loads) is looked up again."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            handle = page.wait_for_selector('iframe[title*="uad_viewer"]', timeout=max(deadline - time.time(), 1) * 1000)
+            frame = handle.content_frame() if handle else None
+            if frame is not None:
+                frame.wait_for_selector('#root[data-ready="1"]', timeout=5000)
+                return frame
+        except Exception:  # noqa: BLE001 - detached or not drawn yet: look again
+            if time.time() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def viewer_state(frame) -> dict:
@@ -181,6 +191,35 @@ def column_profile(frame, plane: str = "axial", panel: int = 0) -> list[float]:
       for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) out[x] += d[(y * c.width + x) * 4];
       return out.map(v => v / c.height);
     }""", [plane, panel])
+
+
+def viewer_metric(frame, key: str) -> str:
+    """A per-volume number the viewer computes at its threshold (Dice, flagged, tumour)."""
+    return frame.locator(f'[data-metric="{key}"] .mv').inner_text()
+
+
+SCRIPT_RUNS = """() => window.__uadRuns"""
+
+
+def server_runs(page) -> int:
+    """How many times the script has started running since the page was loaded (counted from the app's
+    script-state attribute turning to 'running'; a threshold move in the browser must not add one)."""
+    page.evaluate("""() => {
+      if (window.__uadRuns !== undefined) return;
+      window.__uadRuns = 0;
+      const app = document.querySelector('[data-testid="stApp"]');
+      new MutationObserver(() => { if (app.getAttribute('data-test-script-state') === 'running') window.__uadRuns++; })
+        .observe(app, { attributes: true, attributeFilter: ['data-test-script-state'] });
+    }""")
+    time.sleep(0.3)
+    return page.evaluate(SCRIPT_RUNS)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` (a regular expression) in the Streamlit select box labelled ``label``."""
+    page.locator('[data-testid="stSelectbox"]', has_text=label).first.click()
+    page.get_by_role("option", name=re.compile(option)).first.click()
+    wait_idle(page)
 
 
 def letters(frame, plane: str = "axial") -> str:
@@ -222,16 +261,18 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     k = int(viewer_state(frame)["axial"])
     explore_latency = viewer_step(frame)
     assert int(viewer_state(frame)["axial"]) == k + 1
-    dice = lambda: (metric_value(page, "Dice · whole volume"), metric_value(page, "Flagged pixels · volume"))  # noqa: E731
+    # The threshold moves in the browser: new numbers, the mark on the colour bar, the same slice, no rerun.
+    dice = lambda: (viewer_metric(frame, "dice"), viewer_metric(frame, "flagged"))  # noqa: E731
     before = dice()
-    press(page, slider(page, "Pixel threshold"), "Home")
+    runs_before = server_runs(page)
+    frame.locator('input[data-testid="threshold"]').focus()
+    frame.locator('input[data-testid="threshold"]').press("Home")
     assert eventually(lambda: dice() != before), before
-    # The new threshold reaches the viewer (on its colour bar) without losing the slice shown.
-    frame = viewer_frame(page)
-    eventually(lambda: "0.0000" in frame.locator('[data-testid="threshold-label"]').inner_text())
+    assert "0.0000" in frame.locator('[data-testid="threshold-label"]').inner_text()
     assert int(viewer_state(frame)["axial"]) == k + 1
-    page.get_by_role("button", name=re.compile(r"^5% ·")).click()
-    wait_idle(page)
+    frame.locator("button[data-preset='5%']").click()
+    assert eventually(lambda: "0.0000" not in frame.locator('[data-testid="threshold-label"]').inner_text())
+    assert server_runs(page) == runs_before, "a threshold move reran the script"
     with page.expect_download() as download:
         page.get_by_role("button", name=re.compile("Download this volume")).click()
     nifti = Path(download.value.path()).read_bytes()
@@ -412,3 +453,188 @@ def test_viewer_orientation_scrubbing_and_folder_switch(browser_page, server, ho
     eventually(lambda: "BraTS2021_00000" in shown())
     wait_idle(page)
     assert viewer_state(viewer_frame(page))["caseId"] == "BraTS2021_00000" and "BraTS2021_00077" not in shown()
+
+
+# -- the viewer on Explore: the browser's threshold arithmetic against uad's ----------------------------------------
+REAL_DEV = REPO.parent / "shared" / "data" / "real_dev"
+needs_real = pytest.mark.skipif(not REAL_DEV.is_dir(), reason=f"needs the real development set at {REAL_DEV}")
+
+
+def frame_volume(frame, name: str) -> np.ndarray:
+    """A volume exactly as the viewer holds it (``@classes``: the TP/FP/FN map it computed)."""
+    import base64
+
+    v = frame.evaluate("n => window.uadViewer.volume(n)", name)
+    return np.frombuffer(base64.b64decode(v["b64"]), np.dtype(v["dtype"]).newbyteorder("<")).reshape(v["shape"])
+
+
+class Reference:
+    """uad's numbers for what the viewer shows: ``VolumeScores.prediction`` and ``uad.scoring.view`` applied to the
+    very maps, brain mask and tumour the browser received, with the recipe of the evaluation (or the default)."""
+
+    def __init__(self, frame, recipe):
+        from types import SimpleNamespace
+
+        from uad.scoring.maps import VolumeScores
+
+        self.T = frame.evaluate("() => window.uadViewer.threshold()")
+        self.kept = self.T["kept_z"]
+        assert self.T["min_component"] == recipe.post.min_component
+        self.grid_maps = frame_volume(frame, "map0")
+        maps = self.grid_maps[self.kept]
+        brain = frame_volume(frame, "brain")[self.kept].astype(bool)
+        tumour = frame_volume(frame, "tumour")[self.kept].astype(bool) if self.T["truth"] else np.zeros_like(brain)
+        self.vs = VolumeScores(maps, np.zeros(len(maps), np.float32), brain, None, recipe)
+        self.case = SimpleNamespace(tumour=tumour, labelled=self.T["truth"] is not None)
+
+    def check(self, frame) -> dict:
+        """The browser's numbers at its current threshold equal uad's, value for value; returns them."""
+        from uad.scoring import view
+
+        got = frame.evaluate("() => window.uadViewer.numbers()")
+        thr = got["threshold"]
+        pred = self.vs.prediction(thr)
+        per = view.slice_numbers(self.vs, self.case, thr)
+        none = lambda a: [None if isinstance(v, float) and np.isnan(v) else v for v in np.asarray(a).tolist()]  # noqa: E731
+        assert got["slice"]["flagged"] == none(per["flagged"]), thr
+        classes = np.zeros(pred.shape, np.uint8)
+        if self.case.labelled:
+            counts = view.volume_counts(self.vs, self.case, thr)
+            truth = self.case.tumour & self.vs.mask
+            assert (got["counts"]["tp"], got["counts"]["fp"], got["counts"]["fn"]) == (counts.tp, counts.fp, counts.fn), thr
+            assert got["counts"]["dice"] == (None if np.isnan(counts.dice) else counts.dice), thr
+            assert got["counts"]["tumour"] == int(truth.sum())
+            assert got["slice"]["tumour"] == none(per["tumour"]) and got["slice"]["dice"] == none(per["dice"]), thr
+            for key, m in (("tp", pred & truth), ("fp", pred & ~truth), ("fn", ~pred & truth)):
+                assert got["slice"][key] == m.sum(axis=(1, 2)).tolist(), (key, thr)
+            classes[pred & truth], classes[pred & ~truth], classes[~pred & truth] = 1, 2, 3
+        else:
+            classes[pred] = 2
+        assert got["counts"]["flagged"] == int(pred.sum()), thr
+        assert np.array_equal(frame_volume(frame, "@classes")[self.kept], classes), thr  # what is drawn, voxel for voxel
+        return got
+
+    def thresholds(self) -> list[float]:
+        """Thresholds worth checking: quantiles of the map in the brain, and exact map values (the ">=" edge)."""
+        inside = np.sort(self.vs.maps[self.vs.mask])
+        picks = [float(np.quantile(inside, q)) for q in (0.5, 0.9, 0.99, 0.999)]
+        return picks + [float(inside[int(len(inside) * 0.95)]), float(np.nextafter(inside[int(len(inside) * 0.98)], 1, dtype=np.float32))]
+
+
+def press_threshold(frame, key: str) -> None:
+    box = frame.locator('input[data-testid="threshold"]')
+    before = viewer_state(frame).get("threshold")
+    box.focus()
+    box.press(key)
+    eventually(lambda: viewer_state(frame).get("threshold") != before, 5)
+
+
+def check_thresholds(frame, ref: Reference, presets: bool = True) -> list[dict]:
+    """Every way the page moves the threshold: keys on the slider, the presets, and set values; each checked."""
+    seen = [ref.check(frame)]
+    for key in ("Home", "ArrowRight", "ArrowRight", "End"):
+        press_threshold(frame, key)
+        seen.append(ref.check(frame))
+    if presets:
+        for p in ref.T["presets"]:
+            frame.locator(f"button[data-preset='{p['label']}']").click()
+            eventually(lambda: viewer_state(frame).get("threshold") == repr(p["value"]) or
+                       float(viewer_state(frame)["threshold"]) == p["value"], 5)
+            got = ref.check(frame)
+            assert got["threshold"] == p["value"]
+            seen.append(got)
+    for t in ref.thresholds():
+        frame.evaluate("t => window.uadViewer.setThreshold(t)", t)
+        seen.append(ref.check(frame))
+    return seen
+
+
+def test_explore_thresholds_in_the_browser_equal_uads_with_min_component(browser_page, server, home, monkeypatch):
+    """Issue 16 #2: the pixel threshold moves in the browser, and its TP/FP/FN map, per-slice and per-volume
+    numbers equal uad's at every threshold (keys, presets, exact map values). The run here was evaluated with
+    a 3-D median and a minimum component size of 20, so the browser removes small 3-D components as uad does, and
+    the page's Dice at each preset equals that case's row of the evaluation's cases.csv."""
+    import pandas as pd
+    from test_app import RUN, _uad
+
+    from uad.evaluation import summaries
+    from uad.evaluation.columns import dice_key
+
+    page = browser_page
+    run = home / "runs" / "zz-min-component"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(home / "runs" / RUN, run, ignore=shutil.ignore_patterns("eval", "calibrations"))
+    try:
+        _uad(["evaluate", "--run", str(run), "--median-3d", "--min-component", "20", "--bootstrap", "0"], home)
+        summary = summaries.EvaluationSummary.read(run / "eval" / "demo" / "test")
+        assert summary.recipe.post.min_component == 20 and summary.recipe.post.median_3d
+        rows = pd.read_csv(run / "eval" / "demo" / "test" / "cases.csv")
+        row = rows[rows.labelled].iloc[0]
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        goto(page, "Explore")
+        choose(page, "Run or shipped checkpoint", "^zz-min-component")
+        choose(page, "Case", f"^{row.case_id}")
+        frame = viewer_frame(page)
+        eventually(lambda: viewer_state(frame).get("caseId") == row.case_id)
+        said = page.get_by_text("Scored with the recipe of this evaluation").first.inner_text()
+        assert "5×5×5 median" in said and "components < 20 voxels dropped" in said, said
+        runs = server_runs(page)
+        ref = Reference(frame, summary.recipe)
+        # The map the browser holds is uad's map of this case with this recipe.
+        from uad.checkpoints import weights
+        from uad.data.store import load_working_case
+        from uad.scoring.maps import score_case
+        from uad.scoring.scorers import ModelScorer
+
+        monkeypatch.setenv("UAD_HOME", str(home))  # the app's slice cache (float16 images), as the page read them
+        monkeypatch.delenv("UAD_CACHE_DIR", raising=False)
+        ckpt = weights.load(run)
+        prep = load_working_case(home / "data" / "demo", row.case_id, ckpt.preprocess)
+        assert np.allclose(ref.vs.maps, score_case(ModelScorer(ckpt.model), prep, summary.recipe).maps, atol=1e-5)
+        seen = check_thresholds(frame, ref)
+        assert len({s["counts"]["flagged"] for s in seen}) > 4  # the thresholds did differ
+        # The page's Dice at each preset is the evaluation's per-case Dice (cases.csv), within 0.005.
+        for p in ref.T["presets"]:
+            frame.locator(f"button[data-preset='{p['label']}']").click()
+            eventually(lambda: float(viewer_state(frame)["threshold"]) == p["value"], 5)
+            shown = frame.evaluate("() => window.uadViewer.numbers()")["counts"]["dice"]
+            expected = row[dice_key(p["rate"])]
+            if np.isnan(expected):
+                assert shown is None
+            else:
+                assert shown == pytest.approx(expected, abs=0.005), (p, shown, expected)
+                assert viewer_metric(frame, "dice") == f"{shown:.3f}"
+        assert server_runs(page) == runs, "threshold moves reran the script"
+        shot(page, "09-explore-min-component")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def use_folder(page, folder: Path) -> None:
+    goto(page, "Data")
+    page.locator('[data-testid="stTextInput"] input').fill(str(folder))
+    page.get_by_role("button", name="Use folder").click()
+    wait_idle(page)
+
+
+@needs_real
+def test_explore_thresholds_in_the_browser_equal_uads_on_a_real_case(browser_page, server):
+    """The same equality on a real glioma case (real development set) scored by a real-data checkpoint."""
+    from uad.scoring.recipe import ScoringRecipe
+
+    page = browser_page
+    page.goto(server)
+    wait_idle(page)
+    use_folder(page, REAL_DEV)
+    goto(page, "Explore")
+    frame = viewer_frame(page)
+    assert viewer_state(frame)["caseId"].startswith("BraTS2021_")
+    ref = Reference(frame, ScoringRecipe())  # no evaluation of this run on this folder: the default recipe
+    assert page.get_by_text("Scored with the default recipe").count() >= 1
+    check_thresholds(frame, ref, presets=False)
+    goto(page, "Data")
+    page.get_by_role("button", name="Use demo").click()
+    wait_idle(page)

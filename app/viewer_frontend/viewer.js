@@ -1036,4 +1036,13 @@ window.uadViewer = {
                       tp: pick(th.slice.tp), fp: pick(th.slice.fp), fn: pick(th.slice.fn) } };
   },
   setThreshold(v) { if (S.thr) { S.ui.thr.input.value = v; setThreshold(v); } },
+  volume(name) { // the bytes this frame holds for a volume, base64 (a test reads back exactly what it received)
+    const v = name === "@classes" ? (S.thr && { data: S.thr.classes, info: { dtype: "uint8" } }) : S.vols[name];
+    if (!v) return null;
+    const b = new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength);
+    let s = "";
+    for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode.apply(null, b.subarray(i, i + 0x8000));
+    return { dtype: v.info.dtype, shape: S.spec.shape, b64: btoa(s) };
+  },
+  threshold() { return S.spec && S.spec.threshold; },
 };

@@ -148,9 +148,8 @@ def _page() -> None:
     suggested, why = run_choice.default_run([v.info for v in views], demo_active=state.is_demo(root), data_root=root)
     default = names.index(suggested.name) if suggested is not None else 0
     state.keep_choice("explore_run", names[default])
-    # The run's label (name, model, state, tags) needs the width: the run box gets most of the row.
-    c1, c2 = st.columns([3, 2])
-    name = c1.selectbox("Run or shipped checkpoint", names, key="explore_run",
+    # The run's label (name, model, state, tags) needs the width: the run box has a row of its own.
+    name = st.selectbox("Run or shipped checkpoint", names, key="explore_run",
                         format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
                         help=f"Opens first with {names[default]}: {why}.")
     state.remember_choice("explore_run")
@@ -158,12 +157,13 @@ def _page() -> None:
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
     case_key = state.case_key("explore", root)
     state.keep_choice(case_key, ids[next((i for i, c in enumerate(cases) if c.labelled), 0)], options=ids)
-    case_id = c2.selectbox("Case", ids, key=case_key,
+    c_case, c_others = st.columns([1, 2])
+    case_id = c_case.selectbox("Case", ids, key=case_key,
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     state.remember_choice(case_key)
     choices = [n for n in names if n != name]
     state.keep_choice("explore_others", options=choices)  # a run now chosen above, or deleted, leaves the list
-    others = st.multiselect("Heatmaps beside it", choices, key="explore_others", max_selections=3,
+    others = c_others.multiselect("Heatmaps beside it", choices, key="explore_others", max_selections=3,
                             format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
                             help="Other runs' anomaly maps of the same case, side by side on the same slices and colour scale.")
     state.remember_choice("explore_others")
