@@ -1,18 +1,23 @@
-"""App benchmark: first page render and the viewer's slice-step latency, in a real browser on the demo cohort.
+"""App benchmark: first page render and the viewer's latencies, in a real browser on the demo cohort (and, when
+present, the real development set).
 
-    python benchmarks/app_bench.py [--moves 20]
+    python benchmarks/app_bench.py [--moves 20] [--real ../shared/data/real_dev]
 
 Starts ``streamlit run app/Home.py`` on a free port (the project's own data, runs and shipped checkpoints;
 the demo cohort is generated first if missing), drives Debian's Chromium with Playwright, and prints:
 
 * first render: from opening the URL until the Overview page is drawn and idle, for the first browser
   session on a freshly started server (cold: the script's imports run now) and for a second session;
-* per slice step in the viewer on Data and Explore (→ on its axial slice control): key press to drawn
-  (the key event's time stamp to the end of the component's drawing, measured in the page), key press to
-  the next animation frame (when the browser paints it: what the 150 ms goal is about), and the
-  Playwright round trip (press sent from Python until the page reports the new drawing);
-* per threshold move on Explore (server rerun of the viewer fragment, new prediction volume sent): the
-  server's time (``ui.timed``) and the round trip until the viewer has redrawn.
+* per slice step in the viewer on Data and Explore (→ on its axial slice control), with the mouse resting on a
+  view so the readout under the cursor follows every step: key press to drawn (the key event's time stamp to
+  the end of the component's drawing, measured in the page), key press to the next animation frame (when the
+  browser paints it: what the 150 ms goal is about), and the Playwright round trip;
+* Explore with four maps (the main run and three beside it): per pixel-threshold move (→ on the viewer's
+  threshold slider; the browser thresholds the float32 map and recomputes TP/FP/FN, Dice and counts) key press
+  to drawn and to the next frame, alternating with slice steps in the same run, and how many times the server
+  ran the page meanwhile (``UAD_APP_TIMINGS`` lines: none is expected);
+* Data opening a folder of real cases (``--real``): from "Use folder" until the first case is drawn, on a
+  server that has not read that case before, and a slice step there.
 
 Explore's first visit computes the run's maps for the case once; it is timed separately.
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
@@ -38,15 +43,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_browser import (  # noqa: E402
     CHROMIUM,
-    IDLE,
     _free_port,
     goto,
-    slider,
     viewer_frame,
     viewer_state,
-    viewer_step,
     wait_idle,
 )
+
+REAL_DEV = REPO.parent / "shared" / "data" / "real_dev"
 
 TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
 
@@ -85,32 +89,92 @@ def first_render(browser, url: str) -> float:
     return seconds
 
 
+def key_to_draw(frame, control, key: str) -> tuple[float, float, float]:
+    """Press ``key`` on a control of the viewer; (Playwright round trip, key to drawn, key to next frame) in ms,
+    the last two measured inside the page from the key event's time stamp."""
+    control.focus()
+    before = viewer_state(frame)["drawnAt"]
+    t0 = time.perf_counter()
+    control.press(key)
+    frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=before)
+    trip = (time.perf_counter() - t0) * 1000
+    frame.wait_for_function("() => { const d = document.getElementById('root').dataset; return d.frameFor === d.drawnAt; }")
+    state = viewer_state(frame)
+    return trip, float(state["keyToDrawMs"]), float(state["keyToFrameMs"])
+
+
+def rest_mouse_on_a_view(page, frame) -> None:
+    """The mouse over the first panel's axial view: the readout under the cursor is live for every step."""
+    cell = frame.locator('.cell[data-plane="axial"][data-panel="0"]')
+    cell.scroll_into_view_if_needed()
+    box = cell.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.5)
+    frame.wait_for_function("() => !!document.getElementById('root').dataset.hover")
+
+
 def scrub(page, moves: int) -> tuple[list[float], list[float], list[float]]:
-    """Step the viewer's axial slice ``moves`` times (→, then ← for the second half, staying in range);
-    (Playwright round trip, key to drawn, key to next frame) in ms per step."""
+    """Step the viewer's axial slice ``moves`` times (→, then ← for the second half, staying in range), the
+    mouse resting on a view; (Playwright round trip, key to drawn, key to next frame) in ms per step."""
     frame = viewer_frame(page)
-    steps = [viewer_step(frame, "ArrowRight" if i < moves // 2 else "ArrowLeft") for i in range(moves)]
+    rest_mouse_on_a_view(page, frame)
+    axial = frame.locator('input[data-plane="axial"]')
+    steps = [key_to_draw(frame, axial, "ArrowRight" if i < moves // 2 else "ArrowLeft") for i in range(moves)]
+    assert frame.evaluate("() => JSON.parse(document.getElementById('root').dataset.hover).grid[0]") == int(viewer_state(frame)["axial"])
     return [s[0] for s in steps], [s[1] for s in steps], [s[2] for s in steps]
 
 
-def threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list[float]]:
-    """Press → on Explore's pixel threshold slider; (server ms per rerun, round trip until the viewer has
-    redrawn with the new prediction) per move. A move reruns the viewer fragment, and once more when the
-    browser reports the volumes it now holds (a cheap rerun that sends no volume)."""
-    s = slider(page, "Pixel threshold")
-    s.focus()
-    before_server = len(server_timings(log_path, "explore_viewer"))
-    trips = []
-    for _ in range(moves):
+def add_beside(page, names: list[str]) -> None:
+    """Choose runs in Explore's "Heatmaps beside it"."""
+    box = page.locator('[data-testid="stMultiSelect"]', has_text="Heatmaps beside it").first
+    for name in names:
+        field = box.locator("input").first
+        field.click()
+        field.fill(name)
+        page.get_by_role("option", name=re.compile(f"^{re.escape(name)} ")).first.click()
+        field.press("Escape")
+        wait_idle(page)
+
+
+def threshold_and_slice_moves(page, log_path: Path, moves: int) -> dict[str, list[float]]:
+    """Alternate threshold moves (→ then ← on the viewer's threshold slider) and slice steps; key to drawn and
+    to the next frame for each, and the page runs the server logged meanwhile."""
+    frame = viewer_frame(page)
+    rest_mouse_on_a_view(page, frame)
+    threshold = frame.locator('input[data-testid="threshold"]')
+    axial = frame.locator('input[data-plane="axial"]')
+    runs_before = len(server_timings(log_path, "page Explore"))
+    out: dict[str, list[float]] = {"thr_draw": [], "thr_frame": [], "step_draw": [], "step_frame": []}
+    for i in range(moves):
+        key = "ArrowRight" if i < moves // 2 else "ArrowLeft"
+        _, drawn, painted = key_to_draw(frame, threshold, key)
+        out["thr_draw"].append(drawn)
+        out["thr_frame"].append(painted)
+        _, drawn, painted = key_to_draw(frame, axial, key)
+        out["step_draw"].append(drawn)
+        out["step_frame"].append(painted)
+    time.sleep(1.0)  # a rerun the moves caused would be logged by now
+    out["reruns"] = [float(len(server_timings(log_path, "page Explore")) - runs_before)]
+    return out
+
+
+def open_real_folder(page, folder: Path, log_path: Path) -> tuple[float, list[float]]:
+    """Data → "Use folder" on ``folder``: seconds until its first case is drawn and the page idle; the
+    server's time for that run of the page."""
+    goto(page, "Data")
+    frame = viewer_frame(page)
+    old = viewer_state(frame)["caseId"]
+    page.locator('[data-testid="stTextInput"] input').fill(str(folder))
+    before = len(server_timings(log_path, "page Data"))
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Use folder").click()
+    while True:
         frame = viewer_frame(page)
-        drawn = viewer_state(frame)["drawnAt"]
-        t0 = time.perf_counter()
-        s.press("ArrowRight")
-        frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=drawn)
-        trips.append((time.perf_counter() - t0) * 1000)
-        page.wait_for_function(IDLE)  # before the next move (not timed): the app settles
-    time.sleep(0.3)
-    return server_timings(log_path, "explore_viewer")[before_server:], trips
+        if viewer_state(frame).get("caseId") not in (None, old):
+            break
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    wait_idle(page, settle=0.1)
+    return seconds, server_timings(log_path, "page Data")[before:]
 
 
 def row(name: str, values: list[float], unit: str = "ms") -> str:
@@ -122,6 +186,10 @@ def row(name: str, values: list[float], unit: str = "ms") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--real", type=Path, default=REAL_DEV if REAL_DEV.is_dir() else None,
+                        help=f"a folder of real BraTS cases for the Data rows (default {REAL_DEV} when present)")
+    parser.add_argument("--beside", nargs="*", default=["vae", "vit", "ganomaly"],
+                        help="runs shown beside Explore's main run for the four-map rows (default: shipped vae, vit, ganomaly)")
     args = parser.parse_args()
     try:
         from playwright.sync_api import sync_playwright
@@ -135,6 +203,7 @@ def main() -> None:
     ensure_demo()  # generating the demo cohort is not part of a render
     log_path = Path(tempfile.mkdtemp(prefix="uad-app-bench-")) / "server.log"
     proc, url = start_server(log_path)
+    real = None
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -144,7 +213,7 @@ def main() -> None:
             warm = first_render(browser, url)
 
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(300_000)
             page.goto(url)
             wait_idle(page)
             goto(page, "Data")
@@ -154,7 +223,16 @@ def main() -> None:
             viewer_frame(page)
             explore_first = time.perf_counter() - t0
             explore = scrub(page, args.moves)
-            thr_server, thr_trip = threshold_moves(page, log_path, max(args.moves // 4, 3))
+            t0 = time.perf_counter()
+            add_beside(page, args.beside)
+            frame = viewer_frame(page)
+            frame.wait_for_function("n => document.querySelectorAll('.head').length >= n", arg=len(args.beside) + 4)
+            beside_first = time.perf_counter() - t0
+            four = threshold_and_slice_moves(page, log_path, args.moves)
+            if args.real is not None:
+                page.set_viewport_size({"width": 1280, "height": 1000})
+                opened, opened_server = open_real_folder(page, args.real.resolve(), log_path)
+                real = (opened, opened_server, scrub(page, args.moves))
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -164,13 +242,25 @@ def main() -> None:
     print(f"| first render, fresh server | {cold:.2f} s | | 1 |")
     print(f"| first render, second session | {warm:.2f} s | | 1 |")
     for name, (trip, drawn, frame) in (("Data", data), ("Explore", explore)):
-        print(row(f"{name}: slice step, key to drawn", drawn))
-        print(row(f"{name}: slice step, key to next frame", frame))
+        print(row(f"{name}: slice step with the readout on, key to drawn", drawn))
+        print(row(f"{name}: slice step with the readout on, key to next frame", frame))
         print(row(f"{name}: slice step, Playwright round trip", trip))
         if name == "Data":
             print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
-    print(row("Explore: threshold move, server (per rerun)", thr_server))
-    print(row("Explore: threshold move, round trip until redrawn", thr_trip))
+    print(f"| Explore: three runs added beside it (their maps computed, sent once) | {beside_first:.2f} s | | 1 |")
+    print(row("Explore, four maps: threshold move, key to drawn", four["thr_draw"]))
+    print(row("Explore, four maps: threshold move, key to next frame", four["thr_frame"]))
+    print(row("Explore, four maps: slice step, key to drawn", four["step_draw"]))
+    print(row("Explore, four maps: slice step, key to next frame", four["step_frame"]))
+    print(f"| Explore, four maps: server runs of the page during {args.moves} threshold moves and {args.moves} "
+          f"slice steps | {four['reruns'][0]:.0f} | | 1 |")
+    if real is not None:
+        opened, opened_server, (trip, drawn, frame) = real
+        print(f"| Data: open a folder of real cases ({args.real.name}), Use folder → first case drawn | {opened:.2f} s | | 1 |")
+        print(row("Data: that run of the page, server", opened_server))
+        print(row("Data (real case): slice step with the readout on, key to drawn", drawn))
+        print(row("Data (real case): slice step with the readout on, key to next frame", frame))
+
 
 if __name__ == "__main__":
     main()

@@ -117,13 +117,14 @@ def goto(page, title: str) -> None:
 
 
 def shot(page, name: str) -> None:
-    """Screenshot of the whole page: the viewport is stretched to the main column's height first."""
+    """Screenshot of the whole page at the window's width: the viewport is stretched to the main column's height first."""
     page.mouse.move(5, 5)  # no hover tooltip in the picture
+    width = page.viewport_size["width"]
     height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
-    page.set_viewport_size({"width": 1600, "height": max(1000, min(int(height) + 40, 8000))})
+    page.set_viewport_size({"width": width, "height": max(1000, min(int(height) + 40, 8000))})
     time.sleep(0.6)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.set_viewport_size({"width": width, "height": 1000})
 
 
 def slider(page, label: str):
@@ -638,3 +639,238 @@ def test_explore_thresholds_in_the_browser_equal_uads_on_a_real_case(browser_pag
     goto(page, "Data")
     page.get_by_role("button", name="Use demo").click()
     wait_idle(page)
+
+
+# -- the viewer at Slicer / ITK-SNAP level, on a real case -------------------------------------------------------------
+def cell(frame, plane: str, panel: int):
+    return frame.locator(f'.cell[data-plane="{plane}"][data-panel="{panel}"]')
+
+
+def hover_readout(page, frame, plane: str, panel: int, fx: float, fy: float) -> dict:
+    """Point at (fx, fy) (fractions of the view) and read what the viewer says lies under the cursor."""
+    import json
+
+    cell(frame, plane, panel).scroll_into_view_if_needed()
+    box = cell(frame, plane, panel).bounding_box()
+    before = viewer_state(frame).get("hover")
+    page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    eventually(lambda: viewer_state(frame).get("hover") not in (None, "", before), 5)
+    return json.loads(viewer_state(frame)["hover"])
+
+
+def canvas_sum(frame, plane: str, panel: int) -> float:
+    return frame.evaluate("""([plane, panel]) => {
+      const c = document.querySelector(`canvas[data-plane="${plane}"][data-panel="${panel}"]`);
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s;
+    }""", [plane, panel])
+
+
+@needs_real
+def test_viewer_readout_window_zoom_and_layouts_on_a_real_case(browser_page, server):
+    """Issue 20: the value under the cursor is each file's own value (nibabel's), at the voxel index and scanner
+    position nibabel gives; window/level is per sequence; zooming keeps the crosshair's voxel on screen (at 4×);
+    one large view, 1 × 3 and the grid layout."""
+    import json
+
+    import nibabel as nib
+
+    from uad.data import display
+    from uad.data.cases import discover_cases
+
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    try:
+        page.goto(server)
+        wait_idle(page)
+        use_folder(page, REAL_DEV)
+        frame = viewer_frame(page)
+        case = next(c for c in discover_cases(REAL_DEV)[0] if c.case_id == viewer_state(frame)["caseId"])
+        files = {m: nib.load(case.modalities[m]) for m in case.modalities}
+        data = {m: img.get_fdata() for m, img in files.items()}  # the files' values, as nibabel reads them
+        seg = np.asanyarray(nib.load(case.seg).dataobj)
+        mods = [m for m in ("flair", "t1", "t1ce", "t2") if m in files]
+        checked = 0
+        for plane, fx, fy in (("axial", 0.5, 0.5), ("axial", 0.35, 0.6), ("axial", 0.62, 0.41), ("coronal", 0.45, 0.55),
+                              ("sagittal", 0.55, 0.45), ("coronal", 0.3, 0.3)):
+            r = hover_readout(page, frame, plane, 0, fx, fy)
+            i, j, k = r["voxel"]
+            for m in mods:
+                label = next(lab for lab in r["values"] if lab.startswith(m.upper() + " ("))
+                assert r["values"][label] == data[m][i, j, k], (m, r)
+            assert r["values"][next(lab for lab in r["values"] if lab.startswith("label"))] == seg[i, j, k]
+            assert np.allclose(r["mm"], nib.affines.apply_affine(files["flair"].affine, [i, j, k]), atol=0.006), r
+            checked += data["flair"][i, j, k] != 0
+        assert checked >= 4  # most points were inside the head, where values differ from voxel to voxel
+        readout = frame.locator('[data-testid="readout"]').inner_text()
+        assert "mm (scanner RAS)" in readout and "voxel " in readout
+        shot(page, "10-data-real-readout")
+
+        # Window/level per sequence: T1's window moves, FLAIR's stays; each starts at uad's window (file units).
+        windows = display.load_display_case(case).windows
+        flair_before, t1_before = canvas_sum(frame, "axial", 0), canvas_sum(frame, "axial", 1)
+        level = frame.locator('input[aria-label="Level"]')
+        assert json.loads(viewer_state(frame)["window"])["volume"] == "flair"
+        w = json.loads(viewer_state(frame)["window"])
+        assert (w["level"], w["width"]) == pytest.approx(((windows["flair"][0] + windows["flair"][1]) / 2, windows["flair"][1] - windows["flair"][0]))
+        cell(frame, "axial", 1).click(position={"x": 60, "y": 60})  # the T1 panel: its window is the one set now
+        eventually(lambda: json.loads(viewer_state(frame)["window"])["volume"] == "t1")
+        t1_moved = canvas_sum(frame, "axial", 1)
+        level.focus()
+        for _ in range(40):
+            level.press("ArrowRight")
+        w = json.loads(viewer_state(frame)["window"])
+        assert w["volume"] == "t1" and w["level"] > (windows["t1"][0] + windows["t1"][1]) / 2
+        assert canvas_sum(frame, "axial", 1) < t1_moved * 0.97  # a higher level darkens T1
+        flair_after = canvas_sum(frame, "axial", 0)
+        cell(frame, "axial", 0).click(position={"x": 60, "y": 60})
+        eventually(lambda: json.loads(viewer_state(frame)["window"])["volume"] == "flair")
+        w = json.loads(viewer_state(frame)["window"])
+        assert w["level"] == pytest.approx((windows["flair"][0] + windows["flair"][1]) / 2)  # FLAIR's own, untouched
+        assert flair_after == pytest.approx(canvas_sum(frame, "axial", 0), rel=0.02)
+        del flair_before, t1_before
+
+        # Zoom about the crosshair: a crosshair near a corner stays on screen at 4×, over the same voxel.
+        cell(frame, "axial", 0).click(position={"x": cell(frame, "axial", 0).bounding_box()["width"] * 0.22,
+                                                "y": cell(frame, "axial", 0).bounding_box()["height"] * 0.3})
+        pos = [int(viewer_state(frame)[p]) for p in ("axial", "coronal", "sagittal")]
+        zoom = frame.locator('input[aria-label="Zoom"]')
+        zoom.focus()
+        for _ in range(12):  # 1× → 4× in steps of 0.25
+            zoom.press("ArrowRight")
+        assert float(viewer_state(frame)["zoom"]) == 4
+        for plane in ("axial", "coronal", "sagittal"):
+            c = cell(frame, plane, 0)
+            c.scroll_into_view_if_needed()
+            d = c.evaluate("e => ({...e.dataset})")
+            x, y, wdt, hgt = float(d["crossX"]), float(d["crossY"]), float(d["width"]), float(d["height"])
+            assert 0 <= x <= wdt and 0 <= y <= hgt, (plane, d)
+            box = c.bounding_box()
+            page.mouse.move(box["x"] + x, box["y"] + y)
+            eventually(lambda: json.loads(viewer_state(frame).get("hover") or "{}").get("grid") == pos, 5)
+            assert json.loads(viewer_state(frame)["hover"])["grid"] == pos, plane
+        shot(page, "11-data-real-zoom4")
+
+        # Layouts: one large view, 1 × 3 (one panel's three planes), the grid of panels in one plane.
+        layout = frame.locator('select[aria-label="Layout"]')
+        layout.select_option("single")
+        eventually(lambda: viewer_state(frame)["layout"] == "single")
+        assert frame.locator("canvas[data-plane]").count() == 1
+        big = frame.locator("canvas[data-plane]").first.bounding_box()
+        assert big["width"] > 0.95 * frame.locator("#root").bounding_box()["width"] - 10 and big["height"] > 400
+        shot(page, "12-data-real-single-view")
+        layout.select_option("1x3")
+        eventually(lambda: frame.locator("canvas[data-plane]").count() == 3)
+        boxes = [frame.locator("canvas[data-plane]").nth(i).bounding_box() for i in range(3)]
+        assert len({round(b["y"]) for b in boxes}) == 1  # one row
+        layout.select_option("2x2")
+        eventually(lambda: frame.locator("canvas[data-plane]").count() == len(mods))
+        assert len({round(frame.locator("canvas[data-plane]").nth(i).bounding_box()["y"]) for i in range(len(mods))}) == 2
+        shot(page, "13-data-real-grid")
+        layout.select_option("planes")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        goto(page, "Data")
+        page.get_by_role("button", name="Use demo").click()
+        wait_idle(page)
+
+
+@needs_real
+def test_data_never_shows_the_previous_case_under_the_new_name(browser_page, server):
+    """Issue 20 #8: while a case loads, the viewer's place says so instead of showing the previous case under
+    the new case's name (in the case box)."""
+    page = browser_page
+    page.goto(server)
+    wait_idle(page)
+    use_folder(page, REAL_DEV)
+    frame = viewer_frame(page)
+    first = viewer_state(frame)["caseId"]
+    try:
+        page.locator('[data-testid="stSelectbox"]', has_text="Case").first.click()
+        page.get_by_role("option", name=re.compile("BraTS2021_D0004")).first.click()
+        choose_start = time.perf_counter()
+        samples = []
+        while time.perf_counter() - choose_start < 60:
+            shown = page.evaluate("""() => {
+              const f = document.querySelector('iframe[title*="uad_viewer"]');
+              const r = f && f.contentDocument && f.contentDocument.getElementById('root');
+              const visible = f && f.getBoundingClientRect().height > 50;
+              return visible && r ? r.dataset.caseId || null : null;
+            }""")
+            notice = page.get_by_text(re.compile("^Loading BraTS2021_D0004")).count() > 0
+            samples.append((time.perf_counter() - choose_start, shown, notice))
+            if shown == "BraTS2021_D0004":
+                break
+            time.sleep(0.05)
+        late = [s for s in samples if s[0] > 0.6]  # the rerun needs a moment to reach the viewer's place
+        assert late and not [s for s in late if s[1] == first], samples
+        assert any(s[2] for s in samples), samples  # the notice said what is loading
+        assert samples[-1][1] == "BraTS2021_D0004"
+    finally:
+        goto(page, "Data")
+        page.get_by_role("button", name="Use demo").click()
+        wait_idle(page)
+
+
+def test_explore_side_by_side_at_1280_px(browser_page, server, home):
+    """Issue 20 #5 and #7 at 1280 px with three runs beside the main one: the run box shows the whole run label;
+    every panel title names its run in full (no ellipsis); the slice strip's score lines have a key (colour and
+    full name, the heatmap's colour); no blank gap under the viewer; the choice survives leaving the page."""
+    from test_app import RUN
+
+    page = browser_page
+    names = [f"zz-side-by-side-with-a-rather-long-run-name-{i}" for i in range(4)]
+    for n in names:
+        shutil.rmtree(home / "runs" / n, ignore_errors=True)
+        shutil.copytree(home / "runs" / RUN, home / "runs" / n)
+    try:
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        goto(page, "Explore")
+        choose(page, "Run or shipped checkpoint", f"^{names[0]}")
+        run_box = page.locator('[data-testid="stSelectbox"]', has_text="Run or shipped checkpoint").first.locator("input")
+        assert names[0] in run_box.input_value()
+        assert run_box.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "the run label is cut off at 1280 px"
+        frame = viewer_frame(page)
+        one = frame.evaluate("() => document.getElementById('root').getBoundingClientRect().height")
+        box = page.locator('[data-testid="stMultiSelect"]', has_text="Heatmaps beside it").first
+        for n in names[1:]:
+            field = box.locator("input").first
+            field.click()
+            field.fill(n)
+            page.get_by_role("option", name=re.compile(f"^{n}")).first.wait_for()
+            field.press("Enter")
+            field.press("Escape")
+            wait_idle(page)
+            page.locator('[data-testid="stMultiSelect"]', has_text=n).first.wait_for()
+        frame = viewer_frame(page)
+        eventually(lambda: frame.locator(".head").count() == 7)  # input, reconstruction, 4 maps, thresholded
+        heads = frame.locator(".head")
+        for i in range(heads.count()):
+            h = heads.nth(i)
+            assert h.evaluate("e => [e, ...e.querySelectorAll('*')].every(x => x.scrollWidth <= x.clientWidth + 1)"), h.inner_text()
+        heat = [heads.nth(i) for i in range(heads.count()) if heads.nth(i).inner_text().startswith("Anomaly map")]
+        assert [h.locator(".sub").inner_text().strip() for h in heat] == names
+        colours = [h.locator(".sw").get_attribute("data-colour") for h in heat]
+        assert len(set(colours)) == 4
+        # The strip's key: a swatch and the full name of each run's line, in its heatmap's colour.
+        lines = frame.locator('[data-testid="strip-legend"] [data-kind="line"]')
+        assert [lines.nth(i).inner_text().strip() for i in range(lines.count())] == [f"slice score · {n}" for n in names]
+        assert [lines.nth(i).get_attribute("data-colour") for i in range(lines.count())] == colours
+        # The frame is as tall as its content: seven narrower columns are shorter than four, and no gap is left.
+        iframe = page.locator('iframe[title*="uad_viewer"]').first
+        content = frame.evaluate("() => document.getElementById('root').getBoundingClientRect().height")
+        assert content < one and iframe.bounding_box()["height"] - content < 12, (iframe.bounding_box()["height"], content, one)
+        shot(page, "14-explore-side-by-side-1280")
+        page.set_viewport_size({"width": 1500, "height": 1000})
+        time.sleep(0.5)
+        shot(page, "15-explore-side-by-side-1500")
+        goto(page, "Data")
+        goto(page, "Explore")
+        frame = viewer_frame(page)
+        assert frame.locator(".head").count() == 7  # the side-by-side choice is still there
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        for n in names:
+            shutil.rmtree(home / "runs" / n, ignore_errors=True)

@@ -320,7 +320,7 @@ function build() {
   for (const plane of PLANES) {
     const n = spec.shape[PLANE_AXIS[plane]];
     const s = slider(plane[0].toUpperCase() + plane.slice(1), 0, n - 1, 1, S.pos[PLANE_AXIS[plane]], (v) => {
-      S.active = plane; S.pos[PLANE_AXIS[plane]] = v; draw();
+      S.active = plane; moveSlice(plane, v); draw();
     }, "slices");
     s.input.dataset.plane = plane;
     ui.sl[plane] = s;
@@ -633,10 +633,13 @@ function setCrosshair(c, ev) {
   draw();
 }
 
+function moveSlice(plane, v) {
+  const axis = PLANE_AXIS[plane];
+  S.pos[axis] = clamp(v, 0, S.spec.shape[axis] - 1);
+  if (S.hover && S.hover.plane === plane) S.hover.voxel[axis] = S.pos[axis]; // the readout follows the slice shown
+}
 function step(delta) {
-  const axis = PLANE_AXIS[S.active];
-  S.pos[axis] = clamp(S.pos[axis] + delta, 0, S.spec.shape[axis] - 1);
-  if (S.hover && S.hover.plane === S.active) S.hover.voxel[axis] = S.pos[axis]; // the readout follows the slice
+  moveSlice(S.active, S.pos[PLANE_AXIS[S.active]] + delta);
   draw();
 }
 

@@ -157,7 +157,7 @@ def _page() -> None:
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
     case_key = state.case_key("explore", root)
     state.keep_choice(case_key, ids[next((i for i, c in enumerate(cases) if c.labelled), 0)], options=ids)
-    c_case, c_others = st.columns([1, 2])
+    c_case, c_others = st.columns([1, 3])
     case_id = c_case.selectbox("Case", ids, key=case_key,
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     state.remember_choice(case_key)
@@ -173,16 +173,21 @@ def _page() -> None:
     if v.state in ("cancelled", "failed") or v.active:
         st.warning(f"{name} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
     # The viewer's place. While another case or run is scored (seconds), a notice stands there instead of the
-    # previous case's images under the new case's name.
-    slot = st.empty()
+    # previous case's images under the new case's name; otherwise a plain container, so that the viewer's frame
+    # (and the volumes it holds) stays: an st.empty written on every run would replace it each time.
     shown = (str(root), name, case_id)
     fresh = st.session_state.get("explore_shown") != shown
     if fresh:
+        slot = st.empty()
         slot.info(f"Computing the anomaly maps of {case_id} with {name}…")
+        place = slot.container
+    else:
+        box = st.container()
+        place = lambda: box  # noqa: E731
     recipe, summary = _recipe(v, root)
     scored = _score(v, case, root, recipe)
     if scored is None:
-        slot.empty()
+        place()  # nothing in the viewer's place
         return
     prep, vs, modalities = scored
     models = [(name, vs)]
@@ -198,7 +203,7 @@ def _page() -> None:
         models.append((other, aligned))
     vmax = view.colour_max([m for _, m in models])  # one colour scale for every model on this case
     presets = summary.presets() if summary is not None else []
-    with slot.container():
+    with place():
         evals.presets_notice(v, root, summary)
         st.caption(f"Scored with {'the recipe of this evaluation' if summary is not None else 'the default recipe'}: "
                    f"{vs.recipe.describe()}.")
