@@ -2,7 +2,8 @@
 
 ``viewer_frontend/`` is a Streamlit component (components.v1, a static ``index.html`` + ``viewer.js``, no
 build step, nothing from a network). It receives a case's volumes once, as typed arrays (the files' own
-values, uint16 codes of [0, 1] images, float32 anomaly maps, uint8 masks and labels), and draws the axial,
+values, uint16 codes of [0, 1] images, float32 anomaly maps, uint8 masks and labels; deflated on the way),
+and draws the axial,
 coronal and sagittal planes with a linked crosshair, orientation letters, the radiological / neurological
 switch (radiological by default), window/level per sequence, zoom about the crosshair and pan, layouts (all
 planes, 1 × 3, 2 × 2, one large view), heatmap and segmentation overlays, a colour bar, the value under the
@@ -23,6 +24,9 @@ import hashlib
 import json
 import os
 import sys
+import weakref
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -98,23 +102,56 @@ def show(*, key: str, volumes: dict[str, Volume], fresh: bool = False, **spec_ar
     spec = build_spec(volumes=volumes, **spec_args)
     reported = None if fresh else st.session_state.get(key)
     held = set(reported.get("have") or []) if isinstance(reported, dict) else set()
-    payload = {}
-    for name, v in volumes.items():
-        info = spec["volumes"][name]
-        payload[info["arg"]] = b"" if info["hash"] in held else _little_endian(v.data).tobytes()
+    todo = {name: v for name, v in volumes.items() if spec["volumes"][name]["hash"] not in held}
+    packed = pack({spec["volumes"][name]["hash"]: v.data for name, v in todo.items()})
+    payload = {info["arg"]: packed.get(info["hash"], b"") for info in spec["volumes"].values()}
     if os.environ.get("UAD_APP_TIMINGS"):  # read by benchmarks/app_bench.py
         sent = sum(len(b) for b in payload.values())
-        print(f"[uad-app] viewer volumes sent: {sent} bytes ({len(held)} held by the browser)", file=sys.stderr, flush=True)
+        print(f"[uad-app] viewer volumes sent: {sent} bytes, deflated from {sum(v.data.nbytes for v in todo.values())} "
+              f"({len(held)} held by the browser)", file=sys.stderr, flush=True)
     component()(spec=spec, key=key, default=None, **payload)
+
+
+_packed: dict[str, bytes] = {}  # content hash -> deflated bytes: a volume is compressed once, whoever asks again
+_PACKED_MAX = 24
+
+
+def pack(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """Deflate (zlib, fastest level) the arrays the browser lacks, in parallel threads (zlib releases the GIL).
+
+    A real case's four int16 sequences (37 MB cropped) travel as about 7 MB: the transfer through the
+    websocket and Streamlit's front end costs far more per byte than compressing here (see README)."""
+    todo = {h: a for h, a in arrays.items() if h not in _packed}
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 4)) as pool:
+            done = dict(zip(todo, pool.map(lambda a: zlib.compress(_little_endian(a).data, 1), todo.values())))
+        _packed.update(done)
+        while len(_packed) > _PACKED_MAX:
+            _packed.pop(next(iter(_packed)))
+    return {h: _packed[h] for h in arrays}
 
 
 def _little_endian(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, a.dtype.newbyteorder("<"))
 
 
+_hashes: dict[int, str] = {}  # id of a live array -> its hash: a cached case's volumes are hashed once, not per rerun
+
+
 def volume_hash(v: np.ndarray) -> str:
+    """Content hash of a volume (its type and shape included). Remembered while the array lives: the volumes
+    handed here are never changed in place (a cached case's arrays, or fresh ones each run)."""
+    known = _hashes.get(id(v))
+    if known is not None:
+        return known
     a = _little_endian(v)
-    return hashlib.blake2b(a.data, digest_size=12).hexdigest() + f"-{a.dtype.name}-" + "x".join(map(str, v.shape))
+    h = hashlib.blake2b(a.data, digest_size=12).hexdigest() + f"-{a.dtype.name}-" + "x".join(map(str, v.shape))
+    try:
+        weakref.finalize(v, _hashes.pop, id(v), None)
+        _hashes[id(v)] = h
+    except TypeError:  # an object that cannot be weakly referenced: just not remembered
+        pass
+    return h
 
 
 def matrix(m) -> list[list[float]] | None:
@@ -158,7 +195,7 @@ def build_spec(*, case_id: str, source: str, volumes: dict[str, Volume], panels:
         "spacing": [float(s) for s in spacing], "slice_labels": [None if s is None else int(s) for s in slice_labels],
         "start": [int(np.clip(s, 0, n - 1)) for s, n in zip(start, shape)], "convention": "radiological",
         "volumes": {name: {"arg": f"v{i}", "kind": v.kind, "hash": volume_hash(v.data), "dtype": v.data.dtype.name,
-                           "label": v.label or name, "scale": float(v.scale), "unit": v.unit,
+                           "label": v.label or name, "scale": float(v.scale), "unit": v.unit, "encoding": "deflate",
                            "window": None if v.window is None else [float(v.window[0]), float(v.window[1])]}
                     for i, (name, v) in enumerate(volumes.items())},
         "panels": [dict(dataclasses.asdict(p), colour=None if p.colour is None else rgb(p.colour)) for p in panels],

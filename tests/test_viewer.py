@@ -138,7 +138,7 @@ def test_display_start_and_label_counts(tmp_path):
     vols, seg = phantom()
     write_case(tmp_path / "c", "BraTS2021_00002", vols, seg)
     d = display.load_display_case(discover_cases(tmp_path / "c")[0][0])
-    counts = d.label_counts()
+    counts = d.counts
     whole = (d.labels > 0).sum(axis=(1, 2))
     assert counts["whole"] == whole.tolist() and set(counts) == {"whole", "1", "2", "4"}
     assert sum(np.array(counts[k]) for k in ("1", "2", "4")).tolist() == counts["whole"]

@@ -17,6 +17,7 @@ const PLANES = ["axial", "coronal", "sagittal"];
 const PLANE_AXIS = { axial: 0, coronal: 1, sagittal: 2 }; // index into pos = [z, y, x]
 const LAYOUT_NAMES = { planes: "All planes", "1x3": "1 × 3 (one panel)", "2x2": "Grid (one plane)", single: "One large view" };
 const root = document.getElementById("root");
+root.dataset.loadedAt = (performance.timeOrigin + performance.now()).toFixed(0); // wall clock, for the benchmark
 const S = {
   spec: null, vols: {}, gridId: null, version: null,
   pos: [0, 0, 0], active: "axial", activePanel: 0, conv: "radiological", channel: 0, layout: "planes",
@@ -92,26 +93,46 @@ function typed(bytes, dtype) {
   return new T(b.buffer, b.byteOffset, b.byteLength / T.BYTES_PER_ELEMENT);
 }
 
-function onRender(args, theme) {
+// Volumes travel deflated (zlib, as Python's zlib.compress writes them): 4-5 times fewer bytes through the
+// websocket and Streamlit's front end, inflated here by the browser's own DecompressionStream.
+async function inflate(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+let renders = 0;
+async function onRender(args, theme) {
   if (theme && theme.base === "light") document.body.classList.add("light");
   const spec = args.spec;
   if (!spec) return;
   if (spec.version === S.version) { fitHeight(); return; } // an unchanged rerun: nothing to redraw
+  const mine = ++renders;
+  root.dataset.renderStart = (performance.timeOrigin + performance.now()).toFixed(0); // wall clock, for the benchmark
+  const incoming = Object.values(spec.volumes).filter((info) => args[info.arg] instanceof Uint8Array && args[info.arg].length);
+  let inflated;
+  try {
+    inflated = await Promise.all(incoming.map((info) => (info.encoding === "deflate" ? inflate(args[info.arg]) : args[info.arg])));
+  } catch (e) {
+    root.replaceChildren(el("div", { class: "error" }, `Viewer: a volume could not be unpacked (${e})`));
+    fitHeight();
+    return;
+  }
+  if (mine !== renders) return; // a newer render arrived meanwhile
+  root.dataset.inflatedAt = (performance.timeOrigin + performance.now()).toFixed(0);
+  incoming.forEach((info, i) => store.set(info.hash, inflated[i]));
+  const received = incoming.length > 0;
   const [Z, Y, X] = spec.shape;
   const vols = {};
   const problems = [];
-  let received = false;
   const missing = [];
   for (const [name, info] of Object.entries(spec.volumes)) {
-    let bytes = args[info.arg];
-    if (bytes instanceof Uint8Array && bytes.length) { store.set(info.hash, bytes); received = true; }
-    else bytes = store.get(info.hash);
+    const bytes = store.get(info.hash);
     if (!(bytes instanceof Uint8Array)) { missing.push(name); continue; }
     const data = typed(bytes, info.dtype);
     if (!data) { problems.push(`${name}: unknown type ${info.dtype}`); continue; }
     if (data.length !== Z * Y * X) { problems.push(`${name}: ${data.length} values, expected ${Z * Y * X}`); continue; }
     const old = S.vols[name];
-    vols[name] = old && old.hash === info.hash ? old : { data, info, hash: info.hash, range: null, lut: null, lutKey: "" };
+    vols[name] = old && old.hash === info.hash ? old
+      : { data, info, hash: info.hash, range: null, lut: null, lutKey: "", win: null, off: 0 }; // one shape for every volume
     vols[name].info = info;
   }
   if (missing.length) { // the server thought we held these (e.g. this frame was reloaded): ask again
@@ -154,6 +175,7 @@ function onRender(args, theme) {
   } else S.thr = null;
   build();
   draw();
+  root.dataset.renderEnd = (performance.timeOrigin + performance.now()).toFixed(0);
 }
 
 // -- the pixel threshold, in the browser -------------------------------------------------------------------------
@@ -172,14 +194,18 @@ function applyThreshold(value) {
   const th = S.thr;
   if (!th.pred || th.pred.length !== n) { th.pred = new Uint8Array(n); th.classes = new Uint8Array(n); }
   const pred = th.pred, classes = th.classes;
-  pred.fill(0); classes.fill(0);
+  if (T.min_component > 1) pred.fill(0);
+  classes.fill(0);
   const thr = Math.fround(value); // numpy compares a float32 map in float32
-  let fg = 0;
-  for (const z of T.kept_z) {
-    const o = z * plane;
-    for (let i = o; i < o + plane; i++) if (maps[i] >= thr) { pred[i] = 1; fg++; }
+  const components = T.min_component > 1;
+  if (components) { // the raw prediction first: components are counted before the brain mask applies, as in uad
+    let fg = 0;
+    for (const z of T.kept_z) {
+      const o = z * plane;
+      for (let i = o; i < o + plane; i++) if (maps[i] >= thr) { pred[i] = 1; fg++; }
+    }
+    if (fg) removeSmallComponents(pred, T.kept_z, Y, X, T.min_component, fg);
   }
-  if (T.min_component > 1 && fg) removeSmallComponents(pred, T.kept_z, Y, X, T.min_component, fg);
   const nz = () => new Array(Z).fill(null);
   const sl = { flagged: nz(), tumour: nz(), dice: nz(), tp: nz(), fp: nz(), fn: nz() };
   let TP = 0, P = 0, G = 0;
@@ -188,7 +214,7 @@ function applyThreshold(value) {
     let tp = 0, p = 0, g = 0;
     for (let i = o; i < o + plane; i++) {
       const inBrain = mask[i] !== 0;
-      const pi = pred[i] !== 0 && inBrain;
+      const pi = (components ? pred[i] !== 0 : maps[i] >= thr) && inBrain;
       const gi = truth !== null && truth[i] !== 0 && inBrain;
       if (pi) p++;
       if (gi) g++;
@@ -238,7 +264,7 @@ function removeSmallComponents(pred, keptZ, Y, X, minSize, fg) {
 
 function setThreshold(value) {
   applyThreshold(value);
-  draw();
+  draw((c) => c.panel.overlays.some((o) => o.kind === "classes")); // only the views that show the prediction change
 }
 
 // -- layout --------------------------------------------------------------------------------------------------
@@ -656,7 +682,8 @@ root.addEventListener("keydown", (ev) => {
   ev.preventDefault();
   step(up ? 1 : -1);
 });
-window.addEventListener("resize", () => { if (S.spec) draw(); });
+let lastWidth = 0; // the frame's height follows its content; only a new width needs a new drawing
+window.addEventListener("resize", () => { if (S.spec && root.clientWidth !== lastWidth) draw(); });
 
 // -- the value under the cursor ----------------------------------------------------------------------------------
 function apply4(m, v) { return [0, 1, 2].map((r) => m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]); }
@@ -711,58 +738,67 @@ function drawReadout() {
 
 // -- drawing ---------------------------------------------------------------------------------------------------
 // One plane of one panel into an ImageData (screen orientation) plus the label/mask values for outlines.
+// The hot loop touches only typed arrays and locals (no object property lookups per pixel) and writes each pixel
+// as one 32-bit word: drawing every view of a case is most of the time a slice step takes.
 function rasterise(c, g) {
   const spec = S.spec;
   const [Z, Y, X] = spec.shape;
   const baseName = baseOf(c.panel);
   const base = S.vols[baseName];
-  const img = new ImageData(g.w, g.h);
-  const px = img.data;
+  if (!c.img || c.img.width !== g.w || c.img.height !== g.h) {
+    c.img = new ImageData(g.w, g.h);
+    c.px32 = new Uint32Array(c.img.data.buffer);
+  }
+  const img = c.img, px32 = c.px32;
   const flip = flipped(c.plane);
   const outlines = [];
-  const layers = [];
+  const kinds = [], datas = [], alphas = [];
   for (const o of c.panel.overlays) {
-    if (o.kind === "contour" || (o.kind === "labels" && S.segMode === "outline")) outlines.push({ o, vals: new Uint8Array(g.w * g.h) });
-    if (o.kind === "heat") layers.push({ kind: 0, data: S.vols[o.volume].data });
-    else if (o.kind === "labels" && S.segMode === "filled") layers.push({ kind: 1, data: S.vols[o.volume].data });
-    else if (o.kind === "classes" && S.thr) layers.push({ kind: 2, data: S.thr.classes, alpha: o.alpha ?? 0.65 });
+    if (o.kind === "contour" || (o.kind === "labels" && S.segMode === "outline")) {
+      outlines.push({ o, vals: new Uint8Array(g.w * g.h), data: S.vols[o.volume].data });
+    }
+    if (o.kind === "heat") { kinds.push(0); datas.push(S.vols[o.volume].data); alphas.push(0); }
+    else if (o.kind === "labels" && S.segMode === "filled") { kinds.push(1); datas.push(S.vols[o.volume].data); alphas.push(S.segOpacity); }
+    else if (o.kind === "classes" && S.thr) { kinds.push(2); datas.push(S.thr.classes); alphas.push(o.alpha ?? 0.65); }
   }
+  const nl = kinds.length, no = outlines.length;
+  const ovals = outlines.map((o) => o.vals), odata = outlines.map((o) => o.data);
   const lut = base ? greyLut(base, baseName) : null;
-  const bdata = base ? base.data : null, off = base ? (base.off || 0) : 0;
+  const bdata = base ? base.data : null, off = base ? base.off : 0;
   const fwin = base && !lut ? base.win : null;
   const heatLut = S.inferno, heatA = S.heatAlpha, vmax = spec.heat ? spec.heat.vmax : 1;
   const labelsC = spec.colours.labels || {}, classesC = spec.colours.classes || {};
-  // voxel index = a + row * dr + dc' * dcol, with dc' the unflipped column
+  // voxel index = a + row * dr + col * dcol, with col the unflipped column
   const [z, y, x] = S.pos;
   let a, dr, dcol;
   if (c.plane === "axial") { a = z * Y * X; dr = X; dcol = 1; }
   else if (c.plane === "coronal") { a = (Z - 1) * Y * X + y * X; dr = -Y * X; dcol = 1; }
   else { a = (Z - 1) * Y * X + x; dr = -Y * X; dcol = X; }
+  const w = g.w;
   for (let row = 0; row < g.h; row++) {
     const ar = a + row * dr;
-    for (let dc = 0; dc < g.w; dc++) {
-      const col = flip ? g.w - 1 - dc : dc;
-      const vi = ar + col * dcol;
-      const p = (row * g.w + dc) * 4;
+    for (let dc = 0; dc < w; dc++) {
+      const vi = ar + (flip ? w - 1 - dc : dc) * dcol;
+      const j = row * w + dc;
       let gval = 0;
-      if (bdata) gval = lut ? lut[bdata[vi] + off] : clamp((bdata[vi] - fwin[0]) / fwin[1] * 255, 0, 255);
+      if (bdata !== null) gval = lut !== null ? lut[bdata[vi] + off] : clamp((bdata[vi] - fwin[0]) / fwin[1] * 255, 0, 255);
       let r = gval, gg = gval, b = gval;
-      for (let k = 0; k < layers.length; k++) {
-        const L = layers[k];
-        const v = L.data[vi];
+      for (let k = 0; k < nl; k++) {
+        const v = datas[k][vi];
         if (!v) continue;
         let colr, al;
-        if (L.kind === 0) {
+        const kind = kinds[k];
+        if (kind === 0) {
           const idx = Math.round(Math.min(Math.max(v / vmax, 0), 1) * 255);
           al = heatA[idx];
           if (!al) continue;
           colr = heatLut[idx];
-        } else if (L.kind === 1) { colr = labelsC[v] || [200, 200, 200]; al = S.segOpacity; }
-        else { colr = classesC[v]; al = L.alpha; if (!colr) continue; }
+        } else if (kind === 1) { colr = labelsC[v] || [200, 200, 200]; al = alphas[k]; }
+        else { colr = classesC[v]; al = alphas[k]; if (!colr) continue; }
         r = r * (1 - al) + colr[0] * al; gg = gg * (1 - al) + colr[1] * al; b = b * (1 - al) + colr[2] * al;
       }
-      px[p] = r; px[p + 1] = gg; px[p + 2] = b; px[p + 3] = 255;
-      for (let k = 0; k < outlines.length; k++) outlines[k].vals[row * g.w + dc] = S.vols[outlines[k].o.volume].data[vi];
+      px32[j] = 0xff000000 | (((b + 0.5) | 0) << 16) | (((gg + 0.5) | 0) << 8) | ((r + 0.5) | 0); // RGBA, little-endian
+      for (let k = 0; k < no; k++) ovals[k][j] = odata[k][vi];
     }
   }
   return { img, outlines };
@@ -858,23 +894,25 @@ function cellSize(plane, cellW, big) {
   return Math.round(Math.min(maxH, cellW * (pg.h * pg.sh) / (pg.w * pg.sw)));
 }
 
-function draw() {
+function draw(only) { // only: which cells need drawing again (default: all)
   if (!S.spec || !S.cells.length) return;
   const spec = S.spec;
   const lay = layoutCells();
   const gap = 6;
+  lastWidth = root.clientWidth;
   const total = root.clientWidth - 4;
   const cellW = Math.max(60, (total - gap * (lay.cols - 1)) / lay.cols);
   const big = S.layout === "single" || S.layout === "1x3";
+  const cells = only ? S.cells.filter(only) : S.cells;
   if (S.layout === "planes") {
     for (const plane of PLANES) {
       const h = cellSize(plane, cellW, false);
-      for (const c of S.cells) if (c.plane === plane) drawCell(c, cellW, h);
+      for (const c of cells) if (c.plane === plane) drawCell(c, cellW, h);
     }
   } else {
     // one height for every cell of the layout, so the rows line up
     const h = Math.max(...S.cells.map((c) => cellSize(c.plane, cellW, big)));
-    for (const c of S.cells) drawCell(c, cellW, h);
+    for (const c of cells) drawCell(c, cellW, h);
   }
   const ui = S.ui;
   for (const plane of PLANES) {
@@ -929,10 +967,9 @@ function draw() {
     const keyAt = S.keyAt;
     S.keyAt = null;
     root.dataset.keyToDrawMs = (now - keyAt).toFixed(1);
-    const drawnAt = root.dataset.drawnAt;
     window.requestAnimationFrame(() => {
       root.dataset.keyToFrameMs = (performance.now() - keyAt).toFixed(1);
-      root.dataset.frameFor = drawnAt;
+      root.dataset.frameFor = root.dataset.drawnAt; // painted: this drawing and any made since
     });
   }
   fitHeight();

@@ -55,7 +55,7 @@ def _viewer(d, root: Path, fresh: bool) -> None:
             overlays = [{"volume": "labels", "kind": "labels"}]
             colours["labels"] = {v: ui.seg_colour(v, present) for v in present}
             legend = [(ui.seg_colour(v, present), f"{v} {names.get(v, 'label')}") for v in present]
-            counts = d.label_counts()  # per slice, computed by uad
+            counts = d.counts  # per slice, computed by uad
             stats.append({"label": "Tumour voxels · this slice", "values": counts["whole"], "digits": 0})
             for v in present:
                 stats.append({"label": f"{v} {names.get(v, 'label')}", "values": counts[str(v)], "digits": 0})

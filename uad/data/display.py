@@ -10,6 +10,7 @@ anterior → posterior, the patient's left → right.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,10 +81,10 @@ def start_position(shape, mask: np.ndarray | None, z: int | None = None) -> list
     return [int(z), int(np.median(ys)), int(np.median(xs))] if ys.size else [int(z), *centre[1:]]
 
 
-def label_counts(labels: np.ndarray) -> dict[str, list[int]]:
+def label_counts(labels: np.ndarray, present: list[int] | None = None) -> dict[str, list[int]]:
     """Voxels per axial slice of a (Z, Y, X) label volume: ``"whole"`` (every label > 0) and each label present."""
     out = {"whole": (labels > 0).sum(axis=(1, 2)).tolist()}
-    for v in sorted(int(v) for v in np.unique(labels) if v):
+    for v in present if present is not None else sorted(int(v) for v in np.unique(labels) if v):
         out[str(v)] = (labels == v).sum(axis=(1, 2)).tolist()
     return out
 
@@ -136,7 +137,7 @@ class DisplayCase:
     def shape(self) -> tuple[int, int, int]:
         return next(iter(self.mods.values())).shape
 
-    @property
+    @functools.cached_property
     def present(self) -> list[int]:
         return [] if self.labels is None else sorted(int(v) for v in np.unique(self.labels) if v)
 
@@ -146,8 +147,10 @@ class DisplayCase:
         the middle of the grid."""
         return start_position(self.shape, None if self.labels is None else self.labels > 0) if self.mods else [0, 0, 0]
 
-    def label_counts(self) -> dict[str, list[int]]:
-        return {} if self.labels is None else label_counts(self.labels)
+    @functools.cached_property
+    def counts(self) -> dict[str, list[int]]:
+        """Voxels per axial slice: ``"whole"`` tumour and each label present (``label_counts``)."""
+        return {} if self.labels is None else label_counts(self.labels, self.present)
 
 
 def _display_crop(canonical: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
@@ -221,7 +224,12 @@ def load_display_case(case) -> DisplayCase:
         return out
     if labelled is not None and labelled.labels is not None and labelled.images.shape[1:] != first.images.shape[1:]:
         out.seg_error, labelled = f"{case.seg}: shape differs from {case.modalities[next(iter(raw))].name}", None
-    brain = display_stack(brain_mask(np.stack(list(raw.values()))))
+    # uad's brain mask reads only which voxels are non-zero in any channel: one boolean channel holds that,
+    # without stacking four float volumes (a 140 MB copy for a BraTS case).
+    nonzero = np.zeros(first.images.shape[1:], bool)
+    for volume in raw.values():
+        nonzero |= volume != 0
+    brain = display_stack(brain_mask(nonzero[None]))
     box = bounding_box(brain)
     out.crop = box
     brain = brain[box]
@@ -236,6 +244,7 @@ def load_display_case(case) -> DisplayCase:
     sx, sy, sz = canonical_spacing(first.affine, first.ornt)
     out.spacing = (sz, sy, sx)
     out.slice_labels = [int(first.source_axial_index(k)) for k in range(box[0].start, box[0].stop)]
+    _ = out.counts  # computed once, kept with the case (the page reads them on every run)
     out.to_voxel = shifted(display_to_source(first.shape, first.ornt, first.images.shape[1:]), [s.start for s in box])
     out.affine = np.asarray(first.affine, float)
     return out
