@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,7 @@ def show(*, key: str, volumes: dict[str, Volume], fresh: bool = False, **spec_ar
 
 
 _packed: dict[str, bytes] = {}  # content hash -> deflated bytes: a volume is compressed once, whoever asks again
+_packed_lock = threading.Lock()
 _PACKED_MAX = 24
 
 
@@ -121,14 +123,17 @@ def pack(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
 
     A real case's four int16 sequences (37 MB cropped) travel as about 7 MB: the transfer through the
     websocket and Streamlit's front end costs far more per byte than compressing here (see README)."""
-    todo = {h: a for h, a in arrays.items() if h not in _packed}
+    with _packed_lock:
+        out = {h: _packed[h] for h in arrays if h in _packed}
+    todo = {h: a for h, a in arrays.items() if h not in out}
     if todo:
         with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1, 4)) as pool:
-            done = dict(zip(todo, pool.map(lambda a: zlib.compress(_little_endian(a).data, 1), todo.values())))
-        _packed.update(done)
-        while len(_packed) > _PACKED_MAX:
-            _packed.pop(next(iter(_packed)))
-    return {h: _packed[h] for h in arrays}
+            out.update(zip(todo, pool.map(lambda a: zlib.compress(_little_endian(a).data, 1), todo.values())))
+        with _packed_lock:  # sessions run in threads of one server
+            _packed.update((h, out[h]) for h in todo)
+            while len(_packed) > _PACKED_MAX:
+                _packed.pop(next(iter(_packed)))
+    return out
 
 
 def _little_endian(a: np.ndarray) -> np.ndarray:

@@ -165,6 +165,10 @@ def viewer_volume(at, name: str) -> np.ndarray:
     spec = viewer_spec(at)
     info = spec["volumes"][name]
     raw = next(a.bytes for a in at.get("component_instance")[0].proto.special_args if a.key == info["arg"])
+    if info["encoding"] == "deflate":
+        import zlib
+
+        raw = zlib.decompress(raw)
     return np.frombuffer(raw, np.dtype(info["dtype"]).newbyteorder("<")).reshape(spec["shape"])
 
 

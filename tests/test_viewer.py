@@ -305,3 +305,87 @@ def test_explore_start_and_threshold_range(tmp_path):
     top = view.threshold_range(vs, [(0.01, 0.5), (0.05, 0.2)])
     assert top >= 0.5 * 1.2 and view.default_threshold(vs, [(0.01, 0.5), (0.05, 0.2)], top) == 0.2
     assert view.default_threshold(vs, [], top) == pytest.approx(view.colour_max([vs]) * 0.5)
+
+
+NODE_HARNESS = r"""
+// Runs viewer.js's threshold arithmetic outside a browser: the DOM it touches on load is stubbed.
+const fs = require("fs"), vm = require("vm");
+const stub = () => new Proxy(function () {}, { get: (t, k) => (k === "dataset" || k === "style" ? {} : stub()), apply: () => stub() });
+const ctx = { document: { getElementById: () => ({ dataset: {}, addEventListener() {}, getBoundingClientRect: () => ({ height: 0 }) }),
+                          createElement: () => stub(), body: stub() },
+              window: { addEventListener() {}, parent: { postMessage() {} }, sessionStorage: { getItem: () => null, setItem() {} } },
+              performance, console, Math, JSON, Object, Array, Number, Float32Array, Uint8Array, Int32Array };
+vm.createContext(ctx);
+vm.runInContext(fs.readFileSync(process.argv[2], "utf8"), ctx);
+const d = JSON.parse(fs.readFileSync(process.argv[3], "utf8"));
+const load = (f, T) => { const b = fs.readFileSync(f); return new T(b.buffer, b.byteOffset, b.byteLength / T.BYTES_PER_ELEMENT); };
+ctx.maps = load(d.maps, Float32Array); ctx.mask = load(d.mask, Uint8Array); ctx.truth = load(d.truth, Uint8Array);
+vm.runInContext(`S.spec = ${JSON.stringify(d.spec)}; S.thr = { key: "k", value: 0 };
+  S.vols = { map0: { data: maps }, brain: { data: mask }, tumour: { data: truth } };`, ctx);
+const out = d.thresholds.map((t) => { vm.runInContext(`applyThreshold(${t})`, ctx);
+  return JSON.parse(vm.runInContext("JSON.stringify({ counts: S.thr.counts, slice: S.thr.slice })", ctx)); });
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="needs node to run viewer.js outside a browser")
+@pytest.mark.parametrize("min_component", [0, 20])
+def test_viewer_js_threshold_arithmetic_equals_uads(tmp_path, min_component):
+    """viewer.js's applyThreshold against VolumeScores.prediction and uad.scoring.overlap on synthetic maps with
+    the edge cases the browser tests may not meet: kept slices with gaps (components connect across them, as
+    uad's stack rows do), thresholds at 0 (voxels outside the brain form components), equal to a map value, and
+    above every value. The Chromium tests (tests/test_browser.py) check the same on real pages."""
+    import json
+    import subprocess
+
+    from scipy import ndimage as ndi
+
+    from uad.scoring import overlap
+    from uad.scoring.maps import VolumeScores
+    from uad.scoring.recipe import PostprocessConfig, ScoringRecipe
+
+    rng = np.random.default_rng(1)
+    S, H, W = 18, 36, 40
+    maps = ndi.gaussian_filter(rng.random((S, H, W)).astype(np.float32), 1.5).astype(np.float32)
+    mask = np.zeros((S, H, W), bool)
+    mask[:, 3:33, 4:36] = True
+    maps *= mask
+    truth = (maps > np.quantile(maps, 0.9)) & (rng.random(maps.shape) > 0.2)
+    z_of = np.r_[0:4, 5:18, 19]  # gaps at 4 and 18 on the viewer's grid
+    n = int(z_of[-1]) + 1
+
+    def grid(a):
+        out = np.zeros((n, H, W), a.dtype)
+        out[z_of] = a
+        return out
+
+    files = {k: tmp_path / f"{k}.bin" for k in ("maps", "mask", "truth")}
+    grid(maps).astype("<f4").tofile(files["maps"])
+    grid(mask.astype(np.uint8)).tofile(files["mask"])
+    grid(truth.astype(np.uint8)).tofile(files["truth"])
+    inside = np.sort(maps[mask])
+    # a double a quarter of a float32 step above map values: numpy compares float32(threshold), so those values pass
+    between = [float(v) + float(np.spacing(v)) / 4 for v in (inside[-100], inside[-3000])]
+    thresholds = [0.0, float(inside[len(inside) // 2]), float(np.quantile(inside, 0.9)), float(inside[-50]),
+                  float(np.nextafter(inside[-200], 1, dtype=np.float32)), *between, 0.7, float(inside[-1]) + 1]
+    spec = {"shape": [n, H, W], "threshold": {"map": "map0", "mask": "brain", "truth": "tumour",
+                                              "min_component": min_component, "kept_z": z_of.tolist()}}
+    (tmp_path / "d.json").write_text(json.dumps({"spec": spec, **{k: str(v) for k, v in files.items()}, "thresholds": thresholds}))
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    js = Path(viewer.__file__).parent / "viewer_frontend" / "viewer.js"
+    got = json.loads(subprocess.run(["node", str(tmp_path / "harness.js"), str(js), str(tmp_path / "d.json")],
+                                    capture_output=True, text=True, check=True, timeout=120).stdout)
+    vs = VolumeScores(maps, maps.max(axis=(1, 2)), mask, None, ScoringRecipe(post=PostprocessConfig(min_component=min_component)))
+    none = lambda a: [None if isinstance(v, float) and np.isnan(v) else v for v in np.asarray(a).tolist()]  # noqa: E731
+    removed = 0
+    for t, r in zip(thresholds, got):
+        pred = vs.prediction(t)
+        c = overlap.Counts.of(pred, truth & mask)
+        per = overlap.per_slice(pred, truth & mask)
+        assert (r["counts"]["tp"], r["counts"]["fp"], r["counts"]["fn"]) == (c.tp, c.fp, c.fn), t
+        assert r["counts"]["dice"] == (None if np.isnan(c.dice) else c.dice), t
+        for key in ("flagged", "tumour", "dice"):
+            assert [r["slice"][key][z] for z in z_of] == none(per[key]), (key, t)
+        assert all(r["slice"]["flagged"][z] is None for z in range(n) if z not in z_of)
+        removed += int(((maps >= np.float32(t)) & mask).sum()) - c.tp - c.fp
+    assert (removed > 0) == (min_component > 1)  # the component rule did act when asked to
