@@ -233,11 +233,15 @@ def load_display_case(case) -> DisplayCase:
     box = bounding_box(brain)
     out.crop = box
     brain = brain[box]
-    for mod, volume in raw.items():
+
+    def prepare(volume: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         values = file_values(_display_crop(volume, box))
-        out.mods[mod] = values
-        out.windows[mod] = display_window(values, brain)
-        out.files[mod] = Path(case.modalities[mod]).name
+        return values, display_window(values, brain)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(raw), os.cpu_count() or 1, 4))) as pool:  # numpy releases the GIL
+        for mod, (values, window) in zip(raw, pool.map(prepare, raw.values())):
+            out.mods[mod], out.windows[mod] = values, window
+            out.files[mod] = Path(case.modalities[mod]).name
     if labelled is not None and labelled.labels is not None:
         out.labels = _display_crop(labelled.labels, box).astype(np.uint8, copy=False)
         out.files["seg"] = Path(case.seg).name
