@@ -102,6 +102,30 @@ def case_key(page: str, root: str | Path) -> str:
     return f"{page}_case::{Path(root).resolve()}"
 
 
+def keep_choice(key: str, default=None, options=None) -> None:
+    """Before the widget keyed ``key`` is drawn: bring back the user's last choice when Streamlit dropped it
+    (it forgets a widget's value after a run that did not draw it: leaving the page, another folder's box),
+    else start at ``default``; a value no longer among ``options`` is forgotten. The widget is then drawn
+    without a default of its own, so no value comes from two places (Streamlit warns about that)."""
+    kept = st.session_state.setdefault("kept_choices", {})
+    if key not in st.session_state and key in kept:
+        st.session_state[key] = kept[key]
+    if options is not None and key in st.session_state:
+        value = st.session_state[key]
+        if isinstance(value, list):
+            st.session_state[key] = [v for v in value if v in options]
+        elif value not in options:
+            del st.session_state[key]
+    if key not in st.session_state and default is not None:
+        st.session_state[key] = default
+
+
+def remember_choice(key: str) -> None:
+    """After the widget keyed ``key``: its value, for ``keep_choice`` to bring back."""
+    if key in st.session_state:
+        st.session_state.setdefault("kept_choices", {})[key] = st.session_state[key]
+
+
 def dataset_label(root: Path) -> str:
     return f"demo cohort ({root})" if is_demo(root) else str(root)
 

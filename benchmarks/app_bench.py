@@ -1,18 +1,23 @@
-"""App benchmark: first page render and the viewer's slice-step latency, in a real browser on the demo cohort.
+"""App benchmark: first page render and the viewer's latencies, in a real browser on the demo cohort (and, when
+present, the real development set).
 
-    python benchmarks/app_bench.py [--moves 20]
+    python benchmarks/app_bench.py [--moves 20] [--real ../shared/data/real_dev]
 
 Starts ``streamlit run app/Home.py`` on a free port (the project's own data, runs and shipped checkpoints;
 the demo cohort is generated first if missing), drives Debian's Chromium with Playwright, and prints:
 
 * first render: from opening the URL until the Overview page is drawn and idle, for the first browser
   session on a freshly started server (cold: the script's imports run now) and for a second session;
-* per slice step in the viewer on Data and Explore (→ on its axial slice control): key press to drawn
-  (the key event's time stamp to the end of the component's drawing, measured in the page), key press to
-  the next animation frame (when the browser paints it: what the 150 ms goal is about), and the
-  Playwright round trip (press sent from Python until the page reports the new drawing);
-* per threshold move on Explore (server rerun of the viewer fragment, new prediction volume sent): the
-  server's time (``ui.timed``) and the round trip until the viewer has redrawn;
+* per slice step in the viewer on Data and Explore (→ on its axial slice control), with the mouse resting on a
+  view so the readout under the cursor follows every step: key press to drawn (the key event's time stamp to
+  the end of the component's drawing, measured in the page), key press to the next animation frame (when the
+  browser paints it: what the 150 ms goal is about), and the Playwright round trip;
+* Explore with four maps (the main run and three beside it): per pixel-threshold move (→ on the viewer's
+  threshold slider; the browser thresholds the float32 map and recomputes TP/FP/FN, Dice and counts) key press
+  to drawn and to the next frame, alternating with slice steps in the same run, and how many times the server
+  ran the page meanwhile (``UAD_APP_TIMINGS`` lines: none is expected);
+* Data opening a folder of real cases (``--real``): from "Use folder" until the first case is drawn, on a
+  server that has not read that case before, and a slice step there.
 * per slice-threshold move on Compare (→ on the first model's threshold, computed and drawn in the browser):
   key to drawn and key to next frame (measured in the page), the Playwright round trip, and how many server
   reruns the moves caused (the server log's page timings: the goal is none);
@@ -37,7 +42,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(os.environ.get("BENCH_REPO") or Path(__file__).resolve().parents[1])
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -51,9 +56,10 @@ from test_browser import (  # noqa: E402
     threshold_frame,
     viewer_frame,
     viewer_state,
-    viewer_step,
     wait_idle,
 )
+
+REAL_DEV = REPO.parent / "shared" / "data" / "real_dev"
 
 TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
 
@@ -92,32 +98,108 @@ def first_render(browser, url: str) -> float:
     return seconds
 
 
+def key_to_draw(frame, control, key: str) -> tuple[float, float, float]:
+    """Press ``key`` on a control of the viewer; (Playwright round trip, key to drawn, key to next frame) in ms,
+    the last two measured inside the page from the key event's time stamp."""
+    control.focus()
+    before = viewer_state(frame)["drawnAt"]
+    t0 = time.perf_counter()
+    control.press(key)
+    frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=before)
+    trip = (time.perf_counter() - t0) * 1000
+    frame.wait_for_function("() => { const d = document.getElementById('root').dataset; return d.frameFor === d.drawnAt; }")
+    state = viewer_state(frame)
+    return trip, float(state["keyToDrawMs"]), float(state["keyToFrameMs"])
+
+
+def rest_mouse_on_a_view(page, frame) -> None:
+    """The mouse over the first panel's axial view: the readout under the cursor is live for every step."""
+    cell = frame.locator('.cell[data-plane="axial"][data-panel="0"]')
+    cell.scroll_into_view_if_needed()
+    box = cell.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] * 0.5)
+    frame.wait_for_function("() => !!document.getElementById('root').dataset.hover")
+
+
 def scrub(page, moves: int) -> tuple[list[float], list[float], list[float]]:
-    """Step the viewer's axial slice ``moves`` times (→, then ← for the second half, staying in range);
-    (Playwright round trip, key to drawn, key to next frame) in ms per step."""
+    """Step the viewer's axial slice ``moves`` times (→, then ← for the second half, staying in range), the
+    mouse resting on a view; (Playwright round trip, key to drawn, key to next frame) in ms per step."""
     frame = viewer_frame(page)
-    steps = [viewer_step(frame, "ArrowRight" if i < moves // 2 else "ArrowLeft") for i in range(moves)]
+    rest_mouse_on_a_view(page, frame)
+    axial = frame.locator('input[data-plane="axial"]')
+    steps = [key_to_draw(frame, axial, "ArrowRight" if i < moves // 2 else "ArrowLeft") for i in range(moves)]
+    assert frame.evaluate("() => JSON.parse(document.getElementById('root').dataset.hover).grid[0]") == int(viewer_state(frame)["axial"])
     return [s[0] for s in steps], [s[1] for s in steps], [s[2] for s in steps]
 
 
-def threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list[float]]:
-    """Press → on Explore's pixel threshold slider; (server ms per rerun, round trip until the viewer has
-    redrawn with the new prediction) per move. A move reruns the viewer fragment, and once more when the
-    browser reports the volumes it now holds (a cheap rerun that sends no volume)."""
-    s = slider(page, "Pixel threshold")
-    s.focus()
-    before_server = len(server_timings(log_path, "explore_viewer"))
-    trips = []
-    for _ in range(moves):
-        frame = viewer_frame(page)
-        drawn = viewer_state(frame)["drawnAt"]
-        t0 = time.perf_counter()
-        s.press("ArrowRight")
-        frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=drawn)
-        trips.append((time.perf_counter() - t0) * 1000)
-        page.wait_for_function(IDLE)  # before the next move (not timed): the app settles
-    time.sleep(0.3)
-    return server_timings(log_path, "explore_viewer")[before_server:], trips
+def add_beside(page, names: list[str]) -> None:
+    """Choose runs in Explore's "Heatmaps beside it"."""
+    box = page.locator('[data-testid="stMultiSelect"]', has_text="Heatmaps beside it").first
+    for name in names:
+        field = box.locator("input").first
+        field.click()
+        field.fill(name)
+        page.get_by_role("option", name=re.compile(f"^{re.escape(name)} ")).first.click()
+        field.press("Escape")
+        wait_idle(page)
+
+
+def threshold_and_slice_moves(page, log_path: Path, moves: int) -> dict[str, list[float]]:
+    """Alternate threshold moves (→ then ← on the viewer's threshold slider) and slice steps; key to drawn and
+    to the next frame for each, and the page runs the server logged meanwhile."""
+    frame = viewer_frame(page)
+    rest_mouse_on_a_view(page, frame)
+    threshold = frame.locator('input[data-testid="threshold"]')
+    axial = frame.locator('input[data-plane="axial"]')
+    runs_before = len(server_timings(log_path, "page Explore"))
+    out: dict[str, list[float]] = {"thr_draw": [], "thr_frame": [], "step_draw": [], "step_frame": []}
+    for i in range(moves):
+        key = "ArrowRight" if i < moves // 2 else "ArrowLeft"
+        _, drawn, painted = key_to_draw(frame, threshold, key)
+        out["thr_draw"].append(drawn)
+        out["thr_frame"].append(painted)
+        _, drawn, painted = key_to_draw(frame, axial, key)
+        out["step_draw"].append(drawn)
+        out["step_frame"].append(painted)
+    time.sleep(1.0)  # a rerun the moves caused would be logged by now
+    out["reruns"] = [float(len(server_timings(log_path, "page Explore")) - runs_before)]
+    return out
+
+
+WATCH_NEW_VIEWER = """old => {
+  // Wall-clock times (ms since the epoch) the new case's viewer reports: its script loaded, volumes received and
+  // inflated, drawing done. The frame that drew the previous case may be replaced meanwhile.
+  window.__viewerTimes = null;
+  const poll = () => {
+    const f = document.querySelector('iframe[title*="uad_viewer"]');
+    const r = f && f.contentDocument && f.contentDocument.getElementById('root');
+    if (r && r.dataset.ready === '1' && r.dataset.caseId && r.dataset.caseId !== old && r.dataset.renderEnd) {
+      const d = r.dataset;
+      window.__viewerTimes = { loaded: +d.loadedAt, start: +d.renderStart, inflated: +d.inflatedAt, drawn: +d.renderEnd };
+      return;
+    }
+    requestAnimationFrame(poll);
+  };
+  requestAnimationFrame(poll);
+}"""
+
+
+def open_real_folder(page, folder: Path, log_path: Path) -> dict[str, float]:
+    """Data → "Use folder" on ``folder``: seconds from the click until its first case is drawn (the viewer's own
+    clock), the server's time for that run of the page, and the browser's time to unpack and draw the volumes."""
+    goto(page, "Data")
+    frame = viewer_frame(page)
+    page.evaluate(WATCH_NEW_VIEWER, viewer_state(frame)["caseId"])
+    page.locator('[data-testid="stTextInput"] input').fill(str(folder))
+    before = len(server_timings(log_path, "page Data"))
+    t0 = time.time()
+    page.get_by_role("button", name="Use folder").click()
+    page.wait_for_function("() => window.__viewerTimes !== null")
+    t = page.evaluate("() => window.__viewerTimes")
+    wait_idle(page, settle=0.1)
+    server = server_timings(log_path, "page Data")[before:]
+    return {"drawn": t["drawn"] / 1000 - t0, "server": server[0] / 1000 if server else float("nan"),
+            "unpack": (t["inflated"] - t["start"]) / 1000, "draw": (t["drawn"] - t["inflated"]) / 1000}
 
 
 def compare_threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list[float], list[float], int]:
@@ -178,6 +260,10 @@ def row(name: str, values: list[float], unit: str = "ms") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--real", type=Path, default=REAL_DEV if REAL_DEV.is_dir() else None,
+                        help=f"a folder of real BraTS cases for the Data rows (default {REAL_DEV} when present)")
+    parser.add_argument("--beside", nargs="*", default=["vae", "vit", "ganomaly"],
+                        help="runs shown beside Explore's main run for the four-map rows (default: shipped vae, vit, ganomaly)")
     args = parser.parse_args()
     try:
         from playwright.sync_api import sync_playwright
@@ -191,6 +277,7 @@ def main() -> None:
     ensure_demo()  # generating the demo cohort is not part of a render
     log_path = Path(tempfile.mkdtemp(prefix="uad-app-bench-")) / "server.log"
     proc, url = start_server(log_path)
+    real = None
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -200,7 +287,7 @@ def main() -> None:
             warm = first_render(browser, url)
 
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(300_000)
             page.goto(url)
             wait_idle(page)
             goto(page, "Data")
@@ -210,9 +297,19 @@ def main() -> None:
             viewer_frame(page)
             explore_first = time.perf_counter() - t0
             explore = scrub(page, args.moves)
-            thr_server, thr_trip = threshold_moves(page, log_path, max(args.moves // 4, 3))
+            t0 = time.perf_counter()
+            add_beside(page, args.beside)
+            frame = viewer_frame(page)
+            frame.wait_for_function("n => document.querySelectorAll('.head').length >= n", arg=len(args.beside) + 4)
+            beside_first = time.perf_counter() - t0
+            four = threshold_and_slice_moves(page, log_path, args.moves)
             cmp_drawn, cmp_frame, cmp_trip, cmp_reruns = compare_threshold_moves(page, log_path, args.moves)
             train_server, train_trip, train_charts = train_page(page, log_path, max(args.moves // 4, 3))
+            # Last: opening the real folder makes it the active dataset.
+            if args.real is not None:
+                page.set_viewport_size({"width": 1280, "height": 1000})
+                opened = open_real_folder(page, args.real.resolve(), log_path)
+                real = (opened, scrub(page, args.moves))
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -222,13 +319,25 @@ def main() -> None:
     print(f"| first render, fresh server | {cold:.2f} s | | 1 |")
     print(f"| first render, second session | {warm:.2f} s | | 1 |")
     for name, (trip, drawn, frame) in (("Data", data), ("Explore", explore)):
-        print(row(f"{name}: slice step, key to drawn", drawn))
-        print(row(f"{name}: slice step, key to next frame", frame))
+        print(row(f"{name}: slice step with the readout on, key to drawn", drawn))
+        print(row(f"{name}: slice step with the readout on, key to next frame", frame))
         print(row(f"{name}: slice step, Playwright round trip", trip))
         if name == "Data":
             print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
-    print(row("Explore: threshold move, server (per rerun)", thr_server))
-    print(row("Explore: threshold move, round trip until redrawn", thr_trip))
+    print(f"| Explore: three runs added beside it (their maps computed, sent once) | {beside_first:.2f} s | | 1 |")
+    print(row("Explore, four maps: threshold move, key to drawn", four["thr_draw"]))
+    print(row("Explore, four maps: threshold move, key to next frame", four["thr_frame"]))
+    print(row("Explore, four maps: slice step, key to drawn", four["step_draw"]))
+    print(row("Explore, four maps: slice step, key to next frame", four["step_frame"]))
+    print(f"| Explore, four maps: server runs of the page during {args.moves} threshold moves and {args.moves} "
+          f"slice steps | {four['reruns'][0]:.0f} | | 1 |")
+    if real is not None:
+        opened, (trip, drawn, frame) = real
+        print(f"| Data: open a folder of real cases ({args.real.name}), Use folder → first case drawn | {opened['drawn']:.2f} s | | 1 |")
+        print(f"| … of which the server's run of the page (read and prepare the case, pack its volumes) | {opened['server']:.2f} s | | 1 |")
+        print(f"| … of which the browser unpacks the volumes / draws them | {opened['unpack']:.2f} s / {opened['draw']:.2f} s | | 1 |")
+        print(row("Data (real case): slice step with the readout on, key to drawn", drawn))
+        print(row("Data (real case): slice step with the readout on, key to next frame", frame))
     print(row("Compare: slice-threshold move, key to drawn", cmp_drawn))
     print(row("Compare: slice-threshold move, key to next frame", cmp_frame))
     print(row("Compare: slice-threshold move, Playwright round trip", cmp_trip))
@@ -236,6 +345,7 @@ def main() -> None:
     where = "" if train_charts else " (no run with charts on this home)"
     print(row(f"Train: page drawn, server (per run of the page){where}", train_server))
     print(row(f"Train: loss smoothing changed, round trip until idle{where}", train_trip))
+
 
 if __name__ == "__main__":
     main()

@@ -161,5 +161,5 @@ def test_out_of_memory_in_one_modality_is_a_message(tmp_path, monkeypatch):
     d = state.load_display_case(str(tmp_path), "C", ("test",))
     assert "not enough memory" in d.errors["t1"] and "C_t1.nii.gz" in d.errors["t1"]
     assert sorted(d.mods) == ["flair", "t1ce", "t2"] and d.labels is not None
-    assert all(isinstance(m, np.ndarray) and m.dtype == np.uint8 for m in d.mods.values())
+    assert all(isinstance(m, np.ndarray) and m.dtype == np.int16 for m in d.mods.values())  # the files' own values
     assert MemoryError in state.APP_ERRORS  # what the Explore page catches around a case

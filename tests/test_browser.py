@@ -125,6 +125,7 @@ def shot(page, name: str) -> None:
     time.sleep(0.6)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
     page.set_viewport_size({"width": width, "height": tall})
+    page.set_viewport_size({"width": width, "height": 1000})
 
 
 def slider(page, label: str):
@@ -147,11 +148,21 @@ def press(page, locator, key: str) -> float:
     return time.perf_counter() - t0
 
 
-def viewer_frame(page):
-    """The viewer component's frame (one per page), once it has drawn."""
-    frame = page.wait_for_selector('iframe[title*="uad_viewer"]').content_frame()
-    frame.wait_for_selector('#root[data-ready="1"]')
-    return frame
+def viewer_frame(page, timeout: float = 120.0):
+    """The viewer component's frame (one per page), once it has drawn. A frame replaced meanwhile (the page
+    puts a notice in the viewer's place while another case loads) is looked up again."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            handle = page.wait_for_selector('iframe[title*="uad_viewer"]', timeout=max(deadline - time.time(), 1) * 1000)
+            frame = handle.content_frame() if handle else None
+            if frame is not None:
+                frame.wait_for_selector('#root[data-ready="1"]', timeout=5000)
+                return frame
+        except Exception:  # noqa: BLE001 - detached or not drawn yet: look again
+            if time.time() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def viewer_state(frame) -> dict:
@@ -182,6 +193,35 @@ def column_profile(frame, plane: str = "axial", panel: int = 0) -> list[float]:
       for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) out[x] += d[(y * c.width + x) * 4];
       return out.map(v => v / c.height);
     }""", [plane, panel])
+
+
+def viewer_metric(frame, key: str) -> str:
+    """A per-volume number the viewer computes at its threshold (Dice, flagged, tumour)."""
+    return frame.locator(f'[data-metric="{key}"] .mv').inner_text()
+
+
+SCRIPT_RUNS = """() => window.__uadRuns"""
+
+
+def server_runs(page) -> int:
+    """How many times the script has started running since the page was loaded (counted from the app's
+    script-state attribute turning to 'running'; a threshold move in the browser must not add one)."""
+    page.evaluate("""() => {
+      if (window.__uadRuns !== undefined) return;
+      window.__uadRuns = 0;
+      const app = document.querySelector('[data-testid="stApp"]');
+      new MutationObserver(() => { if (app.getAttribute('data-test-script-state') === 'running') window.__uadRuns++; })
+        .observe(app, { attributes: true, attributeFilter: ['data-test-script-state'] });
+    }""")
+    time.sleep(0.3)
+    return page.evaluate(SCRIPT_RUNS)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` (a regular expression) in the Streamlit select box labelled ``label``."""
+    page.locator('[data-testid="stSelectbox"]', has_text=label).first.click()
+    page.get_by_role("option", name=re.compile(option)).first.click()
+    wait_idle(page)
 
 
 def letters(frame, plane: str = "axial") -> str:
@@ -223,16 +263,18 @@ def test_every_page_in_a_real_browser(browser_page, server, home):
     k = int(viewer_state(frame)["axial"])
     explore_latency = viewer_step(frame)
     assert int(viewer_state(frame)["axial"]) == k + 1
-    dice = lambda: (metric_value(page, "Dice · whole volume"), metric_value(page, "Flagged pixels · volume"))  # noqa: E731
+    # The threshold moves in the browser: new numbers, the mark on the colour bar, the same slice, no rerun.
+    dice = lambda: (viewer_metric(frame, "dice"), viewer_metric(frame, "flagged"))  # noqa: E731
     before = dice()
-    press(page, slider(page, "Pixel threshold"), "Home")
+    runs_before = server_runs(page)
+    frame.locator('input[data-testid="threshold"]').focus()
+    frame.locator('input[data-testid="threshold"]').press("Home")
     assert eventually(lambda: dice() != before), before
-    # The new threshold reaches the viewer (on its colour bar) without losing the slice shown.
-    frame = viewer_frame(page)
-    eventually(lambda: "0.0000" in frame.locator('[data-testid="threshold-label"]').inner_text())
+    assert "0.0000" in frame.locator('[data-testid="threshold-label"]').inner_text()
     assert int(viewer_state(frame)["axial"]) == k + 1
-    page.get_by_role("button", name=re.compile(r"^5% ·")).click()
-    wait_idle(page)
+    frame.locator("button[data-preset='5%']").click()
+    assert eventually(lambda: "0.0000" not in frame.locator('[data-testid="threshold-label"]').inner_text())
+    assert server_runs(page) == runs_before, "a threshold move reran the script"
     with page.expect_download() as download:
         page.get_by_role("button", name=re.compile("Download this volume")).click()
     nifti = Path(download.value.path()).read_bytes()
@@ -673,3 +715,421 @@ def test_hostile_labels_never_reach_the_browser_as_markup(browser_page, server, 
     finally:
         trap.shutdown()
         shutil.rmtree(run, ignore_errors=True)
+# -- the viewer on Explore: the browser's threshold arithmetic against uad's ----------------------------------------
+REAL_DEV = REPO.parent / "shared" / "data" / "real_dev"
+needs_real = pytest.mark.skipif(not REAL_DEV.is_dir(), reason=f"needs the real development set at {REAL_DEV}")
+
+
+def frame_volume(frame, name: str) -> np.ndarray:
+    """A volume exactly as the viewer holds it (``@classes``: the TP/FP/FN map it computed)."""
+    import base64
+
+    v = frame.evaluate("n => window.uadViewer.volume(n)", name)
+    return np.frombuffer(base64.b64decode(v["b64"]), np.dtype(v["dtype"]).newbyteorder("<")).reshape(v["shape"])
+
+
+class Reference:
+    """uad's numbers for what the viewer shows: ``VolumeScores.prediction`` and ``uad.scoring.view`` applied to the
+    very maps, brain mask and tumour the browser received, with the recipe of the evaluation (or the default)."""
+
+    def __init__(self, frame, recipe):
+        from types import SimpleNamespace
+
+        from uad.scoring.maps import VolumeScores
+
+        self.T = frame.evaluate("() => window.uadViewer.threshold()")
+        self.kept = self.T["kept_z"]
+        assert self.T["min_component"] == recipe.post.min_component
+        self.grid_maps = frame_volume(frame, "map0")
+        maps = self.grid_maps[self.kept]
+        brain = frame_volume(frame, "brain")[self.kept].astype(bool)
+        tumour = frame_volume(frame, "tumour")[self.kept].astype(bool) if self.T["truth"] else np.zeros_like(brain)
+        self.vs = VolumeScores(maps, np.zeros(len(maps), np.float32), brain, None, recipe)
+        self.case = SimpleNamespace(tumour=tumour, labelled=self.T["truth"] is not None)
+
+    def check(self, frame) -> dict:
+        """The browser's numbers at its current threshold equal uad's, value for value; returns them."""
+        from uad.scoring import view
+
+        got = frame.evaluate("() => window.uadViewer.numbers()")
+        thr = got["threshold"]
+        pred = self.vs.prediction(thr)
+        per = view.slice_numbers(self.vs, self.case, thr)
+        none = lambda a: [None if isinstance(v, float) and np.isnan(v) else v for v in np.asarray(a).tolist()]  # noqa: E731
+        assert got["slice"]["flagged"] == none(per["flagged"]), thr
+        classes = np.zeros(pred.shape, np.uint8)
+        if self.case.labelled:
+            counts = view.volume_counts(self.vs, self.case, thr)
+            truth = self.case.tumour & self.vs.mask
+            assert (got["counts"]["tp"], got["counts"]["fp"], got["counts"]["fn"]) == (counts.tp, counts.fp, counts.fn), thr
+            assert got["counts"]["dice"] == (None if np.isnan(counts.dice) else counts.dice), thr
+            assert got["counts"]["tumour"] == int(truth.sum())
+            assert got["slice"]["tumour"] == none(per["tumour"]) and got["slice"]["dice"] == none(per["dice"]), thr
+            for key, m in (("tp", pred & truth), ("fp", pred & ~truth), ("fn", ~pred & truth)):
+                assert got["slice"][key] == m.sum(axis=(1, 2)).tolist(), (key, thr)
+            classes[pred & truth], classes[pred & ~truth], classes[~pred & truth] = 1, 2, 3
+        else:
+            classes[pred] = 2
+        assert got["counts"]["flagged"] == int(pred.sum()), thr
+        assert np.array_equal(frame_volume(frame, "@classes")[self.kept], classes), thr  # what is drawn, voxel for voxel
+        return got
+
+    def thresholds(self) -> list[float]:
+        """Thresholds worth checking: quantiles of the map in the brain, and exact map values (the ">=" edge)."""
+        inside = np.sort(self.vs.maps[self.vs.mask])
+        picks = [float(np.quantile(inside, q)) for q in (0.5, 0.9, 0.99, 0.999)]
+        return picks + [float(inside[int(len(inside) * 0.95)]), float(np.nextafter(inside[int(len(inside) * 0.98)], 1, dtype=np.float32))]
+
+
+def press_threshold(frame, key: str) -> None:
+    box = frame.locator('input[data-testid="threshold"]')
+    before = viewer_state(frame).get("threshold")
+    box.focus()
+    box.press(key)
+    eventually(lambda: viewer_state(frame).get("threshold") != before, 5)
+
+
+def check_thresholds(frame, ref: Reference, presets: bool = True) -> list[dict]:
+    """Every way the page moves the threshold: keys on the slider, the presets, and set values; each checked."""
+    seen = [ref.check(frame)]
+    for key in ("Home", "ArrowRight", "ArrowRight", "End"):
+        press_threshold(frame, key)
+        seen.append(ref.check(frame))
+    if presets:
+        for p in ref.T["presets"]:
+            frame.locator(f"button[data-preset='{p['label']}']").click()
+            eventually(lambda: viewer_state(frame).get("threshold") == repr(p["value"]) or
+                       float(viewer_state(frame)["threshold"]) == p["value"], 5)
+            got = ref.check(frame)
+            assert got["threshold"] == p["value"]
+            seen.append(got)
+    for t in ref.thresholds():
+        frame.evaluate("t => window.uadViewer.setThreshold(t)", t)
+        seen.append(ref.check(frame))
+    return seen
+
+
+def test_explore_thresholds_in_the_browser_equal_uads_with_min_component(browser_page, server, home, monkeypatch):
+    """Issue 16 #2: the pixel threshold moves in the browser, and its TP/FP/FN map, per-slice and per-volume
+    numbers equal uad's at every threshold (keys, presets, exact map values). The run here was evaluated with
+    a 3-D median and a minimum component size of 20, so the browser removes small 3-D components as uad does, and
+    the page's Dice at each preset equals that case's row of the evaluation's cases.csv."""
+    import pandas as pd
+    from test_app import RUN, _uad
+
+    from uad.evaluation import summaries
+    from uad.evaluation.columns import dice_key
+
+    page = browser_page
+    run = home / "runs" / "zz-min-component"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(home / "runs" / RUN, run, ignore=shutil.ignore_patterns("eval", "calibrations"))
+    try:
+        _uad(["evaluate", "--run", str(run), "--median-3d", "--min-component", "20", "--bootstrap", "0"], home)
+        summary = summaries.EvaluationSummary.read(run / "eval" / "demo" / "test")
+        assert summary.recipe.post.min_component == 20 and summary.recipe.post.median_3d
+        rows = pd.read_csv(run / "eval" / "demo" / "test" / "cases.csv")
+        row = rows[rows.labelled].iloc[0]
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        goto(page, "Explore")
+        choose(page, "Run or shipped checkpoint", "^zz-min-component")
+        choose(page, "Case", f"^{row.case_id}")
+        frame = viewer_frame(page)
+        eventually(lambda: viewer_state(frame).get("caseId") == row.case_id)
+        said = page.get_by_text("Scored with the recipe of this evaluation").first.inner_text()
+        assert "5×5×5 median" in said and "components < 20 voxels dropped" in said, said
+        runs = server_runs(page)
+        ref = Reference(frame, summary.recipe)
+        # The map the browser holds is uad's map of this case with this recipe.
+        from uad.checkpoints import weights
+        from uad.data.store import load_working_case
+        from uad.scoring.maps import score_case
+        from uad.scoring.scorers import ModelScorer
+
+        monkeypatch.setenv("UAD_HOME", str(home))  # the app's slice cache (float16 images), as the page read them
+        monkeypatch.delenv("UAD_CACHE_DIR", raising=False)
+        ckpt = weights.load(run)
+        prep = load_working_case(home / "data" / "demo", row.case_id, ckpt.preprocess)
+        assert np.allclose(ref.vs.maps, score_case(ModelScorer(ckpt.model), prep, summary.recipe).maps, atol=1e-5)
+        seen = check_thresholds(frame, ref)
+        assert len({s["counts"]["flagged"] for s in seen}) > 4  # the thresholds did differ
+        # The page's Dice at each preset is the evaluation's per-case Dice (cases.csv), within 0.005.
+        for p in ref.T["presets"]:
+            frame.locator(f"button[data-preset='{p['label']}']").click()
+            eventually(lambda: float(viewer_state(frame)["threshold"]) == p["value"], 5)
+            shown = frame.evaluate("() => window.uadViewer.numbers()")["counts"]["dice"]
+            expected = row[dice_key(p["rate"])]
+            if np.isnan(expected):
+                assert shown is None
+            else:
+                assert shown == pytest.approx(expected, abs=0.005), (p, shown, expected)
+                assert viewer_metric(frame, "dice") == f"{shown:.3f}"
+        assert server_runs(page) == runs, "threshold moves reran the script"
+        shot(page, "09-explore-min-component")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def use_folder(page, folder: Path) -> None:
+    goto(page, "Data")
+    page.locator('[data-testid="stTextInput"] input').fill(str(folder))
+    page.get_by_role("button", name="Use folder").click()
+    wait_idle(page)
+
+
+@needs_real
+def test_explore_thresholds_in_the_browser_equal_uads_on_a_real_case(browser_page, server):
+    """The same equality on a real glioma case (real development set) scored by a real-data checkpoint."""
+    from uad.scoring.recipe import ScoringRecipe
+
+    page = browser_page
+    page.goto(server)
+    wait_idle(page)
+    use_folder(page, REAL_DEV)
+    goto(page, "Explore")
+    frame = viewer_frame(page)
+    assert viewer_state(frame)["caseId"].startswith("BraTS2021_")
+    ref = Reference(frame, ScoringRecipe())  # no evaluation of this run on this folder: the default recipe
+    assert page.get_by_text("Scored with the default recipe").count() >= 1
+    check_thresholds(frame, ref, presets=False)
+    goto(page, "Data")
+    page.get_by_role("button", name="Use demo").click()
+    wait_idle(page)
+
+
+# -- the viewer at Slicer / ITK-SNAP level, on a real case -------------------------------------------------------------
+def cell(frame, plane: str, panel: int):
+    return frame.locator(f'.cell[data-plane="{plane}"][data-panel="{panel}"]')
+
+
+def hover_readout(page, frame, plane: str, panel: int, fx: float, fy: float) -> dict:
+    """Point at (fx, fy) (fractions of the view) and read what the viewer says lies under the cursor."""
+    import json
+
+    cell(frame, plane, panel).scroll_into_view_if_needed()
+    box = cell(frame, plane, panel).bounding_box()
+    before = viewer_state(frame).get("hover")
+    page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    eventually(lambda: viewer_state(frame).get("hover") not in (None, "", before), 5)
+    return json.loads(viewer_state(frame)["hover"])
+
+
+def canvas_sum(frame, plane: str, panel: int) -> float:
+    return frame.evaluate("""([plane, panel]) => {
+      const c = document.querySelector(`canvas[data-plane="${plane}"][data-panel="${panel}"]`);
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i]; return s;
+    }""", [plane, panel])
+
+
+@needs_real
+def test_viewer_readout_window_zoom_and_layouts_on_a_real_case(browser_page, server):
+    """Issue 20: the value under the cursor is each file's own value (nibabel's), at the voxel index and scanner
+    position nibabel gives; window/level is per sequence; zooming keeps the crosshair's voxel on screen (at 4×);
+    one large view, 1 × 3 and the grid layout."""
+    import json
+
+    import nibabel as nib
+
+    from uad.data import display
+    from uad.data.cases import discover_cases
+
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    try:
+        page.goto(server)
+        wait_idle(page)
+        use_folder(page, REAL_DEV)
+        frame = viewer_frame(page)
+        case = next(c for c in discover_cases(REAL_DEV)[0] if c.case_id == viewer_state(frame)["caseId"])
+        files = {m: nib.load(case.modalities[m]) for m in case.modalities}
+        data = {m: img.get_fdata() for m, img in files.items()}  # the files' values, as nibabel reads them
+        seg = np.asanyarray(nib.load(case.seg).dataobj)
+        mods = [m for m in ("flair", "t1", "t1ce", "t2") if m in files]
+        checked = 0
+        for plane, fx, fy in (("axial", 0.5, 0.5), ("axial", 0.35, 0.6), ("axial", 0.62, 0.41), ("coronal", 0.45, 0.55),
+                              ("sagittal", 0.55, 0.45), ("coronal", 0.3, 0.3)):
+            r = hover_readout(page, frame, plane, 0, fx, fy)
+            i, j, k = r["voxel"]
+            for m in mods:
+                label = next(lab for lab in r["values"] if lab.startswith(m.upper() + " ("))
+                assert r["values"][label] == data[m][i, j, k], (m, r)
+            assert r["values"][next(lab for lab in r["values"] if lab.startswith("label"))] == seg[i, j, k]
+            assert np.allclose(r["mm"], nib.affines.apply_affine(files["flair"].affine, [i, j, k]), atol=0.006), r
+            checked += data["flair"][i, j, k] != 0
+        assert checked >= 4  # most points were inside the head, where values differ from voxel to voxel
+        readout = frame.locator('[data-testid="readout"]').inner_text()
+        assert "mm (scanner RAS)" in readout and "voxel " in readout
+        shot(page, "10-data-real-readout")
+
+        # Window/level per sequence: T1's window moves, FLAIR's stays; each starts at uad's window (file units).
+        windows = display.load_display_case(case).windows
+        flair_before, t1_before = canvas_sum(frame, "axial", 0), canvas_sum(frame, "axial", 1)
+        level = frame.locator('input[aria-label="Level"]')
+        assert json.loads(viewer_state(frame)["window"])["volume"] == "flair"
+        w = json.loads(viewer_state(frame)["window"])
+        assert (w["level"], w["width"]) == pytest.approx(((windows["flair"][0] + windows["flair"][1]) / 2, windows["flair"][1] - windows["flair"][0]))
+        cell(frame, "axial", 1).click(position={"x": 60, "y": 60})  # the T1 panel: its window is the one set now
+        eventually(lambda: json.loads(viewer_state(frame)["window"])["volume"] == "t1")
+        t1_moved = canvas_sum(frame, "axial", 1)
+        level.focus()
+        for _ in range(40):
+            level.press("ArrowRight")
+        w = json.loads(viewer_state(frame)["window"])
+        assert w["volume"] == "t1" and w["level"] > (windows["t1"][0] + windows["t1"][1]) / 2
+        assert canvas_sum(frame, "axial", 1) < t1_moved * 0.97  # a higher level darkens T1
+        flair_after = canvas_sum(frame, "axial", 0)
+        cell(frame, "axial", 0).click(position={"x": 60, "y": 60})
+        eventually(lambda: json.loads(viewer_state(frame)["window"])["volume"] == "flair")
+        w = json.loads(viewer_state(frame)["window"])
+        assert w["level"] == pytest.approx((windows["flair"][0] + windows["flair"][1]) / 2)  # FLAIR's own, untouched
+        assert flair_after == pytest.approx(canvas_sum(frame, "axial", 0), rel=0.02)
+        del flair_before, t1_before
+
+        # Zoom about the crosshair: a crosshair near a corner stays on screen at 4×, over the same voxel.
+        cell(frame, "axial", 0).click(position={"x": cell(frame, "axial", 0).bounding_box()["width"] * 0.22,
+                                                "y": cell(frame, "axial", 0).bounding_box()["height"] * 0.3})
+        pos = [int(viewer_state(frame)[p]) for p in ("axial", "coronal", "sagittal")]
+        zoom = frame.locator('input[aria-label="Zoom"]')
+        zoom.focus()
+        for _ in range(12):  # 1× → 4× in steps of 0.25
+            zoom.press("ArrowRight")
+        assert float(viewer_state(frame)["zoom"]) == 4
+        for plane in ("axial", "coronal", "sagittal"):
+            c = cell(frame, plane, 0)
+            c.scroll_into_view_if_needed()
+            d = c.evaluate("e => ({...e.dataset})")
+            x, y, wdt, hgt = float(d["crossX"]), float(d["crossY"]), float(d["width"]), float(d["height"])
+            assert 0 <= x <= wdt and 0 <= y <= hgt, (plane, d)
+            box = c.bounding_box()
+            page.mouse.move(box["x"] + x, box["y"] + y)
+            eventually(lambda: json.loads(viewer_state(frame).get("hover") or "{}").get("grid") == pos, 5)
+            assert json.loads(viewer_state(frame)["hover"])["grid"] == pos, plane
+        shot(page, "11-data-real-zoom4")
+
+        # Layouts: one large view, 1 × 3 (one panel's three planes), the grid of panels in one plane.
+        layout = frame.locator('select[aria-label="Layout"]')
+        layout.select_option("single")
+        eventually(lambda: viewer_state(frame)["layout"] == "single")
+        assert frame.locator("canvas[data-plane]").count() == 1
+        big = frame.locator("canvas[data-plane]").first.bounding_box()
+        assert big["width"] > 0.95 * frame.locator("#root").bounding_box()["width"] - 10 and big["height"] > 400
+        shot(page, "12-data-real-single-view")
+        layout.select_option("1x3")
+        eventually(lambda: frame.locator("canvas[data-plane]").count() == 3)
+        boxes = [frame.locator("canvas[data-plane]").nth(i).bounding_box() for i in range(3)]
+        assert len({round(b["y"]) for b in boxes}) == 1  # one row
+        layout.select_option("2x2")
+        eventually(lambda: frame.locator("canvas[data-plane]").count() == len(mods))
+        assert len({round(frame.locator("canvas[data-plane]").nth(i).bounding_box()["y"]) for i in range(len(mods))}) == 2
+        shot(page, "13-data-real-grid")
+        layout.select_option("planes")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        goto(page, "Data")
+        page.get_by_role("button", name="Use demo").click()
+        wait_idle(page)
+
+
+@needs_real
+def test_data_never_shows_the_previous_case_under_the_new_name(browser_page, server):
+    """Issue 20 #8: while a case loads, the viewer's place says so instead of showing the previous case under
+    the new case's name (in the case box)."""
+    page = browser_page
+    page.goto(server)
+    wait_idle(page)
+    use_folder(page, REAL_DEV)
+    frame = viewer_frame(page)
+    first = viewer_state(frame)["caseId"]
+    try:
+        page.locator('[data-testid="stSelectbox"]', has_text="Case").first.click()
+        page.get_by_role("option", name=re.compile("BraTS2021_D0004")).first.click()
+        choose_start = time.perf_counter()
+        samples = []
+        while time.perf_counter() - choose_start < 60:
+            shown = page.evaluate("""() => {
+              const f = document.querySelector('iframe[title*="uad_viewer"]');
+              const r = f && f.contentDocument && f.contentDocument.getElementById('root');
+              const visible = f && f.getBoundingClientRect().height > 50;
+              return visible && r ? r.dataset.caseId || null : null;
+            }""")
+            notice = page.get_by_text(re.compile("^Loading BraTS2021_D0004")).count() > 0
+            samples.append((time.perf_counter() - choose_start, shown, notice))
+            if shown == "BraTS2021_D0004":
+                break
+            time.sleep(0.05)
+        late = [s for s in samples if s[0] > 0.6]  # the rerun needs a moment to reach the viewer's place
+        assert late and not [s for s in late if s[1] == first], samples
+        assert any(s[2] for s in samples), samples  # the notice said what is loading
+        assert samples[-1][1] == "BraTS2021_D0004"
+    finally:
+        goto(page, "Data")
+        page.get_by_role("button", name="Use demo").click()
+        wait_idle(page)
+
+
+def test_explore_side_by_side_at_1280_px(browser_page, server, home):
+    """Issue 20 #5 and #7 at 1280 px with three runs beside the main one: the run box shows the whole run label;
+    every panel title names its run in full (no ellipsis); the slice strip's score lines have a key (colour and
+    full name, the heatmap's colour); no blank gap under the viewer; the choice survives leaving the page."""
+    from test_app import RUN
+
+    page = browser_page
+    names = [f"zz-side-by-side-with-a-rather-long-run-name-{i}" for i in range(4)]
+    for n in names:
+        shutil.rmtree(home / "runs" / n, ignore_errors=True)
+        shutil.copytree(home / "runs" / RUN, home / "runs" / n)
+    try:
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        page.goto(server)
+        wait_idle(page)
+        goto(page, "Explore")
+        choose(page, "Run or shipped checkpoint", f"^{names[0]}")
+        run_box = page.locator('[data-testid="stSelectbox"]', has_text="Run or shipped checkpoint").first.locator("input")
+        assert names[0] in run_box.input_value()
+        assert run_box.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), "the run label is cut off at 1280 px"
+        frame = viewer_frame(page)
+        one = frame.evaluate("() => document.getElementById('root').getBoundingClientRect().height")
+        box = page.locator('[data-testid="stMultiSelect"]', has_text="Heatmaps beside it").first
+        for n in names[1:]:
+            field = box.locator("input").first
+            field.click()
+            field.fill(n)
+            page.get_by_role("option", name=re.compile(f"^{n}")).first.wait_for()
+            field.press("Enter")
+            field.press("Escape")
+            wait_idle(page)
+            page.locator('[data-testid="stMultiSelect"]', has_text=n).first.wait_for()
+        frame = viewer_frame(page)
+        eventually(lambda: frame.locator(".head").count() == 7)  # input, reconstruction, 4 maps, thresholded
+        heads = frame.locator(".head")
+        for i in range(heads.count()):
+            h = heads.nth(i)
+            assert h.evaluate("e => [e, ...e.querySelectorAll('*')].every(x => x.scrollWidth <= x.clientWidth + 1)"), h.inner_text()
+        heat = [heads.nth(i) for i in range(heads.count()) if heads.nth(i).inner_text().startswith("Anomaly map")]
+        assert [h.locator(".sub").inner_text().strip() for h in heat] == names
+        colours = [h.locator(".sw").get_attribute("data-colour") for h in heat]
+        assert len(set(colours)) == 4
+        # The strip's key: a swatch and the full name of each run's line, in its heatmap's colour.
+        lines = frame.locator('[data-testid="strip-legend"] [data-kind="line"]')
+        assert [lines.nth(i).inner_text().strip() for i in range(lines.count())] == [f"slice score · {n}" for n in names]
+        assert [lines.nth(i).get_attribute("data-colour") for i in range(lines.count())] == colours
+        # The frame is as tall as its content: seven narrower columns are shorter than four, and no gap is left.
+        iframe = page.locator('iframe[title*="uad_viewer"]').first
+        content = frame.evaluate("() => document.getElementById('root').getBoundingClientRect().height")
+        assert content < one and iframe.bounding_box()["height"] - content < 12, (iframe.bounding_box()["height"], content, one)
+        shot(page, "14-explore-side-by-side-1280")
+        page.set_viewport_size({"width": 1500, "height": 1000})
+        time.sleep(0.5)
+        shot(page, "15-explore-side-by-side-1500")
+        goto(page, "Data")
+        goto(page, "Explore")
+        frame = viewer_frame(page)
+        assert frame.locator(".head").count() == 7  # the side-by-side choice is still there
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+        for n in names:
+            shutil.rmtree(home / "runs" / n, ignore_errors=True)

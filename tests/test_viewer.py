@@ -67,49 +67,121 @@ def test_patient_left_is_drawn_on_the_screen_right_in_radiological_convention(tm
 def test_display_scaling_with_negative_edge_values(tmp_path):
     """Issue 11 #6: negative edge values neither grey the background nor defeat the crop to the brain."""
     d = display.load_display_case(small_brain_case(tmp_path / "c"))
-    flair = d.mods["flair"]
+    drawn = display.window_bytes(d.mods["flair"], d.windows["flair"])  # what the browser draws by default
     # Cropped to the brain (uad's brain mask: non-zero voxels, negative ones included) plus the margin.
     m = display.CROP_MARGIN
-    assert flair.shape[0] <= 13 + 2 * m and flair.shape[1] <= 19 + 2 * m and flair.shape[2] <= 17 + 2 * m, flair.shape
-    assert len(d.slice_labels) == flair.shape[0]
+    assert drawn.shape[0] <= 13 + 2 * m and drawn.shape[1] <= 19 + 2 * m and drawn.shape[2] <= 17 + 2 * m, drawn.shape
+    assert len(d.slice_labels) == drawn.shape[0]
     # The background stays black: the margin around the brain is 0 in every slice.
-    assert flair[:, 0, :].max() == 0 and flair[:, :, -1].max() == 0
+    assert drawn[:, 0, :].max() == 0 and drawn[:, :, -1].max() == 0
     # Tissue fills the grey range (percentiles over brain voxels): its median is mid-grey, not squashed.
-    tissue = flair[flair > 0]
+    tissue = drawn[drawn > 0]
     assert 60 < np.median(tissue) < 200, np.median(tissue)
 
 
-def test_window_to_uint8_uses_brain_percentiles():
+def test_display_window_uses_brain_percentiles():
     vol = np.zeros((4, 50, 50), np.float32)
     brain = np.zeros(vol.shape, bool)
     brain[:, 5:45, 5:45] = True
     vol[brain] = np.linspace(100, 200, brain.sum())
     vol[0, 5, 5] = -50  # a negative edge voxel
     vol[1, 6, 6] = 1e6  # one outlier
-    out = display.window_to_uint8(vol, brain)
+    window = display.display_window(vol, brain)
+    assert 95 < window[0] < 105 and 195 < window[1] < 205  # neither the outlier nor the background moves it
+    out = display.window_bytes(vol, window)
     assert out[~brain].max() == 0
     assert out[1, 6, 6] == 255 and out[0, 5, 5] == 0
     assert 100 < np.median(out[brain]) < 155
 
 
-def test_bounding_box_and_quantise():
+def test_bounding_box_unit_codes_and_file_values():
     mask = np.zeros((10, 20, 30), bool)
     mask[3:5, 4:9, 10:12] = True
     box = display.bounding_box(mask, margin=2)
     assert box == (slice(1, 7), slice(2, 11), slice(8, 14))
-    q = display.quantise(np.array([0.0, 0.5, 1.0, 2.0]), vmax=1.0)
-    assert q.tolist() == [0, 128, 255, 255]
+    codes = display.unit_codes(np.array([0.0, 0.5, 1.0, 2.0, -1.0]))
+    assert codes.dtype == np.uint16 and np.allclose(codes / display.UNIT_CODES, [0, 0.5, 1, 1, 0], atol=1e-5)
+    assert display.file_values(np.array([1.0, -3.0, 700.0], np.float32)).dtype == np.int16  # integers travel exactly
+    assert display.file_values(np.array([1.5, 2.0], np.float32)).dtype == np.float32
+    assert display.file_values(np.array([1.0, 70000.0], np.float32)).dtype == np.float32  # beyond int16
 
 
-def test_build_spec_checks_the_grid():
+@pytest.mark.parametrize("affine", [BRATS_AFFINE, np.diag([1.0, 1.0, 1.0, 1.0]),
+                                    np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, 1.0, 0, 3], [0, 0, 0, 1]])],
+                         ids=["LPS-stored", "RAS-stored", "oblique-axes"])
+def test_display_values_are_the_files_own_at_the_voxel_the_mapping_names(tmp_path, affine):
+    """The viewer's readout: each drawn voxel's value is the file's own value at the voxel index ``to_voxel``
+    names, and its scanner position is the file's affine at that index (checked against nibabel)."""
+    vols, seg = phantom()
+    write_case(tmp_path / "c", "BraTS2021_00001", vols, seg, affine=affine)
+    case = discover_cases(tmp_path / "c")[0][0]
+    d = display.load_display_case(case)
+    flair = nib.load(case.modalities["flair"])
+    data, labels = np.asarray(flair.dataobj), np.asarray(nib.load(case.seg).dataobj)
+    assert d.mods["flair"].dtype == np.int16 and np.allclose(d.affine, flair.affine)
+    rng = np.random.default_rng(0)
+    grid = np.stack([rng.integers(0, n, 200) for n in d.shape], axis=1)
+    ijk = (d.to_voxel @ np.c_[grid, np.ones(len(grid))].T)[:3].T
+    assert np.allclose(ijk, np.round(ijk)) and (ijk >= 0).all() and (ijk < np.array(data.shape)).all()
+    ijk = np.round(ijk).astype(int)
+    for (z, y, x), (i, j, k) in zip(grid, ijk):
+        assert d.mods["flair"][z, y, x] == data[i, j, k]
+        assert d.labels[z, y, x] == labels[i, j, k]
+    # The source slice index the viewer names each Z by is the k of its voxels (axial = the file's third axis here
+    # only when the file is stored axially: compare through the mapping instead).
+    z = d.shape[0] // 2
+    k_axis = int(np.argmax(np.abs(d.to_voxel[:3, 0])))
+    assert d.slice_labels[z] == int(round((d.to_voxel @ [z, 0, 0, 1])[k_axis]))
+
+
+def test_display_start_and_label_counts(tmp_path):
+    vols, seg = phantom()
+    write_case(tmp_path / "c", "BraTS2021_00002", vols, seg)
+    d = display.load_display_case(discover_cases(tmp_path / "c")[0][0])
+    counts = d.counts
+    whole = (d.labels > 0).sum(axis=(1, 2))
+    assert counts["whole"] == whole.tolist() and set(counts) == {"whole", "1", "2", "4"}
+    assert sum(np.array(counts[k]) for k in ("1", "2", "4")).tolist() == counts["whole"]
+    z, y, x = d.start
+    assert z == int(np.argmax(whole)) and d.labels[z, y, x] > 0  # on the tumour's largest slice, inside the tumour
+    assert display.start_position((5, 8, 8), None) == [2, 4, 4]
+    assert display.start_position((5, 8, 8), np.zeros((5, 8, 8), bool), 1) == [1, 4, 4]
+
+
+def test_a_bad_modality_costs_only_itself_and_the_segmentation_is_read_once(tmp_path):
+    vols, seg = phantom()
+    folder = write_case(tmp_path / "c", "BraTS2021_00003", vols, seg)
+    (folder / "BraTS2021_00003_t1.nii.gz").write_bytes(b"not a nifti")
+    d = display.load_display_case(discover_cases(tmp_path / "c")[0][0])
+    assert set(d.mods) == {"flair", "t1ce", "t2"} and "not a readable NIfTI" in d.errors["t1"]
+    assert d.labels is not None and d.seg_error is None
+    (folder / "BraTS2021_00003_seg.nii.gz").write_bytes(b"broken")
+    d = display.load_display_case(discover_cases(tmp_path / "c")[0][0])
+    assert "flair" in d.mods and d.labels is None and "seg" in d.seg_error and "flair" not in d.errors
+    (folder / "BraTS2021_00003_flair.nii.gz").write_bytes(b"broken too")
+    d = display.load_display_case(discover_cases(tmp_path / "c")[0][0])
+    assert "flair" in d.errors and set(d.mods) == {"t1ce", "t2"} and "seg" in d.seg_error
+
+
+def test_build_spec_checks_the_grid_and_the_types():
     a = np.zeros((3, 4, 5), np.uint8)
-    common = dict(case_id="c", source="s", kinds={}, spacing=(1, 1, 1), slice_labels=[0, 1, 2], start=[9, 9, 9], colours={})
-    spec = viewer.build_spec(volumes={"a": a}, panels=[viewer.Panel("A", "a")], **common)
+    common = dict(case_id="c", source="s", spacing=(1, 1, 1), slice_labels=[0, 1, 2], start=[9, 9, 9], colours={})
+    spec = viewer.build_spec(volumes={"a": viewer.Volume(a)}, panels=[viewer.Panel("A", "a")], **common)
     assert spec["start"] == [2, 3, 4] and spec["volumes"]["a"]["arg"] == "v0" and spec["convention"] == "radiological"
+    assert spec["volumes"]["a"]["dtype"] == "uint8"
     with pytest.raises(ValueError, match="share one"):
-        viewer.build_spec(volumes={"a": a, "b": np.zeros((3, 4, 6), np.uint8)}, panels=[], **common)
+        viewer.build_spec(volumes={"a": viewer.Volume(a), "b": viewer.Volume(np.zeros((3, 4, 6), np.uint8))}, panels=[], **common)
     with pytest.raises(ValueError, match="not among the volumes"):
-        viewer.build_spec(volumes={"a": a}, panels=[viewer.Panel("B", "b")], **common)
+        viewer.build_spec(volumes={"a": viewer.Volume(a)}, panels=[viewer.Panel("B", "b")], **common)
+    with pytest.raises(ValueError, match="float64"):
+        viewer.build_spec(volumes={"a": viewer.Volume(a.astype(np.float64))}, panels=[], **common)
+    # The threshold reads a float32 map (exact values) and a uint8 mask.
+    bad = {"map": "a", "mask": "a"}
+    with pytest.raises(ValueError, match="threshold's map must be a float32"):
+        viewer.build_spec(volumes={"a": viewer.Volume(a)}, panels=[], threshold=bad, **common)
+    # Volumes travel little-endian whatever their byte order here, and their hash says their type.
+    big = np.arange(60, dtype=">i2").reshape(3, 4, 5)
+    assert viewer.volume_hash(big) == viewer.volume_hash(big.astype("<i2")) and "int16" in viewer.volume_hash(big)
 
 
 def test_canonical_spacing_follows_the_reorientation():
@@ -171,3 +243,149 @@ def test_default_run_ranks_runs_by_evaluations_in_the_per_dataset_layout(tmp_pat
         (folder / "metrics.json").write_text(f'{{"slice_auroc": {auroc}, "data_root": "data/demo", "split": "test"}}')
     run, why = default_run([weak, strong], demo_active=False)
     assert run is strong and "0.800" in why
+
+
+@pytest.mark.parametrize("affine", [BRATS_AFFINE, np.array([[0, 0, -2.0, 10], [1.5, 0, 0, -4], [0, 1.0, 0, 3], [0, 0, 0, 1]])],
+                         ids=["LPS-stored", "oblique-axes"])
+@pytest.mark.parametrize("size", [64, 96])
+def test_working_grid_maps_each_working_pixel_to_its_source_voxel(tmp_path, affine, size):
+    """Explore's readout: a working-size pixel's position in the source file, through the crop and resize."""
+    from nibabel import orientations
+
+    from uad.data.preprocess import PreprocessConfig, preprocess_case
+    from uad.scoring import view
+
+    vols, seg = phantom(shape=(60, 52, 24))
+    write_case(tmp_path / "c", "BraTS2021_00004", vols, seg, affine=affine)
+    case = discover_cases(tmp_path / "c")[0][0]
+    prep = preprocess_case(case, PreprocessConfig(image_size=size))
+    grid = view.working_grid(prep)
+    geo = prep.geometry
+    assert grid.n == int(geo.kept[-1] - geo.kept[0]) + 1 and [grid.slice_labels[z] for z in grid.z_of] == prep.slice_index.tolist()
+    s, r, c = np.meshgrid(np.arange(len(geo.kept)), np.arange(size), np.arange(size), indexing="ij")
+    points = np.stack([grid.z_of[s.ravel()], r.ravel(), c.ravel(), np.ones(s.size)])
+    mapped = (grid.to_voxel @ points)[:3]
+    # away from the zero padding where the square crop leaves the image, and from the crop's edge (where the
+    # resize repeats the edge pixel instead of interpolating)
+    inside = np.all((mapped > 1) & (mapped < np.array(geo.source_shape)[:, None] - 2), axis=0)
+    inside &= (np.minimum(r, c).ravel() >= 2) & (np.maximum(r, c).ravel() < size - 2)
+    assert inside.mean() > 0.3
+    for axis in range(3):  # resample "the source index along this axis" as the models' slices are made
+        index = np.indices(geo.source_shape)[axis].astype(np.float32)
+        working = geo.to_working(orientations.apply_orientation(index, geo.ornt))
+        assert np.abs(mapped[axis][inside] - working[s.ravel(), r.ravel(), c.ravel()][inside]).max() < 0.1, axis  # a tenth of a voxel
+    assert np.allclose(grid.affine, affine)
+
+
+def test_a_threshold_compares_in_the_maps_precision_whatever_its_type():
+    """A map value equal to the float32 rounding of the threshold, below the threshold itself: flagged the same way
+    for a Python float and a numpy float64 (and by the browser, which compares against Math.fround)."""
+    from uad.scoring.postprocess import threshold_maps
+
+    t = 0.7
+    assert float(np.float32(t)) < t
+    maps = np.full((1, 2, 2), np.float32(t), np.float32)
+    assert threshold_maps(maps, t).all() and threshold_maps(maps, np.float64(t)).all()
+
+
+def test_explore_start_and_threshold_range(tmp_path):
+    from uad.data.preprocess import PreprocessConfig, preprocess_case
+    from uad.scoring import view
+    from uad.scoring.maps import VolumeScores
+
+    vols, seg = phantom(shape=(48, 48, 30))
+    write_case(tmp_path / "c", "BraTS2021_00005", vols, seg)
+    prep = preprocess_case(discover_cases(tmp_path / "c")[0][0], PreprocessConfig(image_size=64))
+    maps = np.where(prep.brain, 0.1, 0).astype(np.float32)
+    vs = VolumeScores(maps, maps.max(axis=(1, 2)), prep.brain.copy())
+    grid = view.working_grid(prep)
+    z, y, x = view.start(prep, vs, grid)
+    k = int(np.argmax(prep.tumour_pixels))
+    assert z == grid.z_of[k] and prep.tumour[k, y, x]
+    top = view.threshold_range(vs, [(0.01, 0.5), (0.05, 0.2)])
+    assert top >= 0.5 * 1.2 and view.default_threshold(vs, [(0.01, 0.5), (0.05, 0.2)], top) == 0.2
+    assert view.default_threshold(vs, [], top) == pytest.approx(view.colour_max([vs]) * 0.5)
+
+
+NODE_HARNESS = r"""
+// Runs viewer.js's threshold arithmetic outside a browser: the DOM it touches on load is stubbed.
+const fs = require("fs"), vm = require("vm");
+const stub = () => new Proxy(function () {}, { get: (t, k) => (k === "dataset" || k === "style" ? {} : stub()), apply: () => stub() });
+const ctx = { document: { getElementById: () => ({ dataset: {}, addEventListener() {}, getBoundingClientRect: () => ({ height: 0 }) }),
+                          createElement: () => stub(), body: stub() },
+              window: { addEventListener() {}, parent: { postMessage() {} }, sessionStorage: { getItem: () => null, setItem() {} } },
+              performance, console, Math, JSON, Object, Array, Number, Float32Array, Uint8Array, Int32Array };
+vm.createContext(ctx);
+vm.runInContext(fs.readFileSync(process.argv[2], "utf8"), ctx);
+const d = JSON.parse(fs.readFileSync(process.argv[3], "utf8"));
+const load = (f, T) => { const b = fs.readFileSync(f); return new T(b.buffer, b.byteOffset, b.byteLength / T.BYTES_PER_ELEMENT); };
+ctx.maps = load(d.maps, Float32Array); ctx.mask = load(d.mask, Uint8Array); ctx.truth = load(d.truth, Uint8Array);
+vm.runInContext(`S.spec = ${JSON.stringify(d.spec)}; S.thr = { key: "k", value: 0 };
+  S.vols = { map0: { data: maps }, brain: { data: mask }, tumour: { data: truth } };`, ctx);
+const out = d.thresholds.map((t) => { vm.runInContext(`applyThreshold(${t})`, ctx);
+  return JSON.parse(vm.runInContext("JSON.stringify({ counts: S.thr.counts, slice: S.thr.slice })", ctx)); });
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(__import__("shutil").which("node") is None, reason="needs node to run viewer.js outside a browser")
+@pytest.mark.parametrize("min_component", [0, 20])
+def test_viewer_js_threshold_arithmetic_equals_uads(tmp_path, min_component):
+    """viewer.js's applyThreshold against VolumeScores.prediction and uad.scoring.overlap on synthetic maps with
+    the edge cases the browser tests may not meet: kept slices with gaps (components connect across them, as
+    uad's stack rows do), thresholds at 0 (voxels outside the brain form components), equal to a map value, and
+    above every value. The Chromium tests (tests/test_browser.py) check the same on real pages."""
+    import json
+    import subprocess
+
+    from scipy import ndimage as ndi
+
+    from uad.scoring import overlap
+    from uad.scoring.maps import VolumeScores
+    from uad.scoring.recipe import PostprocessConfig, ScoringRecipe
+
+    rng = np.random.default_rng(1)
+    S, H, W = 18, 36, 40
+    maps = ndi.gaussian_filter(rng.random((S, H, W)).astype(np.float32), 1.5).astype(np.float32)
+    mask = np.zeros((S, H, W), bool)
+    mask[:, 3:33, 4:36] = True
+    maps *= mask
+    truth = (maps > np.quantile(maps, 0.9)) & (rng.random(maps.shape) > 0.2)
+    z_of = np.r_[0:4, 5:18, 19]  # gaps at 4 and 18 on the viewer's grid
+    n = int(z_of[-1]) + 1
+
+    def grid(a):
+        out = np.zeros((n, H, W), a.dtype)
+        out[z_of] = a
+        return out
+
+    files = {k: tmp_path / f"{k}.bin" for k in ("maps", "mask", "truth")}
+    grid(maps).astype("<f4").tofile(files["maps"])
+    grid(mask.astype(np.uint8)).tofile(files["mask"])
+    grid(truth.astype(np.uint8)).tofile(files["truth"])
+    inside = np.sort(maps[mask])
+    # a double a quarter of a float32 step above map values: numpy compares float32(threshold), so those values pass
+    between = [float(v) + float(np.spacing(v)) / 4 for v in (inside[-100], inside[-3000])]
+    thresholds = [0.0, float(inside[len(inside) // 2]), float(np.quantile(inside, 0.9)), float(inside[-50]),
+                  float(np.nextafter(inside[-200], 1, dtype=np.float32)), *between, 0.7, float(inside[-1]) + 1]
+    spec = {"shape": [n, H, W], "threshold": {"map": "map0", "mask": "brain", "truth": "tumour",
+                                              "min_component": min_component, "kept_z": z_of.tolist()}}
+    (tmp_path / "d.json").write_text(json.dumps({"spec": spec, **{k: str(v) for k, v in files.items()}, "thresholds": thresholds}))
+    (tmp_path / "harness.js").write_text(NODE_HARNESS)
+    js = Path(viewer.__file__).parent / "viewer_frontend" / "viewer.js"
+    got = json.loads(subprocess.run(["node", str(tmp_path / "harness.js"), str(js), str(tmp_path / "d.json")],
+                                    capture_output=True, text=True, check=True, timeout=120).stdout)
+    vs = VolumeScores(maps, maps.max(axis=(1, 2)), mask, None, ScoringRecipe(post=PostprocessConfig(min_component=min_component)))
+    none = lambda a: [None if isinstance(v, float) and np.isnan(v) else v for v in np.asarray(a).tolist()]  # noqa: E731
+    removed = 0
+    for t, r in zip(thresholds, got):
+        pred = vs.prediction(t)
+        c = overlap.Counts.of(pred, truth & mask)
+        per = overlap.per_slice(pred, truth & mask)
+        assert (r["counts"]["tp"], r["counts"]["fp"], r["counts"]["fn"]) == (c.tp, c.fp, c.fn), t
+        assert r["counts"]["dice"] == (None if np.isnan(c.dice) else c.dice), t
+        for key in ("flagged", "tumour", "dice"):
+            assert [r["slice"][key][z] for z in z_of] == none(per[key]), (key, t)
+        assert all(r["slice"]["flagged"][z] is None for z in range(n) if z not in z_of)
+        removed += int(((maps >= np.float32(t)) & mask).sum()) - c.tp - c.fp
+    assert (removed > 0) == (min_component > 1)  # the component rule did act when asked to

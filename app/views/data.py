@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import state
 import streamlit as st
@@ -42,49 +41,42 @@ def _skipped_table(skipped, failed: dict[str, str]) -> None:
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
-def _start(d) -> list[int]:
-    """Where the crosshair starts: the slice with the most tumour and the tumour's centre, else the brain's middle."""
-    Z, Y, X = d.shape
-    if d.labels is not None and d.labels.any():
-        z = int(np.argmax((d.labels > 0).sum(axis=(1, 2))))
-        ys, xs = np.nonzero(d.labels[z])
-        return [z, int(np.median(ys)), int(np.median(xs))]
-    return [Z // 2, Y // 2, X // 2]
-
-
-def _viewer(d, root: Path) -> None:
+def _viewer(d, root: Path, fresh: bool) -> None:
     with ui.timed("data_viewer"):
-        kinds = {mod: "grey" for mod in d.mods}
-        volumes = dict(d.mods)
+        volumes = {mod: viewer.Volume(values, label=f"{mod.upper()} ({d.files.get(mod, mod)})", window=d.windows[mod],
+                                      unit="the file's values") for mod, values in d.mods.items()}
         overlays = []
         legend, stats, bars, notes = [], [], [], []
         colours: dict = {"labels": {}, "contour": ui.GT_CONTOUR}
+        names: dict[int, str] = {}
         if d.labels is not None:
             present = d.present
             description, names = ui.seg_convention(set(present))
-            volumes["labels"], kinds["labels"] = d.labels, "labels"
+            volumes["labels"] = viewer.Volume(d.labels, kind="labels", label=f"label ({d.files.get('seg', 'segmentation')})")
             overlays = [{"volume": "labels", "kind": "labels"}]
             colours["labels"] = {v: ui.seg_colour(v, present) for v in present}
             legend = [(ui.seg_colour(v, present), f"{v} {names.get(v, 'label')}") for v in present]
-            whole = (d.labels > 0).sum(axis=(1, 2))
-            stats.append({"label": "Tumour voxels · this slice", "values": whole.tolist(), "digits": 0})
+            counts = d.counts  # per slice, computed by uad
+            stats.append({"label": "Tumour voxels · this slice", "values": counts["whole"], "digits": 0})
             for v in present:
-                counts = (d.labels == v).sum(axis=(1, 2))
-                stats.append({"label": f"{v} {names.get(v, 'label')}", "values": counts.tolist(), "digits": 0})
-                bars.append({"name": names.get(v, str(v)), "colour": list(ui.seg_colour(v, present)), "values": counts.tolist()})
+                stats.append({"label": f"{v} {names.get(v, 'label')}", "values": counts[str(v)], "digits": 0})
+                bars.append({"name": names.get(v, str(v)), "colour": ui.seg_colour(v, present), "values": counts[str(v)]})
             notes.append(description + ". Whole tumour = every label > 0.")
         elif d.seg_error:
             notes.append(f"Segmentation unreadable, not drawn: {d.seg_error}")
         else:
             notes.append("Unlabelled case: this case has no segmentation file.")
-        notes.append(f"Files: {d.source} · display window: {display.DISPLAY_PERCENTILES[0]}–{display.DISPLAY_PERCENTILES[1]} "
-                     "percentiles of the brain's voxels (uad's brain mask), cropped to the brain.")
-        panels = [viewer.Panel(mod.upper(), mod, overlays) for mod in d.mods]
+        notes.append(f"Files: {d.source} · default window: {display.DISPLAY_PERCENTILES[0]}–{display.DISPLAY_PERCENTILES[1]} "
+                     "percentiles of the brain's voxels (uad's brain mask), per sequence, cropped to that mask. "
+                     "Values under the cursor are the files' own.")
+        panels = [viewer.Panel(mod.upper(), mod, overlays, subtitle=d.files.get(mod, "")) for mod in d.mods]
         strip = {"bars": bars, "lines": [], "bar_title": "tumour voxels",
                  "empty_bars": "no tumour labelled in this case"} if d.labels is not None else None
-        viewer.show(case_id=d.case_id, source=d.source, volumes=volumes, kinds=kinds, panels=panels, spacing=d.spacing,
-                    slice_labels=d.slice_labels, start=_start(d), key=f"data_viewer::{root}", colours=colours, legend=legend,
-                    stats=stats, strip=strip, notes=notes, version=(str(root), d.case_id, id(d)), max_cell_height=320)
+        viewer.show(key=f"data_viewer::{root}", fresh=fresh, case_id=d.case_id, source=d.source, volumes=volumes,
+                    panels=panels, spacing=d.spacing, slice_labels=d.slice_labels, start=d.start, colours=colours,
+                    legend=legend, stats=stats, strip=strip, notes=notes, label_names=names,
+                    position={"to_voxel": d.to_voxel, "affine": d.affine, "exact": True}, memory="data",
+                    version=(str(root), d.case_id, id(d)), max_cell_height=320)
 
 
 def _case_section(root: Path) -> None:
@@ -104,25 +96,42 @@ def _case_section(root: Path) -> None:
     _skipped_table(skipped, failed)
     ids = [c.case_id for c in cases]
     # The widget belongs to this folder: another folder gets another widget, so the box can never keep a
-    # case id of the previous folder while the viewer draws a case of the new one.
-    case_id = st.selectbox("Case", ids, key=case_key(root),
+    # case id of the previous folder while the viewer draws a case of the new one. Its choice is kept when
+    # another folder is opened, and comes back with the folder.
+    key = case_key(root)
+    state.keep_choice(key, ids[0], options=ids)
+    case_id = st.selectbox("Case", ids, key=key,
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
+    state.remember_choice(key)
     case = next(c for c in cases if c.case_id == case_id)
-    with st.spinner(f"Loading {md(case_id)}…"):
-        d = state.load_display_case(str(root), case_id, state.case_stamp(case))
+    # The viewer's place: while another case loads, a notice stands there instead of the previous case's
+    # images under the new case's name; otherwise a plain container, so that the viewer's frame (and the
+    # volumes it holds) stays: an st.empty written on every run would replace it each time.
+    shown = (str(root), case_id)
+    fresh = st.session_state.get("data_shown") != shown
+    if fresh:
+        slot = st.empty()
+        slot.info(md(f"Loading {case_id} ({', '.join(m.upper() for m in case.modalities)})…"))
+        place = slot.container
+    else:
+        box = st.container()
+        place = lambda: box  # noqa: E731
+    d = state.load_display_case(str(root), case_id, state.case_stamp(case))
     if d is None:
-        st.error(md(f"case {case_id} is no longer in {root}"))
+        place().error(md(f"case {case_id} is no longer in {root}"))
         return
-    for mod, msg in d.errors.items():
-        st.error(md(f"{mod}: {msg}"))
-        failed[case_id] = msg
-    if d.seg_error:
-        st.error(md(f"Segmentation unreadable: {d.seg_error}"))
-        failed[case_id] = d.seg_error
-    if not d.mods:
-        st.warning("No modality of this case could be read.")
-        return
-    _viewer(d, root)
+    with place():
+        for mod, msg in d.errors.items():
+            st.error(md(f"{mod}: {msg}"))
+            failed[case_id] = msg
+        if d.seg_error:
+            st.error(md(f"Segmentation unreadable: {d.seg_error}"))
+            failed[case_id] = d.seg_error
+        if not d.mods:
+            st.warning("No modality of this case could be read.")
+            return
+        _viewer(d, root, fresh)
+    st.session_state["data_shown"] = shown
 
 
 def case_key(root: Path) -> str:

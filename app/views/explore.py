@@ -19,6 +19,7 @@ from uad.data.preprocess import WorkingCase
 from uad.jobs import choice as run_choice
 from uad.jobs import eval_jobs, run_jobs
 from uad.scoring import view
+from uad.scoring.maps import VolumeScores
 from uad.scoring.nifti import nifti_bytes
 
 
@@ -35,139 +36,79 @@ def _recipe(v: run_jobs.RunView, root):
         return ScoringRecipe(), None
 
 
-def _set(key: str, value) -> None:
-    st.session_state[key] = value
-
-
-@st.fragment
-def _viewer(prep: WorkingCase, models: list[tuple[str, object]], presets: list[tuple[float, float]], vmax: float,
-            own_vmax: float, hi: float, modalities: list[str], key: str, root: str) -> None:
-    # A fragment: moving the threshold reruns only this. Moving through the slices reruns nothing at all:
-    # the viewer component draws them in the browser.
-    with ui.timed("explore_viewer"):
-        _viewer_body(prep, models, presets, vmax, own_vmax, hi, modalities, key, root)
-
-
-def _viewer_body(prep: WorkingCase, models: list[tuple[str, object]], presets: list[tuple[float, float]], vmax: float,
-                 own_vmax: float, hi: float, modalities: list[str], key: str, root: str) -> None:
+def _viewer(prep: WorkingCase, models: list[tuple[str, VolumeScores]], presets: list[tuple[float, float]], vmax: float,
+            modalities: list[str], root: str, case_dir: str, fresh: bool) -> None:
+    """Hand one case to the viewer. Everything after this happens in the browser: slices, window/level, layout,
+    and the pixel threshold with its TP/FP/FN map and Dice (the browser thresholds the float32 maps exactly as
+    ``VolumeScores.prediction`` does; tests/test_browser.py compares them)."""
     name, vs = models[0]
-    thr_key = f"thr::{key}"
-    if thr_key not in st.session_state:
-        near5 = [t for r, t in presets if abs(r - 0.05) < 1e-9]
-        st.session_state[thr_key] = float(np.clip(near5[0] if near5 else own_vmax * 0.5, 0.0, hi))
-    st.session_state[thr_key] = min(float(st.session_state[thr_key]), hi)  # the range follows a retrained checkpoint
-
-    c_thr, c_chan = st.columns([3, 1])
-    thr = c_thr.slider(f"Pixel threshold on {md(name)}'s anomaly map", 0.0, hi, step=hi / 1000, format="%.4f", key=thr_key,
-                       help="Pixels whose anomaly score is at least this are flagged; marked on the colour bar.")
-    if presets:
-        cols = c_thr.columns(len(presets) + 1)
-        cols[0].caption("Presets (healthy FPR):")
-        for col, (rate, t) in zip(cols[1:], presets):
-            col.button(f"{rate:.0%} · {t:.3f}", key=f"preset::{key}::{rate}", on_click=_set, args=(thr_key, min(t, hi)),
-                       help=f"Threshold at which {rate:.0%} of healthy validation pixels are flagged", width="stretch")
-    channel = 0
-    if len(modalities) > 1:
-        channel = modalities.index(c_chan.radio("Channel shown", modalities, horizontal=True, key=f"chan::{key}"))
-
-    pred = vs.prediction(thr)
-    truth = (prep.tumour & vs.mask) if prep.labelled else None
-    m1, m2, m3, m4 = st.columns(4)
-    if truth is not None:
-        counts = view.volume_counts(vs, prep, thr)
-        m1.metric("Dice · whole volume", ui.fmt(counts.dice))
-        m2.metric("Flagged pixels · volume", int(pred.sum()))
-        m3.metric("Tumour pixels · volume", int(truth.sum()))
-    else:
-        m1.metric("Flagged pixels · volume", int(pred.sum()))
-        st.caption("Unlabelled case: no ground truth, so no Dice.")
-    _draw(prep, models, pred, truth, thr, vmax, channel, modalities, key, root)
-
-
-def _grid(prep: WorkingCase) -> tuple[np.ndarray, int, list]:
-    """Viewer Z of each kept slice (gaps between kept slices stay empty), the number of Z, their source indices."""
-    kept = np.asarray(prep.geometry.kept)
-    z_of = kept - kept[0]
-    n = int(z_of[-1]) + 1
-    labels: list = [None] * n
-    for z, src in zip(z_of, prep.slice_index):
-        labels[int(z)] = int(src)
-    return z_of, n, labels
-
-
-def _on_grid(stack: np.ndarray, z_of: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n, *stack.shape[1:]), stack.dtype)
-    out[z_of] = stack
-    return out
-
-
-def _draw(prep: WorkingCase, models: list[tuple[str, object]], pred: np.ndarray, truth: np.ndarray | None, thr: float,
-          vmax: float, channel: int, modalities: list[str], key: str, root: str) -> None:
-    z_of, n, slice_labels = _grid(prep)
-    name, vs = models[0]
-    chan = modalities[channel].upper()
-    volumes = {"input": _on_grid(display.unit_to_uint8(prep.images[:, channel]), z_of, n)}
-    kinds = {"input": "grey"}
+    grid = view.working_grid(prep)
+    top = view.threshold_range(vs, presets)
+    volumes: dict[str, viewer.Volume] = {}
+    inputs, recons = [], []
+    for c, mod in enumerate(modalities):
+        volumes[f"input:{mod}"] = viewer.Volume(grid.place(display.unit_codes(prep.images[:, c])), label=f"input {mod.upper()}",
+                                                window=(0.0, 1.0), scale=1 / display.UNIT_CODES, unit="normalised 0–1")
+        inputs.append(f"input:{mod}")
+    if vs.reconstruction is not None:
+        for c, mod in enumerate(modalities):
+            volumes[f"recon:{mod}"] = viewer.Volume(grid.place(display.unit_codes(vs.reconstruction[:, c])),
+                                                    label=f"reconstruction {mod.upper()}", window=(0.0, 1.0),
+                                                    scale=1 / display.UNIT_CODES, unit="normalised 0–1")
+            recons.append(f"recon:{mod}")
+    volumes["brain"] = viewer.Volume(grid.place(vs.mask.astype(np.uint8)), kind="mask", label="eroded brain mask")
     contour = []
     if prep.labelled:
-        volumes["tumour"], kinds["tumour"] = _on_grid(prep.tumour.astype(np.uint8), z_of, n), "mask"
+        volumes["tumour"] = viewer.Volume(grid.place(prep.tumour.astype(np.uint8)), kind="mask", label="tumour (ground truth)")
         contour = [{"volume": "tumour", "kind": "contour", "width": 1.5}]
-    panels = [viewer.Panel(f"Input ({chan})" + (" + tumour outline" if prep.labelled else ""), "input", contour)]
-    if vs.reconstruction is not None:
-        volumes["recon"] = _on_grid(display.unit_to_uint8(vs.reconstruction[:, channel]), z_of, n)
-        panels.append(viewer.Panel(f"Reconstruction · {name}", "recon"))
+    colour = {m: ui.MODEL_COLOURS[i % len(ui.MODEL_COLOURS)] for i, (m, _) in enumerate(models)}
+    panels = [viewer.Panel("Input ({channel})" + (" + tumour outline" if prep.labelled else ""), inputs, contour)]
+    if recons:
+        panels.append(viewer.Panel("Reconstruction ({channel})", recons, subtitle=name))
     for i, (model_name, model_vs) in enumerate(models):
-        volumes[f"heat{i}"], kinds[f"heat{i}"] = _on_grid(display.quantise(model_vs.maps, vmax), z_of, n), "heat"
-        panels.append(viewer.Panel(f"Anomaly map · {model_name}", "input", [{"volume": f"heat{i}", "kind": "heat"}, *contour]))
-    classes = np.zeros(pred.shape, np.uint8)
-    if truth is not None:
-        classes[pred & truth], classes[pred & ~truth], classes[~pred & truth] = 1, 2, 3
+        volumes[f"map{i}"] = viewer.Volume(grid.place(model_vs.maps.astype(np.float32)), kind="heat", label=f"anomaly map · {model_name}")
+        panels.append(viewer.Panel("Anomaly map", inputs, [{"volume": f"map{i}", "kind": "heat"}, *contour],
+                                   subtitle=model_name, colour=colour[model_name]))
+    panels.append(viewer.Panel("Thresholded" + (" vs ground truth" if prep.labelled else ""), inputs,
+                               [{"kind": "classes", "alpha": 0.65}], subtitle=name, colour=colour[name]))
+    if prep.labelled:
         legend = [(ui.GT_CONTOUR, "tumour outline"), (ui.PRED_COLOURS["TP"], "detected tumour (TP)"),
                   (ui.PRED_COLOURS["FP"], "false alarm (FP)"), (ui.PRED_COLOURS["FN"], "missed tumour (FN)")]
     else:
-        classes[pred] = 2
         legend = [(ui.PRED_COLOURS["FP"], "flagged as anomalous")]
-    volumes["classes"], kinds["classes"] = _on_grid(classes, z_of, n), "classes"
-    panels.append(viewer.Panel(f"{name} ≥ {thr:.4f}" + (" vs ground truth" if truth is not None else ""), "input",
-                               [{"volume": "classes", "kind": "classes", "alpha": 0.65}]))
-
-    # Per-slice numbers, computed here by uad for every slice; the viewer shows those of its axial slice.
+    # Per-slice numbers at the threshold are computed in the browser ("source"); slice scores come from uad.
     stats = []
-    numbers = view.slice_numbers(vs, prep, thr)
-    if truth is not None:
-        stats.append({"label": f"Dice · this slice ({name})", "values": viewer.per_slice(numbers["dice"], z_of, n), "digits": 3})
-        stats.append({"label": "Tumour pixels · this slice", "values": viewer.per_slice(numbers["tumour"], z_of, n), "digits": 0})
-    stats.append({"label": "Flagged pixels · this slice", "values": viewer.per_slice(numbers["flagged"], z_of, n), "digits": 0})
-    lines = []
-    for i, (model_name, model_vs) in enumerate(models):
-        stats.append({"label": f"Slice score · {model_name}", "values": viewer.per_slice(model_vs.scores, z_of, n), "digits": 4})
-        lines.append({"name": model_name, "colour": ui.MODEL_COLOURS[i % len(ui.MODEL_COLOURS)],
-                      "values": viewer.per_slice(model_vs.scores, z_of, n)})
-    bars = []
     if prep.labelled:
-        bars.append({"name": "tumour", "colour": list(ui.GT_CONTOUR), "values": viewer.per_slice(prep.tumour_pixels, z_of, n)})
-    strip = {"bars": bars, "lines": lines, "bar_title": "tumour voxels (ground truth)",
+        stats += [{"label": f"Dice · this slice ({name})", "source": "dice", "digits": 3},
+                  {"label": "Tumour pixels · this slice", "source": "tumour", "digits": 0}]
+    stats.append({"label": "Flagged pixels · this slice", "source": "flagged", "digits": 0})
+    lines = []
+    for model_name, model_vs in models:
+        stats.append({"label": f"Slice score · {model_name}", "values": grid.per_slice(model_vs.scores), "digits": 4})
+        lines.append({"name": model_name, "colour": colour[model_name], "values": grid.per_slice(model_vs.scores)})
+    bars = [{"name": "tumour", "colour": ui.GT_CONTOUR, "values": grid.per_slice(prep.tumour_pixels)}] if prep.labelled else []
+    strip = {"bars": bars, "lines": lines, "bar_title": "tumour voxels (ground truth)", "line_title": "slice score",
              "empty_bars": "no tumour in this case"}
-
-    if prep.labelled and prep.tumour_pixels.any():
-        k = int(np.argmax(prep.tumour_pixels))
-    else:
-        k = int(np.argmax(vs.scores))
-    ys, xs = np.nonzero(prep.tumour[k]) if prep.labelled and prep.tumour[k].any() else np.nonzero(vs.mask[k])
-    start = [int(z_of[k]), int(np.median(ys)) if ys.size else prep.images.shape[-2] // 2,
-             int(np.median(xs)) if xs.size else prep.images.shape[-1] // 2]
-    geo = prep.geometry
-    row_mm, col_mm = geo.working_pixel_mm
-    notes = [f"Working-size slices ({geo.image_size} px, {col_mm:.2f} mm pixels), as the models see them. "
-             f"One colour scale for every model: 0 to {vmax:.3g}."]
-    viewer.show(case_id=prep.case_id, source=root, volumes=volumes, kinds=kinds, panels=panels,
-                spacing=(geo.spacing[2], row_mm, col_mm), slice_labels=slice_labels, start=start, key=f"explore_viewer::{key}",
+    threshold = {
+        "map": "map0", "mask": "brain", "truth": "tumour" if prep.labelled else None, "name": name,
+        "min_component": int(vs.recipe.post.min_component) if vs.recipe is not None else 0,
+        "kept_z": [int(z) for z in grid.z_of], "min": 0.0, "max": top, "step": top / 1000,
+        "value": view.default_threshold(vs, presets, top),
+        "presets": [{"rate": float(r), "value": float(min(t, top)), "label": f"{r:.0%}"} for r, t in presets],
+    }
+    notes = [f"Working-size slices ({prep.geometry.image_size} px, {grid.spacing[2]:.2f} mm pixels), as the models see "
+             f"them; positions under the cursor are mapped back to the source file and the scanner. One colour scale "
+             f"for every model: 0 to {vmax:.3g}."]
+    viewer.show(key=f"explore_viewer::{root}", fresh=fresh, case_id=prep.case_id, source=case_dir, volumes=volumes, panels=panels,
+                spacing=grid.spacing, slice_labels=grid.slice_labels, start=view.start(prep, vs, grid),
                 colours={"classes": {1: ui.PRED_COLOURS["TP"], 2: ui.PRED_COLOURS["FP"], 3: ui.PRED_COLOURS["FN"]},
                          "contour": ui.GT_CONTOUR, "labels": {}},
-                heat={"vmax": vmax, "threshold": thr, "lut": ui.INFERNO.tolist(), "floor": 0.2, "max_alpha": 0.85,
+                heat={"vmax": vmax, "lut": ui.INFERNO.tolist(), "floor": 0.2, "max_alpha": 0.85,
                       "label": "anomaly score (every model)"},
-                legend=legend, stats=stats, strip=strip, notes=notes, version=(key, thr, channel, tuple(m for m, _ in models)),
-                max_cell_height=300)
+                threshold=threshold, legend=legend, stats=stats, strip=strip, notes=notes,
+                position={"to_voxel": grid.to_voxel, "affine": grid.affine, "exact": False},
+                channels=[m.upper() for m in modalities], memory=f"explore|{root}|{name}",
+                version=(root, prep.case_id, tuple(m for m, _ in models)), max_cell_height=300)
 
 
 def _download(v: run_jobs.RunView, prep: WorkingCase, vs, case_id: str) -> None:
@@ -198,37 +139,57 @@ def _page() -> None:
         st.error(md(error or f"No case in {root}: choose a dataset on the Data page."))
         return
     names = [v.info.name for v in views]
+    state.keep_choice("explore_run")
     previous = st.session_state.get("explore_run")
     if previous and previous not in names:
         st.warning(f"Run {md(previous)} is no longer in the runs folder (deleted or moved): choose another.")
         del st.session_state["explore_run"]
-    c1, c2, c3 = st.columns([2, 2, 2])
     # Start from the run that suits the active data: the shipped checkpoint for it, else the best completed
-    # run; never a cancelled or failed one while a finished one exists.
+    # run; never a cancelled or failed one while a finished one exists. The choices are kept when the page is
+    # left (state.keep_choice); none is given to a widget as its own default (that would collide with them).
     suggested, why = run_choice.default_run([v.info for v in views], demo_active=state.is_demo(root), data_root=root)
     default = names.index(suggested.name) if suggested is not None else 0
-    name = c1.selectbox("Run or shipped checkpoint", names, index=default, key="explore_run",
+    state.keep_choice("explore_run", names[default])
+    # The run's label (name, model, state, tags) needs the width: the run box has a row of its own.
+    name = st.selectbox("Run or shipped checkpoint", names, key="explore_run",
                         format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
                         help=f"Opens first with {md(names[default])}: {md(why)}.")
+    state.remember_choice("explore_run")
     ids = [c.case_id for c in cases]
-    default_case = next((i for i, c in enumerate(cases) if c.labelled), 0)
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
-    case_id = c2.selectbox("Case", ids, index=default_case, key=state.case_key("explore", root),
+    case_key = state.case_key("explore", root)
+    state.keep_choice(case_key, ids[next((i for i, c in enumerate(cases) if c.labelled), 0)], options=ids)
+    c_case, c_others = st.columns([1, 3])
+    case_id = c_case.selectbox("Case", ids, key=case_key,
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
+    state.remember_choice(case_key)
     choices = [n for n in names if n != name]
-    if "explore_others" in st.session_state:  # a run now chosen above, or deleted, leaves the list
-        st.session_state["explore_others"] = [n for n in st.session_state["explore_others"] if n in choices]
-    others = c3.multiselect("Heatmaps beside it", choices, key="explore_others", max_selections=3,
+    state.keep_choice("explore_others", options=choices)  # a run now chosen above, or deleted, leaves the list
+    others = c_others.multiselect("Heatmaps beside it", choices, key="explore_others", max_selections=3,
                             format_func=lambda n: ui.run_label(next(v for v in views if v.info.name == n)),
                             help="Other runs' anomaly maps of the same case, side by side on the same slices and colour scale.")
+    state.remember_choice("explore_others")
     v = next(v for v in views if v.info.name == name)
     case = next(c for c in cases if c.case_id == case_id)
     ui.training_data_caption(v.info, root, [x.info for x in views])
     if v.state in ("cancelled", "failed") or v.active:
         st.warning(f"{md(name)} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
+    # The viewer's place. While another case or run is scored (seconds), a notice stands there instead of the
+    # previous case's images under the new case's name; otherwise a plain container, so that the viewer's frame
+    # (and the volumes it holds) stays: an st.empty written on every run would replace it each time.
+    shown = (str(root), name, case_id)
+    fresh = st.session_state.get("explore_shown") != shown
+    if fresh:
+        slot = st.empty()
+        slot.info(md(f"Computing the anomaly maps of {case_id} with {name}…"))
+        place = slot.container
+    else:
+        box = st.container()
+        place = lambda: box  # noqa: E731
     recipe, summary = _recipe(v, root)
     scored = _score(v, case, root, recipe)
     if scored is None:
+        place()  # nothing in the viewer's place
         return
     prep, vs, modalities = scored
     models = [(name, vs)]
@@ -242,19 +203,21 @@ def _page() -> None:
             st.warning(f"{md(other)} crops the slices differently from {md(name)} (other preprocessing): not shown side by side.")
             continue
         models.append((other, aligned))
-    own_vmax = view.colour_max([vs])
     vmax = view.colour_max([m for _, m in models])  # one colour scale for every model on this case
     presets = summary.presets() if summary is not None else []
-    evals.presets_notice(v, root, summary)
-    st.caption(f"Scored with {'the recipe of this evaluation' if summary is not None else 'the default recipe'}: "
-               f"{vs.recipe.describe()}.")
-    stale = summary.staleness(state.weights_sha256(v.path)) if summary is not None else None
-    if stale:
-        st.warning(f"The evaluation these presets come from may not describe {name}'s current weights: {stale}.")
-    hi = max([own_vmax * 1.5, float(vs.maps.max())] + [t * 1.2 for _, t in presets] + [1e-3])
-    key = f"{name}::{case_id}"
-    _viewer(prep, models, presets, vmax, own_vmax, float(f"{hi * 1.01:.3g}"), modalities, key, str(case.modalities[modalities[0]].parent))
-    _download(v, prep, vs, case_id)
+    with place():
+        evals.presets_notice(v, root, summary)
+        st.caption(f"Scored with {'the recipe of this evaluation' if summary is not None else 'the default recipe'}: "
+                   f"{vs.recipe.describe()}.")
+        stale = summary.staleness(state.weights_sha256(v.path)) if summary is not None else None
+        if stale:
+            st.warning(md(f"The evaluation these presets come from may not describe {name}'s current weights: {stale}."))
+        if not prep.labelled:
+            st.caption("Unlabelled case: no ground truth, so no Dice.")
+        with ui.timed("explore_viewer"):
+            _viewer(prep, models, presets, vmax, modalities, str(root), str(case.modalities[modalities[0]].parent), fresh)
+        _download(v, prep, vs, case_id)
+    st.session_state["explore_shown"] = shown
 
 
 def _score(v: run_jobs.RunView, case, root, recipe):

@@ -47,8 +47,13 @@ def slice_scores(maps: np.ndarray, mask: np.ndarray, config: PostprocessConfig, 
 
 
 def threshold_maps(maps: np.ndarray, threshold: float, min_component: int = 0) -> np.ndarray:
-    """Binary prediction ``maps >= threshold``; components smaller than ``min_component`` voxels removed (3-D)."""
-    pred = maps >= threshold
+    """Binary prediction ``maps >= threshold``; components smaller than ``min_component`` voxels removed (3-D,
+    6-connected).
+
+    The threshold is compared in the maps' own precision (float32), whatever type it comes as: a Python float and
+    a numpy float64 would otherwise give different answers for a voxel equal to the float32 rounding of the
+    threshold, and the app's viewer repeats this comparison in the browser (``Math.fround``)."""
+    pred = maps >= np.asarray(threshold, maps.dtype)
     if min_component > 1 and pred.any():
         labels, n = ndi.label(pred)
         sizes = np.bincount(labels.ravel())
