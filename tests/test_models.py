@@ -172,6 +172,36 @@ def test_autoencoder_defaults_to_a_denoising_unet_and_keeps_the_spatial_and_dens
         assert other.eval().reconstruct(x).shape == x.shape
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_unet_head_is_the_one_conv_over_the_stacked_features_and_image(channels):
+    """The U-Net's head runs as two convs (no concatenated copy, for speed); it must stay the function its
+    weights define, one conv over [last_up(h), x], so trained checkpoints mean what they meant."""
+    unet = create_model("ae", in_channels=channels, image_size=64).encoder.train()
+    x = brain_batch(3, channels, 64)
+
+    def reference(x):
+        h = x.contiguous(memory_format=torch.channels_last)
+        skips = []
+        for stage in unet.down:
+            h = stage(h)
+            skips.append(h)
+        for up, fuse, skip in zip(unet.up, unet.fuse, reversed(skips[:-1])):
+            h = fuse(torch.cat([up(h), skip], dim=1))
+        return unet.head(torch.cat([unet.last_up(h), x], dim=1))
+
+    state = {k: v.clone() for k, v in unet.state_dict().items()}  # BatchNorm running stats move in train mode
+    ours = unet(x)
+    ours.square().sum().backward()
+    grads = [p.grad.clone() for p in unet.parameters()]
+    unet.load_state_dict(state)
+    unet.zero_grad()
+    ref = reference(x)
+    ref.square().sum().backward()
+    assert torch.allclose(ours, ref, atol=1e-5)
+    for g, p in zip(grads, unet.parameters()):  # equal up to float32 summation order
+        assert (g - p.grad).abs().max() <= 1e-5 * p.grad.abs().max()
+
+
 @pytest.mark.parametrize("name", ["autoencoder", "ganomaly", "vit"])
 def test_denoising_options_are_validated_and_train(name):
     with pytest.raises(ConfigError, match="noise_std"):
