@@ -202,6 +202,25 @@ def test_unet_head_is_the_one_conv_over_the_stacked_features_and_image(channels)
         assert (g - p.grad).abs().max() <= 1e-5 * p.grad.abs().max()
 
 
+def test_a_gradient_scaler_updates_as_plain_backward_does_and_skips_a_step_that_overflowed():
+    """float16 training (CUDA GPUs without bfloat16) scales each loss through the model's grad_scaler."""
+    import copy
+
+    plain = create_model("ae", image_size=64, noise_std=0.0)
+    scaled = copy.deepcopy(plain)
+    scaled.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x = brain_batch(2, 1, 64)
+    opt_plain, opt_scaled = plain.configure_optimizers(1e-3), scaled.configure_optimizers(1e-3)
+    plain.training_step(x, opt_plain, 0.0)
+    scaled.training_step(x, opt_scaled, 0.0)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    before = [p.detach().clone() for p in scaled.parameters()]
+    scaled.optimize(opt_scaled["model"], lambda: scaled(x).sum() * float("inf"))
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+    assert scaled.grad_scaler.get_scale() < 2.0**10
+
+
 @pytest.mark.parametrize("name", ["autoencoder", "ganomaly", "vit"])
 def test_denoising_options_are_validated_and_train(name):
     with pytest.raises(ConfigError, match="noise_std"):

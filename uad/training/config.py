@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None  # None = cuda, then mps, then cpu
     num_workers: int = 0  # DataLoader workers; reading the memory-mapped cache is cheap
+    # Hold the training slices in one tensor on the training device and draw batches there (trains to the
+    # same weights as the loader). None = on CUDA when they fit in half its free memory, off elsewhere.
+    data_on_device: bool | None = None
     model_options: Mapping[str, Any] = field(default_factory=dict)
     # Explicit patient lists {"train": [...], "val": [...], "test": [...]} instead of ratios + seed
     # (cross-validation folds); every listed case must exist in the dataset.
@@ -73,6 +76,8 @@ class TrainConfig:
             put("cases", MappingProxyType({k: tuple(v) for k, v in check_case_lists(dict(self.cases)).items()}))
         _whole("seed", self.seed, 0, 2**63 - 1)  # torch.manual_seed overflows above that
         _whole("number of data-loader workers", self.num_workers, 0)
+        if self.data_on_device is not None and not isinstance(self.data_on_device, bool):
+            raise ConfigError(f"data on device must be true, false or null (automatic), got {self.data_on_device!r}")
         if self.device is not None and not isinstance(self.device, str):
             raise ConfigError(f"device must be a name such as cpu or cuda, got {self.device!r}")
         if not self.modalities:
