@@ -458,6 +458,25 @@ def test_explore_threshold_latency(home):
     assert np.median(times) < 150
 
 
+def test_explore_reads_a_runs_maps_from_disk_after_a_restart(home, monkeypatch):
+    """A case's maps are computed once per run and recipe (uad.scoring.cache): a restarted app (no Streamlit
+    cache left) shows the same maps without computing them again."""
+    import streamlit as st
+
+    from uad.scoring import cache, maps
+
+    at = explore(new_app())
+    heat = viewer_volume(at, "heat0").copy()
+    assert list(cache.cache_dir().glob("*.npz"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    computed = []
+    for module in (cache, maps):
+        monkeypatch.setattr(module, "score_case", lambda *a, **k: computed.append(a) or pytest.fail("maps computed again"))
+    at = explore(new_app())
+    assert not at.error and not computed and np.array_equal(viewer_volume(at, "heat0"), heat)
+
+
 def test_explore_heatmaps_side_by_side_on_one_scale(home):
     other = copy_run(home, "zz-second-model")
     try:
