@@ -14,7 +14,12 @@ the demo cohort is generated first if missing), drives Debian's Chromium with Pl
 * per threshold move on Explore (server rerun of the viewer fragment, new prediction volume sent): the
   server's time (``ui.timed``) and the round trip until the viewer has redrawn.
 
-Explore's first visit computes the run's maps for the case once; it is timed separately.
+Explore's maps (``uad.scoring.cache``) are timed in their own rows, against an empty maps cache of the
+benchmark's own (``UAD_MAPS_CACHE_DIR``), from the click until the viewer has drawn: Explore's first visit to
+a case (the run's maps computed), adding a second run's heatmap beside it (its maps computed), coming back
+from the Data page and adding that heatmap again (maps in the app's memory), and, after the server is
+restarted (a fresh process that has only the maps on disk; the first render's background warm-up done),
+opening the same case again and adding the same heatmap again (maps read, not computed).
 Needs ``apt-get install -y chromium`` and ``pip install playwright`` (never ``playwright install``).
 """
 
@@ -51,9 +56,14 @@ from test_browser import (  # noqa: E402
 TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
 
 
-def start_server(log_path: Path) -> tuple[subprocess.Popen, str]:
+SECOND_RUN = "vae"  # the shipped checkpoint whose heatmap is added beside the default run's
+
+
+def start_server(log_path: Path, maps_dir: Path) -> tuple[subprocess.Popen, str]:
+    from uad.scoring.cache import DIR_ENV
+
     port = _free_port()
-    env = dict(os.environ, UAD_APP_TIMINGS="1")
+    env = dict(os.environ, UAD_APP_TIMINGS="1", **{DIR_ENV: str(maps_dir)})
     log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/Home.py", f"--server.port={port}"],
@@ -113,6 +123,63 @@ def threshold_moves(page, log_path: Path, moves: int) -> tuple[list[float], list
     return server_timings(log_path, "explore_viewer")[before_server:], trips
 
 
+def _explore_viewer(page, panels: int | None = None):
+    """Explore's viewer frame once it has drawn (with ``panels`` heatmap panels, when given); None if not yet.
+    A page being left may still show its own viewer for a moment: Explore's is the one with anomaly maps."""
+    frame = page.wait_for_selector('iframe[title*="uad_viewer"]').content_frame()
+    if frame is None or frame.locator('#root[data-ready="1"]').count() == 0:
+        return None
+    heads = frame.locator('.head', has_text="Anomaly map").count()
+    return frame if heads and (panels is None or heads >= panels) else None
+
+
+def _wait_for(condition, what: str, timeout: float = 300.0):
+    deadline = time.time() + timeout
+    while (found := condition()) is None:
+        if time.time() > deadline:
+            raise SystemExit(f"{what} never happened")
+        time.sleep(0.05)
+    return found
+
+
+def open_explore(page) -> float:
+    """Seconds from clicking Explore in the navigation until its viewer has drawn the default run on the case
+    (no settling pause inside the timing)."""
+    t0 = time.perf_counter()
+    page.locator('[data-testid="stSidebarNav"] a', has_text="Explore").first.click()
+    page.wait_for_function("() => [...document.querySelectorAll('h1')].some(h => h.innerText.includes('Explore'))")
+    _wait_for(lambda: _explore_viewer(page), "Explore's viewer")
+    seconds = time.perf_counter() - t0
+    wait_idle(page)
+    return seconds
+
+
+def add_heatmap(page, run: str) -> float:
+    """Seconds from choosing ``run`` in Explore's "Heatmaps beside it" until the viewer draws its anomaly map too."""
+    before = _explore_viewer(page).locator('.head', has_text="Anomaly map").count()
+    box = page.locator('[data-testid="stMultiSelect"]', has_text="Heatmaps beside it").first
+    box.locator("input").click()
+    box.locator("input").fill(f"{run} ·")
+    page.locator('[role="option"]', has_text=f"{run} ·").first.wait_for()
+    t0 = time.perf_counter()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    _wait_for(lambda: _explore_viewer(page, before + 1), f"the heatmap of {run}")
+    seconds = time.perf_counter() - t0
+    wait_idle(page)
+    return seconds
+
+
+def warm_session(browser, url: str):
+    """A browser page on the app's Overview, the server's background warm-up (torch import) given time to finish."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(300_000)
+    page.goto(url)
+    wait_idle(page)
+    time.sleep(3)
+    return page
+
+
 def row(name: str, values: list[float], unit: str = "ms") -> str:
     if not values:
         return f"| {name} | – | – | – |"
@@ -133,8 +200,9 @@ def main() -> None:
     from uad.data.demo import ensure_demo
 
     ensure_demo()  # generating the demo cohort is not part of a render
-    log_path = Path(tempfile.mkdtemp(prefix="uad-app-bench-")) / "server.log"
-    proc, url = start_server(log_path)
+    work = Path(tempfile.mkdtemp(prefix="uad-app-bench-"))
+    log_path, maps_dir = work / "server.log", work / "maps"
+    proc, url = start_server(log_path, maps_dir)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
@@ -143,18 +211,27 @@ def main() -> None:
             time.sleep(3)  # let the background warm-up (torch import) finish, as a user reading the page would
             warm = first_render(browser, url)
 
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(120_000)
-            page.goto(url)
-            wait_idle(page)
+            page = warm_session(browser, url)
             goto(page, "Data")
             data = scrub(page, args.moves)
-            t0 = time.perf_counter()
-            goto(page, "Explore")
-            viewer_frame(page)
-            explore_first = time.perf_counter() - t0
+            explore_first = open_explore(page)
             explore = scrub(page, args.moves)
             thr_server, thr_trip = threshold_moves(page, log_path, max(args.moves // 4, 3))
+            heat_first = add_heatmap(page, SECOND_RUN)
+            goto(page, "Data")  # and back: the app and the browser still hold the case's maps and volumes
+            explore_back = open_explore(page)
+            heat_back = add_heatmap(page, SECOND_RUN)
+            browser.close()
+
+            # A restarted app: only the maps cache on disk remembers the maps.
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+            proc, url = start_server(work / "server-restarted.log", maps_dir)
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = warm_session(browser, url)
+            explore_again = open_explore(page)
+            heat_again = add_heatmap(page, SECOND_RUN)
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -168,9 +245,15 @@ def main() -> None:
         print(row(f"{name}: slice step, key to next frame", frame))
         print(row(f"{name}: slice step, Playwright round trip", trip))
         if name == "Data":
-            print(f"| Explore: first visit (maps for the case computed once) | {explore_first:.2f} s | | 1 |")
+            print(f"| Explore: first visit (maps computed) | {explore_first:.2f} s | | 1 |")
     print(row("Explore: threshold move, server (per rerun)", thr_server))
     print(row("Explore: threshold move, round trip until redrawn", thr_trip))
+    for name, seconds in ((f"add a second run's heatmap ({SECOND_RUN}, maps computed)", heat_first),
+                          ("revisit from another page (maps in the app's memory)", explore_back),
+                          ("add the second run's heatmap again (maps in memory)", heat_back),
+                          ("revisit after an app restart (maps on disk)", explore_again),
+                          ("add the second run's heatmap after the restart (maps on disk)", heat_again)):
+        print(f"| Explore: {name} | {seconds:.2f} s | | 1 |")
 
 if __name__ == "__main__":
     main()

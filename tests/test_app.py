@@ -143,6 +143,7 @@ def test_overview_generates_the_demo_cohort_when_missing(tmp_path, monkeypatch):
     pid = json.loads((home / "data" / "synth-launch.json").read_text())["pid"]
     try:
         assert at.progress and "Generating the demo cohort" in at.progress[0].proto.text
+        assert " so far" in at.progress[0].proto.text  # the time it has taken on this machine, as it goes
         assert "not generated yet" not in texts(at)  # the progress replaces the notice
         # The Data page points to the Overview meanwhile instead of failing on the missing folder.
         assert "not generated yet" in texts(page(at, "data"))

@@ -46,8 +46,12 @@ STALE_TMP_S = 3600.0  # a temporary file this old is left over from a killed wri
 _UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError)
 
 
+DIR_ENV = "UAD_MAPS_CACHE_DIR"  # where the entries live (default: <cache>/maps)
+
+
 def cache_dir() -> Path:
-    return paths.cache_dir() / "maps"
+    folder = os.environ.get(DIR_ENV)
+    return Path(folder).resolve() if folder else paths.cache_dir() / "maps"
 
 
 def max_bytes() -> int:
