@@ -462,7 +462,7 @@ def _precision(device: torch.device):
     """
     if device.type != "cuda":
         return contextlib.nullcontext(), None
-    if torch.cuda.is_bf16_supported():
+    if torch.cuda.is_bf16_supported(including_emulation=False):  # emulated bfloat16 (pre-Ampere) would be slow
         return torch.autocast("cuda", dtype=torch.bfloat16), None
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
