@@ -239,17 +239,20 @@ def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -
 
 @st.cache_resource(show_spinner=False, max_entries=6)
 def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_stamp: tuple, recipe_json: str):
-    """Anomaly maps of a whole case with one scoring recipe (``ScoringRecipe`` as JSON), computed once per
-    (checkpoint, case, recipe) and kept for the slider."""
+    """Anomaly maps of a whole case with one scoring recipe (``ScoringRecipe`` as JSON), kept here for the
+    slider and on disk by ``uad.scoring.cache`` (per weights, recipe, case files and preprocessing), so a
+    revisit, another session or a restarted app reads them instead of computing them again."""
     import json
 
-    from uad.scoring import maps, scorers
+    from uad.scoring import cache, scorers
     from uad.scoring.recipe import ScoringRecipe
 
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
     recipe = ScoringRecipe.from_dict(json.loads(recipe_json))
-    vs = maps.score_case(scorers.ModelScorer.of(ckpt, keep_reconstruction=True), prep, recipe)
+    vs = cache.cached_score_case(scorers.ModelScorer.of(ckpt, keep_reconstruction=True), prep, recipe,
+                                 case=find_case(Path(root), case_id), config=ckpt.preprocess,
+                                 weights_sha256=ckpt.record.weights_sha256)
     return prep, vs
 
 

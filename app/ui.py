@@ -172,6 +172,7 @@ def warm_up() -> None:
     def work() -> None:
         try:
             import uad.checkpoints.weights  # noqa: F401
+            import uad.scoring.cache  # noqa: F401
             import uad.scoring.maps  # noqa: F401
 
             # plotly imports a validator module per attribute on first use (~0.5 s): do it now, not on a slider move.

@@ -6,6 +6,10 @@ Each model runs its real ``training_step`` (every optimiser update it does in tr
 inputs in [0, 1]; the first steps are warm-up and not timed. The MSc project's ViT configuration
 (``decoder="conv", noise_std=0``) runs in the same process for a side-by-side comparison. Each model is measured in
 a fresh child process so its peak memory (max RSS) is its own.
+
+Slices per CPU-second (the process's CPU time) is the figure to compare on a shared machine with
+``--threads 1``: wall time there depends on what else runs, and with several threads the CPU time also
+counts threads waiting for each other.
 """
 
 from __future__ import annotations
@@ -47,16 +51,17 @@ def measure(name: str, options: dict, steps: int, warmup: int, batch: int, size:
         model.training_step(x, optimizers, 0.1)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         model.training_step(x, optimizers, 0.1)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "model": name,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "slices_per_s": steps * batch / elapsed,
+        "slices_per_cpu_s": steps * batch / cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -88,12 +93,14 @@ def main() -> None:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    msc = next(r for r in rows if r["model"] == MSC_VIT)["slices_per_s"]
-    print(f"device {args.device}, batch {args.batch_size}, {args.image_size}×{args.image_size}, 1 channel\n")
-    print("| model | params (M) | train slices/s | vs MSc ViT | peak RSS (MB) |")
-    print("|---|---:|---:|---:|---:|")
+    msc = next(r for r in rows if r["model"] == MSC_VIT)
+    print(f"device {args.device}, batch {args.batch_size}, {args.image_size}×{args.image_size}, 1 channel, "
+          f"{args.threads or 'default'} torch threads\n")
+    print("| model | params (M) | train slices/s | vs MSc ViT | slices per CPU-second | vs MSc ViT (CPU) | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['params_m']:.2f} | {r['slices_per_s']:.0f} | {r['slices_per_s'] / msc:.1f}× | {r['peak_rss_mb']:.0f} |")
+        print(f"| {r['model']} | {r['params_m']:.2f} | {r['slices_per_s']:.0f} | {r['slices_per_s'] / msc['slices_per_s']:.1f}× | "
+              f"{r['slices_per_cpu_s']:.0f} | {r['slices_per_cpu_s'] / msc['slices_per_cpu_s']:.1f}× | {r['peak_rss_mb']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,7 @@ def test_overview_generates_the_demo_cohort_when_missing(tmp_path, monkeypatch):
     pid = json.loads((home / "data" / "synth-launch.json").read_text())["pid"]
     try:
         assert at.progress and "Generating the demo cohort" in at.progress[0].proto.text
+        assert " so far" in at.progress[0].proto.text  # the time it has taken on this machine, as it goes
         assert "not generated yet" not in texts(at)  # the progress replaces the notice
         # The Data page points to the Overview meanwhile instead of failing on the missing folder.
         assert "not generated yet" in texts(page(at, "data"))
@@ -472,6 +473,25 @@ def json_dumps(obj) -> str:
     import json
 
     return json.dumps(obj)
+
+
+def test_explore_reads_a_runs_maps_from_disk_after_a_restart(home, monkeypatch):
+    """A case's maps are computed once per run and recipe (uad.scoring.cache): a restarted app (no Streamlit
+    cache left) shows the same maps without computing them again."""
+    import streamlit as st
+
+    from uad.scoring import cache, maps
+
+    at = explore(new_app())
+    heat = viewer_volume(at, "map0").copy()
+    assert list(cache.cache_dir().glob("*.npz"))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    computed = []
+    for module in (cache, maps):
+        monkeypatch.setattr(module, "score_case", lambda *a, **k: computed.append(a) or pytest.fail("maps computed again"))
+    at = explore(new_app())
+    assert not at.error and not computed and np.array_equal(viewer_volume(at, "map0"), heat)
 
 
 def test_explore_heatmaps_side_by_side_on_one_scale(home):

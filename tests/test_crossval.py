@@ -132,6 +132,13 @@ def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp
     again = cross_validate(config, tmp_path / "cv", progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["methods"]["autoencoder"]["pixel_ap"] == pytest.approx(out["methods"]["autoencoder"]["pixel_ap"])
+    # Fold runs trained before a setting existed (here data_on_device) are reused while it is at its default.
+    for path in (tmp_path / "cv" / "runs").glob("*/config.json"):
+        cfg = json.loads(path.read_text())
+        del cfg["train"]["data_on_device"]
+        path.write_text(json.dumps(cfg))
+    cross_validate(config, tmp_path / "cv", progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # A fold folder holding a run of another configuration is moved aside, never overwritten in place.
     stale = tmp_path / "cv" / "runs" / "autoencoder-bottleneck=unet-e1-fold1"
     cfg = json.loads((stale / "config.json").read_text())

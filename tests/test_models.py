@@ -172,6 +172,55 @@ def test_autoencoder_defaults_to_a_denoising_unet_and_keeps_the_spatial_and_dens
         assert other.eval().reconstruct(x).shape == x.shape
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_unet_head_is_the_one_conv_over_the_stacked_features_and_image(channels):
+    """The U-Net's head runs as two convs (no concatenated copy, for speed); it must stay the function its
+    weights define, one conv over [last_up(h), x], so trained checkpoints mean what they meant."""
+    unet = create_model("ae", in_channels=channels, image_size=64).encoder.train()
+    x = brain_batch(3, channels, 64)
+
+    def reference(x):
+        h = x.contiguous(memory_format=torch.channels_last)
+        skips = []
+        for stage in unet.down:
+            h = stage(h)
+            skips.append(h)
+        for up, fuse, skip in zip(unet.up, unet.fuse, reversed(skips[:-1])):
+            h = fuse(torch.cat([up(h), skip], dim=1))
+        return unet.head(torch.cat([unet.last_up(h), x], dim=1))
+
+    state = {k: v.clone() for k, v in unet.state_dict().items()}  # BatchNorm running stats move in train mode
+    ours = unet(x)
+    ours.square().sum().backward()
+    grads = [p.grad.clone() for p in unet.parameters()]
+    unet.load_state_dict(state)
+    unet.zero_grad()
+    ref = reference(x)
+    ref.square().sum().backward()
+    assert torch.allclose(ours, ref, atol=1e-5)
+    for g, p in zip(grads, unet.parameters()):  # equal up to float32 summation order
+        assert (g - p.grad).abs().max() <= 1e-5 * p.grad.abs().max()
+
+
+def test_a_gradient_scaler_updates_as_plain_backward_does_and_skips_a_step_that_overflowed():
+    """float16 training (CUDA GPUs without bfloat16) scales each loss through the model's grad_scaler."""
+    import copy
+
+    plain = create_model("ae", image_size=64, noise_std=0.0)
+    scaled = copy.deepcopy(plain)
+    scaled.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x = brain_batch(2, 1, 64)
+    opt_plain, opt_scaled = plain.configure_optimizers(1e-3), scaled.configure_optimizers(1e-3)
+    plain.training_step(x, opt_plain, 0.0)
+    scaled.training_step(x, opt_scaled, 0.0)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    before = [p.detach().clone() for p in scaled.parameters()]
+    scaled.optimize(opt_scaled["model"], lambda: scaled(x).sum() * float("inf"))
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+    assert scaled.grad_scaler.get_scale() < 2.0**10
+
+
 @pytest.mark.parametrize("name", ["autoencoder", "ganomaly", "vit"])
 def test_denoising_options_are_validated_and_train(name):
     with pytest.raises(ConfigError, match="noise_std"):

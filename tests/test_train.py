@@ -112,6 +112,43 @@ def test_sigterm_cancels_with_a_loadable_checkpoint(cohort, tmp_path):
     assert ckpt.info["epoch"] >= 1 and ckpt.info["epoch"] == status["end"]["epochs_done"]
 
 
+def test_slices_held_on_the_device_train_to_the_same_weights_as_the_loader(cohort, tmp_path):
+    """data_on_device (the GPU-resident training set) draws the loader's batches in the loader's order: with one
+    seed both paths end with the same weights. On the CPU the 'device' is RAM, the path is the same code."""
+    from safetensors.torch import load_file
+
+    runs = {flag: train(_config(cohort, data_on_device=flag, epochs=2), run_dir=tmp_path / f"run-{flag}", progress=False)
+            for flag in (False, True)}
+    logs = {flag: (run / "train.log").read_text() for flag, run in runs.items()}
+    assert "training slices held on cpu" in logs[True] and "held on" not in logs[False]
+    weights = {flag: load_file(run / "last" / "model.safetensors") for flag, run in runs.items()}
+    assert weights[True].keys() == weights[False].keys()
+    for name, value in weights[False].items():
+        assert torch.allclose(weights[True][name].float(), value.float(), rtol=1e-5, atol=1e-6), name
+    losses = {flag: [r["train"]["loss"] for r in folders.read_metrics(run)] for flag, run in runs.items()}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_data_on_device_is_automatic_only_on_cuda_and_checked(cohort):
+    from uad.core.errors import ConfigError
+    from uad.data.dataset import SliceDataset
+    from uad.training import trainer
+
+    assert TrainConfig.from_dict({"model": "autoencoder"}).data_on_device is None  # runs saved before the option
+    with pytest.raises(ConfigError, match="data on device"):
+        TrainConfig(model="autoencoder", data_on_device="yes")
+    store = trainer._load_data(_config(cohort), progress=False, rank=0, world=1)[1]
+    ds = SliceDataset(store, store.case_ids, healthy_only=True)
+    cpu = torch.device("cpu")
+    assert not trainer._data_on_device(_config(cohort), ds, cpu)  # automatic: CUDA only
+    assert trainer._data_on_device(_config(cohort, data_on_device=True), ds, cpu)
+    images = ds.images_on(cpu)
+    assert images.dtype == torch.float32 and images.shape == (len(ds), 1, 64, 64)  # float16 on an accelerator
+    assert ds.image_nbytes == images.numel() * 2
+    for i in (0, len(ds) // 2, len(ds) - 1):  # the loader's slice, exactly
+        assert torch.equal(images[i].float(), ds[i])
+
+
 def test_checkpoint_roundtrip_gives_identical_outputs(cohort, tmp_path):
     run = train(_config(cohort, epochs=1), run_dir=tmp_path / "run", progress=False)
     a = ckpt_weights.load(run)

@@ -213,6 +213,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--data-on-device", type=_parse_bool, default=None, metavar="{true,false}",
+                   help="hold the training slices on the training device and draw batches there "
+                        "(default: on CUDA when they fit in half its free memory)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<timestamp>-<model>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last checkpoint at the next epoch (--epochs may raise the total)")
@@ -282,7 +285,7 @@ def cmd_train(args) -> int:
         model=model, data=str(args.data) if args.data else None, modalities=tuple(args.modalities),
         image_size=args.image_size, epochs=20 if args.epochs is None else args.epochs, batch_size=args.batch_size, lr=args.lr,
         max_minutes=args.max_minutes, split_ratios=args.split_ratios, seed=args.seed, device=args.device,
-        num_workers=args.num_workers, model_options=given,
+        num_workers=args.num_workers, data_on_device=args.data_on_device, model_options=given,
     )
     check_config(config)  # the model's own checks too, before a run folder exists
     run_dir = train(config, run_dir=args.out, progress=not args.no_progress, overwrite=args.overwrite)

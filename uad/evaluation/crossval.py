@@ -21,7 +21,7 @@ from typing import Any
 
 from uad.checkpoints import weights as ckpt_weights
 from uad.core import fileio
-from uad.core.errors import ConfigError
+from uad.core.errors import ConfigError, UADError
 from uad.data.cases import discover_cases
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import kfold_cases
@@ -121,6 +121,18 @@ class CrossValConfig:
         return d
 
 
+def _same_config(saved: Any, tc) -> bool:
+    """Whether a finished run's saved training settings are ``tc``. Read back through ``TrainConfig``, so a
+    setting added since the run was trained counts at its default (hours of fold runs are not retrained
+    because a new option appeared) while any value that differs still does."""
+    from uad.training.config import TrainConfig
+
+    try:
+        return TrainConfig.from_dict(saved) == tc
+    except UADError:
+        return False
+
+
 def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str]], run_dir: Path, progress: bool) -> Path:
     """Train (or reuse) one method on one fold; returns the checkpoint folder to score."""
     from uad.training.config import TrainConfig
@@ -131,7 +143,7 @@ def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str
                      seed=config.seed, device=config.device, model_options=dict(spec.options), cases=fold)
     status = folders.read_status(run_dir) or {}
     saved = fileio.read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-    if status.get("state") == "completed" and saved.get("train") == tc.to_dict() and (run_dir / "best").is_dir():
+    if status.get("state") == "completed" and _same_config(saved.get("train"), tc) and (run_dir / "best").is_dir():
         log.info("reusing %s", run_dir)
         return run_dir / "best"
     # A stale or different-config run in this fold's folder is moved aside by the trainer's own --overwrite.

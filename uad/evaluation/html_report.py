@@ -169,8 +169,9 @@ def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path 
         return f"<p class='note'>Example slices left out: the dataset folder {_e(root)} is not on this machine.</p>"
     try:
         from uad.checkpoints import weights as ckpt_weights
+        from uad.data.cases import discover_cases
         from uad.data.store import load_working_case
-        from uad.scoring.maps import score_case
+        from uad.scoring.cache import cached_score_case
         from uad.scoring.scorers import ModelScorer
 
         ckpt = ckpt_weights.load(ckpt_path)
@@ -182,11 +183,17 @@ def _examples_html(summary: summaries.EvaluationSummary, cases, run: str | Path 
         return f"<p class='note'>Example slices left out: {_e(stale)} (they would show other weights than the numbers above).</p>"
     scorer = ModelScorer.of(ckpt)
     thr = summary.calibration.threshold(CASE_RATE)
+    try:
+        found = {c.case_id: c for c in discover_cases(root)[0]}
+    except Exception:  # noqa: BLE001 - each case then reports its own problem below
+        found = {}
     blocks = []
     for which, r in picks:
         try:
-            case = load_working_case(root, str(r.case_id), ckpt.preprocess)
-            vs = score_case(scorer, case, recipe)
+            case = load_working_case(root, found.get(str(r.case_id)) or str(r.case_id), ckpt.preprocess)
+            # The maps Explore showed for this run, case and recipe, when it has shown them (uad.scoring.cache).
+            vs = cached_score_case(scorer, case, recipe, case=found.get(str(r.case_id)), config=ckpt.preprocess,
+                                   weights_sha256=ckpt.info.get("weights_sha256"))
         except Exception as exc:  # noqa: BLE001
             blocks.append(f"<p class='note'>{_e(r.case_id)}: cannot be scored now ({_e(exc)}).</p>")
             continue

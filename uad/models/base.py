@@ -73,6 +73,8 @@ class AnomalyModel(nn.Module):
         self.image_size = image_size
         # Installed by the trainer under torchrun: one DistributedDataParallel per optimizer, keyed by id().
         self.data_parallel: dict[int, nn.Module] = {}
+        # Installed by the trainer under float16 autocast: scales each loss so small gradients survive float16.
+        self.grad_scaler: torch.amp.GradScaler | None = None
 
     @classmethod
     def check_parts(cls, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +102,14 @@ class AnomalyModel(nn.Module):
         out = wrapper(compute_loss) if wrapper is not None else compute_loss()
         loss = out[0] if isinstance(out, tuple) else out
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler = self.grad_scaler
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # float16: the step is skipped (and the scale lowered) when a scaled gradient overflowed
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return out
 
     def checkpoint_selectable(self, progress: float) -> bool:

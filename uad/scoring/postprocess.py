@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage as ndi
 
 from uad.core.errors import ConfigError
@@ -28,10 +29,54 @@ def postprocess(raw: np.ndarray, brain: np.ndarray, config: PostprocessConfig) -
             import cv2  # ~20× faster than scipy for 3×3 / 5×5 on float32
 
             maps = np.stack([cv2.medianBlur(m, k) for m in maps]) if len(maps) else maps
+        elif config.median_3d:
+            maps = median_3d(maps, mask, k)
         else:
-            maps = ndi.median_filter(maps, size=(k, k, k) if config.median_3d else (1, k, k), mode="constant")
+            maps = ndi.median_filter(maps, size=(1, k, k), mode="constant")
         maps *= mask
     return maps, mask
+
+
+MEDIAN_CHUNK = 1 << 16  # voxels whose windows are gathered at once (k = 5: 32 MB of float32)
+
+
+def median_3d(maps: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """``scipy.ndimage.median_filter(maps, size=(k, k, k), mode="constant")`` at the voxels of ``mask`` (0 elsewhere),
+    equal to it value for value, ~10× faster (tests/test_recipe.py holds them equal).
+
+    Only the mask's voxels are computed (the maps are 0 outside it and zeroed there again after). A voxel
+    whose window holds fewer than half negatives and at least half zeros or negatives has median 0; that is
+    known from two window counts alone, and with the positive residual about half the brain is such a
+    voxel. The rest gather their k³ window and select its middle value with ``np.partition`` (numpy's
+    SIMD selection; measured here 5× faster than ``torch.median`` and ``torch.kthvalue``, whose windows
+    also gathered 4× slower than numpy's).
+    """
+    if k % 2 == 0:
+        raise ValueError(f"median size must be odd, got {k}")
+    maps = np.asarray(maps, np.float32)
+    mask = np.asarray(mask, bool)
+    out = np.zeros_like(maps)
+    rank = k**3 // 2  # the middle of the sorted window (0-based), scipy's rank for an odd size
+    below = _window_counts(maps < 0, k, outside=0) if (maps < 0).any() else 0
+    zeros = _window_counts(maps == 0, k, outside=1)  # mode="constant": beyond the volume counts as 0
+    select = mask & ~((below <= rank) & (rank < below + zeros))
+    s, h, w = np.nonzero(select)
+    windows = sliding_window_view(np.pad(maps, k // 2), (k, k, k))  # windows[s, h, w] is the window around (s, h, w)
+    for i in range(0, len(s), MEDIAN_CHUNK):
+        j = slice(i, i + MEDIAN_CHUNK)
+        values = windows[s[j], h[j], w[j]].reshape(-1, k**3)
+        out[s[j], h[j], w[j]] = np.partition(values, rank, axis=1)[:, rank]
+    return out
+
+
+def _window_counts(flags: np.ndarray, k: int, outside: int) -> np.ndarray:
+    """How many voxels of each k×k×k window are flagged; voxels beyond the volume count as ``outside`` (0 or 1)."""
+    counts = flags.astype(np.int32)
+    ones = np.ones(k)
+    for axis in range(3):
+        # Along the later axes a voxel beyond the volume stands for a whole k- or k²-voxel row already summed.
+        counts = ndi.correlate1d(counts, ones, axis=axis, mode="constant", cval=outside * k**axis)
+    return counts
 
 
 def slice_scores(maps: np.ndarray, mask: np.ndarray, config: PostprocessConfig, own_scores: np.ndarray | None = None) -> np.ndarray:

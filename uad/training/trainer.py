@@ -29,7 +29,7 @@ from uad.checkpoints import weights as ckpt_weights
 from uad.core import fileio, processes
 from uad.core.devices import pick_device
 from uad.core.errors import ConfigError, TrainingDiverged, UADError
-from uad.data.dataset import SliceDataset
+from uad.data.dataset import DeviceLoader, SliceDataset
 from uad.data.splits import split_cases
 from uad.models import create_model
 from uad.runs import folders, history
@@ -314,7 +314,7 @@ class _Session:
     optimizers: dict[str, torch.optim.Optimizer]
     train_ds: SliceDataset
     val_ds: SliceDataset
-    loader: DataLoader
+    loader: DataLoader | DeviceLoader
     sampler: DistributedSampler | None
     val_loader: DataLoader
     amp: Any
@@ -410,11 +410,18 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, dev
 
     generator = torch.Generator().manual_seed(config.seed)
     sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=config.seed) if world > 1 else None
-    loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=generator, num_workers=config.num_workers, drop_last=len(train_ds) > config.batch_size * world,
-                        pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0)
+    drop_last = len(train_ds) > config.batch_size * world
+    if _data_on_device(config, train_ds, device):
+        images = train_ds.images_on(device)
+        loader = DeviceLoader(images, config.batch_size, shuffle=sampler is None, generator=generator, drop_last=drop_last,
+                              sampler=sampler)
+        log.info("training slices held on %s (%.0f MB)", device, images.numel() * images.element_size() / 2**20)
+    else:
+        loader = DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=generator, num_workers=config.num_workers, drop_last=drop_last,
+                            pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0)
     val_loader = DataLoader(val_ds, batch_size=max(config.batch_size, 64), shuffle=False, num_workers=0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    amp, model.grad_scaler = _precision(device)
     info_base = {
         "preprocess": config.preprocess.to_dict(), "train": config.to_dict(), "split": split_info,
         "data": data_identity(data_root, store.manifest["cases"], demo=config.data is None),
@@ -429,6 +436,39 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, dev
     if s.no_val:
         log.warning("no validation slices (split ratios %s): best/ follows the latest epoch", list(config.split_ratios))
     return s
+
+
+DEVICE_DATA_SHARE = 0.5  # automatic data_on_device: the training slices may take at most this share of free CUDA memory
+
+
+def _data_on_device(config: TrainConfig, train_ds: SliceDataset, device: torch.device) -> bool:
+    """Whether the training slices are held on the device: as configured, or (None) on CUDA when they fit."""
+    need = train_ds.image_nbytes
+    if config.data_on_device is False or (config.data_on_device is None and device.type != "cuda"):
+        return False
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if need > DEVICE_DATA_SHARE * free:
+            if config.data_on_device:
+                raise ConfigError(f"data on device: the {len(train_ds)} training slices take {need / 2**30:.1f} GB, more than "
+                                  f"{DEVICE_DATA_SHARE:.0%} of the {free / 2**30:.1f} GB free on {device}; train without it")
+            log.info("training slices (%.1f GB) do not fit on %s; read from the slice cache", need / 2**30, device)
+            return False
+    return True
+
+
+def _precision(device: torch.device):
+    """Mixed precision for a device: (autocast context, gradient scaler or None).
+
+    CUDA: bfloat16 autocast where the GPU has it (Ampere and later; no scaler needed, same exponent range as
+    float32), float16 autocast with a gradient scaler before that. CPU and MPS: float32 (no autocast).
+    Losses, sigmoids and residuals are computed in float32 under autocast (``uad.models.blocks``).
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext(), None
+    if torch.cuda.is_bf16_supported(including_emulation=False):  # emulated bfloat16 (pre-Ampere) would be slow
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
 def _load_data(config: TrainConfig, progress: bool, rank: int, world: int):
