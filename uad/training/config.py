@@ -75,14 +75,8 @@ class TrainConfig:
             raise ConfigError(f"max minutes must be a finite number > 0, got {self.max_minutes!r}")
         if self.cases is not None:
             put("cases", MappingProxyType({k: tuple(v) for k, v in check_case_lists(dict(self.cases)).items()}))
-        _whole("seed", self.seed, 0, 2**63 - 1)  # torch.manual_seed overflows above that
-        _whole("number of data-loader workers", self.num_workers, 0)
         if self.data_on_device is not None and not isinstance(self.data_on_device, bool):
             raise ConfigError(f"data on device must be true, false or null (automatic), got {self.data_on_device!r}")
-        if self.device is not None and not isinstance(self.device, str):
-            raise ConfigError(f"device must be a name such as cpu or cuda, got {self.device!r}")
-        if not self.modalities:
-            raise ConfigError("choose at least one modality")
         if not isinstance(self.model_options, Mapping):
             raise ConfigError(f"model options must be a mapping, got {self.model_options!r}")
         put("model_options", MappingProxyType(check_model_options(self.model, dict(self.model_options))))
