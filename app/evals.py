@@ -62,10 +62,14 @@ def presets(v: run_jobs.RunView, root: Path) -> tuple[list[tuple[float, float]],
 def presets_notice(v: run_jobs.RunView, root: Path, summary: summaries.EvaluationSummary | None) -> None:
     """Names where Explore's presets come from, or says there are none and offers the evaluation."""
     if summary is not None:
-        calibration = summary.raw.get("calibration_cases")
-        st.caption(f"Threshold presets (1/5/10 % healthy FPR) from {md(v.info.name)}'s evaluation on **{md(summary.where)}** "
-                   f"(calibrated on {len(calibration) if isinstance(calibration, list) else 0} cases' healthy slices, "
-                   f"{md(summary.raw.get('evaluated', ''))}).")
+        words = summary.raw.get("calibration_words")
+        if not isinstance(words, str):  # evaluations older than that record
+            calibration = summary.raw.get("calibration_cases")
+            words = f"calibrated on {len(calibration) if isinstance(calibration, list) else 0} cases' healthy slices"
+        st.caption(f"Threshold presets (1/5/10 % healthy FPR) from {md(v.info.name)}'s evaluation on **{md(summary.where)}**: "
+                   f"{md(words)} ({md(summary.raw.get('evaluated', ''))}).")
+        if summary.drift_warning:
+            st.warning(md(f"Drift check: {summary.drift_warning}"))
         return
     st.info(f"{md(v.info.name)} has not been evaluated on the active dataset, {md(dataset_words(root))}: no threshold presets "
             "calibrated on its healthy slices.")

@@ -640,6 +640,23 @@ def test_compare_curves_table_and_threshold(home):
     assert [m["id"] for m in threshold_component(at)[0]["models"]] == [RUN]
 
 
+def test_compare_shows_the_paired_differences_uad_computes(home):
+    """The Compare page's paired differences are uad's (the same rows `uad compare` prints), for each model
+    against the intensity baseline and against the best model on the same slices."""
+    from uad.evaluation import paired, summaries
+
+    at = page(new_app(), "compare")
+    at.multiselect(key="compare_runs").set_value([RUN, SHIPPED]).run()
+    assert not at.exception
+    shown = next(d.value for d in at.dataframe if "A − B [95% paired CI]" in d.value.columns)
+    folders = {RUN: home / "runs" / RUN / "eval" / "demo" / "test"}
+    expected_run = paired.evaluation_pairs([(RUN, summaries.EvaluationSummary.read(folders[RUN]))])[0][0]
+    a, b, diffs = expected_run
+    mine = shown[(shown.B == "intensity baseline") & shown.A.str.startswith(RUN)]
+    assert list(mine["A − B [95% paired CI]"]) == [r["A − B [95% paired CI]"] for r in paired.difference_rows(a, b, diffs)]
+    assert set(shown.B) - {"intensity baseline"}  # and the pair among the two models
+
+
 def test_compare_keeps_its_runs_across_pages(home):
     """Issue #20 defect 3: the runs chosen on Compare survive a visit to another page."""
     at = page(new_app(), "compare")

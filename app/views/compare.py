@@ -98,6 +98,45 @@ def _metrics_table(chosen) -> None:
     for v, s, _ in chosen:  # what produced each row: recipe, weights, thresholds; stale when the weights changed
         current = state.weights_sha256(v.path)
         st.text(("⚠ " if s.staleness(current) else "") + f"{_label(v)}: {s.provenance(current)}")  # text: names are data
+        if s.drift_warning:
+            st.text(f"⚠ {_label(v)}, drift check: {s.drift_warning}")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _pairs(items: tuple[tuple[str, str, int], ...]) -> tuple[list[dict[str, str]], list[str]]:
+    """Paired differences of the evaluations in ``items`` (label, folder, mtime of cases.npz: a new evaluation
+    is a new key), as uad computes them for ``uad compare``."""
+    from uad.evaluation import paired
+
+    read = [(label, summaries.EvaluationSummary.read(folder)) for label, folder, _ in items]
+    pairs, notes = paired.evaluation_pairs(read)
+    return [r for a, b, diffs in pairs for r in paired.difference_rows(a, b, diffs)], notes
+
+
+def _paired_table(chosen) -> None:
+    st.subheader("Paired differences")
+    st.caption("Each model against the intensity baseline, and against the best model by pixel AP among those scored on "
+               "the same slices: A − B on the same patients, with a 95 % paired patient-level bootstrap interval (each "
+               "resample draws patients once for both methods). A difference is called only when its interval excludes "
+               "zero, with at least 5 patients.")
+    items = []
+    for v, s, _ in chosen:
+        npz = s.folder / "cases.npz" if s.folder is not None else None
+        try:
+            items.append((_label(v), str(s.folder), npz.stat().st_mtime_ns if npz is not None else 0))
+        except OSError:
+            items.append((_label(v), str(s.folder), 0))
+    with st.spinner("Bootstrapping the paired differences…"):
+        try:
+            rows, notes = _pairs(tuple(items))
+        except ValueError as exc:
+            st.error(md(str(exc)))
+            return
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.TextColumn(c) for c in rows[0]})
+    for note in notes:
+        st.text(f"No paired differences for {note}")
 
 
 def _cases_table(chosen, root_of) -> None:
@@ -277,6 +316,7 @@ def _page() -> None:
         return
     st.subheader(f"Metrics on {md(first.where)}")
     _metrics_table(chosen)
+    _paired_table(chosen)
     _curves(chosen, colours, first.where, key)
     _cases_table(chosen, lambda s: str(s.local_root or root))
     _report_buttons(chosen)

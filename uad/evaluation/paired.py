@@ -144,11 +144,19 @@ def paired_differences(a: CaseArrays, b: CaseArrays, n_boot: int = 1000, seed: i
     return out
 
 
+def difference_rows(name_a: str, name_b: str, diffs: list[Difference]) -> list[dict[str, str]]:
+    """One row per metric, as every table of paired differences shows them (CLI, app, report)."""
+    return [{"A": name_a, "B": name_b, "metric": d.label, "A value": f"{d.a:.3f}", "B value": f"{d.b:.3f}",
+             "A − B [95% paired CI]": f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}]",
+             "verdict": {"A better": f"{name_a} better", "B better": f"{name_b} better"}.get(d.verdict, d.verdict),
+             "patients": f"{d.n_used} of {d.n_cases}"} for d in diffs]
+
+
 def format_differences(name_a: str, name_b: str, diffs: list[Difference]) -> str:
     """A plain-text table: metric, A, B, A − B [95 % paired CI], verdict."""
     head = ["metric", name_a, name_b, "A − B [95% paired CI]", ""]
-    rows = [[d.label, f"{d.a:.3f}", f"{d.b:.3f}", f"{d.diff:+.3f} [{d.low:+.3f}, {d.high:+.3f}]",
-             {"A better": f"{name_a} better", "B better": f"{name_b} better"}.get(d.verdict, d.verdict)] for d in diffs]
+    rows = [[r["metric"], r["A value"], r["B value"], r["A − B [95% paired CI]"], r["verdict"]]
+            for r in difference_rows(name_a, name_b, diffs)]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head, *rows])
 
