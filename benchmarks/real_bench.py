@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="epochs per fold for every model (default: per model)")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget per model and fold")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--max-folds", type=int, default=None,
+                   help="train and score only the first N of the folds (the table then names how many patients were tested)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     config = CrossValConfig(
         data=str(args.data), methods=method_specs(args), modalities=tuple(args.modalities), cohort_modalities=tuple(args.cohort_modalities),
         image_size=64 if args.quick else args.image_size, folds=args.folds, seed=args.seed, device=args.device,
-        n_boot=50 if args.quick else args.bootstrap, max_folds=1 if args.quick else None)
+        n_boot=50 if args.quick else args.bootstrap, max_folds=1 if args.quick else args.max_folds)
     t0 = time.perf_counter()
     result = cross_validate(config, args.out, progress=not args.quick)
     print(f"{result['n_cases']} patients, {len(result['folds'])} of {args.folds} folds, "

@@ -33,7 +33,7 @@ from uad.data.volumes import load_case
 from uad.evaluation import columns, summaries
 from uad.jobs import run_jobs
 from uad.models import create_model
-from uad.runs import listing
+from uad.runs import history, listing
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("UAD_FUZZ_SEED", 17))  # another seed explores further: UAD_FUZZ_SEED=5 pytest ...
@@ -164,7 +164,8 @@ def _run(name: str) -> Path:
 
 def _show_everything(views) -> None:
     for v in views:
-        _ = (v.label, v.outcome, v.progress, v.eta, v.batch, v.end, v.epochs_done, v.samples, v.resumable,
+        _ = (v.label, v.outcome, v.progress, v.eta, v.batch, v.end, v.epochs_done, history.samples_by_epoch(v.path),
+             history.samples_info(v.path), history.read_history(v.path), v.resumable,
              v.has_checkpoint, v.name, v.tags, v.note, v.info.training_data, v.info.trained_root)
     cli._runs_table(views)
 
