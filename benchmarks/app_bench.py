@@ -352,6 +352,9 @@ def main() -> None:
                 page.set_viewport_size({"width": 1280, "height": 1000})
                 opened = open_real_folder(page, args.real.resolve(), log_path)
                 real = (opened, scrub(page, args.moves))
+                goto(page, "Data")  # back to the demo cohort, whose maps the restarted app should find on disk
+                page.get_by_role("button", name="Use demo").click()
+                wait_idle(page)
             browser.close()
 
             # A restarted app: only the maps cache on disk remembers the maps.
