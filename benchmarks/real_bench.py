@@ -87,7 +87,8 @@ def table(result: dict, markdown: bool) -> str:
     methods = result["methods"]
     rows = [columns.summary_row(name if name not in ("intensity", "brain_area") else f"baseline: {name}", m)
             for name, m in methods.items()]
-    epochs = {m["label"]: str(m["epochs"]) for m in result["config"]["methods"]}
+    # An ensemble is not trained: its members' epochs are theirs.
+    epochs = {m["label"]: "members'" if m.get("model") == "ensemble" else str(m["epochs"]) for m in result["config"]["methods"]}
     if markdown:
         return columns.markdown_table(rows, {"epochs / fold": [epochs.get(n, "–") for n in methods]})
     return columns.format_table(rows)

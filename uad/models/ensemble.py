@@ -24,7 +24,8 @@ MAX_MEMBERS = 8
 
 @register_model()
 class Ensemble(AnomalyModel):
-    """Mean of the members' maps, each divided by its scale (its own healthy calibration threshold)."""
+    """Mean of the members' maps, each divided by its scale (its own healthy calibration threshold) and multiplied by
+    the smallest scale (so the mean stays in [0, 1])."""
 
     name = "ensemble"
     description = "the average of several trained runs' anomaly maps, each on the scale of its own healthy calibration"
@@ -89,10 +90,14 @@ class Ensemble(AnomalyModel):
         """Each member's map (its own residual, or ``residual`` for all) over its scale, averaged; the slice score
         likewise; the reconstruction is the members' mean."""
         maps, scores, recons = [], [], []
+        # Each map over its scale, times the smallest scale: the same ranking as map / scale, but every term stays
+        # at or below its member's map, so the mean stays in [0, 1], where the pixel metrics' histograms live (a
+        # map over 1 would be clipped into their top bin, and its pixel AP lost).
+        floor = self.scale.min()
         for m, s in zip(self.members, self.scale):
             out = m.anomaly_map(x, residual=residual, channels=channels)
-            maps.append(out.anomaly_map.float() / s)
-            scores.append(out.pred_score.float() / s)
+            maps.append(out.anomaly_map.float() * (floor / s))
+            scores.append(out.pred_score.float() * (floor / s))
             if out.reconstruction is not None:
                 recons.append(out.reconstruction.float())
         recon = torch.stack(recons).mean(dim=0) if recons else None
