@@ -652,6 +652,129 @@ def test_viewer_orientation_scrubbing_and_folder_switch(browser_page, server, ho
     assert viewer_state(viewer_frame(page))["caseId"] == "BraTS2021_00000" and "BraTS2021_00077" not in shown()
 
 
+# -- the HTML report's example slices: radiological, lettered, named (issue #20, defect 2) ------------------------
+def left_tumour_cohort(root: Path, n: int = 6) -> Path:
+    """``n`` phantom cases stored LPS like BraTS, each with a tumour (seg labels 1, 2, 4 and bright FLAIR/T2) wholly
+    in the patient's LEFT hemisphere: world x (RAS+, from the affine) left of the brain's midline, with a margin."""
+    from conftest import BRATS_AFFINE, phantom, write_case
+
+    for c in range(n):
+        vols, _ = phantom(seed=c, tumour=False)
+        shape = vols["flair"].shape
+        brain = vols["flair"] > 0
+        i, j, k = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+        world_x = BRATS_AFFINE[0, 0] * i + BRATS_AFFINE[0, 3]
+        mid = np.median(world_x[brain])  # the midline, in world terms
+        half = (world_x[brain].max() - world_x[brain].min()) / 2
+        centre = (mid - 0.5 * half, shape[1] / 2 + 3 * (c % 3 - 1), shape[2] / 2 + 1)
+        r = np.sqrt((world_x - centre[0]) ** 2 + (j - centre[1]) ** 2 + (k - centre[2]) ** 2)
+        seg = np.zeros(shape, np.uint8)
+        seg[(r < 0.3 * half) & brain] = 2
+        seg[(r < 0.2 * half) & brain] = 4
+        seg[(r < 0.1 * half) & brain] = 1
+        assert seg.any() and (world_x[seg > 0] < mid - 2).all()  # left of the midline, with a margin
+        for mod in ("flair", "t2"):
+            vols[mod][seg > 0] += 400
+        write_case(root, f"BraTS2021_{c:05d}", vols, seg, affine=BRATS_AFFINE)
+    return root
+
+
+SCREEN_PIXELS = """async img => {
+  // The example picture as the page draws it: decoded by the browser, drawn into a canvas, read back.
+  await img.decode();
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  return {w: c.width, h: c.height, rgba: Array.from(g.getImageData(0, 0, c.width, c.height).data)};
+}"""
+
+
+def test_report_examples_are_radiological_lettered_and_named(tmp_path):
+    """Issue #20, defect 2: the HTML report opened in Chromium. Every case's tumour lies on the patient's left;
+    each example slice carries the letters R (screen left), L (screen right), A (top), P (bottom), and the
+    tumour (its cyan outline on the anomaly map, the brightest input pixels) is drawn on the screen's right,
+    as in the app's viewer. The title names the run's folder, not "autoencoder · autoencoder"."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from uad.cli import main as cli
+    from uad.training.config import TrainConfig
+    from uad.training.trainer import train
+
+    root = left_tumour_cohort(tmp_path / "cohort")
+    run = train(TrainConfig(model="autoencoder", data=str(root), image_size=64, epochs=1, batch_size=8),
+                run_dir=tmp_path / "left-tumour-run", progress=False)
+    assert cli(["evaluate", "--run", str(run), "--data", str(root), "--bootstrap", "10"]) == 0
+    out = tmp_path / "report.html"
+    assert cli(["report", "--run", str(run), "--out", str(out)]) == 0
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(out.as_uri())
+            page.wait_for_load_state("load")
+            heading, title = page.locator("h1").inner_text(), page.title()
+            assert "left-tumour-run" in heading and "left-tumour-run" in title, (heading, title)
+            assert "autoencoder · autoencoder" not in heading + title
+            blocks = page.locator("h3", has_text="case:")
+            assert blocks.count() >= 1 and "best case" in blocks.first.inner_text()
+            figs = page.locator(".examples figure")
+            assert figs.count() == 3 * blocks.count()
+            page.locator(".examples").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "report-examples.png"), full_page=True)
+            letters_at = []
+            for f in range(figs.count()):
+                fig = figs.nth(f)
+                box = fig.locator("img").bounding_box()
+                mid_x, mid_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+                at = {}
+                for span in fig.locator(".ol").all():
+                    b = span.bounding_box()
+                    at[span.inner_text()] = (b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+                caption = fig.locator("figcaption").inner_text()
+                assert sorted(at) == ["A", "L", "P", "R"], (caption, at)
+                # On screen, inside the picture: R on its left half, L on its right half, A at the top, P at the bottom.
+                assert box["x"] <= at["R"][0] < mid_x < at["L"][0] <= box["x"] + box["width"], (caption, at, box)
+                assert box["y"] <= at["A"][1] < mid_y < at["P"][1] <= box["y"] + box["height"], (caption, at, box)
+                letters_at.append(caption)
+            page.add_style_tag(content=".ol{visibility:hidden}")  # the pictures alone, for the pixel checks below
+
+            def tumour_pixels(rgb: np.ndarray, caption: str) -> np.ndarray:
+                if caption == "input":  # the tumour is the brightest tissue of the FLAIR input
+                    return rgb[..., 0] >= 0.9 * rgb[..., 0].max()
+                return np.abs(rgb - np.array([0, 255, 255])).max(axis=2) <= 8  # the cyan ground-truth outline
+
+            sides = []
+            for f in range(figs.count()):
+                fig = figs.nth(f)
+                caption, img = fig.locator("figcaption").inner_text(), fig.locator("img")
+                if caption != "input" and not caption.startswith("anomaly map"):
+                    continue
+                # As drawn on the screen (an element screenshot, its 1 px border cut off) ...
+                screen = np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"), np.int32)[1:-1, 1:-1]
+                # ... and as the browser decoded the picture (drawn into a canvas), equal to the report's PNG.
+                px = img.evaluate(SCREEN_PIXELS)
+                decoded = np.asarray(px["rgba"], np.int32).reshape(px["h"], px["w"], 4)[..., :3]
+                png = Image.open(io.BytesIO(base64.b64decode(img.get_attribute("src").split(",", 1)[1])))
+                assert np.abs(np.asarray(png.convert("RGB"), np.int32) - decoded).max() <= 2, caption
+                for where, rgb in (("screen", screen), ("decoded", decoded)):
+                    cols = np.nonzero(tumour_pixels(rgb, caption))[1]
+                    assert cols.size >= 20, (caption, where, cols.size)
+                    right = float((cols >= rgb.shape[1] / 2).mean())
+                    sides.append((caption, where, round(right, 3)))
+                    # The patient's left on the screen's right: (nearly) every tumour pixel right of the picture's centre.
+                    assert right >= 0.95, (caption, where, right)
+            assert len(letters_at) == 3 * blocks.count() and len(sides) == 4 * blocks.count(), (letters_at, sides)
+            print(f"\nreport examples, share of tumour pixels on the screen's right: {sides}")
+        finally:
+            browser.close()
+
+
 # -- labels are text (issue #17 E) --------------------------------------------------------------------------------
 def _pick(page, label: str, text: str) -> None:
     """Choose the option holding ``text`` in the select box or multiselect labelled ``label``."""
