@@ -196,6 +196,10 @@ def test_a_foreign_folder_gets_the_runs_thresholds_and_a_drift_warning_when_its_
     m = evaluate(run, data=biased, split="all", out=tmp_path / "ev_biased", n_boot=0, progress=False)
     s = summaries.EvaluationSummary.from_metrics(m, tmp_path / "ev_biased")
     assert s.drift_warning and "may not fit this folder" in s.drift_warning, m["drift"]
+    from uad.evaluation import html_report
+
+    report = html_report.build_report(summaries.EvaluationSummary.read(tmp_path / "ev_biased"), run, examples=False)
+    assert "drift check" in report and "may not fit this folder" in report  # the report says it too
     # calibrating on the folder itself instead: named, and its calibration patients are not scored
     m = evaluate(run, data=biased, split="all", calibration="folder", out=tmp_path / "ev_own", n_boot=0, progress=False)
     assert m["calibration"]["source"] == "folder" and "left out" in m["calibration_words"]

@@ -257,6 +257,8 @@ def build_report(summary: summaries.EvaluationSummary, run: str | Path | None = 
         ("bootstrap", f"{boot.get('n_boot', '?')} resamples by {boot.get('unit', 'patient')}, seed {boot.get('seed', '?')}"),
         ("evaluated", m.get("evaluated", "–")),
     ]
+    if summary.drift_warning:  # the label-free check the CLI and the app show too
+        meta.insert(meta.index(next(r for r in meta if r[0] == "thresholds")) + 1, ("drift check", "⚠ " + summary.drift_warning))
     rows = columns.comparison_rows([(label, summary)])
     metric_cells = [list(columns.cells(r).values()) for r in rows]
     ops = columns.operating_rows(m)
