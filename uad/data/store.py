@@ -478,9 +478,12 @@ def load_working_case(
     case: Case | str,
     config: PreprocessConfig,
     cache_root: str | Path | None = None,
+    preprocess=None,
 ) -> WorkingCase:
     """One case of ``data_root`` at working size: from the slice cache when its entry is up to date, else
-    preprocessed now. Nothing is built or written, so scoring one case never waits for a whole cache.
+    preprocessed now (by ``preprocess(case, config)`` when given, e.g. ``uad.scoring.cache.cached_working_case``,
+    which keeps the result; default ``preprocess_case``). The slice cache is never built or written here, so
+    scoring one case never waits for a whole cache.
 
     ``case`` is a discovered ``Case`` or a case id (looked up under ``data_root``). The cache is used only
     when its manifest records this case with the fingerprint its files have now; a missing, stale or
@@ -498,7 +501,7 @@ def load_working_case(
                 return store.case(case.case_id).in_memory()
     except UADError:
         pass
-    return preprocess_case(case, config)
+    return (preprocess or preprocess_case)(case, config)
 
 
 def _find_case(data_root: str | Path, case_id: str) -> Case:
