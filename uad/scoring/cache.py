@@ -37,7 +37,13 @@ import numpy as np
 
 from uad.core import fileio, paths
 from uad.data.cases import Case
-from uad.data.preprocess import SLICE_TABLE_COLUMNS, PreprocessConfig, SliceGeometry, WorkingCase, preprocess_case
+from uad.data.preprocess import (
+    SLICE_TABLE_COLUMNS,
+    PreprocessConfig,
+    SliceGeometry,
+    WorkingCase,
+    preprocess_case,
+)
 from uad.data.store import fingerprint
 from uad.scoring.maps import VolumeScores, score_case
 from uad.scoring.recipe import ScoringRecipe
