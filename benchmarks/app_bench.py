@@ -225,7 +225,7 @@ def compare_threshold_moves(page, log_path: Path, moves: int) -> tuple[list[floa
     for i in range(moves):
         before = frame.evaluate("() => document.getElementById('root').dataset.drawnAt")
         t0 = time.perf_counter()
-        rng.press("ArrowRight" if i < moves // 2 else "ArrowLeft")
+        rng.press("ArrowRight" if i < (moves + 1) // 2 else "ArrowLeft")  # from Home: never a left press past it
         frame.wait_for_function("prev => document.getElementById('root').dataset.drawnAt !== prev", arg=before)
         trips.append((time.perf_counter() - t0) * 1000)
         frame.wait_for_function("() => { const d = document.getElementById('root').dataset; return d.frameFor === d.drawnAt; }")
