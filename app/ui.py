@@ -171,9 +171,15 @@ def warm_up() -> None:
 
     def work() -> None:
         try:
+            from streamlit import string_util
+
             import uad.checkpoints.weights  # noqa: F401
             import uad.scoring.cache  # noqa: F401
             import uad.scoring.maps  # noqa: F401
+
+            # Streamlit loads its emoji catalogue and compiles its pattern (~0.3 s) the first time a message
+            # with a non-ASCII character is drawn (Explore's "Computing the anomaly maps of …" notice): now.
+            string_util.extract_leading_emoji("…")
 
             # plotly imports a validator module per attribute on first use (~0.5 s): do it now, not on a slider move.
             go.Figure(data=[go.Scatter(x=[0], y=[0], line=dict(color="#fff")), go.Bar(x=[0], y=[0], marker_color="#fff"),

@@ -271,6 +271,14 @@ def test_load_working_case_reads_an_up_to_date_cache_else_preprocesses(make_coho
     now = store_mod.load_working_case(root, case, SMALL)
     assert fresh_calls == [cid]
     np.testing.assert_array_equal(now.images, real(case, SMALL).images)
+    # A stale case never opens the store (the manifest says so); the fallback may be the caller's own (the app
+    # keeps what it preprocesses: uad.scoring.cache.cached_working_case).
+    opened, own, real_store = [], [], store_mod.SliceStore
+    monkeypatch.setattr(store_mod, "SliceStore", lambda *a: opened.append(a) or real_store(*a))
+    store_mod.load_working_case(root, case, SMALL, preprocess=lambda c, config: own.append(c.case_id) or real(c, config))
+    assert own == [cid] and fresh_calls == [cid] and opened == []
+    assert store_mod.load_working_case(root, "BraTS2021_00001", SMALL).case_id == "BraTS2021_00001" and len(opened) == 1
+    monkeypatch.setattr(store_mod, "SliceStore", real_store)
     # A damaged entry of an unchanged case: the same fallback, no error.
     other = "BraTS2021_00001"
     images = store_mod.store_dir(root, SMALL) / "cases" / other / "images.npy"

@@ -123,3 +123,52 @@ def test_the_cache_keeps_the_most_recently_used_entries_within_its_size(setup, c
     assert len(computed) == 3
     _score(setup, sha="2" * 64)
     assert len(computed) == 4
+
+
+# -- the preprocessed case, kept beside the maps -------------------------------------------------------------
+@pytest.fixture
+def preprocessed(monkeypatch):
+    """Counts the cases actually preprocessed (not read from the cache)."""
+    calls = []
+
+    def counting(case, config):
+        calls.append(case.case_id)
+        return preprocess_case(case, config)
+
+    monkeypatch.setattr(cache, "preprocess_case", counting)
+    return calls
+
+
+def _same_case(a, b):
+    import pandas as pd
+
+    return (a.case_id == b.case_id and a.images.dtype == b.images.dtype == np.float32 and np.array_equal(a.images, b.images)
+            and np.array_equal(a.tumour, b.tumour) and np.array_equal(a.brain, b.brain) and a.labelled == b.labelled
+            and a.norm == b.norm and a.geometry.to_dict() == b.geometry.to_dict()
+            and np.array_equal(a.geometry.kept, b.geometry.kept) and a.geometry.kept.dtype == b.geometry.kept.dtype
+            and pd.testing.assert_frame_equal(a.table, b.table) is None)
+
+
+def test_a_working_case_is_preprocessed_once_and_read_back_equal(make_cohort, preprocessed):
+    root = make_cohort(2)
+    case = discover_cases(root)[0][0]
+    fresh = preprocess_case(case, CONFIG)
+    first = cache.cached_working_case(case, CONFIG)
+    again = cache.cached_working_case(case, CONFIG)
+    assert preprocessed == [case.case_id] and _same_case(first, fresh) and _same_case(again, fresh)
+    assert len(list(cache.cache_dir().glob("case-*.npz"))) == 1
+    # Another config or an edited file is another entry; a damaged or foreign entry is preprocessed again.
+    cache.cached_working_case(case, PreprocessConfig(image_size=64, crop_margin=2))
+    assert len(preprocessed) == 2
+    entry = cache.cache_dir() / f"case-{cache._digest(cache.working_case_key(case, CONFIG))}.npz"
+    entry.write_bytes(entry.read_bytes()[:1000])
+    assert _same_case(cache.cached_working_case(case, CONFIG), fresh) and len(preprocessed) == 3
+    other = discover_cases(root)[0][1]
+    cache.cached_working_case(other, CONFIG)
+    entry.write_bytes((cache.cache_dir() / f"case-{cache._digest(cache.working_case_key(other, CONFIG))}.npz").read_bytes())
+    assert _same_case(cache.cached_working_case(case, CONFIG), fresh) and len(preprocessed) == 5
+    assert _same_case(cache.cached_working_case(case, CONFIG), fresh) and len(preprocessed) == 5  # replaced
+    seg = case.seg or next(iter(case.modalities.values()))
+    os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 10**9))
+    cache.cached_working_case(case, CONFIG)
+    assert len(preprocessed) == 6

@@ -77,8 +77,10 @@ class SliceGeometry:
     # -- forward: volume → slices ---------------------------------------------------------------------
     def to_working(self, canonical: np.ndarray, kind: str = "image") -> np.ndarray:
         """(X, Y, Z) RAS+ volume → (S, size, size) kept slices. ``kind`` 'mask' resizes by area then ≥ 0.5."""
-        disp = display_stack(canonical[..., self.kept].astype(np.float32))
-        crop = _crop_square(disp, self.top, self.left, self.side)
+        # display_stack's view of the kept slices, not copied: the crop copies it, as float32, once (this was
+        # three full copies per call; preprocessing a demo case called it three times).
+        disp = canonical[..., self.kept].transpose(2, 1, 0)[:, ::-1, :]
+        crop = _crop_square(disp, self.top, self.left, self.side, np.float32)
         out = _resize_stack(crop, self.image_size)
         return out >= 0.5 if kind == "mask" else out
 
@@ -210,8 +212,14 @@ def normalise(volume: np.ndarray, mask: np.ndarray, low: float, high: float) -> 
     lo, hi = np.percentile(volume[mask], [low, high])
     if hi <= lo:
         hi = lo + 1.0  # constant brain: avoid dividing by zero, everything maps to 0
-    out = np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    out[~mask] = 0.0
+    # Outside the brain everything is 0: the arithmetic runs on the brain's bounding box only (about a third of a
+    # BraTS grid), voxel for voxel as it would on the whole volume.
+    out = np.zeros(volume.shape, np.float32)
+    box = tuple(slice(int(idx[0]), int(idx[-1]) + 1)
+                for idx in (np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)))
+    inside = np.clip((volume[box] - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    inside[~mask[box]] = 0.0
+    out[box] = inside
     return out, (float(lo), float(hi))
 
 
@@ -272,10 +280,11 @@ def _square_crop(mask: np.ndarray, kept: np.ndarray, config: PreprocessConfig, v
     return SliceGeometry(tuple(mask.shape), vols.shape, vols.affine, vols.ornt, top, left, side, config.image_size, kept)
 
 
-def _crop_square(stack: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
-    """Crop (S, R, C) to (S, side, side) at (top, left), zero-padding where the square leaves the image."""
+def _crop_square(stack: np.ndarray, top: int, left: int, side: int, dtype=None) -> np.ndarray:
+    """Crop (S, R, C) to (S, side, side) at (top, left), zero-padding where the square leaves the image; the
+    values cast to ``dtype`` (default: the stack's)."""
     S, R, C = stack.shape
-    out = np.zeros((S, side, side), stack.dtype)
+    out = np.zeros((S, side, side), dtype or stack.dtype)
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + side, R), min(left + side, C)
     out[:, r0 - top:r1 - top, c0 - left:c1 - left] = stack[:, r0:r1, c0:c1]

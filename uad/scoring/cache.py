@@ -14,6 +14,12 @@ holds that key's parts, which are compared on every read, and the arrays' shapes
 case: an entry that does not match, or cannot be read at all, is computed again and replaced, never
 trusted. Reading an entry marks it used (its mtime); past ``max_bytes`` the least recently used entries
 are removed, as the slice cache does (``uad.data.cache``).
+
+The same folder keeps the case the maps are computed from, as ``uad.data.preprocess.preprocess_case`` returns
+it (float32 images, masks, slice table, geometry), one ``case-<key>.npz`` per case files and preprocessing
+(``cached_working_case``), under the same rules. A restarted app then reads a case it showed before instead of
+decoding its NIfTI files and preprocessing them again (0.4–0.9 s of CPU per demo case on the development
+machine; reading the entry back takes milliseconds).
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ import numpy as np
 
 from uad.core import fileio, paths
 from uad.data.cases import Case
-from uad.data.preprocess import PreprocessConfig, WorkingCase
+from uad.data.preprocess import (
+    SLICE_TABLE_COLUMNS,
+    PreprocessConfig,
+    SliceGeometry,
+    WorkingCase,
+    preprocess_case,
+)
 from uad.data.store import fingerprint
 from uad.scoring.maps import VolumeScores, score_case
 from uad.scoring.recipe import ScoringRecipe
@@ -39,6 +51,7 @@ from uad.scoring.recipe import ScoringRecipe
 log = logging.getLogger("uad.scoring.cache")
 
 VERSION = 1  # raise when a change to the scoring code changes the maps it makes
+CASE_VERSION = 1  # raise when a change to the preprocessing code changes the working cases it makes
 MAX_BYTES = 2 * 2**30  # default size limit of the maps cache (about 100 cases of 150 slices at 128²)
 MAX_BYTES_ENV = "UAD_MAPS_CACHE_MAX_BYTES"
 STALE_TMP_S = 3600.0  # a temporary file this old is left over from a killed writer
@@ -132,6 +145,73 @@ def _write(path: Path, key: dict[str, Any], vs: VolumeScores) -> None:
               "scores": np.asarray(vs.scores), "mask": np.asarray(vs.mask, bool)}
     if vs.reconstruction is not None:
         arrays["reconstruction"] = np.asarray(vs.reconstruction, np.float32)
+    with fileio.atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def working_case_key(case: Case, config: PreprocessConfig) -> dict[str, Any]:
+    """The parts of a working-case entry's key: the case's files and the preprocessing config."""
+    return {"version": CASE_VERSION, "kind": "working case", "source": fingerprint(case, config)}
+
+
+def cached_working_case(case: Case, config: PreprocessConfig, root: str | Path | None = None) -> WorkingCase:
+    """``preprocess_case(case, config)``, read from this cache when kept there, else computed and kept.
+
+    Equal to a fresh preprocessing array for array (float32 images, as computed, not the slice store's float16):
+    the entry holds the arrays themselves. An entry of another key, damaged or of inconsistent shapes is
+    computed again and replaced, never trusted; a disk that cannot keep it costs the reuse, never the case."""
+    folder = Path(root) if root is not None else cache_dir()
+    key = working_case_key(case, config)
+    path = folder / f"case-{_digest(key)}.npz"
+    found = _read_working(path, key, case.case_id)
+    if found is not None:
+        return found
+    working = preprocess_case(case, config)
+    try:
+        _write_working(path, key, working)
+        evict(folder, max_bytes(), keep=path)
+    except OSError as exc:
+        log.warning("could not keep the preprocessed %s in %s: %s", case.case_id, folder, exc)
+    return working
+
+
+def _read_working(path: Path, key: dict[str, Any], case_id: str) -> WorkingCase | None:
+    if not path.is_file():
+        return None
+    try:
+        import pandas as pd
+
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta["key"] != key or meta["case_id"] != case_id:
+                raise ValueError("another key's case")
+            images, tumour, brain = z["images"], z["tumour"], z["brain"]
+            table = pd.DataFrame({c: z[f"table_{c}"] for c in SLICE_TABLE_COLUMNS})
+        geometry = SliceGeometry.from_dict(meta["geometry"])
+        S, size = len(geometry.kept), geometry.image_size
+        if (images.dtype != np.float32 or images.ndim != 4 or images.shape[0] != S or images.shape[2:] != (size, size)
+                or tumour.shape != (S, size, size) or brain.shape != tumour.shape or tumour.dtype != bool
+                or brain.dtype != bool or len(table) != S):
+            raise ValueError("arrays of the wrong shape or type for this case")
+        working = WorkingCase(case_id, images, tumour, brain, table, geometry, bool(meta["labelled"]),
+                              [(float(lo), float(hi)) for lo, hi in meta["norm"]])
+    except (*_UNREADABLE, TypeError) as exc:
+        log.warning("cache entry %s is unusable (%s): preprocessing the case again", path, exc)
+        return None
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+    return working
+
+
+def _write_working(path: Path, key: dict[str, Any], w: WorkingCase) -> None:
+    meta = {"key": key, "case_id": w.case_id, "geometry": w.geometry.to_dict(), "labelled": bool(w.labelled),
+            "norm": [[float(lo), float(hi)] for lo, hi in w.norm]}
+    arrays = {"meta": np.array(json.dumps(meta, sort_keys=True)), "images": np.asarray(w.images, np.float32),
+              "tumour": np.asarray(w.tumour, bool), "brain": np.asarray(w.brain, bool)}
+    arrays.update({f"table_{c}": w.table[c].to_numpy() for c in SLICE_TABLE_COLUMNS})
     with fileio.atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
