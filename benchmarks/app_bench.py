@@ -301,6 +301,17 @@ def warm_session(browser, url: str):
     return page
 
 
+def stop_server(proc) -> None:
+    """Stop the app's server and everything it started; SIGKILL if it has not stopped after 30 s (a server
+    busy in a background thread may not answer SIGTERM quickly)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
 def row(name: str, values: list[float], unit: str = "ms") -> str:
     if not values:
         return f"| {name} | – | – | – |"
@@ -363,8 +374,7 @@ def main() -> None:
             browser.close()
 
             # A restarted app: only the maps cache on disk remembers the maps.
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
+            stop_server(proc)
             proc, url = start_server(work / "server-restarted.log", maps_dir)
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -372,8 +382,7 @@ def main() -> None:
             explore_again = open_explore(page)
             browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
+        stop_server(proc)
 
     print("| measure | median | max | n |\n|---|---:|---:|---:|")
     print(f"| first render, fresh server | {cold:.2f} s | | 1 |")
