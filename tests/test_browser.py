@@ -79,18 +79,25 @@ def server(home, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser_page(server):
+def chromium():
+    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.set_default_timeout(60_000)
         try:
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(server, chromium):
+    page = chromium.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(60_000)
+    yield page
+    page.close()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -688,7 +695,7 @@ SCREEN_PIXELS = """async img => {
 }"""
 
 
-def test_report_examples_are_radiological_lettered_and_named(tmp_path):
+def test_report_examples_are_radiological_lettered_and_named(tmp_path, chromium):
     """Issue #20, defect 2: the HTML report opened in Chromium. Every case's tumour lies on the patient's left;
     each example slice carries the letters R (screen left), L (screen right), A (top), P (bottom), and the
     tumour (its cyan outline on the anomaly map, the brightest input pixels) is drawn on the screen's right,
@@ -710,69 +717,65 @@ def test_report_examples_are_radiological_lettered_and_named(tmp_path):
     assert cli(["report", "--run", str(run), "--out", str(out)]) == 0
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(out.as_uri())
-            page.wait_for_load_state("load")
-            heading, title = page.locator("h1").inner_text(), page.title()
-            assert "left-tumour-run" in heading and "left-tumour-run" in title, (heading, title)
-            assert "autoencoder · autoencoder" not in heading + title
-            blocks = page.locator("h3", has_text="case:")
-            assert blocks.count() >= 1 and "best case" in blocks.first.inner_text()
-            figs = page.locator(".examples figure")
-            assert figs.count() == 3 * blocks.count()
-            page.locator(".examples").first.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "report-examples.png"), full_page=True)
-            letters_at = []
-            for f in range(figs.count()):
-                fig = figs.nth(f)
-                box = fig.locator("img").bounding_box()
-                mid_x, mid_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-                at = {}
-                for span in fig.locator(".ol").all():
-                    b = span.bounding_box()
-                    at[span.inner_text()] = (b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
-                caption = fig.locator("figcaption").inner_text()
-                assert sorted(at) == ["A", "L", "P", "R"], (caption, at)
-                # On screen, inside the picture: R on its left half, L on its right half, A at the top, P at the bottom.
-                assert box["x"] <= at["R"][0] < mid_x < at["L"][0] <= box["x"] + box["width"], (caption, at, box)
-                assert box["y"] <= at["A"][1] < mid_y < at["P"][1] <= box["y"] + box["height"], (caption, at, box)
-                letters_at.append(caption)
-            page.add_style_tag(content=".ol{visibility:hidden}")  # the pictures alone, for the pixel checks below
+    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(out.as_uri())
+        page.wait_for_load_state("load")
+        heading, title = page.locator("h1").inner_text(), page.title()
+        assert "left-tumour-run" in heading and "left-tumour-run" in title, (heading, title)
+        assert "autoencoder · autoencoder" not in heading + title
+        blocks = page.locator("h3", has_text="case:")
+        assert blocks.count() >= 1 and "best case" in blocks.first.inner_text()
+        figs = page.locator(".examples figure")
+        assert figs.count() == 3 * blocks.count()
+        page.locator(".examples").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "report-examples.png"), full_page=True)
+        letters_at = []
+        for f in range(figs.count()):
+            fig = figs.nth(f)
+            box = fig.locator("img").bounding_box()
+            mid_x, mid_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            at = {}
+            for span in fig.locator(".ol").all():
+                b = span.bounding_box()
+                at[span.inner_text()] = (b["x"] + b["width"] / 2, b["y"] + b["height"] / 2)
+            caption = fig.locator("figcaption").inner_text()
+            assert sorted(at) == ["A", "L", "P", "R"], (caption, at)
+            # On screen, inside the picture: R on its left half, L on its right half, A at the top, P at the bottom.
+            assert box["x"] <= at["R"][0] < mid_x < at["L"][0] <= box["x"] + box["width"], (caption, at, box)
+            assert box["y"] <= at["A"][1] < mid_y < at["P"][1] <= box["y"] + box["height"], (caption, at, box)
+            letters_at.append(caption)
+        page.add_style_tag(content=".ol{visibility:hidden}")  # the pictures alone, for the pixel checks below
 
-            def tumour_pixels(rgb: np.ndarray, caption: str) -> np.ndarray:
-                if caption == "input":  # the tumour is the brightest tissue of the FLAIR input
-                    return rgb[..., 0] >= 0.9 * rgb[..., 0].max()
-                return np.abs(rgb - np.array([0, 255, 255])).max(axis=2) <= 8  # the cyan ground-truth outline
+        def tumour_pixels(rgb: np.ndarray, caption: str) -> np.ndarray:
+            if caption == "input":  # the tumour is the brightest tissue of the FLAIR input
+                return rgb[..., 0] >= 0.9 * rgb[..., 0].max()
+            return np.abs(rgb - np.array([0, 255, 255])).max(axis=2) <= 8  # the cyan ground-truth outline
 
-            sides = []
-            for f in range(figs.count()):
-                fig = figs.nth(f)
-                caption, img = fig.locator("figcaption").inner_text(), fig.locator("img")
-                if caption != "input" and not caption.startswith("anomaly map"):
-                    continue
-                # As drawn on the screen (an element screenshot, its 1 px border cut off) ...
-                screen = np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"), np.int32)[1:-1, 1:-1]
-                # ... and as the browser decoded the picture (drawn into a canvas), equal to the report's PNG.
-                px = img.evaluate(SCREEN_PIXELS)
-                decoded = np.asarray(px["rgba"], np.int32).reshape(px["h"], px["w"], 4)[..., :3]
-                png = Image.open(io.BytesIO(base64.b64decode(img.get_attribute("src").split(",", 1)[1])))
-                assert np.abs(np.asarray(png.convert("RGB"), np.int32) - decoded).max() <= 2, caption
-                for where, rgb in (("screen", screen), ("decoded", decoded)):
-                    cols = np.nonzero(tumour_pixels(rgb, caption))[1]
-                    assert cols.size >= 20, (caption, where, cols.size)
-                    right = float((cols >= rgb.shape[1] / 2).mean())
-                    sides.append((caption, where, round(right, 3)))
-                    # The patient's left on the screen's right: (nearly) every tumour pixel right of the picture's centre.
-                    assert right >= 0.95, (caption, where, right)
-            assert len(letters_at) == 3 * blocks.count() and len(sides) == 4 * blocks.count(), (letters_at, sides)
-            print(f"\nreport examples, share of tumour pixels on the screen's right: {sides}")
-        finally:
-            browser.close()
+        sides = []
+        for f in range(figs.count()):
+            fig = figs.nth(f)
+            caption, img = fig.locator("figcaption").inner_text(), fig.locator("img")
+            if caption != "input" and not caption.startswith("anomaly map"):
+                continue
+            # As drawn on the screen (an element screenshot, its 1 px border cut off) ...
+            screen = np.asarray(Image.open(io.BytesIO(img.screenshot())).convert("RGB"), np.int32)[1:-1, 1:-1]
+            # ... and as the browser decoded the picture (drawn into a canvas), equal to the report's PNG.
+            px = img.evaluate(SCREEN_PIXELS)
+            decoded = np.asarray(px["rgba"], np.int32).reshape(px["h"], px["w"], 4)[..., :3]
+            png = Image.open(io.BytesIO(base64.b64decode(img.get_attribute("src").split(",", 1)[1])))
+            assert np.abs(np.asarray(png.convert("RGB"), np.int32) - decoded).max() <= 2, caption
+            for where, rgb in (("screen", screen), ("decoded", decoded)):
+                cols = np.nonzero(tumour_pixels(rgb, caption))[1]
+                assert cols.size >= 20, (caption, where, cols.size)
+                right = float((cols >= rgb.shape[1] / 2).mean())
+                sides.append((caption, where, round(right, 3)))
+                # The patient's left on the screen's right: (nearly) every tumour pixel right of the picture's centre.
+                assert right >= 0.95, (caption, where, right)
+        assert len(letters_at) == 3 * blocks.count() and len(sides) == 4 * blocks.count(), (letters_at, sides)
+        print(f"\nreport examples, share of tumour pixels on the screen's right: {sides}")
+    finally:
+        page.close()
 
 
 # -- labels are text (issue #17 E) --------------------------------------------------------------------------------
