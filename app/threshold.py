@@ -23,22 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import viewer
 
 from uad.evaluation import figures
 
 FRONTEND = Path(__file__).resolve().parent / "threshold_frontend"
 
-_component = None
-
-
 def component():
-    """The declared Streamlit component (declared on first use, so importing this module needs no Streamlit)."""
-    global _component
-    if _component is None:
-        import streamlit.components.v1 as components
-
-        _component = components.declare_component("uad_thresholds", path=str(FRONTEND))
-    return _component
+    return viewer.declared("uad_thresholds", FRONTEND)
 
 
 @dataclass

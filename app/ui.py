@@ -194,3 +194,16 @@ def warm_up() -> None:
     timer.daemon = True
     timer.name = "uad-warm-up"
     timer.start()
+
+
+def viewer_place(key: str, shown: tuple, notice: str):
+    """Where a page draws its viewer, and whether ``shown`` (what it will show) is new. While another case or run
+    loads, a notice stands there instead of the previous one's images under the new name; otherwise a plain
+    container, so the viewer's frame (and the volumes it holds) stays: an st.empty written on every run would
+    replace it each time. The page stores ``shown`` under ``key`` once drawn."""
+    if st.session_state.get(key) != shown:
+        slot = st.empty()
+        slot.info(md(notice))
+        return slot.container, True
+    box = st.container()
+    return (lambda: box), False

@@ -39,17 +39,21 @@ FRONTEND = Path(__file__).resolve().parent / "viewer_frontend"
 DTYPES = {"uint8": "uint8", "uint16": "uint16", "int16": "int16", "float32": "float32"}  # what viewer.js decodes
 LAYOUTS = ("planes", "1x3", "2x2", "single")  # all planes of every panel; one panel's three planes; panels in one plane; one view
 
-_component = None
+_declared: dict[str, Any] = {}
+
+
+def declared(name: str, path: Path):
+    """The Streamlit component ``name`` served from ``path``, declared on first use (so importing the modules that
+    draw one needs no Streamlit); the viewer's and the threshold component's one declaration point."""
+    if name not in _declared:
+        import streamlit.components.v1 as components
+
+        _declared[name] = components.declare_component(name, path=str(path))
+    return _declared[name]
 
 
 def component():
-    """The declared Streamlit component (declared on first use, so importing this module needs no Streamlit)."""
-    global _component
-    if _component is None:
-        import streamlit.components.v1 as components
-
-        _component = components.declare_component("uad_viewer", path=str(FRONTEND))
-    return _component
+    return declared("uad_viewer", FRONTEND)
 
 
 # -- orientation -----------------------------------------------------------------------------------------------

@@ -104,18 +104,8 @@ def _case_section(root: Path) -> None:
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))
     state.remember_choice(key)
     case = next(c for c in cases if c.case_id == case_id)
-    # The viewer's place: while another case loads, a notice stands there instead of the previous case's
-    # images under the new case's name; otherwise a plain container, so that the viewer's frame (and the
-    # volumes it holds) stays: an st.empty written on every run would replace it each time.
     shown = (str(root), case_id)
-    fresh = st.session_state.get("data_shown") != shown
-    if fresh:
-        slot = st.empty()
-        slot.info(md(f"Loading {case_id} ({', '.join(m.upper() for m in case.modalities)})…"))
-        place = slot.container
-    else:
-        box = st.container()
-        place = lambda: box  # noqa: E731
+    place, fresh = ui.viewer_place("data_shown", shown, f"Loading {case_id} ({', '.join(m.upper() for m in case.modalities)})…")
     d = state.load_display_case(str(root), case_id, state.case_stamp(case))
     if d is None:
         place().error(md(f"case {case_id} is no longer in {root}"))

@@ -174,18 +174,8 @@ def _page() -> None:
     ui.training_data_caption(v.info, root, [x.info for x in views])
     if v.state in ("cancelled", "failed") or v.active:
         st.warning(f"{md(name)} is {v.state}: its checkpoint may be only partly trained (epoch {v.epoch} of {v.epochs or '?'}).")
-    # The viewer's place. While another case or run is scored (seconds), a notice stands there instead of the
-    # previous case's images under the new case's name; otherwise a plain container, so that the viewer's frame
-    # (and the volumes it holds) stays: an st.empty written on every run would replace it each time.
     shown = (str(root), name, case_id)
-    fresh = st.session_state.get("explore_shown") != shown
-    if fresh:
-        slot = st.empty()
-        slot.info(md(f"Computing the anomaly maps of {case_id} with {name}…"))
-        place = slot.container
-    else:
-        box = st.container()
-        place = lambda: box  # noqa: E731
+    place, fresh = ui.viewer_place("explore_shown", shown, f"Computing the anomaly maps of {case_id} with {name}…")
     recipe, summary = _recipe(v, root)
     scored = _score(v, case, root, recipe)
     if scored is None:
