@@ -13,6 +13,8 @@ if str(_ROOT) not in sys.path:
 import state  # noqa: E402  (needs the sys.path entry above)
 import ui  # noqa: E402
 
+from uad.data.demo import demo_ready
+
 st.set_page_config(page_title="uad · anomaly detection in brain MRI", page_icon=":material/neurology:", layout="wide")
 state.require_local_address()  # never serve patient data on a network by accident
 
@@ -28,3 +30,5 @@ ui.figure_format_control()  # which format every chart's camera button downloads
 with ui.timed(f"page {current.title}"):
     current.run()
 ui.warm_up()  # after the page is drawn: preload torch for Train/Explore in the background
+_root = state.active_root()
+ui.prefetch_explore(str(_root), state.is_demo(_root), not state.is_demo(_root) or demo_ready())  # Explore's opening view

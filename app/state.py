@@ -234,12 +234,10 @@ def prepare_case(root: str, case_id: str, preprocess_key: tuple, stamp: tuple) -
     (``uad.scoring.cache.cached_working_case``): a restarted app reads it back in milliseconds instead of
     decoding the NIfTI files and preprocessing them again (0.4–0.9 s of CPU for a demo case)."""
     from uad.data.preprocess import PreprocessConfig
-    from uad.data.store import load_working_case
-    from uad.scoring.cache import cached_working_case
+    from uad.scoring import cache
 
     # The app's cached discovery spares a folder scan; a case gone since then is looked up (and reported) by uad.
-    return load_working_case(root, find_case(Path(root), case_id) or case_id, PreprocessConfig.from_dict(dict(preprocess_key)),
-                             preprocess=cached_working_case)
+    return cache.working_case(root, find_case(Path(root), case_id) or case_id, PreprocessConfig.from_dict(dict(preprocess_key)))
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
@@ -249,16 +247,12 @@ def score_case(run_dir: str, ckpt_stamp: tuple, root: str, case_id: str, case_st
     revisit, another session or a restarted app reads them instead of computing them again."""
     import json
 
-    from uad.scoring import cache, scorers
+    from uad.scoring import cache
     from uad.scoring.recipe import ScoringRecipe
 
     ckpt = load_checkpoint(run_dir, ckpt_stamp)
     prep = prepare_case(root, case_id, freeze(ckpt.preprocess.to_dict()), case_stamp)
-    recipe = ScoringRecipe.from_dict(json.loads(recipe_json))
-    vs = cache.cached_score_case(scorers.ModelScorer.of(ckpt, keep_reconstruction=True), prep, recipe,
-                                 case=find_case(Path(root), case_id), config=ckpt.preprocess,
-                                 weights_sha256=ckpt.record.weights_sha256)
-    return prep, vs
+    return prep, cache.viewer_maps(ckpt, prep, ScoringRecipe.from_dict(json.loads(recipe_json)), find_case(Path(root), case_id))
 
 
 def freeze(d: dict) -> tuple:

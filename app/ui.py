@@ -196,6 +196,29 @@ def warm_up() -> None:
     timer.start()
 
 
+PREFETCH_ENV = "UAD_APP_PREFETCH"  # "0": Explore computes its opening view only when visited
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def prefetch_explore(root: str, demo_active: bool, ready: bool) -> None:
+    """Once per dataset folder (and once more when the demo cohort has just been generated: ``ready``): compute
+    Explore's opening view on ``root`` in the background (``uad.jobs.prefetch``), so the first visit reads it."""
+    import threading
+
+    if not ready or os.environ.get(PREFETCH_ENV) == "0":
+        return
+
+    def work() -> None:
+        from uad.jobs import prefetch
+
+        prefetch.explore_opening(root, demo_active)
+
+    timer = threading.Timer(WARM_UP_DELAY_S, work)  # after the warm-up's imports have started, not before the page
+    timer.daemon = True
+    timer.name = "uad-prefetch"
+    timer.start()
+
+
 def viewer_place(key: str, shown: tuple, notice: str):
     """Where a page draws its viewer, and whether ``shown`` (what it will show) is new. While another case or run
     loads, a notice stands there instead of the previous one's images under the new name; otherwise a plain

@@ -117,6 +117,26 @@ def show(*, key: str, volumes: dict[str, Volume], fresh: bool = False, **spec_ar
     component()(spec=spec, key=key, default=None, **payload)
 
 
+_kept: list[tuple[tuple, tuple, Any]] = []
+_kept_lock = threading.Lock()
+_KEPT_MAX = 3
+
+
+def kept(objects: tuple, extra: tuple, build):
+    """``build()``, made once for the same ``objects`` (compared by identity: the arrays and results of the app's
+    caches) and equal ``extra``, for the last few such keys. The entry holds the objects themselves, so an id is
+    never mistaken for a later object's. Page scripts run afresh on every rerun: what they keep lives here."""
+    with _kept_lock:
+        for objs, ext, value in _kept:
+            if ext == extra and len(objs) == len(objects) and all(a is b for a, b in zip(objs, objects)):
+                return value
+    value = build()
+    with _kept_lock:
+        _kept.insert(0, (objects, extra, value))
+        del _kept[_KEPT_MAX:]
+    return value
+
+
 _packed: dict[str, bytes] = {}  # content hash -> deflated bytes: a volume is compressed once, whoever asks again
 _packed_lock = threading.Lock()
 _PACKED_MAX = 24

@@ -65,6 +65,9 @@ def isolated_home(tmp_path, monkeypatch):
     """Every test writes caches and runs under its own temporary UAD_HOME."""
     monkeypatch.setenv("UAD_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("UAD_CACHE_DIR", raising=False)
+    # The app computes Explore's opening view in a background thread (uad.jobs.prefetch): off unless a test
+    # is about it, so no test races a computation it did not ask for.
+    monkeypatch.setenv("UAD_APP_PREFETCH", "0")
     return tmp_path / "home"
 
 

@@ -494,6 +494,33 @@ def test_explore_reads_a_runs_maps_from_disk_after_a_restart(home, monkeypatch):
     assert not at.error and not computed and np.array_equal(viewer_volume(at, "map0"), heat)
 
 
+def test_the_app_computes_explores_opening_view_ahead_and_explore_reads_it(home, monkeypatch, tmp_path):
+    """Issue 19: once the app's first page is drawn, a background thread computes the maps of the run and case
+    Explore opens with, with Explore's own recipe; the first visit to Explore reads them instead of computing."""
+    import streamlit as st
+
+    from uad.scoring import cache, maps
+
+    monkeypatch.setenv("UAD_APP_PREFETCH", "1")
+    monkeypatch.setenv(cache.DIR_ENV, str(tmp_path / "maps"))  # empty: nothing computed before this test
+    st.cache_resource.clear()  # a fresh server: the prefetch has not run for this folder
+
+    def entries():
+        return [p for p in cache.cache_dir().glob("*.npz") if not p.name.startswith("case-")]
+
+    new_app()  # Overview drawn; the prefetch starts in the background
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and not entries():
+        time.sleep(0.2)
+    assert entries(), "the prefetch wrote no maps"
+    computed = []
+    for module in (cache, maps):
+        monkeypatch.setattr(module, "score_case", lambda *a, **k: computed.append(a) or pytest.fail("maps computed again"))
+    at = page(new_app(), "explore")  # its own opening run and case, as a researcher's first visit
+    assert not at.exception and not at.error and not computed
+    assert viewer_volume(at, "map0").any() and len(entries()) == 1
+
+
 def test_explore_heatmaps_side_by_side_on_one_scale(home):
     other = copy_run(home, "zz-second-model")
     try:

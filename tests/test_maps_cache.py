@@ -60,6 +60,29 @@ def test_maps_are_computed_once_and_read_back_equal(setup, computed):
     assert len(list(cache.cache_dir().glob("*.npz"))) == 1
 
 
+def test_two_callers_at_once_compute_the_maps_once(setup, monkeypatch):
+    """Two sessions of the app (or a session and the app's prefetch) asking for the same maps at the same time:
+    one computes them, the other waits and reads them."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow(scorer, working, recipe, rows=None):
+        calls.append(threading.current_thread().name)
+        time.sleep(0.5)  # long enough for the second caller to arrive while the first computes
+        return score_case(scorer, working, recipe, rows)
+
+    monkeypatch.setattr(cache, "score_case", slow)
+    got = {}
+    threads = [threading.Thread(target=lambda n=n: got.__setitem__(n, _score(setup)), name=f"caller-{n}") for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(calls) == 1 and len(got) == 2 and _equal(got[0], got[1])
+
+
 def test_another_checkpoint_recipe_preprocessing_or_edited_file_never_reuses_old_maps(setup, computed):
     case, working, scorer = setup
     _score(setup)

@@ -28,12 +28,31 @@ def _recipe(v: run_jobs.RunView, root):
     active folder (whose presets the page shows), else the default recipe (None: no evaluation here)."""
     from uad.scoring.recipe import ScoringRecipe
 
-    summary = eval_jobs.evaluation_on(v, root)
     try:
-        return (summary.recipe, summary) if summary is not None else (ScoringRecipe(), None)
+        return eval_jobs.viewer_recipe(v, root)
     except ValueError as exc:
-        st.warning(str(exc))
+        st.warning(md(str(exc)))
         return ScoringRecipe(), None
+
+
+def _volumes(prep: WorkingCase, scores: list[VolumeScores], names: list[str], modalities: list[str],
+             grid: view.WorkingGrid) -> dict[str, viewer.Volume]:
+    """The viewer's volumes of a case and its runs' maps, placed on the display grid."""
+    volumes: dict[str, viewer.Volume] = {}
+    for c, mod in enumerate(modalities):
+        volumes[f"input:{mod}"] = viewer.Volume(grid.place(display.unit_codes(prep.images[:, c])), label=f"input {mod.upper()}",
+                                                window=(0.0, 1.0), scale=1 / display.UNIT_CODES, unit="normalised 0–1")
+    if scores[0].reconstruction is not None:
+        for c, mod in enumerate(modalities):
+            volumes[f"recon:{mod}"] = viewer.Volume(grid.place(display.unit_codes(scores[0].reconstruction[:, c])),
+                                                    label=f"reconstruction {mod.upper()}", window=(0.0, 1.0),
+                                                    scale=1 / display.UNIT_CODES, unit="normalised 0–1")
+    volumes["brain"] = viewer.Volume(grid.place(scores[0].mask.astype(np.uint8)), kind="mask", label="eroded brain mask")
+    if prep.labelled:
+        volumes["tumour"] = viewer.Volume(grid.place(prep.tumour.astype(np.uint8)), kind="mask", label="tumour (ground truth)")
+    for i, (model_name, model_vs) in enumerate(zip(names, scores)):
+        volumes[f"map{i}"] = viewer.Volume(grid.place(model_vs.maps.astype(np.float32)), kind="heat", label=f"anomaly map · {model_name}")
+    return volumes
 
 
 def _viewer(prep: WorkingCase, models: list[tuple[str, VolumeScores]], presets: list[tuple[float, float]], vmax: float,
@@ -44,29 +63,18 @@ def _viewer(prep: WorkingCase, models: list[tuple[str, VolumeScores]], presets: 
     name, vs = models[0]
     grid = view.working_grid(prep)
     top = view.threshold_range(vs, presets)
-    volumes: dict[str, viewer.Volume] = {}
-    inputs, recons = [], []
-    for c, mod in enumerate(modalities):
-        volumes[f"input:{mod}"] = viewer.Volume(grid.place(display.unit_codes(prep.images[:, c])), label=f"input {mod.upper()}",
-                                                window=(0.0, 1.0), scale=1 / display.UNIT_CODES, unit="normalised 0–1")
-        inputs.append(f"input:{mod}")
-    if vs.reconstruction is not None:
-        for c, mod in enumerate(modalities):
-            volumes[f"recon:{mod}"] = viewer.Volume(grid.place(display.unit_codes(vs.reconstruction[:, c])),
-                                                    label=f"reconstruction {mod.upper()}", window=(0.0, 1.0),
-                                                    scale=1 / display.UNIT_CODES, unit="normalised 0–1")
-            recons.append(f"recon:{mod}")
-    volumes["brain"] = viewer.Volume(grid.place(vs.mask.astype(np.uint8)), kind="mask", label="eroded brain mask")
-    contour = []
-    if prep.labelled:
-        volumes["tumour"] = viewer.Volume(grid.place(prep.tumour.astype(np.uint8)), kind="mask", label="tumour (ground truth)")
-        contour = [{"volume": "tumour", "kind": "contour", "width": 1.5}]
+    # Built once for the same case and maps objects of the app's caches: a rerun or a revisit neither rebuilds
+    # nor rehashes 20 MB.
+    scores, names = [m for _, m in models], [n for n, _ in models]
+    volumes = viewer.kept((prep, *scores), (tuple(names), tuple(modalities)), lambda: _volumes(prep, scores, names, modalities, grid))
+    inputs = [f"input:{mod}" for mod in modalities]
+    recons = [f"recon:{mod}" for mod in modalities] if vs.reconstruction is not None else []
+    contour = [{"volume": "tumour", "kind": "contour", "width": 1.5}] if prep.labelled else []
     colour = {m: ui.MODEL_COLOURS[i % len(ui.MODEL_COLOURS)] for i, (m, _) in enumerate(models)}
     panels = [viewer.Panel("Input ({channel})" + (" + tumour outline" if prep.labelled else ""), inputs, contour)]
     if recons:
         panels.append(viewer.Panel("Reconstruction ({channel})", recons, subtitle=name))
     for i, (model_name, model_vs) in enumerate(models):
-        volumes[f"map{i}"] = viewer.Volume(grid.place(model_vs.maps.astype(np.float32)), kind="heat", label=f"anomaly map · {model_name}")
         panels.append(viewer.Panel("Anomaly map", inputs, [{"volume": f"map{i}", "kind": "heat"}, *contour],
                                    subtitle=model_name, colour=colour[model_name]))
     panels.append(viewer.Panel("Thresholded" + (" vs ground truth" if prep.labelled else ""), inputs,
@@ -158,7 +166,7 @@ def _page() -> None:
     ids = [c.case_id for c in cases]
     # Keyed by folder, like the Data page's: a case box never shows a case of another folder.
     case_key = state.case_key("explore", root)
-    state.keep_choice(case_key, ids[next((i for i, c in enumerate(cases) if c.labelled), 0)], options=ids)
+    state.keep_choice(case_key, ids[run_choice.default_case(cases)], options=ids)
     c_case, c_others = st.columns([1, 3])
     case_id = c_case.selectbox("Case", ids, key=case_key,
                            format_func=lambda c: c + ("" if next(x for x in cases if x.case_id == c).labelled else "  (unlabelled)"))

@@ -47,3 +47,9 @@ def default_run(infos: list[listing.RunInfo], demo_active: bool, data_root: str 
     if shipped:
         return shipped[0], "a shipped checkpoint"
     return infos[0], f"no completed run: the newest run, {infos[0].state}"
+
+
+def default_case(cases: list) -> int:
+    """Index of the case a viewer opens first: the first labelled one (its tumour outline and Dice are shown), else
+    the first."""
+    return next((i for i, c in enumerate(cases) if c.labelled), 0)

@@ -10,6 +10,7 @@ from uad.data import identity
 from uad.evaluation import summaries
 from uad.jobs.background import launch_info, reap, start_process, tail
 from uad.jobs.run_jobs import RunView
+from uad.scoring.recipe import ScoringRecipe
 
 # One evaluation = one run on one dataset and split, in <eval base>/<dataset-id>/<split>/ (uad.report).
 # A background evaluation keeps launch.json, eval.log and progress.json in that same folder.
@@ -27,6 +28,14 @@ def evaluations(v: RunView) -> list[summaries.EvaluationSummary]:
 def evaluation_on(v: RunView, root: str | Path, split: str | None = None) -> summaries.EvaluationSummary | None:
     """The run's newest evaluation on the dataset at ``root`` (any split unless given), None when none."""
     return summaries.pick(evaluations(v), identity.dataset_ref(root).id, split)
+
+
+def viewer_recipe(v: RunView, root: str | Path) -> tuple[ScoringRecipe, summaries.EvaluationSummary | None]:
+    """The scoring recipe a viewer scores ``v`` with on ``root``, and the evaluation it comes from: the recipe of
+    the run's evaluation on that folder (whose thresholds the viewer offers as presets), else the default recipe
+    (None: no evaluation there). Raises ValueError when that evaluation's recipe is unreadable."""
+    summary = evaluation_on(v, root)
+    return (summary.recipe, summary) if summary is not None else (ScoringRecipe(), None)
 
 
 def trained_root(v: RunView) -> Path | None:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -101,16 +102,31 @@ def cached_score_case(scorer, working: WorkingCase, recipe: ScoringRecipe, *, ca
     key = entry_key(weights_sha256, recipe.for_model(scorer.model_residual()), case, config)
     path = folder / f"{_digest(key)}.npz"
     need_recon = bool(getattr(scorer, "keep_reconstruction", False))
-    found = _read(path, key, working, need_recon)
-    if found is not None:
-        return found
-    vs = score_case(scorer, working, recipe)
-    try:
-        _write(path, key, vs)
-        evict(folder, max_bytes(), keep=path)
-    except OSError as exc:  # a full or read-only disk costs the reuse, never the maps
-        log.warning("could not keep the maps of %s in %s: %s", working.case_id, folder, exc)
+    with _entry_lock(path):  # a second caller (another session, the app's prefetch) waits and reads, never recomputes
+        found = _read(path, key, working, need_recon)
+        if found is not None:
+            return found
+        vs = score_case(scorer, working, recipe)
+        try:
+            _write(path, key, vs)
+            evict(folder, max_bytes(), keep=path)
+        except OSError as exc:  # a full or read-only disk costs the reuse, never the maps
+            log.warning("could not keep the maps of %s in %s: %s", working.case_id, folder, exc)
     return vs
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _entry_lock(path: Path) -> threading.Lock:
+    """One lock per entry within this process (the app's sessions and its prefetch are threads of one server):
+    callers asking for the same entry at once compute it once. Writers in other processes stay safe through
+    the atomic rename; they may only compute an entry twice."""
+    with _locks_guard:
+        if len(_locks) > 4096:  # one per entry asked for: bounded all the same
+            _locks.clear()
+        return _locks.setdefault(str(path), threading.Lock())
 
 
 def _read(path: Path, key: dict[str, Any], working: WorkingCase, need_recon: bool) -> VolumeScores | None:
@@ -164,15 +180,16 @@ def cached_working_case(case: Case, config: PreprocessConfig, root: str | Path |
     folder = Path(root) if root is not None else cache_dir()
     key = working_case_key(case, config)
     path = folder / f"case-{_digest(key)}.npz"
-    found = _read_working(path, key, case.case_id)
-    if found is not None:
-        return found
-    working = preprocess_case(case, config)
-    try:
-        _write_working(path, key, working)
-        evict(folder, max_bytes(), keep=path)
-    except OSError as exc:
-        log.warning("could not keep the preprocessed %s in %s: %s", case.case_id, folder, exc)
+    with _entry_lock(path):
+        found = _read_working(path, key, case.case_id)
+        if found is not None:
+            return found
+        working = preprocess_case(case, config)
+        try:
+            _write_working(path, key, working)
+            evict(folder, max_bytes(), keep=path)
+        except OSError as exc:
+            log.warning("could not keep the preprocessed %s in %s: %s", case.case_id, folder, exc)
     return working
 
 
@@ -246,3 +263,21 @@ def evict(folder: str | Path, limit: int, keep: Path | None = None) -> list[Path
         removed.append(path)
         total -= size
     return removed
+
+
+# -- what a viewer shows: one case, one checkpoint, through both caches ------------------------------------------
+def working_case(root: str | Path, case: Case | str, config: PreprocessConfig) -> WorkingCase:
+    """A case at working size as viewers read it: from the slice store when up to date there, else from (or into)
+    this cache (``cached_working_case``). ``case``: a discovered case, or a case id looked up under ``root``."""
+    from uad.data.store import load_working_case
+
+    return load_working_case(root, case, config, preprocess=cached_working_case)
+
+
+def viewer_maps(checkpoint, working: WorkingCase, recipe: ScoringRecipe, case: Case) -> VolumeScores:
+    """A loaded checkpoint's maps of ``working`` (with reconstructions, for display) with ``recipe``, through
+    the maps cache: the one call Explore and its prefetch (``uad.jobs.prefetch``) make, so they share entries."""
+    from uad.scoring.scorers import ModelScorer
+
+    return cached_score_case(ModelScorer.of(checkpoint, keep_reconstruction=True), working, recipe, case=case,
+                             config=checkpoint.preprocess, weights_sha256=checkpoint.record.weights_sha256)
