@@ -114,7 +114,9 @@ def show(*, key: str, volumes: dict[str, Volume], fresh: bool = False, **spec_ar
         sent = sum(len(b) for b in payload.values())
         print(f"[uad-app] viewer volumes sent: {sent} bytes, deflated from {sum(v.data.nbytes for v in todo.values())} "
               f"({len(held)} held by the browser)", file=sys.stderr, flush=True)
-    component()(spec=spec, key=key, default=None, **payload)
+    # ``sent`` names the volumes that carry bytes this time: the component is sent a new render only when its JSON
+    # arguments change, so a resend of the same spec (the browser said it lacked a volume) must differ from it.
+    component()(spec=spec, key=key, default=None, sent=sorted(packed), **payload)
 
 
 _kept: list[tuple[tuple, tuple, Any]] = []

@@ -146,8 +146,11 @@ async function onRender(args, theme) {
     return;
   }
   const wanted = new Set(Object.values(spec.volumes).map((v) => v.hash));
-  for (const h of [...store.keys()]) if (!wanted.has(h)) store.delete(h);
-  if (received) report();
+  const dropped = [...store.keys()].filter((h) => !wanted.has(h));
+  for (const h of dropped) store.delete(h);
+  // The server sends only what this frame lacks, by what it last heard: say what changed, drops included (a
+  // run taken out and chosen again would otherwise be thought held and not sent).
+  if (received || dropped.length) report();
   const gridId = `${spec.case_id}|${spec.shape.join("x")}|${spec.source || ""}`;
   S.spec = spec;
   if (gridId !== S.gridId) { // another case: start from its own position and the default view
