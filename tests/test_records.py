@@ -136,6 +136,16 @@ def test_a_record_without_its_hash_is_accepted_and_says_so(tmp_path, caplog):
         ckpt_weights.load(folder)
 
 
+def test_null_fields_read_as_absent_ones_with_their_defaults(tmp_path):
+    """An explicit null reads as an absent field (one rule for every record, ``uad.core.fields``): the split's seed
+    and the format version take their defaults; they were once read as None, breaking the record's types."""
+    folder = _save(tmp_path / "ckpt")
+    _edit(folder, reseal=True, format_version=None,
+          split={"ratios": [0.7, 0.1, 0.2], "seed": None, "cases": {"train": ["a"], "val": ["b"], "test": ["c"]}})
+    record = CheckpointRecord.read(folder / "checkpoint.json")
+    assert record.split.seed == 0 and record.format_version == ckpt_record.FORMAT_VERSION
+
+
 def test_saving_a_record_that_would_not_load_is_refused(tmp_path):
     m = create_model("autoencoder", image_size=64)
     with pytest.raises(ValueError, match="would not load"):

@@ -302,44 +302,14 @@ def check_compatible(record: CheckpointRecord, preprocess, where: Path | str = "
 
 
 # -- field checks ------------------------------------------------------------------------------------------------
-class _Bad(Exception):
-    """A field that fails its check (turned into a CheckpointError naming the file)."""
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _finite(value: Any) -> bool:
-    return fields.finite(value)
-
-
-def _int(raw: dict, key: str, low: int, high: int, default: int | None = None) -> int | None:
-    value = raw.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _Bad(f"{key} must be a whole number between {low} and {high}, got {_show(value)}")
-    return value
-
-
-def _float(raw: dict, key: str) -> float | None:
-    value = raw.get(key)
-    if value is None:  # NaN and infinity are stored as null
-        return None
-    if not _finite(value):
-        raise _Bad(f"{key} must be a finite number or null, got {_show(value)}")
-    return float(value)
-
-
-def _text(raw: dict, key: str, limit: int) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > limit:
-        raise _Bad(f"{key} must be a text of at most {limit} characters, got {_show(value)}")
-    return value
+# The scalar checks are uad.core.fields' (one rule for every record: absent or null takes the default); a failed
+# check is turned into a CheckpointError naming the file.
+_Bad = fields.FieldError
+_show = fields.show
+_finite = fields.finite
+_int = fields.whole
+_float = fields.number
+_text = fields.text
 
 
 def _strings(raw: dict, key: str, limit: int, optional: bool = False) -> dict[str, str] | None:
