@@ -100,13 +100,18 @@ def show(*, key: str, volumes: dict[str, Volume], fresh: bool = False, **spec_ar
 
     The browser keeps the volumes it received, by content hash, and reports which it holds (the component's
     value); a volume it holds is not sent again, so adding a run beside the others sends only its map.
-    ``fresh``: the component was replaced since it last reported (a new frame holds nothing): send everything.
+    ``fresh``: the component was replaced since it last reported: the new frame holds what the tab's store holds.
     """
     import streamlit as st
 
     spec = build_spec(volumes=volumes, **spec_args)
-    reported = None if fresh else st.session_state.get(key)
-    held = set(reported.get("have") or []) if isinstance(reported, dict) else set()
+    # The tab keeps the volumes its viewer frames received in one store (viewer.js ``tabStore``), which a frame that
+    # replaces another (a page revisited, another case) finds as its predecessor left it. This frame's last report
+    # says what that store holds; a new frame has not reported yet: the tab's last report does.
+    reported = _holds(None if fresh else st.session_state.get(key))
+    if reported is not None:
+        st.session_state[TAB_HOLDS] = reported
+    held = set(reported if reported is not None else st.session_state.get(TAB_HOLDS, []))
     todo = {name: v for name, v in volumes.items() if spec["volumes"][name]["hash"] not in held}
     packed = pack({spec["volumes"][name]["hash"]: v.data for name, v in todo.items()})
     payload = {info["arg"]: packed.get(info["hash"], b"") for info in spec["volumes"].values()}
@@ -117,6 +122,20 @@ def show(*, key: str, volumes: dict[str, Volume], fresh: bool = False, **spec_ar
     # ``sent`` names the volumes that carry bytes this time: the component is sent a new render only when its JSON
     # arguments change, so a resend of the same spec (the browser said it lacked a volume) must differ from it.
     component()(spec=spec, key=key, default=None, sent=sorted(packed), **payload)
+
+
+TAB_HOLDS = "viewer_tab_holds"  # session key: the volume hashes the browser tab's store holds, as last reported
+_MAX_HELD = 256
+
+
+def _holds(reported: Any) -> list[str] | None:
+    """The hashes a frame reports it holds (``{"have": [...]}``), checked; None when there is no valid report (a
+    report that is not a list of short texts is not trusted: the volumes are sent)."""
+    have = reported.get("have") if isinstance(reported, dict) else None
+    if (not isinstance(have, list) or len(have) > _MAX_HELD
+            or not all(isinstance(h, str) and len(h) <= 80 for h in have)):
+        return None
+    return have
 
 
 _kept: list[tuple[tuple, tuple, Any]] = []

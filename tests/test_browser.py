@@ -1257,6 +1257,8 @@ def test_explore_side_by_side_at_1280_px(browser_page, server, home):
         goto(page, "Explore")
         frame = viewer_frame(page)
         assert frame.locator(".head").count() == 7  # the side-by-side choice is still there
+        # The revisit's new frame found the tab's volumes where the previous one left them: none travelled again.
+        assert viewer_state(frame)["received"] == "0"
         # A frame that lost volumes the server thinks it holds (reloaded, or a map dropped meanwhile) asks for them and
         # is sent them again, and draws: the resend once repeated the same arguments, no render came, and the viewer
         # stayed on the previous runs.

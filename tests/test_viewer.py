@@ -389,3 +389,15 @@ def test_viewer_js_threshold_arithmetic_equals_uads(tmp_path, min_component):
         assert all(r["slice"]["flagged"][z] is None for z in range(n) if z not in z_of)
         removed += int(((maps >= np.float32(t)) & mask).sum()) - c.tp - c.fp
     assert (removed > 0) == (min_component > 1)  # the component rule did act when asked to
+
+
+@pytest.mark.parametrize("report, held", [
+    ({"have": ["a1", "b2"]}, ["a1", "b2"]),
+    ({"have": []}, []),
+    (None, None), ("x", None), ({"have": "a1"}, None), ({"have": [1]}, None), ({"have": ["x" * 81]}, None),
+    ({"have": ["h"] * 257}, None), ({"missing": ["a"]}, None),
+])
+def test_what_a_frame_says_it_holds_is_checked_before_it_saves_a_send(report, held):
+    """The browser's report of the volumes it holds decides what is not sent: anything but a short list of short
+    texts is not trusted (the volumes are then sent)."""
+    assert viewer._holds(report) == held

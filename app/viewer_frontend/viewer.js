@@ -81,7 +81,24 @@ function memoryKey(what) {
 }
 
 // -- receiving data ----------------------------------------------------------------------------------------
-const store = new Map(); // content hash -> Uint8Array: volumes received earlier are not sent again
+// Content hash -> Uint8Array: volumes received earlier are not sent again. One store per browser tab, kept on the
+// page that holds the frames (same origin), so a frame that replaces another (Explore revisited, another case on
+// the same grid) finds what its predecessor received; app/viewer.py sends by what the frames last reported. Entries
+// are copied into the page's own arrays, so no frame outlives its removal through them. A page of another origin
+// cannot be reached: the frame keeps its own store, and asks for what it lacks (``missing``).
+function tabStore() {
+  try {
+    const page = window.parent;
+    if (page === window || !page.Map) return { map: new Map(), own: (a) => a };
+    if (!page.__uadViewerVolumes) page.__uadViewerVolumes = new page.Map();
+    return { map: page.__uadViewerVolumes, own: (a) => { const c = new page.Uint8Array(a.length); c.set(a); return c; } };
+  } catch (e) {
+    return { map: new Map(), own: (a) => a };
+  }
+}
+const tab = tabStore();
+const TAB_STORE_BYTES = 256 * 2 ** 20; // about five demo cases in Explore, or three real cases on Data
+const store = tab.map;
 function report(extra) {
   send("streamlit:setComponentValue", { value: Object.assign({ have: [...store.keys()] }, extra || {}), dataType: "json" });
 }
@@ -118,7 +135,8 @@ async function onRender(args, theme) {
   }
   if (mine !== renders) return; // a newer render arrived meanwhile
   root.dataset.inflatedAt = (performance.timeOrigin + performance.now()).toFixed(0);
-  incoming.forEach((info, i) => store.set(info.hash, inflated[i]));
+  root.dataset.received = String(incoming.length); // volumes that travelled for this render (tests: none on a revisit)
+  incoming.forEach((info, i) => store.set(info.hash, tab.own(inflated[i])));
   const received = incoming.length > 0;
   const [Z, Y, X] = spec.shape;
   const vols = {};
@@ -126,7 +144,7 @@ async function onRender(args, theme) {
   const missing = [];
   for (const [name, info] of Object.entries(spec.volumes)) {
     const bytes = store.get(info.hash);
-    if (!(bytes instanceof Uint8Array)) { missing.push(name); continue; }
+    if (!ArrayBuffer.isView(bytes)) { missing.push(name); continue; } // (arrays of the page's realm: not instanceof here)
     const data = typed(bytes, info.dtype);
     if (!data) { problems.push(`${name}: unknown type ${info.dtype}`); continue; }
     if (data.length !== Z * Y * X) { problems.push(`${name}: ${data.length} values, expected ${Z * Y * X}`); continue; }
@@ -145,11 +163,19 @@ async function onRender(args, theme) {
     fitHeight();
     return;
   }
+  // The tab's store keeps what this render draws and, within TAB_STORE_BYTES, the volumes used most recently
+  // before it (a revisit of Explore after Data finds its volumes here: nothing is sent or unpacked again).
   const wanted = new Set(Object.values(spec.volumes).map((v) => v.hash));
-  const dropped = [...store.keys()].filter((h) => !wanted.has(h));
-  for (const h of dropped) store.delete(h);
-  // The server sends only what this frame lacks, by what it last heard: say what changed, drops included (a
-  // run taken out and chosen again would otherwise be thought held and not sent).
+  for (const h of wanted) { const v = store.get(h); store.delete(h); store.set(h, v); } // most recent last
+  let total = 0;
+  for (const v of store.values()) total += v.byteLength;
+  const dropped = [];
+  for (const [h, v] of [...store.entries()]) {
+    if (total <= TAB_STORE_BYTES) break;
+    if (!wanted.has(h)) { store.delete(h); dropped.push(h); total -= v.byteLength; }
+  }
+  // The server sends only what the tab lacks, by what it last heard: say what changed, drops included (a run
+  // taken out and chosen again would otherwise be thought held and not sent).
   if (received || dropped.length) report();
   const gridId = `${spec.case_id}|${spec.shape.join("x")}|${spec.source || ""}`;
   S.spec = spec;
