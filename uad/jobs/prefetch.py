@@ -15,6 +15,7 @@ from pathlib import Path
 
 from uad.data.cases import Case, discover_cases
 from uad.jobs import choice, eval_jobs, run_jobs
+from uad.runs import listing
 from uad.scoring.recipe import ScoringRecipe
 
 log = logging.getLogger("uad.prefetch")
@@ -30,7 +31,9 @@ class Opening:
 def opening(root: str | Path, demo_active: bool) -> Opening | None:
     """What Explore shows first on ``root``: the default run with a checkpoint, the default case and the
     recipe Explore scores with; None when there is no run with a checkpoint, no case or no readable recipe."""
-    views = [v for v in run_jobs.list_run_views() if v.has_checkpoint]
+    # The runs as Explore lists them, read only: no housekeeping here (finishing an interrupted delete is the
+    # pages' job, which say so).
+    views = [v for v in map(run_jobs.run_view, listing.list_runs(include_shipped=True)) if v.has_checkpoint]
     run, _ = choice.default_run([v.info for v in views], demo_active=demo_active, data_root=root)
     cases, _ = discover_cases(root)
     if run is None or not cases:
