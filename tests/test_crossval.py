@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,8 +129,10 @@ def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp
         assert len(m["healthy_fpr_thresholds"][0]["per_fold_thresholds"]) == 3
     saved = json.loads((tmp_path / "cv" / "crossval.json").read_text())
     assert saved["methods"]["intensity"]["pixel_ap"] == out["methods"]["intensity"]["pixel_ap"]
-    # A second call reuses the completed fold runs instead of training again.
+    # A second call reuses the completed fold runs instead of training again (the kept fold tallies are
+    # removed first, or nothing would even be scored).
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cv" / "runs").glob("*/best/model.safetensors")}
+    shutil.rmtree(tmp_path / "cv" / "folds")
     again = cross_validate(config, tmp_path / "cv", progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["methods"]["autoencoder"]["pixel_ap"] == pytest.approx(out["methods"]["autoencoder"]["pixel_ap"])
@@ -137,6 +141,7 @@ def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp
         cfg = json.loads(path.read_text())
         del cfg["train"]["data_on_device"]
         path.write_text(json.dumps(cfg))
+    shutil.rmtree(tmp_path / "cv" / "folds")
     cross_validate(config, tmp_path / "cv", progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     # A fold folder holding a run of another configuration is moved aside, never overwritten in place.
@@ -144,6 +149,7 @@ def test_cross_validation_pools_every_patient_once_and_reuses_finished_folds(tmp
     cfg = json.loads((stale / "config.json").read_text())
     cfg["train"]["lr"] = 0.5
     (stale / "config.json").write_text(json.dumps(cfg))
+    shutil.rmtree(tmp_path / "cv" / "folds")
     cross_validate(config, tmp_path / "cv", progress=False)
     assert list(stale.parent.glob(f"{stale.name}.old-*/config.json"))
     assert json.loads((stale / "config.json").read_text())["train"]["lr"] == config.lr
@@ -212,3 +218,70 @@ def test_cohort_modalities_keeps_only_patients_with_every_sequence(tmp_path):
     out = cross_validate(config, tmp_path / "cv", progress=False)
     assert sorted(c for f in out["folds"] for c in f["test"]) == [f"BraTS2021_{i:05d}" for i in (0, 2, 3, 5)]
     assert out["config"]["cohort_modalities"] == ["flair", "t2"] and out["n_cases"] == 4
+
+
+def test_kept_folds_pool_again_without_their_runs_and_a_changed_setting_scores_again(tmp_path, caplog):
+    """The kept fold tallies are what lets a cross-validation resume on a machine that never had its runs."""
+    root = _cohort(tmp_path / "cohort", 4)
+    specs = [MethodSpec("autoencoder", options={"bottleneck": "unet"}, epochs=1),
+             MethodSpec("autoencoder", label="ae-b", options={"bottleneck": "unet", "base_channels": 8}, epochs=1),
+             MethodSpec("ensemble", options={"members": ["autoencoder", "ae-b"]})]
+    config = CrossValConfig(data=str(root), methods=specs, image_size=64, folds=2, val_cases=1, n_boot=20)
+    cv = tmp_path / "cv"
+    first = cross_validate(config, cv, progress=False)
+    assert len(list((cv / "folds").glob("fold*/*.npz"))) == 2 * 5  # 3 methods and 2 baselines per fold
+    assert first["methods"]["ensemble(autoencoder+ae-b)"]["per_fold_provenance"][0]["weights_sha256"][0]
+    shutil.rmtree(cv / "runs")
+    again = cross_validate(config, cv, progress=False)
+    assert not (cv / "runs").exists()  # nothing trained: every fold came from its kept tally
+    for name, m in first["methods"].items():
+        for key in ("slice_auroc", "pixel_ap", "pixel_ap_ci", "best_dice", "healthy_fpr_thresholds"):
+            assert again["methods"][name][key] == m[key], (name, key)
+    assert again["paired"] == first["paired"]
+    # A damaged kept fold is scored again (its runs are trained again), with a warning naming the file.
+    damaged = next((cv / "folds" / "fold1").glob("intensity-*.npz"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="uad.crossval"):
+        cross_validate(config, cv, progress=False)
+    assert str(damaged) in caplog.text
+    assert not (cv / "runs").exists()  # a baseline needs no run
+    # Another training length for one member: it and the ensemble built on it are trained and scored again;
+    # the other member's kept folds stay as they were.
+    kept = {p: p.read_bytes() for p in (cv / "folds").glob("fold*/*.npz")}
+    specs[1] = MethodSpec("autoencoder", label="ae-b", options={"bottleneck": "unet", "base_channels": 8}, epochs=2)
+    cross_validate(replace(config, methods=specs), cv, progress=False)
+    changed = {p.name.split("-")[0] for p, data in kept.items() if p.read_bytes() != data}
+    assert changed == {"ae", "ensemble_autoencoder+ae"}
+    assert sorted(p.name.split("-fold")[0] for p in (cv / "runs").iterdir()) == [
+        "autoencoder-base_channels=8-bottleneck=unet-e2", "autoencoder-base_channels=8-bottleneck=unet-e2",
+        "autoencoder-bottleneck=unet-e1", "autoencoder-bottleneck=unet-e1"]
+
+
+def test_tally_files_round_trip_and_name_the_file_when_malformed(tmp_path):
+    import numpy as np
+
+    from uad.evaluation import tally_io
+    from uad.evaluation.cohort import summarise
+
+    root = _cohort(tmp_path / "cohort", 3)
+    config = CrossValConfig(data=str(root), methods=[], image_size=64, folds=3, val_cases=1, n_boot=0, max_folds=1)
+    cross_validate(config, tmp_path / "cv", progress=False)
+    path = next((tmp_path / "cv" / "folds" / "fold1").glob("intensity-*.npz"))
+    (t,), meta = (lambda r: (list(r[0].values()), r[1]))(tally_io.read(path, ["tally"]))
+    assert meta["signature"]["method"] == "intensity"
+    copy = tmp_path / "copy.npz"
+    tally_io.write(copy, {"tally": t}, meta)
+    (t2,), _ = (lambda r: (list(r[0].values()), r[1]))(tally_io.read(copy, ["tally"]))
+    assert summarise(t2, 0, 0)[0] == summarise(t, 0, 0)[0]
+    with np.load(copy) as z:
+        arrays = dict(z)
+    arrays["tally/counts"] = -arrays["tally/counts"] - 1
+    np.savez(copy, **arrays)
+    with pytest.raises(tally_io.TallyFileError, match=r"copy\.npz.*negative"):
+        tally_io.read(copy, ["tally"])
+    with pytest.raises(tally_io.TallyFileError, match=r"copy\.npz.*no array 'pos'"):
+        np.savez(copy, **{k: v for k, v in arrays.items() if k != "tally/pos"})
+        tally_io.read(copy, ["tally"])
+    copy.write_bytes(b"not a zip")
+    with pytest.raises(tally_io.TallyFileError, match=r"copy\.npz: unreadable"):
+        tally_io.read(copy, ["tally"])

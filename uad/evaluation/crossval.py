@@ -8,17 +8,25 @@ histograms, threshold confusion counts) into one summary per method with patient
 intervals, computed by the same code as ``uad evaluate``.
 
 Training runs live in ``<out>/runs/<method>-fold<k>``; a fold whose run completed with the same
-configuration is reused, so an interrupted cross-validation resumes where it stopped.
+configuration is reused, so an interrupted cross-validation resumes where it stopped. Each method's scored
+fold is kept too, in ``<out>/folds/fold<k>/`` (its tally: everything the pooled row and the paired bootstrap
+need, with what produced it). A kept fold whose settings match is pooled again without its run, so a
+cross-validation whose ``folds`` folder was kept (e.g. committed beside a README table) resumes on a machine
+that never had its runs, and a method added later is compared with the earlier ones on the same patients.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from uad import __version__
 from uad.checkpoints import weights as ckpt_weights
 from uad.core import fileio
 from uad.core.errors import ConfigError, UADError
@@ -26,7 +34,8 @@ from uad.data.cases import discover_cases
 from uad.data.preprocess import PreprocessConfig
 from uad.data.splits import kfold_cases
 from uad.data.store import build_store
-from uad.evaluation.cohort import merge_tallies, score_cohort, summarise
+from uad.evaluation import tally_io
+from uad.evaluation.cohort import Tally, merge_tallies, score_cohort, summarise
 from uad.evaluation.paired import CaseArrays, paired_differences
 from uad.models import canonical_name, model_options
 from uad.runs import folders
@@ -154,19 +163,66 @@ def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str
     return run_dir / "best"
 
 
-def _fold_ensemble(spec: MethodSpec, fold_runs: dict[str, Path], recipe: ScoringRecipe, device):
-    """The ensemble of ``spec.options['members']`` (labels of methods listed before it) on one fold."""
+def _fold_ensemble(member_runs: list[Path], ckpts: list, recipe: ScoringRecipe, device):
+    """The ensemble of the members' fold runs (``ckpts`` loaded from them), scaled on the fold's validation patients."""
     from uad.evaluation.ensembles import DEFAULT_RATE, build, member_scales
 
+    base = ScoringRecipe(None, recipe.post)  # each member scaled with its own residual
+    return build(ckpts, member_scales(member_runs, ckpts, base, DEFAULT_RATE, device))
+
+
+def _members(spec: MethodSpec, before: list[str]) -> list[str]:
     members = list(spec.options.get("members") or [])
-    missing = [m for m in members if m not in fold_runs]
+    missing = [m for m in members if m not in before]
     if len(members) < 2 or missing:
         raise ConfigError(f"{spec.label}: an ensemble's members must be two or more methods listed before it "
                           f"(not found: {', '.join(missing) or 'none given'})")
-    runs = [fold_runs[m] for m in members]
-    ckpts = [ckpt_weights.load(r, device=device) for r in runs]
-    base = ScoringRecipe(None, recipe.post)  # each member scaled with its own residual
-    return build(ckpts, member_scales(runs, ckpts, base, DEFAULT_RATE, device))
+    return members
+
+
+def fold_tally_path(out: Path, k: int, label: str) -> Path:
+    """Where fold ``k`` (1-based) of method ``label`` is kept: a readable name, made unique by a hash of the label."""
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", label)[:80]
+    return out / "folds" / f"fold{k}" / f"{slug}-{hashlib.sha1(label.encode()).hexdigest()[:8]}.npz"
+
+
+def _fold_signature(config: CrossValConfig, fold: dict[str, list[str]], label: str, recipe: ScoringRecipe,
+                    spec: MethodSpec | None) -> dict[str, Any]:
+    """Everything that decides a method's tally on a fold: a kept tally is pooled again only when all of it matches.
+    The data folder's own path is not part of it (the same cohort may sit elsewhere on another machine)."""
+    sig = {"method": label, "fold": fold, "modalities": list(config.modalities), "image_size": config.image_size,
+           "folds": config.folds, "val_cases": config.val_cases, "seed": config.seed,
+           "cohort_modalities": list(config.cohort_modalities), "recipe": recipe.to_dict()}
+    if spec is not None:
+        sig.update(spec={k: v for k, v in asdict(spec).items()}, batch_size=config.batch_size, lr=config.lr)
+    return json.loads(json.dumps(sig))  # tuples as lists: what the file gives back
+
+
+def _kept_tally(path: Path, signature: dict[str, Any]) -> tuple[Tally, dict[str, Any]] | None:
+    """A fold's kept tally and its provenance when its signature matches; None (logged) when absent, stale or unreadable
+    (the fold is then scored again and the file replaced: it is this cross-validation's own cache, never a user's file)."""
+    if not path.is_file():
+        return None
+    try:
+        tallies, meta = tally_io.read(path, ["tally"])
+    except tally_io.TallyFileError as exc:
+        log.warning("%s; scoring the fold again", exc)
+        return None
+    if not meta or meta.get("signature") != signature:
+        log.info("%s was made with other settings; scoring the fold again", path)
+        return None
+    provenance = meta.get("provenance")
+    return tallies["tally"], provenance if isinstance(provenance, dict) else {}
+
+
+def _keep_tally(path: Path, tally: Tally, signature: dict[str, Any], provenance: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tally_io.write(path, {"tally": tally}, meta={"signature": signature, "provenance": provenance})
+
+
+def _provenance(ckpts: list) -> dict[str, Any]:
+    return {"weights_sha256": [c.record.weights_sha256 for c in ckpts], "uad": __version__,
+            "scored": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def _paired(merged: dict, methods: dict[str, Any], labels: list[str], config: CrossValConfig) -> list[dict[str, Any]]:
@@ -204,27 +260,57 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
 
     per_fold: dict[str, list] = {name: [] for name in [m.label for m in config.methods] + list(BASELINES)}
     fold_summaries: dict[str, list[dict[str, Any]]] = {name: [] for name in per_fold}
+    provenance: dict[str, list[dict[str, Any]]] = {name: [] for name in per_fold}
+    specs = {m.label: m for m in config.methods}
     t0 = time.perf_counter()
     timings: dict[str, float] = {m.label: 0.0 for m in config.methods}
-    for k, fold in enumerate(folds):
-        log.info("fold %d/%d: %d train, %d val, %d test patients", k + 1, len(folds), len(fold["train"]),
+    for k, fold in enumerate(folds, start=1):
+        log.info("fold %d/%d: %d train, %d val, %d test patients", k, len(folds), len(fold["train"]),
                  len(fold["val"]), len(fold["test"]))
-        tallies, _ = score_cohort(store, [baseline(b) for b in BASELINES], fold["test"], fold["val"], config.recipe)
-        for b in BASELINES:
-            per_fold[b].append(tallies[b])
         fold_runs: dict[str, Path] = {}
-        for spec in config.methods:
+
+        def run_of(label: str, fold=fold, k=k, fold_runs=fold_runs) -> Path:  # trained (or reused) only when needed
+            if label not in fold_runs:
+                spec = specs[label]
+                fold_runs[label] = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k}", progress)
+            return fold_runs[label]
+
+        wanted = {b: _fold_signature(config, fold, b, config.recipe, None) for b in BASELINES}
+        kept = {b: _kept_tally(fold_tally_path(out, k, b), wanted[b]) for b in BASELINES}
+        todo = [b for b in BASELINES if kept[b] is None]
+        if todo:
+            tallies, _ = score_cohort(store, [baseline(b) for b in todo], fold["test"], fold["val"], config.recipe)
+            for b in todo:
+                kept[b] = tallies[b], _provenance([])
+                _keep_tally(fold_tally_path(out, k, b), tallies[b], wanted[b], kept[b][1])
+        signatures: dict[str, dict[str, Any]] = {}
+        for b in BASELINES:
+            per_fold[b].append(kept[b][0])
+            provenance[b].append(kept[b][1])
+        for i, spec in enumerate(config.methods):
             t_method = time.perf_counter()
-            if spec.model == "ensemble":  # built from this fold's member runs, scaled on this fold's validation patients
-                scorer = ModelScorer(_fold_ensemble(spec, fold_runs, spec.recipe(config.recipe), device), device=device,
-                                     modalities=config.modalities)
-            else:
-                ckpt_dir = _fold_run(config, spec, fold, out / "runs" / f"{spec.run_name}-fold{k + 1}", progress)
-                fold_runs[spec.label] = ckpt_dir
-                scorer = ModelScorer.of(ckpt_weights.load(ckpt_dir, device=device), device=device)
-            tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], spec.recipe(config.recipe))
-            per_fold[spec.label].append(tallies[scorer.name])
-            timings[spec.label] += time.perf_counter() - t_method
+            recipe = spec.recipe(config.recipe)
+            members = _members(spec, [m.label for m in config.methods[:i]]) if spec.model == "ensemble" else []
+            signature = _fold_signature(config, fold, spec.label, recipe, spec)
+            if members:  # an ensemble's tally depends on how each member was trained and scored
+                signature["members"] = [signatures[m] for m in members]
+            signatures[spec.label] = signature
+            path = fold_tally_path(out, k, spec.label)
+            found = _kept_tally(path, signature)
+            if found is None:
+                if members:  # built from this fold's member runs, scaled on this fold's validation patients
+                    ckpts = [ckpt_weights.load(run_of(m), device=device) for m in members]
+                    ensemble = _fold_ensemble([run_of(m) for m in members], ckpts, recipe, device)
+                    scorer = ModelScorer(ensemble, device=device, modalities=config.modalities)
+                else:
+                    ckpt = ckpt_weights.load(run_of(spec.label), device=device)
+                    scorer, ckpts = ModelScorer.of(ckpt, device=device), [ckpt]
+                tallies, _ = score_cohort(store, [scorer], fold["test"], fold["val"], recipe)
+                found = tallies[scorer.name], _provenance(ckpts)
+                _keep_tally(path, found[0], signature, found[1])
+                timings[spec.label] += time.perf_counter() - t_method
+            per_fold[spec.label].append(found[0])
+            provenance[spec.label].append(found[1])
         for name, parts in per_fold.items():
             fold_summaries[name].append(summarise(parts[-1], n_boot=0, seed=config.seed)[0])
 
@@ -236,6 +322,7 @@ def cross_validate(config: CrossValConfig, out: str | Path, progress: bool = Tru
         spec = next((m for m in config.methods if m.label == name), None)
         methods[name]["recipe"] = (spec.recipe(config.recipe) if spec is not None else config.recipe).to_dict()
         methods[name]["per_fold"] = fold_summaries[name]
+        methods[name]["per_fold_provenance"] = provenance[name]
         if name in timings:
             methods[name]["seconds"] = timings[name]
     result = {

@@ -22,7 +22,7 @@ from uad.data import identity
 from uad.data.demo import resolve_data_root
 from uad.data.splits import DEFAULT_RATIOS, split_cases
 from uad.data.store import SliceStore, build_store
-from uad.evaluation import drift, metrics, summaries
+from uad.evaluation import drift, metrics, summaries, tally_io
 from uad.evaluation.cohort import CASES_NOTE, Tally, calibrate, score_cohort, summarise
 from uad.runs.folders import EvaluationLock
 from uad.scoring.recipe import Calibration, ScoringRecipe, Threshold
@@ -308,28 +308,10 @@ CASE_ARRAYS = "cases.npz"
 
 
 def write_case_arrays(path: Path, tallies: dict[str, Tally]) -> None:
-    """Per scorer and labelled case: pixel histograms, threshold counts and healthy-pixel counts, and per slice
-    the case, label and score (what a patient bootstrap, and a paired one between methods, resamples)."""
-    import io
-
-    import numpy as np
-
-    arrays: dict[str, np.ndarray] = {}
-    for name, t in tallies.items():
-        if not t.case_order:
-            continue
-        arrays[f"{name}/cases"] = np.asarray(t.case_order)
-        arrays[f"{name}/pos"] = np.stack(t.case_pos)
-        arrays[f"{name}/neg"] = np.stack(t.case_neg)
-        arrays[f"{name}/counts"] = np.stack(t.case_counts)
-        arrays[f"{name}/healthy"] = np.stack(t.case_healthy)
-        arrays[f"{name}/rates"] = np.asarray([th["rate"] for th in t.thresholds], float)
-        arrays[f"{name}/slice_cases"] = np.asarray(t.case_ids)
-        arrays[f"{name}/slice_labels"] = np.concatenate(t.labels)
-        arrays[f"{name}/slice_scores"] = np.concatenate(t.scores)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    fileio.write_bytes(path, buf.getvalue())
+    """Per scorer: every field of its tally (``tally_io``): per labelled case the pixel histograms, threshold
+    counts and healthy-pixel counts, and per slice the case, label and score (what a patient bootstrap, and a
+    paired one between methods, resamples)."""
+    tally_io.write(path, {name: t for name, t in tallies.items() if t.case_order})
 
 
 PROGRESS = "progress.json"
