@@ -87,28 +87,35 @@ class DeviceLoader:
     """Training batches gathered from slices held in one tensor on the device (``SliceDataset.images_on``):
     no per-slice reads, no collation, no host-to-device copy per batch.
 
-    The batch indices come from a ``DataLoader`` over the positions with the loader path's own sampler,
-    generator and ``drop_last``, so with the same seed it yields exactly the batches, in the order, that a
-    ``DataLoader`` over the dataset would (tests/test_train.py trains both ways to the same weights).
+    The batch indices come from the batch sampler a ``DataLoader`` over the positions would use, with the loader
+    path's own sampler, generator and ``drop_last``, so with the same seed it yields exactly the batches, in the
+    order, that a ``DataLoader`` over the dataset would (tests/test_train.py trains both ways to the same weights).
     """
 
     def __init__(self, images: torch.Tensor, batch_size: int, shuffle: bool, generator: torch.Generator | None,
                  drop_last: bool, sampler: Sampler | None = None):
         self.images = images
         self.dataset = range(len(images))
-        self._indices = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                                   generator=generator, drop_last=drop_last)
+        self._generator = generator
+        # The DataLoader's own batch sampler (its sampler, generator and drop_last), iterated directly: drawing
+        # indices through a DataLoader cost ~100 µs a batch in its fetch-and-collate machinery, as long as the
+        # gather of the batch itself (data_bench).
+        self._batches = DataLoader(self.dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                                   generator=generator, drop_last=drop_last).batch_sampler
 
     def __len__(self) -> int:
-        return len(self._indices)
+        return len(self._batches)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        # Made at once, not at the first batch: a DataLoader draws from its generator when an iterator is
-        # made (tqdm.auto makes one it never uses), so this must too for the batches to stay the loader's.
-        indices = iter(self._indices)
+        # What a DataLoader's iterator does when it is made (made at once, not at the first batch: tqdm.auto makes
+        # one it never uses): start the batch sampler, then draw its base seed from the generator. Doing the same
+        # keeps the generator's stream, hence every later batch, the loader path's.
+        batches = iter(self._batches)
+        torch.empty((), dtype=torch.int64).random_(generator=self._generator)
         if self.images.device.type == "cpu":
             # numpy's single-threaded take: a 2 MB batch is too small for torch's thread pool, whose wake-up
             # between batches cost milliseconds on a busy 2-core machine (measured 5k vs 150k slices/s).
             host = self.images.numpy()
-            return (torch.from_numpy(host.take(idx.numpy(), axis=0)) for idx in indices)
-        return (self.images.index_select(0, idx.to(self.images.device)).float() for idx in indices)
+            return (torch.from_numpy(host.take(np.asarray(b, dtype=np.int64), axis=0)) for b in batches)
+        device = self.images.device
+        return (self.images.index_select(0, torch.as_tensor(b, dtype=torch.int64).to(device)).float() for b in batches)
