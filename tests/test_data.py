@@ -152,6 +152,32 @@ def test_orientation_is_canonical_whatever_the_storage_order(tmp_path):
     assert np.array_equal(a.slice_index, b.slice_index)
 
 
+@pytest.mark.parametrize("dtype,slope,inter", [(np.int16, None, None), (np.uint8, 1.0, 0.0), (np.int16, 2.0, 0.5),
+                                                (np.int32, None, None), (np.float32, None, None)])
+def test_voxels_are_the_files_values_reoriented_whatever_the_storage_type(tmp_path, dtype, slope, inter):
+    """Small unscaled integers take a faster path (reoriented before the float cast): every stored type and
+    scaling must still give exactly nibabel's float32 values, in RAS+ order."""
+    from nibabel import orientations
+
+    from uad.data import volumes
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 200, (9, 8, 7)).astype(dtype)
+    for affine in (BRATS_AFFINE, np.diag([1.0, -1.0, 1.0, 1.0])):
+        img = nib.Nifti1Image(stored, affine)
+        img.header.set_data_dtype(dtype)
+        if slope is not None:
+            img.header.set_slope_inter(slope, inter)
+        path = tmp_path / f"{np.dtype(dtype).name}-{slope}.nii.gz"
+        nib.save(img, path)
+        data, _, ornt, _ = volumes._read(path)
+        loaded = nib.load(path)
+        expected = orientations.apply_orientation(np.asarray(loaded.dataobj, dtype=np.float32), ornt)
+        assert data.dtype == np.float32 and data.flags.c_contiguous
+        assert np.array_equal(data, expected)
+        assert np.array_equal(data, orientations.apply_orientation(loaded.get_fdata(), ornt).astype(np.float32))
+
+
 # -- preprocessing ----------------------------------------------------------------------------------------
 def test_normalisation_is_per_volume_not_per_slice(tmp_path):
     vols, seg = phantom(tumour=False)

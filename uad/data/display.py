@@ -139,7 +139,8 @@ class DisplayCase:
 
     @functools.cached_property
     def present(self) -> list[int]:
-        return [] if self.labels is None else sorted(int(v) for v in np.unique(self.labels) if v)
+        # bincount, not np.unique: the labels are uint8, and counting is 3× faster than unique's hashing (~25 vs 75 ms)
+        return [] if self.labels is None else [int(v) for v in np.flatnonzero(np.bincount(self.labels.ravel())) if v]
 
     @property
     def start(self) -> list[int]:
@@ -205,7 +206,7 @@ def load_display_case(case) -> DisplayCase:
     Each file is read once and on its own, so one unreadable file costs only itself (reported, not raised).
     The brain mask is uad's (``brain_mask``: non-zero in any channel, largest part, holes filled).
     """
-    from uad.data.preprocess import brain_mask, canonical_spacing, display_stack
+    from uad.data.preprocess import brain_mask, canonical_spacing
 
     vols, errors, labelled, seg_error = _read_all(case)
     out = DisplayCase(case.case_id, str(Path(next(iter(case.modalities.values()))).parent) if case.modalities else "",
@@ -229,10 +230,14 @@ def load_display_case(case) -> DisplayCase:
     nonzero = np.zeros(first.images.shape[1:], bool)
     for volume in raw.values():
         nonzero |= volume != 0
-    brain = display_stack(brain_mask(nonzero[None]))
-    box = bounding_box(brain)
+    # The box is found on the RAS+ mask and carried to display axes ((z, y, x) = (cz, Y - 1 - cy, cx)): only the
+    # cropped voxels are ever reordered for display (the whole-volume reordering cost ~45 ms a case).
+    canonical_brain = brain_mask(nonzero[None])
+    cx, cy, cz = bounding_box(canonical_brain)
+    height = canonical_brain.shape[1]
+    box = (cz, slice(height - cy.stop, height - cy.start), cx)
     out.crop = box
-    brain = brain[box]
+    brain = _display_crop(canonical_brain, box)
 
     def prepare(volume: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         values = file_values(_display_crop(volume, box))

@@ -116,15 +116,34 @@ def _open(path: Path, max_axis: int | None = None):
 
 def _voxels(path: Path, img, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
     """Read the voxels of an image ``_open`` checked → (RAS+ float32 data, source affine, orientation, shape)."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    ornt = ornt_mod.io_orientation(affine)
+    proxy = img.dataobj
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+        if _small_unscaled_integers(proxy):
+            # Reoriented while still 8/16-bit and then cast: the same float32 values (every such integer is exact
+            # in float32), with the reorienting copy over half or a quarter of the bytes (~60 ms less per BraTS
+            # volume; the Data page reads five per case).
+            raw = np.asarray(proxy.get_unscaled()).reshape(shape)
+            return np.ascontiguousarray(ornt_mod.apply_orientation(raw, ornt)).astype(np.float32), affine, ornt, shape
+        data = np.asarray(proxy, dtype=np.float32).reshape(shape)
     except MemoryError:
         raise DataError(path, f"not enough memory to load a {shape} volume") from None
     except Exception as exc:  # truncated gzip streams, bad scaling, exotic types: never a traceback
         raise DataError(path, f"truncated or corrupt image data ({exc})") from None
-    affine = np.asarray(img.affine, dtype=np.float64)
-    ornt = ornt_mod.io_orientation(affine)
     return np.ascontiguousarray(ornt_mod.apply_orientation(data, ornt)), affine, ornt, shape
+
+
+def _small_unscaled_integers(proxy) -> bool:
+    """Whether a NIfTI's stored voxels are 8- or 16-bit integers with no scaling (slope 1, intercept 0; nibabel
+    reads an unset scaling as that), i.e. the file's values are the stored ones."""
+    dtype = getattr(proxy, "dtype", None)
+    try:
+        slope, inter = float(getattr(proxy, "slope", np.nan)), float(getattr(proxy, "inter", np.nan))
+    except (TypeError, ValueError):
+        return False
+    return (dtype is not None and np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize <= 2
+            and slope == 1.0 and inter == 0.0 and hasattr(proxy, "get_unscaled"))
 
 
 def _read(path: Path, max_axis: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
