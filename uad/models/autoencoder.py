@@ -38,6 +38,7 @@ from uad.models.registry import register_model
 
 Bottleneck = Literal["spatial", "dense", "unet"]
 BOTTLENECKS = get_args(Bottleneck)
+FullRes = Literal["norm", "lean"]
 
 
 @register_model("ae")
@@ -66,6 +67,8 @@ class Autoencoder(AnomalyModel):
         dark tissue can be pushed below 0 as well as bright tissue above 1. Without it a spatial
         autoencoder learns to copy its input, anomalies included.
       noise_res (16): resolution of the coarse noise grid.
+      full_res ("norm"): the U-Net's full-resolution stage: "norm" = base_channels channels with the norm, "lean" =
+        half of them, no norm (a cheaper training step; the README's results say what it measured).
       residual ("positive"): the anomaly map, "abs" = |x − x̂| or "positive" = max(x − x̂, 0), for lesions that
         are brighter than healthy tissue (FLAIR, T2); see :func:`~uad.models.base.residual_map`.
     """
@@ -75,16 +78,18 @@ class Autoencoder(AnomalyModel):
 
     def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, latent_dim: LatentDim = 128,
                  base_channels: BaseChannels = 16, bottleneck: Bottleneck = "unet", norm: Norm = "batch", loss: Loss = "l1",
-                 noise_std: NoiseStd = 0.2, noise_res: NoiseRes = 16, residual: Residual = "positive"):
+                 noise_std: NoiseStd = 0.2, noise_res: NoiseRes = 16, residual: Residual = "positive",
+                 full_res: FullRes = "norm"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res,
-                         residual=residual)
+                         residual=residual, full_res=full_res)
         check_choice("bottleneck", bottleneck, BOTTLENECKS)
         check_choice("norm", norm, NORMS)
+        check_choice("full_res", full_res, get_args(FullRes))
         self.loss_kind = check_choice("loss", loss, LOSSES)
         self.noise_std, self.noise_res = check_noise(noise_std, noise_res, image_size)
         if bottleneck == "unet":
-            self.encoder = UNet(in_channels, in_channels, base_channels, norm)
+            self.encoder = UNet(in_channels, in_channels, base_channels, norm, full_res)
             self.decoder = nn.Identity()
         elif bottleneck == "dense":
             self.encoder: nn.Module = LatentEncoder(in_channels, image_size, latent_dim, base_channels, norm)

@@ -113,10 +113,12 @@ class UNet(nn.Module):
     ventricle edges sharply and its residual is left to what the coarse training noise taught it to heal
     (Kascenas et al., MIDL 2022). Without denoising training it would learn to copy its input.
     No convolution runs at full resolution except the last (in + base channels → out), which keeps
-    training within a small factor of the plain autoencoder's speed on a CPU.
+    training within a small factor of the plain autoencoder's speed on a CPU. ``full_res="lean"`` makes that
+    stage cheaper still: the upsampling to full resolution gives half the channels, with a bias and no norm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, base_channels: int = 16, norm: str = "batch"):
+    def __init__(self, in_channels: int, out_channels: int, base_channels: int = 16, norm: str = "batch",
+                 full_res: str = "norm"):
         super().__init__()
         chans = stage_channels(base_channels)
         self.down = nn.ModuleList()
@@ -133,9 +135,14 @@ class UNet(nn.Module):
             self.fuse.append(nn.Sequential(nn.Conv2d(2 * chans[i - 1], chans[i - 1], 3, 1, 1, bias=norm == "none"),
                                            make_norm(norm, chans[i - 1]), nn.ReLU(inplace=True)))
             c = chans[i - 1]
-        self.last_up = nn.Sequential(nn.ConvTranspose2d(c, c, 4, 2, 1, bias=norm == "none"), make_norm(norm, c),
-                                     nn.ReLU(inplace=True))
-        self.head = nn.Conv2d(c + in_channels, out_channels, 3, 1, 1)
+        if full_res == "lean":  # half the channels at full resolution and no norm there: the stage a step spends most on
+            top = max(1, c // 2)
+            self.last_up = nn.Sequential(nn.ConvTranspose2d(c, top, 4, 2, 1), nn.ReLU(inplace=True))
+        else:
+            top = c
+            self.last_up = nn.Sequential(nn.ConvTranspose2d(c, c, 4, 2, 1, bias=norm == "none"), make_norm(norm, c),
+                                         nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(top + in_channels, out_channels, 3, 1, 1)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
