@@ -8,6 +8,11 @@ Data: ``../shared/data/real_dev`` beside the repository (25 real BraTS/BRATS pat
 segmentations; see its README for sources and terms) or ``--data DIR``. Skips with a message, exit 0,
 when the folder is absent. Writes ``<out>/crossval.json`` (every metric, per fold and pooled) and prints
 the table; ``--markdown`` prints it as the README's Markdown table.
+
+Each method's scored fold is kept in ``<out>/folds`` (``uad.evaluation.crossval``): the same command run again
+pools the kept folds and trains only what is missing, on this machine or another one. The README's long
+cross-validations keep theirs under ``benchmarks/results/<name>/`` (their ``runs/`` are not committed): give that
+folder as ``--out`` to reprint, extend (``--max-folds`` higher, or methods added) or finish them.
 """
 
 from __future__ import annotations
