@@ -10,12 +10,17 @@ a fresh child process so its peak memory (max RSS) is its own.
 Slices per CPU-second (the process's CPU time) is the figure to compare on a shared machine with
 ``--threads 1``: wall time there depends on what else runs, and with several threads the CPU time also
 counts threads waiting for each other.
+
+``--rounds N`` measures every configuration N times, round by round (each round all of them, one after the
+other), and reports the median; the ratio to the MSc ViT is taken within each round (the same minutes of the
+machine) and shown as its median and range: on this shared machine one run of one model varied by up to 1.8×.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -75,6 +80,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every model this many times (median reported)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: measure one configuration, print JSON
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -86,22 +92,33 @@ def main() -> None:
         name, options = next(c for c in CONFIGS if c[0] == args.one)
         print(json.dumps(measure(name, options, args.steps, args.warmup, args.batch_size, args.image_size, args.device)))
         return
-    rows = []
-    for name, _ in CONFIGS:
-        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--device", args.device]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    msc = next(r for r in rows if r["model"] == MSC_VIT)
+    rounds: list[list[dict]] = []
+    for _ in range(max(1, args.rounds)):
+        rows = []
+        for name, _ in CONFIGS:
+            cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--batch-size", str(args.batch_size), "--image-size", str(args.image_size), "--device", args.device]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rounds.append(rows)
     print(f"device {args.device}, batch {args.batch_size}, {args.image_size}×{args.image_size}, 1 channel, "
-          f"{args.threads or 'default'} torch threads\n")
+          f"{args.threads or 'default'} torch threads, median of {len(rounds)} round(s)\n")
     print("| model | params (M) | train slices/s | vs MSc ViT | slices per CPU-second | vs MSc ViT (CPU) | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['model']} | {r['params_m']:.2f} | {r['slices_per_s']:.0f} | {r['slices_per_s'] / msc['slices_per_s']:.1f}× | "
-              f"{r['slices_per_cpu_s']:.0f} | {r['slices_per_cpu_s'] / msc['slices_per_cpu_s']:.1f}× | {r['peak_rss_mb']:.0f} |")
+    for i, (name, _) in enumerate(CONFIGS):
+        runs = [r[i] for r in rounds]
+        msc = [next(x for x in r if x["model"] == MSC_VIT) for r in rounds]
+
+        def ratio(key: str) -> str:
+            values = [run[key] / m[key] for run, m in zip(runs, msc)]
+            mid = f"{statistics.median(values):.1f}×"
+            return mid if len(values) == 1 else f"{mid} ({min(values):.1f}–{max(values):.1f})"
+
+        print(f"| {name} | {runs[0]['params_m']:.2f} | {statistics.median(r['slices_per_s'] for r in runs):.0f} | "
+              f"{ratio('slices_per_s')} | {statistics.median(r['slices_per_cpu_s'] for r in runs):.0f} | "
+              f"{ratio('slices_per_cpu_s')} | {max(r['peak_rss_mb'] for r in runs):.0f} |")
 
 
 if __name__ == "__main__":
