@@ -81,6 +81,7 @@ def test_two_callers_at_once_compute_the_maps_once(setup, monkeypatch):
     for t in threads:
         t.join(60)
     assert len(calls) == 1 and len(got) == 2 and _equal(got[0], got[1])
+    assert len(cache._locks) == 0  # an entry's lock is dropped once no one holds or waits for it
 
 
 def test_another_checkpoint_recipe_preprocessing_or_edited_file_never_reuses_old_maps(setup, computed):

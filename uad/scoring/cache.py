@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -115,18 +116,36 @@ def cached_score_case(scorer, working: WorkingCase, recipe: ScoringRecipe, *, ca
     return vs
 
 
-_locks: dict[str, threading.Lock] = {}
+class _EntryLock:
+    """A lock that lives as long as someone waits for or holds it (see ``_entry_lock``)."""
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _EntryLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
+_locks: weakref.WeakValueDictionary[str, _EntryLock] = weakref.WeakValueDictionary()
 _locks_guard = threading.Lock()
 
 
-def _entry_lock(path: Path) -> threading.Lock:
+def _entry_lock(path: Path) -> _EntryLock:
     """One lock per entry within this process (the app's sessions and its prefetch are threads of one server):
-    callers asking for the same entry at once compute it once. Writers in other processes stay safe through
+    callers asking for the same entry at once compute it once. An entry's lock is dropped when no caller holds or
+    waits for it, so the table holds only entries being computed. Writers in other processes stay safe through
     the atomic rename; they may only compute an entry twice."""
     with _locks_guard:
-        if len(_locks) > 4096:  # one per entry asked for: bounded all the same
-            _locks.clear()
-        return _locks.setdefault(str(path), threading.Lock())
+        lock = _locks.get(str(path))
+        if lock is None:
+            lock = _locks[str(path)] = _EntryLock()
+        return lock
 
 
 def _read(path: Path, key: dict[str, Any], working: WorkingCase, need_recon: bool) -> VolumeScores | None:
