@@ -194,7 +194,7 @@ def _fold_signature(config: CrossValConfig, fold: dict[str, list[str]], label: s
            "folds": config.folds, "val_cases": config.val_cases, "seed": config.seed,
            "cohort_modalities": list(config.cohort_modalities), "recipe": recipe.to_dict()}
     if spec is not None:
-        sig.update(spec={k: v for k, v in asdict(spec).items()}, batch_size=config.batch_size, lr=config.lr)
+        sig.update(spec=asdict(spec), batch_size=config.batch_size, lr=config.lr)
     return json.loads(json.dumps(sig))  # tuples as lists: what the file gives back
 
 
