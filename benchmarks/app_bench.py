@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,10 +50,10 @@ REPO = Path(os.environ.get("BENCH_REPO") or Path(__file__).resolve().parents[1])
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from conftest import free_port, stop_streamlit
 from test_browser import (  # noqa: E402
     CHROMIUM,
     IDLE,
-    _free_port,
     eventually,
     goto,
     slider,
@@ -74,7 +73,7 @@ TIMING = re.compile(r"\[uad-app\] (?P<name>[\w ]+): (?P<ms>\d+) ms")
 def start_server(log_path: Path, maps_dir: Path) -> tuple[subprocess.Popen, str]:
     from uad.scoring.cache import DIR_ENV
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, UAD_APP_TIMINGS="1", **{DIR_ENV: str(maps_dir)})
     log = open(log_path, "wb")
     proc = subprocess.Popen(
@@ -343,17 +342,6 @@ def warm_session(browser, url: str):
     return page
 
 
-def stop_server(proc) -> None:
-    """Stop the app's server and everything it started; SIGKILL if it has not stopped after 30 s (a server
-    busy in a background thread may not answer SIGTERM quickly)."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-
-
 def row(name: str, values: list[float], unit: str = "ms") -> str:
     if not values:
         return f"| {name} | – | – | – |"
@@ -418,7 +406,7 @@ def main() -> None:
             browser.close()
 
             # A restarted app: only the maps cache on disk remembers the maps.
-            stop_server(proc)
+            stop_streamlit(proc, grace=30)
             proc, url = start_server(work / "server-restarted.log", maps_dir)
             browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -426,7 +414,7 @@ def main() -> None:
             explore_again = open_explore(page)
             browser.close()
     finally:
-        stop_server(proc)
+        stop_streamlit(proc, grace=30)
 
     print("| measure | median | max | n |\n|---|---:|---:|---:|")
     print(f"| first render, fresh server | {cold:.2f} s | | 1 |")

@@ -71,6 +71,33 @@ def isolated_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_streamlit(proc, grace: float = 15.0) -> None:
+    """Stop a server started with ``start_new_session=True`` and everything it started: SIGTERM to its process
+    group, SIGKILL if it has not exited after ``grace`` seconds (a server busy in a background thread may not
+    answer SIGTERM quickly)."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except ProcessLookupError:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 def wait_for_streamlit(port: int, proc, log_path: Path, timeout: float = 60.0) -> None:
     """Poll the server's health endpoint until it answers ``ok``; fail with its log if it dies or times out."""
     import time

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import signal
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for_streamlit
+from conftest import free_port, stop_streamlit, wait_for_streamlit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "app"))  # the app's helper module, as Home.py imports it
@@ -26,12 +24,6 @@ st_config = pytest.importorskip("streamlit.config")
 
 
 # -- where the server listens ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(port: int) -> set[str]:
     """Addresses with a TCP socket listening on ``port``, from the kernel's tables."""
     found = set()
@@ -63,12 +55,7 @@ def _server(argv: list[str], port: int, cwd: Path):
         wait_for_streamlit(port, proc, log, timeout=90)
         yield log
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_streamlit(proc)
 
 
 def _script_level_config_supported() -> bool:
@@ -84,7 +71,7 @@ pytestmark_proc = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason=
 @pytest.mark.skipif(not _script_level_config_supported(),
                     reason="this Streamlit reads config.toml only from the working directory; use python -m uad app")
 def test_streamlit_run_from_another_folder_listens_on_loopback_only(tmp_path):
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"), "--server.headless=true",
             f"--server.port={port}"]
     with _server(argv, port, tmp_path) as log:
@@ -94,7 +81,7 @@ def test_streamlit_run_from_another_folder_listens_on_loopback_only(tmp_path):
 
 @pytestmark_proc
 def test_uad_app_launcher_listens_on_loopback_only(tmp_path):
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "uad", "app", "--server.headless=true", f"--server.port={port}"]
     with _server(argv, port, tmp_path) as log:
         assert _listening(port) == {"127.0.0.1"}, log.read_text()

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared home builder lives in test_app.py
-from conftest import wait_for_streamlit  # noqa: E402
+from conftest import free_port, stop_streamlit, wait_for_streamlit  # noqa: E402
 from test_app import REPO, build_app_home  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,12 +42,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def home(tmp_path_factory) -> Path:
     return build_app_home(Path(os.environ.get("UAD_TEST_APP_HOME") or tmp_path_factory.getbasetemp() / "uad-app-home"))
@@ -56,7 +49,7 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(home, tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, UAD_HOME=str(home))
     env.pop("UAD_CACHE_DIR", None)
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
@@ -70,12 +63,7 @@ def server(home, tmp_path_factory):
         wait_for_streamlit(port, proc, log_path)
         yield url
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except (OSError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_streamlit(proc)
 
 
 @pytest.fixture(scope="module")
