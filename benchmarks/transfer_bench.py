@@ -28,14 +28,23 @@ REAL = REPO.parent / "shared" / "data" / "real_dev"
 
 
 def row_for(label: str, run: Path, data: Path, out: Path, calibration: str, n_boot: int, reprint: bool) -> list[str]:
-    """One row: the evaluation of ``run`` on ``data`` with the ``calibration`` choice (read back from ``out`` with
-    ``reprint`` when it is there; evaluation is deterministic, so the numbers are the same)."""
-    from uad.core import fileio
+    """One row: the evaluation of ``run`` on ``data`` with the ``calibration`` choice. With ``reprint`` the evaluation
+    already in ``out`` is read back (checked as every reader checks it) when it scored the run's current weights with
+    the same choice; otherwise, or when it is damaged, it is evaluated again."""
+    from uad.checkpoints.record import CheckpointRecord
     from uad.evaluation.evaluate import evaluate
+    from uad.evaluation.summaries import EvaluationSummary
 
+    m = None
     if reprint and (out / "metrics.json").is_file():
-        m = fileio.read_json(out / "metrics.json")
-    else:
+        try:
+            kept = EvaluationSummary.read(out)
+            if (kept.staleness(CheckpointRecord.read(run).weights_sha256) is None
+                    and kept.calibration.source == calibration):
+                m = kept.raw
+        except ValueError as exc:
+            print(f"transfer_bench: {exc}; evaluating again", file=sys.stderr)
+    if m is None:
         m = evaluate(run, data=data, split="all", out=out, calibration=calibration, n_boot=n_boot, progress=False)
     drift = m.get("drift") or {}
     verdict = "warns" if drift.get("warning") else "quiet"
@@ -55,7 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["autoencoder"])
     p.add_argument("--bootstrap", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "transfer_bench")
-    p.add_argument("--reprint", action="store_true", help="reuse the evaluations already under --out")
+    p.add_argument("--reprint", action="store_true", help="reuse the evaluations under --out that scored the same weights with the same choice")
     args = p.parse_args(argv)
     if not REAL.is_dir():
         print(f"transfer_bench: skipped, no real data at {REAL}")
