@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = [
     ("autoencoder", {}),
-    ("autoencoder (full_res=lean)", {"full_res": "lean"}),
+    ("autoencoder (full_res=norm, the earlier default)", {"full_res": "norm"}),
     ("autoencoder (spatial, the previous default)", {"bottleneck": "spatial"}),
     ("autoencoder (MSc dense, no noise)", {"bottleneck": "dense", "noise_std": 0.0}),
     ("vae", {}),

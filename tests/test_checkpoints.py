@@ -129,3 +129,35 @@ def test_out_of_range_hyper_parameters_are_refused_before_building(tmp_path):
     with pytest.raises(CheckpointError, match="weights do not fit model autoencoder"):
         ckpt_weights.load(tmp_path / "ckpt")
     assert time.perf_counter() - t0 < 5
+
+
+def _seal_without(path, drop):
+    """Edit a checkpoint.json with ``drop(info)`` and seal it again: a record written before an option existed."""
+    info = {k: v for k, v in json.loads(path.read_text()).items() if k != "record_sha256"}
+    drop(info)
+    path.write_text(json.dumps({**info, "record_sha256": ckpt_record.canonical_hash(info)}))
+
+
+def test_a_record_that_predates_an_option_rebuilds_the_model_it_was_trained_as(tmp_path):
+    """The U-Net's default full-resolution stage became "lean"; checkpoints written before full_res was recorded
+    (the first shipped ones among them) hold "norm" weights and must still load as "norm", alone or in an ensemble."""
+    torch.manual_seed(0)
+    old = create_model("autoencoder", full_res="norm", **TINY)
+    assert create_model("autoencoder", **TINY).hparams["full_res"] == "lean"
+    ckpt_weights.save(tmp_path / "old", old, {})
+    _seal_without(tmp_path / "old" / ckpt_record.META, lambda info: info["hparams"].pop("full_res"))
+    loaded = ckpt_weights.load(tmp_path / "old")
+    assert loaded.model.hparams["full_res"] == "norm"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), old.state_dict().values()))
+
+    member = {"model": "autoencoder", "hparams": dict(old.hparams)}
+    ensemble = create_model("ensemble", image_size=32, members=[member, member], scales=[1.0, 2.0])
+    ckpt_weights.save(tmp_path / "ensemble", ensemble, {})
+
+    def drop_members(info):
+        for m in info["hparams"]["members"]:
+            m["hparams"].pop("full_res")
+
+    _seal_without(tmp_path / "ensemble" / ckpt_record.META, drop_members)
+    loaded = ckpt_weights.load(tmp_path / "ensemble")
+    assert [m.hparams["full_res"] for m in loaded.model.members] == ["norm", "norm"]

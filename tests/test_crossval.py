@@ -285,3 +285,30 @@ def test_tally_files_round_trip_and_name_the_file_when_malformed(tmp_path):
     copy.write_bytes(b"not a zip")
     with pytest.raises(tally_io.TallyFileError, match=r"copy\.npz: unreadable"):
         tally_io.read(copy, ["tally"])
+
+
+def test_a_changed_model_default_trains_and_scores_again_what_was_made_with_the_old_one(tmp_path):
+    """Fold runs and kept folds from before the U-Net's default became full_res="lean" record no full_res (they
+    were made with "norm"): the same command must not pool them as today's default autoencoder, while a method
+    that names the value they were made with keeps them."""
+    from uad.evaluation import tally_io
+
+    root = _cohort(tmp_path / "cohort", 4)
+    specs = [MethodSpec("autoencoder", epochs=1), MethodSpec("autoencoder", label="lean", options={"full_res": "lean"}, epochs=1)]
+    config = CrossValConfig(data=str(root), methods=specs, image_size=64, folds=2, val_cases=1, n_boot=0)
+    cv = tmp_path / "cv"
+    cross_validate(config, cv, progress=False)
+    for path in (cv / "folds").glob("fold*/*.npz"):  # as the files were written before signatures held hparams
+        tallies, meta = tally_io.read(path, ["tally"])
+        meta["signature"].pop("hparams", None)
+        tally_io.write(path, tallies, meta=meta)
+    for path in (cv / "runs").glob("*/config.json"):  # and the runs before their records held full_res
+        saved = json.loads(path.read_text())
+        saved["hparams"].pop("full_res")
+        path.write_text(json.dumps(saved))
+    kept = {p: p.read_bytes() for p in (cv / "folds").glob("fold*/*.npz")}
+    cross_validate(config, cv, progress=False)
+    changed = sorted({p.name.split("-")[0] for p, data in kept.items() if p.read_bytes() != data})
+    assert changed == ["autoencoder"]  # "lean" (named) and the baselines kept; the default scored again ...
+    assert len(list((cv / "runs").glob("autoencoder-e1-fold*.old-*"))) == 2  # ... after training again
+    assert not list((cv / "runs").glob("autoencoder-full_res=lean-e1-fold*.old-*"))

@@ -37,7 +37,7 @@ from uad.checkpoints.record import (
 )
 from uad.core import fileio
 from uad.core.errors import CheckpointError, ConfigError
-from uad.models import AnomalyModel, canonical_name, check_hparams, create_model
+from uad.models import AnomalyModel, canonical_name, create_model, recorded_hparams
 
 log = logging.getLogger("uad.checkpoints")
 
@@ -171,8 +171,9 @@ def load(path: str | Path, expect_model: str | None = None, preprocess=None, dev
     try:
         name = canonical_name(record.model)
         # The same declared types and bounds as training (the model's constructor signature), before anything
-        # is built: a hostile record must not buy memory or minutes (e.g. test_time_drops: 1024).
-        hparams = check_hparams(name, record.hparams)
+        # is built: a hostile record must not buy memory or minutes (e.g. test_time_drops: 1024). An option the
+        # record predates takes the value it was trained with, not today's default.
+        hparams = recorded_hparams(name, record.hparams)
     except ConfigError as exc:
         raise CheckpointError(folder / META, str(exc)) from None
     if not record.verified:

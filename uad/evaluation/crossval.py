@@ -37,7 +37,7 @@ from uad.data.store import build_store
 from uad.evaluation import tally_io
 from uad.evaluation.cohort import Tally, merge_tallies, score_cohort, summarise
 from uad.evaluation.paired import CaseArrays, paired_differences
-from uad.models import canonical_name, model_options
+from uad.models import canonical_name, model_class, model_options, recorded_hparams, resolved_options
 from uad.runs import folders
 from uad.scoring.recipe import PostprocessConfig, ScoringRecipe
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
@@ -142,6 +142,19 @@ def _same_config(saved: Any, tc) -> bool:
         return False
 
 
+def _same_model(saved: Any, spec: MethodSpec, config: CrossValConfig) -> bool:
+    """Whether a run's recorded model (``hparams`` in its config.json) is the one ``spec`` builds today: the same
+    options do not make the same model when a default has changed since the run was trained."""
+    if not isinstance(saved, dict):
+        return False
+    try:
+        return recorded_hparams(spec.model, saved) == recorded_hparams(spec.model, {
+            "in_channels": len(config.modalities), "image_size": config.image_size,
+            **resolved_options(spec.model, spec.options)})
+    except UADError:
+        return False
+
+
 def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str]], run_dir: Path, progress: bool) -> Path:
     """Train (or reuse) one method on one fold; returns the checkpoint folder to score."""
     from uad.training.config import TrainConfig
@@ -152,7 +165,8 @@ def _fold_run(config: CrossValConfig, spec: MethodSpec, fold: dict[str, list[str
                      seed=config.seed, device=config.device, model_options=dict(spec.options), cases=fold)
     status = folders.read_status(run_dir) or {}
     saved = fileio.read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-    if status.get("state") == "completed" and _same_config(saved.get("train"), tc) and (run_dir / "best").is_dir():
+    if status.get("state") == "completed" and _same_config(saved.get("train"), tc) \
+            and _same_model(saved.get("hparams"), spec, config) and (run_dir / "best").is_dir():
         log.info("reusing %s", run_dir)
         return run_dir / "best"
     # A stale or different-config run in this fold's folder is moved aside by the trainer's own --overwrite.
@@ -195,7 +209,28 @@ def _fold_signature(config: CrossValConfig, fold: dict[str, list[str]], label: s
            "cohort_modalities": list(config.cohort_modalities), "recipe": recipe.to_dict()}
     if spec is not None:
         sig.update(spec=asdict(spec), batch_size=config.batch_size, lr=config.lr)
+        if spec.model != "ensemble":  # its members' signatures hold theirs
+            sig["hparams"] = resolved_options(spec.model, spec.options)  # the defaults it was made with too
     return json.loads(json.dumps(sig))  # tuples as lists: what the file gives back
+
+
+def _as_recorded(signature: Any) -> Any:
+    """A kept signature from before signatures held the model's options (``hparams``), as it would hold them now:
+    the options it names over the values its model had then (``recorded_defaults``, else today's defaults)."""
+    if not isinstance(signature, dict):
+        return signature
+    out = dict(signature)
+    spec = out.get("spec")
+    if "hparams" not in out and isinstance(spec, dict) and isinstance(spec.get("options"), dict) \
+            and isinstance(spec.get("model"), str) and spec["model"] != "ensemble":
+        try:
+            past = model_class(spec["model"]).recorded_defaults
+            out["hparams"] = json.loads(json.dumps(resolved_options(spec["model"], {**past, **spec["options"]})))
+        except (UADError, TypeError):
+            return signature
+    if isinstance(out.get("members"), list):
+        out["members"] = [_as_recorded(m) for m in out["members"]]
+    return out
 
 
 def _kept_tally(path: Path, signature: dict[str, Any]) -> tuple[Tally, dict[str, Any]] | None:
@@ -208,7 +243,7 @@ def _kept_tally(path: Path, signature: dict[str, Any]) -> tuple[Tally, dict[str,
     except tally_io.TallyFileError as exc:
         log.warning("%s; scoring the fold again", exc)
         return None
-    if not meta or meta.get("signature") != signature:
+    if not meta or _as_recorded(meta.get("signature")) != signature:
         log.info("%s was made with other settings; scoring the fold again", path)
         return None
     provenance = meta.get("provenance")

@@ -13,7 +13,10 @@ from uad.models.registry import (
     model_class,
     model_description,
     model_options,
+    recorded_hparams,
+    resolved_options,
 )
 
 __all__ = ["AnomalyModel", "AnomalyOutput", "ModelOption", "Range", "canonical_name", "check_hparams", "check_model_options",
-           "constructor_options", "create_model", "list_models", "model_class", "model_description", "model_options"]
+           "constructor_options", "create_model", "list_models", "model_class", "model_description", "model_options",
+           "recorded_hparams", "resolved_options"]

@@ -67,19 +67,21 @@ class Autoencoder(AnomalyModel):
         dark tissue can be pushed below 0 as well as bright tissue above 1. Without it a spatial
         autoencoder learns to copy its input, anomalies included.
       noise_res (16): resolution of the coarse noise grid.
-      full_res ("norm"): the U-Net's full-resolution stage: "norm" = base_channels channels with the norm, "lean" =
-        half of them, no norm (a cheaper training step; the README's results say what it measured).
+      full_res ("lean"): the U-Net's full-resolution stage: "lean" = half of base_channels channels, no norm (a
+        cheaper training step), "norm" = base_channels channels with the norm (the earlier default: a checkpoint
+        that does not record ``full_res`` was trained with it); the README's results say what each measured.
       residual ("positive"): the anomaly map, "abs" = |x − x̂| or "positive" = max(x − x̂, 0), for lesions that
         are brighter than healthy tissue (FLAIR, T2); see :func:`~uad.models.base.residual_map`.
     """
 
     name = "autoencoder"
+    recorded_defaults = {"full_res": "norm"}  # the default before "lean" replaced it
     description = "convolutional autoencoder (by default a denoising U-Net; dense and spatial codes too)"
 
     def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, latent_dim: LatentDim = 128,
                  base_channels: BaseChannels = 16, bottleneck: Bottleneck = "unet", norm: Norm = "batch", loss: Loss = "l1",
                  noise_std: NoiseStd = 0.2, noise_res: NoiseRes = 16, residual: Residual = "positive",
-                 full_res: FullRes = "norm"):
+                 full_res: FullRes = "lean"):
         super().__init__(in_channels, image_size, latent_dim=latent_dim, base_channels=base_channels,
                          bottleneck=bottleneck, norm=norm, loss=loss, noise_std=noise_std, noise_res=noise_res,
                          residual=residual, full_res=full_res)

@@ -61,6 +61,9 @@ class AnomalyModel(nn.Module):
     # One line for people choosing a model (the app's Train page); the docstring's first line when empty.
     description: ClassVar[str] = ""
     trainable: ClassVar[bool] = True  # False for models built from trained ones (an ensemble)
+    # Options whose default changed after checkpoints without them were written: the value such a record was
+    # trained with. A record (checkpoint, run config, kept cross-validation fold) that lacks the key means it.
+    recorded_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, in_channels: InChannels = 1, image_size: ImageSize = 128, **hparams: Any):
         super().__init__()

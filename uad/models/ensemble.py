@@ -55,8 +55,9 @@ class Ensemble(AnomalyModel):
 
     @classmethod
     def check_parts(cls, hparams: dict[str, Any]) -> dict[str, Any]:
-        """The ensemble's hyper-parameters as a checkpoint records them: each member's checked by its own model."""
-        from uad.models.registry import check_hparams
+        """The ensemble's hyper-parameters as a checkpoint records them: each member's checked by its own model, as
+        the record of a trained run (an option it predates at the value it was trained with)."""
+        from uad.models.registry import recorded_hparams
 
         unknown = sorted(set(hparams) - {"in_channels", "image_size", "members", "scales"})
         if unknown:
@@ -65,15 +66,16 @@ class Ensemble(AnomalyModel):
         if not isinstance(members, list) or not isinstance(scales, list) or not 2 <= len(members) <= MAX_MEMBERS \
                 or len(scales) != len(members):
             raise ConfigError(f"an ensemble needs 2 to {MAX_MEMBERS} members and one scale each")
+        checked = []
         for m in members:
             if not isinstance(m, dict) or set(m) != {"model", "hparams"} or not isinstance(m["hparams"], dict) \
                     or not isinstance(m["model"], str) or m["model"] == cls.name:
                 raise ConfigError(f"an ensemble member must be {{'model': name, 'hparams': {{...}}}}, got {m!r:.120}")
-            check_hparams(m["model"], m["hparams"])
+            checked.append({"model": m["model"], "hparams": recorded_hparams(m["model"], m["hparams"])})
         for s in scales:
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0 < s < float("inf")):
                 raise ConfigError(f"an ensemble's scales must be finite numbers > 0, got {s!r:.40}")
-        return dict(hparams)
+        return {**hparams, "members": checked}
 
     def training_step(self, x: Tensor, optimizers: dict[str, Any], progress: float) -> dict[str, float]:
         raise ConfigError("an ensemble is built from trained runs (python -m uad ensemble), not trained")

@@ -134,6 +134,23 @@ def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
     return _check(name, hparams, constructor_options(name), "")
 
 
+def recorded_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """A record's hyper-parameters (a checkpoint's, a run's) checked as ``check_hparams`` checks them, with every
+    option the record predates at the value it was trained with (``AnomalyModel.recorded_defaults``), not at
+    today's default: an older checkpoint rebuilds the architecture its weights belong to."""
+    cls = model_class(name)
+    if cls.check_parts.__func__ is not AnomalyModel.check_parts.__func__:  # its parts are records of their own
+        return cls.check_parts(dict(hparams))
+    return _check(name, {**cls.recorded_defaults, **hparams}, constructor_options(name), "")
+
+
+def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of a model (not ``in_channels``/``image_size``) as a model built with ``options`` would have
+    it: today's defaults, then ``options``. What a result depends on, where ``options`` alone would not say
+    which default it was made with."""
+    return {**{k: o.default for k, o in model_options(name).items()}, **options}
+
+
 def _check(name: str, values: dict[str, Any], known: dict[str, ModelOption], what: str) -> dict[str, Any]:
     unknown = sorted(set(values) - set(known))
     if unknown:

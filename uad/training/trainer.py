@@ -384,7 +384,12 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, dev
     is_main = rank == 0
     seed_everything(config.seed)
     data_root, store, split, train_ds, val_ds = _load_data(config, progress, rank, world)
-    model = create_model(config.model, in_channels=len(config.modalities), image_size=config.image_size, **config.model_options)
+    last = run_dir / "last"
+    if resume:  # the architecture the checkpoint records, even where a default has changed since the run began
+        model = ckpt_weights.load(last, expect_model=config.model, preprocess=config.preprocess, device=device).model
+    else:
+        model = create_model(config.model, in_channels=len(config.modalities), image_size=config.image_size,
+                             **config.model_options)
     model.to(device)
     optimizers = model.configure_optimizers(config.lr)
     if world > 1:
@@ -393,9 +398,6 @@ def _setup(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, dev
 
     start_epoch, step, best = 0, 0, math.inf
     if resume:
-        last = run_dir / "last"
-        ckpt = ckpt_weights.load(last, expect_model=config.model, preprocess=config.preprocess, device=device)
-        model.load_state_dict(ckpt.model.state_dict())
         state = ckpt_weights.load_training_state(last, optimizers)
         start_epoch, step, best = state["epoch"], state["step"], state["best_val_loss"]
         log.info("resumed from epoch %d", start_epoch)
