@@ -87,6 +87,19 @@ def test_resume_continues_at_the_saved_epoch(cohort, tmp_path):
     assert json.loads((run / "last" / "checkpoint.json").read_text())["epoch"] == 3
 
 
+def test_a_run_from_before_a_default_changed_resumes_as_the_model_it_is(cohort, tmp_path):
+    """A run trained when the U-Net's default full-resolution stage was "norm" records no full_res (neither in its
+    options nor in its checkpoint): resumed after the default became "lean", it continues its own architecture."""
+    run = train(_config(cohort, epochs=1, model_options={"full_res": "norm"}), run_dir=tmp_path / "run", progress=False)
+    meta = run / "last" / ckpt_record.META
+    info = {k: v for k, v in json.loads(meta.read_text()).items() if k != "record_sha256"}
+    info["hparams"].pop("full_res")
+    meta.write_text(json.dumps({**info, "record_sha256": ckpt_record.canonical_hash(info)}))
+    train(_config(cohort, epochs=2), run_dir=run, resume=True, progress=False)  # options as the old run recorded them
+    assert folders.read_status(run)["state"] == "completed"
+    assert ckpt_weights.load(run / "last").model.hparams["full_res"] == "norm"
+
+
 def test_sigterm_cancels_with_a_loadable_checkpoint(cohort, tmp_path):
     run = tmp_path / "run"
     log = open(tmp_path / "out.log", "w")
