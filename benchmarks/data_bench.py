@@ -6,6 +6,10 @@ Prints a table: synth seconds per case, cache build seconds per case, slices/s s
 batches from the cache (DataLoader, batch 32, shuffled), the same batches drawn from the training
 slices held in one tensor on ``--device`` (``data_on_device``; the CPU's RAM by default), slices/s
 re-reading the NIfTI volume for every slice (the original project's approach), the ratios, and peak memory.
+
+The two training-batch paths are timed in alternation, ``--rounds`` times (cache, held, cache, held, ...), so
+that each round's ratio compares the two at the same moment of a machine whose load comes and goes; the table
+gives the median rate of each path and the median ratio with its range over the rounds.
 """
 
 from __future__ import annotations
@@ -51,36 +55,34 @@ def nifti_per_slice(cases, n_slices: int, size: int) -> float:
 
 
 SERVED = 20_000  # slices each path serves per timing (whole epochs, repeated), so a small cohort times many batches
-TIMINGS = 3  # the median of this many timings is reported (a shared machine's load comes and goes)
 
 
 def served_per_s(loader) -> float:
-    rates = []
-    for _ in range(TIMINGS):
-        n, t0 = 0, time.perf_counter()
-        while n < SERVED:
-            for x in loader:
-                n += x.shape[0]
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(n / (time.perf_counter() - t0))
-    return float(np.median(rates))
+    """Slices/s of one timing: whole epochs of ``loader`` until SERVED slices have been served."""
+    n, t0 = 0, time.perf_counter()
+    while n < SERVED:
+        for x in loader:
+            n += x.shape[0]
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
 
 
-def cache_throughput(store, batch_size: int = 32) -> float:
-    """Slices/s of training batches as the trainer's loader serves them (memory-mapped cache, one worker)."""
+def batch_paths(store, device: str, rounds: int, batch_size: int = 32) -> tuple[list[float], list[float], float]:
+    """(per-round slices/s of training batches from the cache as the trainer's loader serves them (memory-mapped,
+    one worker), per-round slices/s of the same batches drawn from the slices held on ``device``, seconds to put
+    them there). The two are timed in alternation, so each round's pair saw the same machine."""
     ds = SliceDataset(store, store.case_ids, healthy_only=True)
-    return served_per_s(DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)))
-
-
-def device_throughput(store, device: str, batch_size: int = 32) -> tuple[float, float]:
-    """(slices/s of training batches drawn from the slices held on ``device``, seconds to put them there)."""
-    ds = SliceDataset(store, store.case_ids, healthy_only=True)
+    cache = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     images = ds.images_on(device)
     load = time.perf_counter() - t0
-    loader = DeviceLoader(images, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=False)
-    return served_per_s(loader), load
+    held = DeviceLoader(images, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0), drop_last=False)
+    cached_rates, held_rates = [], []
+    for _ in range(rounds):
+        cached_rates.append(served_per_s(cache))
+        held_rates.append(served_per_s(held))
+    return cached_rates, held_rates, load
 
 
 def main() -> None:
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=8, help="cases to synthesise when --data is not given")
     parser.add_argument("--nifti-slices", type=int, default=40, help="slices to time on the NIfTI path")
     parser.add_argument("--device", default="cpu", help="where the in-memory path holds the slices (cpu, cuda, mps)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timings of the two batch paths")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(tempfile.mkdtemp(prefix="uad-bench-"))
@@ -107,12 +110,15 @@ def main() -> None:
         t0 = time.perf_counter()
         build_store(data, PreprocessConfig(), cache_root=work / "cache", progress=False)
         rows.append(("cache re-open (nothing changed)", f"{time.perf_counter() - t0:.2f} s"))
-        cached = cache_throughput(store)
-        held, load = device_throughput(store, args.device)
+        cached_rates, held_rates, load = batch_paths(store, args.device, max(1, args.rounds))
+        cached = float(np.median(cached_rates))
+        ratios = [h / c for h, c in zip(held_rates, cached_rates)]
         direct = nifti_per_slice(cases, args.nifti_slices, 128)
-        rows.append(("training batches from cache", f"{cached:,.0f} slices/s"))
-        rows.append((f"training batches held on {args.device} (data_on_device)", f"{held:,.0f} slices/s"))
-        rows.append(("held on device vs from cache", f"{held / cached:,.0f}x"))
+        rows.append((f"training batches from cache (median of {len(ratios)})", f"{cached:,.0f} slices/s"))
+        rows.append((f"training batches held on {args.device} (data_on_device)",
+                     f"{float(np.median(held_rates)):,.0f} slices/s"))
+        rows.append(("held on device vs from cache, per round",
+                     f"{float(np.median(ratios)):.1f}x (rounds {min(ratios):.1f}-{max(ratios):.1f}x)"))
         rows.append((f"putting the training slices on {args.device}", f"{load:.2f} s"))
         rows.append(("one NIfTI read per slice", f"{direct:,.1f} slices/s"))
         rows.append(("cache vs NIfTI per slice", f"{cached / direct:,.0f}x"))
