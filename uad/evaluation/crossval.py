@@ -37,7 +37,7 @@ from uad.data.store import build_store
 from uad.evaluation import tally_io
 from uad.evaluation.cohort import Tally, merge_tallies, score_cohort, summarise
 from uad.evaluation.paired import CaseArrays, paired_differences
-from uad.models import canonical_name, model_class, model_options, recorded_hparams, resolved_options
+from uad.models import canonical_name, model_options, recorded_hparams, resolved_options
 from uad.runs import folders
 from uad.scoring.recipe import PostprocessConfig, ScoringRecipe
 from uad.scoring.scorers import BASELINES, ModelScorer, baseline
@@ -224,8 +224,8 @@ def _as_recorded(signature: Any) -> Any:
     if "hparams" not in out and isinstance(spec, dict) and isinstance(spec.get("options"), dict) \
             and isinstance(spec.get("model"), str) and spec["model"] != "ensemble":
         try:
-            past = model_class(spec["model"]).recorded_defaults
-            out["hparams"] = json.loads(json.dumps(resolved_options(spec["model"], {**past, **spec["options"]})))
+            recorded = recorded_hparams(spec["model"], spec["options"])
+            out["hparams"] = json.loads(json.dumps(resolved_options(spec["model"], recorded)))
         except (UADError, TypeError):
             return signature
     if isinstance(out.get("members"), list):

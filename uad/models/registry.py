@@ -137,11 +137,9 @@ def check_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
 def recorded_hparams(name: str, hparams: dict[str, Any]) -> dict[str, Any]:
     """A record's hyper-parameters (a checkpoint's, a run's) checked as ``check_hparams`` checks them, with every
     option the record predates at the value it was trained with (``AnomalyModel.recorded_defaults``), not at
-    today's default: an older checkpoint rebuilds the architecture its weights belong to."""
-    cls = model_class(name)
-    if cls.check_parts.__func__ is not AnomalyModel.check_parts.__func__:  # its parts are records of their own
-        return cls.check_parts(dict(hparams))
-    return _check(name, {**cls.recorded_defaults, **hparams}, constructor_options(name), "")
+    today's default: an older checkpoint rebuilds the architecture its weights belong to. (A model made of other
+    models has none of its own; its ``check_parts`` reads its parts as records.)"""
+    return check_hparams(name, {**model_class(name).recorded_defaults, **hparams})
 
 
 def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
