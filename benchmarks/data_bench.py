@@ -78,8 +78,7 @@ class ThreadedGather(DeviceLoader):
     """The held batches gathered by torch's ``index_select`` on all its threads (not the trainer's CPU path)."""
 
     def __iter__(self):
-        batches = iter(self._batches)
-        torch.empty((), dtype=torch.int64).random_(generator=self._generator)  # as DeviceLoader does
+        batches = self.epoch_batches()
         return (self.images.index_select(0, torch.as_tensor(b, dtype=torch.int64)) for b in batches)
 
 
@@ -88,8 +87,7 @@ class HalfGather(DeviceLoader):
 
     def __iter__(self):
         host = self.images.numpy()
-        batches = iter(self._batches)
-        torch.empty((), dtype=torch.int64).random_(generator=self._generator)
+        batches = self.epoch_batches()
         return (torch.from_numpy(host.take(np.asarray(b, dtype=np.int64), axis=0)).float() for b in batches)
 
 

@@ -106,12 +106,16 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        # What a DataLoader's iterator does when it is made (made at once, not at the first batch: tqdm.auto makes
-        # one it never uses): start the batch sampler, then draw its base seed from the generator. Doing the same
-        # keeps the generator's stream, hence every later batch, the loader path's.
+    def epoch_batches(self) -> Iterator[list[int]]:
+        """One epoch's batch indices. What a DataLoader's iterator does when it is made (made at once, not at the
+        first batch: tqdm.auto makes one it never uses): start the batch sampler, then draw its base seed from the
+        generator. Doing the same keeps the generator's stream, hence every later batch, the loader path's."""
         batches = iter(self._batches)
         torch.empty((), dtype=torch.int64).random_(generator=self._generator)
+        return batches
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        batches = self.epoch_batches()
         if self.images.device.type == "cpu":
             # numpy's single-threaded take: a 2 MB batch is too small for torch's thread pool, whose wake-up
             # between batches cost milliseconds on a busy 2-core machine (measured 5k vs 150k slices/s).
